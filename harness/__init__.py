@@ -1,0 +1,1 @@
+"""The project's command line: run, sweep, report, leaderboard, train, bench (see harness/cli.py)."""

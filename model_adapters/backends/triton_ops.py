@@ -1,0 +1,41 @@
+"""The Triton backend: mamba_ssm's kernels behind the signatures of torch_ops (the reference twin).
+
+Imported only when backend=triton is resolved, so mamba_ssm and triton stay optional. Every function
+returns what its torch_ops twin returns (tests/test_triton_backend.py checks it on the GPU).
+"""
+
+from __future__ import annotations
+
+from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+from torch import Tensor
+
+NAME = "triton"
+
+
+def chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
+               D: Tensor | None, initial_state: Tensor | None) -> tuple[Tensor, Tensor]:
+    """x (B, L, H, P), dt (B, L, H) discretised, B/C (B, L, G, N) -> y (B, L, H, P), final state (B, H, P, N)."""
+    y, final = mamba_chunk_scan_combined(
+        x.contiguous(), dt.contiguous(), A, B.contiguous(), C.contiguous(), chunk_size, D=D,
+        initial_states=None if initial_state is None else initial_state.contiguous(),
+        dt_softplus=False, return_final_states=True)
+    return y, final
+
+
+def state_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+               D: Tensor | None) -> tuple[Tensor, Tensor]:
+    """x (B, H, P), dt (B, H), B/C (B, G, N), state (B, H, P, N) -> y, new state; `state` is not mutated
+    (the kernel updates in place, so it works on a copy: the implicit model re-evaluates frozen states)."""
+    nheads, headdim, dstate = state.shape[1:]
+    new_state = state.clone()
+    A_full = A[:, None, None].expand(nheads, headdim, dstate)
+    dt_full = dt[..., None].expand(-1, -1, headdim)
+    D_full = None if D is None else (D[:, None].expand(nheads, headdim) if D.dim() == 1 else D)
+    y = selective_state_update(new_state, x, dt_full, A_full, B, C, D=D_full, dt_softplus=False)
+    return y, new_state
+
+
+def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int) -> Tensor:
+    return rmsnorm_fn(x, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=False)

@@ -1,0 +1,111 @@
+"""model_args of the lm-eval adapters: parsed and validated in one place, with one clear message each.
+
+lm-eval hands model_args over as a dict whose values it has already cast ("16" -> 16, "true" -> True), and
+adds batch_size, max_batch_size and device from its own flags.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from .config import Budget, ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BUDGET_ARGS = ("max_iter", "tol", "tau", "solver", "mode")
+COMMON_ARGS = ("pretrained", "tokenizer", "backend", "dtype", "max_length", "batch_size", "max_batch_size",
+               "device")
+DEFAULT_MAX_LENGTH = 2048
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    pretrained: str
+    tokenizer: str | None
+    backend: str
+    dtype: torch.dtype
+    max_length: int | None  # None: DEFAULT_MAX_LENGTH
+    batch_size: int | str  # an int or "auto"
+    max_batch_size: int
+    device: torch.device
+    budget_overrides: dict
+
+    @property
+    def dtype_name(self) -> str:
+        return next(k for k, v in DTYPES.items() if v == self.dtype)
+
+
+def valid_args(kind: str) -> tuple[str, ...]:
+    return COMMON_ARGS + (BUDGET_ARGS if kind == "implicit" else ())
+
+
+def parse_model_args(kind: str, args: dict) -> EvalArgs:
+    """Validate the adapter's keyword arguments for a model of `kind` ("implicit" | "explicit")."""
+    model = f"{kind}_ssm"
+    unknown = sorted(set(args) - set(valid_args(kind)))
+    if unknown and kind == "explicit" and set(unknown) & set(BUDGET_ARGS):
+        raise ConfigError(f"{model}: {sorted(set(unknown) & set(BUDGET_ARGS))} are fixed-point budget arguments; "
+                          "an explicit model has no budget (use --model implicit_ssm for implicit checkpoints)")
+    if unknown:
+        raise ConfigError(f"{model}: unknown model_args {unknown}; valid ones are {sorted(valid_args(kind))}")
+    if not args.get("pretrained"):
+        raise ConfigError(f"{model}: model_args needs pretrained=<checkpoint directory>")
+    overrides = {k: args[k] for k in BUDGET_ARGS if k in args}
+    if "tol" in overrides or "tau" in overrides:  # lm-eval casts "0" to int
+        overrides.update({k: float(overrides[k]) for k in ("tol", "tau") if k in overrides and _number(overrides[k])})
+    Budget().replace(**overrides)  # validates every value now, before a checkpoint is read
+    return EvalArgs(
+        pretrained=str(args["pretrained"]), tokenizer=_opt_str(args.get("tokenizer")),
+        backend=str(args.get("backend", "auto")), dtype=_dtype(args.get("dtype", "float32"), model),
+        max_length=_positive_int(args.get("max_length"), "max_length", model),
+        batch_size=_batch_size(args.get("batch_size", 1), model),
+        max_batch_size=_positive_int(args.get("max_batch_size"), "max_batch_size", model) or 64,
+        device=_device(args.get("device")), budget_overrides=overrides)
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _opt_str(x) -> str | None:
+    return None if x is None else str(x)
+
+
+def _dtype(name, model: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"{model}: dtype must be one of {list(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def _positive_int(value, name: str, model: str) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{model}: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _batch_size(value, model: str) -> int | str:
+    """An integer, 'auto', or lm-eval's 'auto:N' (treated as 'auto': the search runs once per run)."""
+    if isinstance(value, str) and (value == "auto" or value.startswith("auto:")):
+        return "auto"
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{model}: batch_size must be a positive integer or 'auto', got {value!r}")
+    return value
+
+
+def _device(value) -> torch.device:
+    """lm-eval's CLI asks for cuda:0 by default, even on machines without a GPU: fall back with a notice."""
+    try:
+        device = torch.device(value or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as exc:
+        raise ConfigError(f"device must be a torch device such as cpu, cuda or cuda:1, got {value!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        logger.warning("device %s requested but CUDA is not available: running on cpu", device)
+        return torch.device("cpu")
+    return device

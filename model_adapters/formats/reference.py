@@ -1,0 +1,119 @@
+"""The reference implementation's format (markschoene/implicit_languagemodels, model_type implicit_mamba2).
+
+config.json carries `backbone_type` (implicit | explicit), `backbone_config` (with `block_cfg` for the Mamba2
+mixers), `deq_params` and vocabulary settings; weights live under word_emb / backbone / criterion, with
+torchdeq weight norm (`weight_g`, `weight_v`) on every Linear and Conv1d of an implicit backbone.
+
+The default budget follows the reference's evaluation rule: max_iter = eval_f_max_iter if > 0 else
+int(f_max_iter * eval_factor); tol = f_tol; tau = training.tau; solver fixed_point (the reference's
+evaluation loop is always damped iteration, whatever f_solver says); mode simultaneous.
+Noise settings (state_noise_db, latent_noise_db, noise_mode) are ignored: evaluation here is noise-free.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import Tensor
+
+from ..config import ConfigError, ModelConfig
+from .common import MAMBA2_DEFAULTS, CheckpointError, fold_weight_norm, rename, require
+
+NAME = "reference"
+logger = logging.getLogger(__name__)
+
+BACKBONE_KEYS = ("n_layer", "d_model", "d_inner", "pre_norm", "rms_norm", "dropout", "pretrain_iter",
+                 "pretrain_steps", "init_gain", "block_type", "block_cfg", "initializer_cfg", "ema_alpha",
+                 "norm_epsilon", "residual_in_fp32", "do_weight_norm", "init_z_mode")
+# block_cfg keys that only affect initialisation, kernels or the (disabled) noise.
+BLOCK_IGNORED = ("conv_init", "dt_min", "dt_max", "dt_init_floor", "A_init_range", "use_mem_eff_path",
+                 "use_materializing_scan", "state_noise_db", "latent_noise_db", "noise_mode", "dropout",
+                 "process_group", "sequence_parallel", "layer_idx")
+# block_cfg keys accepted only at their default value, with the default.
+BLOCK_FIXED = {"norm_before_gate": False, "dt_limit": [0.0, float("inf")], "allow_negative_A_EV": False,
+               "d_ssm": None}
+
+
+def matches(config: dict) -> bool:
+    return config.get("model_type") == "implicit_mamba2"
+
+
+def to_native(config: dict, state: dict[str, Tensor], where: str) -> tuple[ModelConfig, dict[str, Tensor], dict]:
+    kind = config.get("backbone_type")
+    require(kind in ("implicit", "explicit"), where, f"backbone_type must be 'implicit' or 'explicit', got {kind!r}")
+    backbone = config.get("backbone_config") or {}
+    _check_supported(config, backbone, where)
+    fields = _block_fields(backbone.get("block_cfg") or {}, where)
+    n_tokens = config.get("n_tokens", config.get("vocab_size"))
+    fields.update(kind=kind, vocab_size=n_tokens, d_model=backbone.get("d_model"), n_layer=backbone.get("n_layer"),
+                  pad_vocab_size_multiple=config.get("pad_vocab_size_multiple", 1) if config.get("pad_vocab") else 1,
+                  tie_embeddings=bool(config.get("tie_embeddings", True)),
+                  norm_eps=backbone.get("norm_epsilon", 1e-5))
+    if kind == "implicit":
+        fields["budget"] = eval_budget(config.get("deq_params") or {}, where)
+        state = _fold(state, config.get("deq_params") or {}, backbone, where)
+    try:
+        cfg = ModelConfig(**fields)
+    except ConfigError as exc:
+        raise CheckpointError(f"{where}: {exc}") from exc
+    return cfg, _rename(state, cfg), {}
+
+
+def eval_budget(deq: dict, where: str) -> dict:
+    solver = deq.get("solver") or {}
+    training = deq.get("training") or {}
+    try:
+        eval_max = int(solver.get("eval_f_max_iter", 0))
+        max_iter = eval_max if eval_max > 0 else int(solver["f_max_iter"] * solver.get("eval_factor", 1.0))
+        return {"max_iter": max_iter, "tol": float(solver.get("f_tol", 0.0)), "tau": float(training.get("tau", 1.0)),
+                "solver": "fixed_point", "mode": "simultaneous"}
+    except KeyError as exc:
+        raise CheckpointError(f"{where}: deq_params.solver lacks {exc} (needed for the evaluation budget)") from exc
+
+
+def _check_supported(config: dict, backbone: dict, where: str) -> None:
+    unknown = sorted(set(backbone) - set(BACKBONE_KEYS))
+    require(not unknown, where, f"backbone_config has unknown key(s) {unknown}; known: {sorted(BACKBONE_KEYS)}")
+    require(backbone.get("ema_alpha") is None, where, "backbone_config.ema_alpha (noisy-evaluation averaging) "
+            "is not supported: evaluation here is noise-free")
+    require(backbone.get("residual_in_fp32", True), where, "residual_in_fp32=false is not supported")
+    require(backbone.get("block_type", "mamba2") == "mamba2", where,
+            f"backbone_config.block_type {backbone.get('block_type')!r} is not supported (only 'mamba2')")
+    require(backbone.get("d_inner", 0) == 0, where, "backbone_config.d_inner > 0 (an MLP per block) is not supported")
+    require(backbone.get("pre_norm", True), where, "backbone_config.pre_norm=false is not supported")
+    require(backbone.get("rms_norm", True), where, "backbone_config.rms_norm=false (LayerNorm) is not supported")
+    require(config.get("d_embed", backbone.get("d_model")) == backbone.get("d_model"), where,
+            "d_embed != d_model (an embedding projection) is not supported")
+    require(not config.get("head_bias", False), where, "head_bias=true is not supported")
+    require(backbone.get("init_z_mode") in (None, "zeros"), where,
+            f"backbone_config.init_z_mode {backbone.get('init_z_mode')!r} is not supported (z0 = 0 only)")
+
+
+def _block_fields(block: dict, where: str) -> dict:
+    known = set(MAMBA2_DEFAULTS) | set(BLOCK_IGNORED) | set(BLOCK_FIXED)
+    unknown = sorted(set(block) - known)
+    require(not unknown, where, f"backbone_config.block_cfg has unknown key(s) {unknown}; known: {sorted(known)}")
+    for key, default in BLOCK_FIXED.items():
+        value = block.get(key, default)
+        value = list(value) if isinstance(value, tuple) else value
+        require(value == default, where, f"block_cfg.{key}={value!r} is not supported (only {default!r})")
+    return {k: block.get(k, default) for k, default in MAMBA2_DEFAULTS.items()}
+
+
+def _fold(state: dict[str, Tensor], deq: dict, backbone: dict, where: str) -> dict[str, Tensor]:
+    norm = deq.get("norm") or {}
+    if not backbone.get("do_weight_norm", True) or norm.get("norm_type", "weight_norm") in (None, "none"):
+        return state
+    require(norm.get("norm_type", "weight_norm") == "weight_norm", where,
+            f"deq_params.norm.norm_type {norm.get('norm_type')!r} is not supported (weight_norm or none)")
+    # torchdeq reads the clip value from 'norm_clip_value', so the configs' 'norm_clip_val' has no effect.
+    clip = float(norm.get("norm_clip_value", 1.0)) if norm.get("norm_clip", False) else None
+    return fold_weight_norm(state, learn_scale=not norm.get("norm_no_scale", False),
+                            target_norm=float(norm.get("norm_target_norm", 1.0)), clip=clip, where=where)
+
+
+def _rename(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    state = rename(state, [("word_emb.emb.", "embedding."), ("criterion.decoder.", "lm_head."), ("backbone.", "")])
+    if cfg.tie_embeddings:
+        state.pop("lm_head.weight", None)  # the same tensor as the embedding, saved twice by the reference
+    return state

@@ -1,0 +1,75 @@
+"""Greedy decoding with the recurrent state: the prompt is processed once, then one step per token.
+
+For an explicit model a step is O(1) work; for an implicit model it is the sequential fixed-point step at
+the given budget. The host looks at the generated tokens only every `check_every` tokens (to test stop
+sequences); tokens produced past a stop are discarded, which cannot change greedy output before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .config import Budget
+from .convergence import ConvergenceLog
+from .models import ExplicitLM, ImplicitLM, select_state
+
+
+def right_pad(seqs: list[list[int]], device: torch.device, pad: int = 0) -> tuple[Tensor, Tensor]:
+    """(ids (B, L) right-padded with `pad`, lengths (B,))."""
+    lengths = torch.tensor([len(s) for s in seqs], device=device)
+    ids = torch.full((len(seqs), int(lengths.max())), pad, dtype=torch.long, device=device)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long, device=device)
+    return ids, lengths
+
+
+@torch.inference_mode()
+def greedy_generate(model: ExplicitLM | ImplicitLM, prompts: list[list[int]], max_new_tokens: int,
+                    budget: Budget | None, is_done: Callable[[int, list[int]], bool], vocab_size: int,
+                    check_every: int = 16, log: ConvergenceLog | None = None) -> list[list[int]]:
+    """Generate up to max_new_tokens for each prompt; is_done(row, tokens) says when a row may stop."""
+    device = model.embedding.weight.device
+    ids, lengths = right_pad(prompts, device)
+    out = model(ids, budget, lengths=lengths)
+    _log(log, out, lengths)
+    last = out.hidden[torch.arange(len(prompts), device=device), lengths - 1]
+    token = model.logits(last)[:, :vocab_size].argmax(-1)
+    state, rows = out.state, torch.arange(len(prompts), device=device)
+    generated: list[list[int]] = [[] for _ in prompts]
+    pending = [token]
+    for step in range(1, max_new_tokens + 1):
+        if step % check_every == 0 or step == max_new_tokens:
+            rows, keep = _flush(pending, rows, generated, is_done)
+            pending = []
+            if rows.numel() == 0 or step == max_new_tokens:
+                break
+            state, token = select_state(state, keep, token.shape[0]), token[keep]
+        out = model.step(token, state, budget)
+        _log(log, out, None)
+        state, token = out.state, model.logits(out.hidden)[:, :vocab_size].argmax(-1)
+        pending.append(token)
+    return generated
+
+
+def _flush(pending: list[Tensor], rows: Tensor, generated: list[list[int]], is_done) -> tuple[Tensor, Tensor]:
+    """Move pending tokens to the host; returns the rows still running and their positions in the batch."""
+    block = torch.stack(pending, 1).tolist() if pending else [[] for _ in rows]
+    keep = []
+    for position, (row, tokens) in enumerate(zip(rows.tolist(), block)):
+        generated[row].extend(tokens)
+        if not is_done(row, generated[row]):
+            keep.append(position)
+    keep_t = torch.tensor(keep, dtype=torch.long, device=rows.device)
+    return rows[keep_t], keep_t
+
+
+def _log(log: ConvergenceLog | None, out, lengths: Tensor | None) -> None:
+    if log is None or out.stats is None:
+        return
+    valid = None
+    if lengths is not None and out.stats.iterations.dim() == 2:  # sequential prefill: per token
+        valid = torch.arange(out.stats.iterations.shape[1], device=lengths.device) < lengths[:, None]
+    log.add(out.stats, valid)

@@ -1,0 +1,156 @@
+"""The Mamba2 mixer in plain PyTorch, with mamba_ssm's parameter names so weights map one to one.
+
+Two forms of one function: `forward` runs a whole sequence with a chunked parallel scan, `step` runs one
+token against a recurrent state. Both take an optional injection `inject` added to the in_proj output
+(the implicit model's input injection) and return the new state without mutating the old one.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backends import torch_ops
+from .config import ModelConfig
+from .ssd import compute_dtype
+
+
+class MixerState(NamedTuple):
+    """Recurrent state of one mixer. conv: the last d_conv-1 pre-conv inputs (B, conv_dim, d_conv-1) in the
+    model dtype; ssm: (B, H, P, N) in float32 (float64 for a float64 model)."""
+
+    conv: Tensor
+    ssm: Tensor
+
+    def select(self, idx: Tensor) -> MixerState:
+        return MixerState(self.conv[idx], self.ssm[idx])
+
+
+class Mamba2(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.ops = torch_ops  # swapped by the model's use_backend(); same signatures on every backend
+        self.in_proj = nn.Linear(cfg.d_model, cfg.d_in_proj, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim, bias=cfg.conv_bias)
+        self.dt_bias = nn.Parameter(_init_dt_bias(cfg))
+        A = torch.empty(cfg.nheads).uniform_(*cfg.A_init_range)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(cfg.d_inner if cfg.D_has_hdim else cfg.nheads))
+        if cfg.rmsnorm:
+            self.norm = _GatedNormWeight(cfg.d_inner)
+        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias)
+
+    # -- shared pieces -------------------------------------------------------------------------------
+    def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        c = self.cfg
+        return torch.split(zxbcdt, [c.d_inner, c.conv_dim, c.nheads], dim=-1)
+
+    def _split_xbc(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        c = self.cfg
+        x, B, C = torch.split(xbc, [c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
+        return (x.unflatten(-1, (c.nheads, c.headdim)), B.unflatten(-1, (c.ngroups, c.d_state)),
+                C.unflatten(-1, (c.ngroups, c.d_state)))
+
+    @property
+    def cd(self) -> torch.dtype:
+        """Compute dtype of scans, convs and norms: float32, or float64 for a float64 model."""
+        return compute_dtype(self.in_proj.weight)
+
+    def _discretise(self, dt: Tensor) -> Tensor:
+        return F.softplus(dt.to(self.cd) + self.dt_bias.to(self.cd))
+
+    def _A(self) -> Tensor:
+        return -torch.exp(self.A_log.to(self.cd))
+
+    def _D(self) -> Tensor:
+        return self.D.view(self.cfg.nheads, self.cfg.headdim) if self.cfg.D_has_hdim else self.D
+
+    def _gate_and_project(self, y: Tensor, z: Tensor) -> Tensor:
+        """y (..., d_inner) float32 -> out (..., d_model) in the model dtype."""
+        c = self.cfg
+        if c.rmsnorm:
+            y = self.ops.gated_rmsnorm(y, z, self.norm.weight, c.mixer_norm_eps, c.d_inner // c.ngroups)
+        else:
+            y = y * F.silu(z.to(y.dtype))
+        return self.out_proj(y.to(self.out_proj.weight.dtype))
+
+    def empty_state(self, batch: int, device=None) -> MixerState:
+        c, w = self.cfg, self.in_proj.weight
+        conv = torch.zeros(batch, c.conv_dim, c.d_conv - 1, dtype=w.dtype, device=device or w.device)
+        ssm = torch.zeros(batch, c.nheads, c.headdim, c.d_state, dtype=self.cd, device=device or w.device)
+        return MixerState(conv, ssm)
+
+    # -- parallel form -------------------------------------------------------------------------------
+    def forward(self, u: Tensor, inject: Tensor | None = None, state: MixerState | None = None,
+                valid: Tensor | None = None) -> tuple[Tensor, MixerState]:
+        """u (B, L, d_model) -> (out (B, L, d_model), state after each sequence's last valid token).
+
+        valid (B, L) bool marks real tokens of a right-padded batch: padded steps get dt = 0, so they
+        leave the SSM state unchanged, and the conv window is read at each sequence's own end.
+        """
+        batch, length, _ = u.shape
+        if state is None:
+            state = self.empty_state(batch, u.device)
+        zxbcdt = self.in_proj(u)
+        if inject is not None:
+            zxbcdt = zxbcdt + inject
+        z, xbc, dt = self._split(zxbcdt)
+        xbc, conv_state = self._conv(xbc, state.conv, valid)
+        x, B, C = self._split_xbc(xbc)
+        dt = self._discretise(dt)
+        if valid is not None:
+            dt = dt * valid[..., None]
+        y, ssm_state = self.ops.chunk_scan(x, dt, self._A(), B, C, self.cfg.chunk_size, self._D(), state.ssm)
+        out = self._gate_and_project(y.flatten(-2), z)
+        return out, MixerState(conv_state, ssm_state.to(self.cd))
+
+    def _conv(self, xbc: Tensor, conv_state: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Causal depthwise conv + SiLU over (B, L, conv_dim), continuing from `conv_state`."""
+        k = self.cfg.d_conv
+        window = torch.cat([conv_state.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)  # (B, C, k-1+L)
+        cd = self.cd
+        bias = None if self.conv1d.bias is None else self.conv1d.bias.to(cd)
+        out = F.conv1d(window.to(cd), self.conv1d.weight.to(cd), bias, groups=self.cfg.conv_dim)
+        out = F.silu(out).transpose(1, 2).to(xbc.dtype)
+        if valid is None:
+            new_state = window[..., window.shape[-1] - (k - 1):]
+        else:  # window index of a sequence's last k-1 real tokens: length .. length+k-2
+            ends = valid.sum(1)
+            idx = ends[:, None] + torch.arange(k - 1, device=xbc.device)
+            new_state = window.gather(2, idx[:, None, :].expand(-1, window.shape[1], -1))
+        return out, new_state
+
+    # -- recurrent form ------------------------------------------------------------------------------
+    def step(self, u: Tensor, state: MixerState, inject: Tensor | None = None) -> tuple[Tensor, MixerState]:
+        """u (B, d_model) -> (out (B, d_model), new state). `state` is left untouched."""
+        zxbcdt = self.in_proj(u)
+        if inject is not None:
+            zxbcdt = zxbcdt + inject
+        z, xbc, dt = self._split(zxbcdt)
+        window = torch.cat([state.conv.to(xbc.dtype), xbc[..., None]], dim=-1)  # (B, C, k)
+        xbc = (window.to(self.cd) * self.conv1d.weight[:, 0].to(self.cd)).sum(-1)
+        if self.conv1d.bias is not None:
+            xbc = xbc + self.conv1d.bias.to(self.cd)
+        x, B, C = self._split_xbc(F.silu(xbc).to(z.dtype))
+        y, ssm = self.ops.state_step(state.ssm, x, self._discretise(dt), self._A(), B, C, self._D())
+        return self._gate_and_project(y.flatten(-2), z), MixerState(window[..., 1:], ssm.to(self.cd))
+
+
+class _GatedNormWeight(nn.Module):
+    """Holds `norm.weight` under mamba_ssm's name; the computation is the backend's gated_rmsnorm."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+
+
+def _init_dt_bias(cfg: ModelConfig) -> Tensor:
+    """dt log-uniform in [dt_min, dt_max], stored through the inverse of softplus (as mamba_ssm does)."""
+    log_dt = torch.rand(cfg.nheads) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
+    dt = torch.exp(log_dt).clamp(min=1e-4)
+    return dt + torch.log(-torch.expm1(-dt))

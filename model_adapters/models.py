@@ -1,0 +1,287 @@
+"""Explicit and implicit Mamba2 language models.
+
+ExplicitLM: embedding -> N pre-norm residual Mamba2 blocks -> RMSNorm -> LM head.
+ImplicitLM: the same stack used as a map f(z; u) = RMSNorm_f(blocks(z; u)) and iterated to a fixed point,
+with the input entering only through the injection u = W_u RMSNorm_u(emb) + b_u, added to every layer's
+in_proj output on every iteration. The residual stream and the fixed-point iterate stay in float32 whatever
+the parameter dtype.
+
+Both models share one interface, used by the lm-eval adapters and the harness:
+    forward(input_ids, budget=None, lengths=None, state=None, anytime=()) -> LMOutput   (whole sequences)
+    step(token_ids, state, budget=None) -> LMOutput                                  (one token, decoding)
+    logits(hidden) -> float32 logits over the padded vocabulary
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .backends import get_ops
+from .config import Budget, ConfigError, ModelConfig
+from .fixed_point import SolveStats, solve
+from .mamba2 import Mamba2, MixerState
+from .norms import RMSNorm
+from .ssd import compute_dtype
+
+State = list[MixerState]  # one MixerState per layer
+
+
+@dataclass
+class LMOutput:
+    hidden: Tensor  # (B, L, d_model) after the final norm, float32; (B, d_model) from step()
+    state: State  # recurrent state after each sequence's last valid token
+    stats: SolveStats | None = None  # implicit only: (B,) simultaneous and step, (B, L) sequential
+    anytime: dict[int, Tensor] = field(default_factory=dict)  # budget k -> hidden at max_iter = k
+
+
+class Block(nn.Module):
+    """h -> h + Mixer(RMSNorm(h)); h stays in the residual dtype (float32)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = Mamba2(cfg)
+
+    def forward(self, h: Tensor, inject: Tensor | None = None, state: MixerState | None = None,
+                valid: Tensor | None = None) -> tuple[Tensor, MixerState]:
+        out, state = self.mixer(self.norm(h).to(self.mixer.in_proj.weight.dtype), inject, state, valid)
+        return h + out.to(h.dtype), state
+
+    def step(self, h: Tensor, state: MixerState, inject: Tensor | None = None) -> tuple[Tensor, MixerState]:
+        out, state = self.mixer.step(self.norm(h).to(self.mixer.in_proj.weight.dtype), state, inject)
+        return h + out.to(h.dtype), state
+
+
+class _LM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backend = "torch"
+        self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embedding.weight
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embedding.weight.dtype
+
+    @property
+    def cd(self) -> torch.dtype:
+        """Residual / iterate dtype: float32, or float64 for a float64 model."""
+        return compute_dtype(self.embedding.weight)
+
+    def use_backend(self, resolved: str) -> None:
+        """Switch every mixer to a concrete backend (see backends.resolve_backend)."""
+        ops = get_ops(resolved)
+        for layer in self.layers:
+            layer.mixer.ops = ops
+        self.backend = resolved
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
+
+    def empty_state(self, batch: int) -> State:
+        return [layer.mixer.empty_state(batch) for layer in self.layers]
+
+    def embed(self, ids: Tensor) -> Tensor:
+        return self.embedding(ids)
+
+    def check_ids(self, ids: Tensor) -> None:
+        """Token ids outside the embedding table are a user error (a tokenizer that does not match)."""
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.padded_vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.cfg.padded_vocab_size}) for this checkpoint, "
+                             f"got ids in [{int(ids.min())}, {int(ids.max())}]: does the tokenizer match?")
+
+
+def lengths_to_valid(lengths: Tensor | None, length: int) -> Tensor | None:
+    if lengths is None:
+        return None
+    return torch.arange(length, device=lengths.device) < lengths[:, None]
+
+
+def select_state(state: State | None, rows: Tensor, batch: int) -> State | None:
+    if state is None or rows.numel() == batch:
+        return state
+    return [s.select(rows) for s in state]
+
+
+def _take(t: Tensor | None, rows: Tensor, batch: int) -> Tensor | None:
+    return t if t is None or rows.numel() == batch else t[rows]
+
+
+class ExplicitLM(_LM):
+    kind = "explicit"
+
+    def forward(self, input_ids: Tensor, budget: Budget | None = None, lengths: Tensor | None = None,
+                state: State | None = None, anytime=()) -> LMOutput:
+        """input_ids (B, L), right padded to `lengths` (B,) if given."""
+        _no_budget(budget, anytime)
+        self.check_ids(input_ids)
+        valid = lengths_to_valid(lengths, input_ids.shape[1])
+        h = self.embed(input_ids).to(self.cd)
+        new_state = []
+        for i, layer in enumerate(self.layers):
+            h, s = layer(h, None, None if state is None else state[i], valid)
+            new_state.append(s)
+        return LMOutput(self.norm_f(h), new_state)
+
+    def step(self, token_ids: Tensor, state: State, budget: Budget | None = None) -> LMOutput:
+        """token_ids (B,) -> hidden (B, d_model): O(1) work per token."""
+        _no_budget(budget, ())
+        h = self.embed(token_ids).to(self.cd)
+        new_state = []
+        for layer, s in zip(self.layers, state):
+            h, s = layer.step(h, s)
+            new_state.append(s)
+        return LMOutput(self.norm_f(h), new_state)
+
+
+def _no_budget(budget, anytime) -> None:
+    if budget is not None or anytime:
+        raise ConfigError("an explicit model takes no fixed-point budget")
+
+
+class ImplicitLM(_LM):
+    kind = "implicit"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.injection_norm = RMSNorm(cfg.d_model, 1e-5)  # the reference hard-codes this eps
+        self.injection = nn.Linear(cfg.d_model, cfg.d_in_proj, bias=True)
+
+    def inject(self, ids: Tensor) -> Tensor:
+        """u = W_u RMSNorm_u(Emb(ids)) + b_u: (..., d_in_proj) in the parameter dtype, computed once."""
+        x = self.injection_norm(self.embed(ids)).to(self.injection.weight.dtype)
+        return self.injection(x)
+
+    def f(self, z: Tensor, u: Tensor, state: State | None = None, valid: Tensor | None = None
+          ) -> tuple[Tensor, State]:
+        """The map over whole sequences: z (B, L, D) -> RMSNorm_f(blocks(z; u)), one parallel scan per layer."""
+        new_state = []
+        for i, layer in enumerate(self.layers):
+            z, s = layer(z, u, None if state is None else state[i], valid)
+            new_state.append(s)
+        return self.norm_f(z), new_state
+
+    def f_step(self, z: Tensor, u: Tensor, state: State) -> tuple[Tensor, State]:
+        """The map for one token: z (B, D) against the recurrent states of the previous token."""
+        new_state = []
+        for layer, s in zip(self.layers, state):
+            z, s = layer.step(z, s, u)
+            new_state.append(s)
+        return self.norm_f(z), new_state
+
+    def forward(self, input_ids: Tensor, budget: Budget | None = None, lengths: Tensor | None = None,
+                state: State | None = None, anytime=()) -> LMOutput:
+        """input_ids (B, L), right padded to `lengths` (B,) if given; `state` continues earlier tokens.
+
+        anytime: budgets k <= max_iter whose hidden states to return as well, read off the one trajectory
+        (simultaneous mode with tol = 0 only: that is when they equal separate runs at each k).
+        """
+        budget = budget or self.cfg.default_budget()
+        anytime = _check_anytime(anytime, budget)
+        self.check_ids(input_ids)
+        u = self.inject(input_ids)
+        if budget.mode == "sequential":
+            return self._sequential(u, budget, lengths, state)
+        return self._simultaneous(u, budget, lengths, state, anytime)
+
+    def _simultaneous(self, u: Tensor, budget: Budget, lengths: Tensor | None, state: State | None,
+                      anytime: tuple[int, ...]) -> LMOutput:
+        batch, length = u.shape[:2]
+        valid = lengths_to_valid(lengths, length)
+
+        def f(z: Tensor, rows: Tensor) -> Tensor:
+            return self.f(z, _take(u, rows, batch), select_state(state, rows, batch),
+                          _take(valid, rows, batch))[0]
+
+        committed: list[State] = []
+
+        def final(z: Tensor) -> Tensor:
+            out, new_state = self.f(z, u, state, valid)
+            committed.append(new_state)
+            return out
+
+        seen: dict[int, Tensor] = {}
+
+        def on_eval(k: int, fz: Tensor, rows: Tensor) -> None:
+            if k in anytime:
+                seen[k] = fz
+
+        z0 = torch.zeros(batch, length, self.cfg.d_model, dtype=self.cd, device=u.device)
+        _, out, stats = solve(f, z0, budget, valid, on_eval if anytime else None, final)
+        if budget.max_iter in anytime:
+            seen[budget.max_iter] = out
+        return LMOutput(out, committed[0], stats, seen)
+
+    def _sequential(self, u: Tensor, budget: Budget, lengths: Tensor | None, state: State | None) -> LMOutput:
+        """Token by token: each token's latent is iterated with every layer's state frozen at the previous
+        token, then one final f commits the new states (the RNN reading of the model)."""
+        batch, length = u.shape[:2]
+        state = state if state is not None else self.empty_state(batch)
+        hidden = torch.zeros(batch, length, self.cfg.d_model, dtype=self.cd, device=u.device)
+        stats = SolveStats(torch.zeros(batch, length, dtype=torch.long, device=u.device),
+                           torch.zeros(batch, length, dtype=self.cd, device=u.device),
+                           torch.zeros(batch, length, dtype=torch.bool, device=u.device))
+        for t in range(length):
+            rows = torch.arange(batch, device=u.device)
+            if lengths is not None:
+                rows = rows[lengths.to(u.device) > t]
+            out = self._token(u[rows, t], select_state(state, rows, batch), budget)
+            hidden[rows, t] = out.hidden
+            state = _put_state(state, rows, out.state)
+            for name in ("iterations", "residual", "converged"):
+                getattr(stats, name)[rows, t] = getattr(out.stats, name)
+        return LMOutput(hidden, state, stats)
+
+    def _token(self, u: Tensor, state: State, budget: Budget) -> LMOutput:
+        """One sequential fixed-point step for one token per row: u (R, d_in_proj)."""
+        batch = u.shape[0]
+        committed: list[State] = []
+
+        def f(z: Tensor, rows: Tensor) -> Tensor:
+            return self.f_step(z, _take(u, rows, batch), select_state(state, rows, batch))[0]
+
+        def final(z: Tensor) -> Tensor:
+            out, new_state = self.f_step(z, u, state)
+            committed.append(new_state)
+            return out
+
+        z0 = torch.zeros(batch, self.cfg.d_model, dtype=self.cd, device=u.device)
+        _, out, stats = solve(f, z0, budget, None, None, final)
+        return LMOutput(out, committed[0], stats)
+
+    def step(self, token_ids: Tensor, state: State, budget: Budget | None = None) -> LMOutput:
+        """token_ids (B,): the sequential fixed-point step for one token (the generation path)."""
+        budget = budget or self.cfg.default_budget()
+        return self._token(self.inject(token_ids), state, budget)
+
+
+def _put_state(state: State, rows: Tensor, new: State) -> State:
+    if rows.numel() == state[0].ssm.shape[0]:
+        return new
+    return [MixerState(s.conv.index_copy(0, rows, n.conv), s.ssm.index_copy(0, rows, n.ssm))
+            for s, n in zip(state, new)]
+
+
+def _check_anytime(anytime, budget: Budget) -> tuple[int, ...]:
+    anytime = tuple(sorted(set(int(k) for k in anytime)))
+    if not anytime:
+        return anytime
+    if budget.mode != "simultaneous" or budget.tol != 0:
+        raise ConfigError("anytime budgets need mode=simultaneous and tol=0 (only then is one trajectory "
+                          f"exact for every budget); got mode={budget.mode}, tol={budget.tol}")
+    bad = [k for k in anytime if not 1 <= k <= budget.max_iter]
+    if bad:
+        raise ConfigError(f"anytime budgets must lie in [1, max_iter={budget.max_iter}], got {bad}")
+    return anytime
+
+
+def build_model(cfg: ModelConfig) -> ExplicitLM | ImplicitLM:
+    return (ImplicitLM if cfg.kind == "implicit" else ExplicitLM)(cfg)

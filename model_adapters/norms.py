@@ -1,0 +1,35 @@
+"""RMSNorm and the gated, grouped RMSNorm of Mamba2, computed in float32 whatever the input dtype."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def rmsnorm_ref(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """x / rms(x) * weight over the last dim, in float32 (float64 stays float64)."""
+    cd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.to(cd)
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * weight.to(cd)
+
+
+def gated_rmsnorm_ref(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int) -> Tensor:
+    """RMSNorm(x * SiLU(z)) per group of `group_size` channels (mamba_ssm's norm_before_gate=False)."""
+    cd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    y = x.to(cd) * F.silu(z.to(cd))
+    groups = y.unflatten(-1, (-1, group_size))
+    groups = groups * torch.rsqrt(groups.square().mean(-1, keepdim=True) + eps)
+    return groups.flatten(-2) * weight.to(cd)
+
+
+class RMSNorm(nn.Module):
+    """Returns float32 (or float64); callers cast to the compute dtype they need."""
+
+    def __init__(self, d: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rmsnorm_ref(x, self.weight, self.eps)

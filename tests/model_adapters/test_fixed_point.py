@@ -1,0 +1,234 @@
+"""The fixed-point engine: reference semantics counted exactly, per-sequence stopping, anytime outputs,
+Anderson, simultaneous vs sequential, and the Budget's validation."""
+
+import pytest
+import torch
+
+from model_adapters.config import Budget, ConfigError
+from model_adapters.fixed_point import solve
+from model_adapters.testing import assert_close, tiny_model
+
+
+class CountingF:
+    """Wraps ImplicitLM.f to count evaluations (and the rows each evaluation covered)."""
+
+    def __init__(self, model):
+        self.model, self.calls, self.rows = model, 0, 0
+        self.inner = model.f
+
+    def __call__(self, z, u, state=None, valid=None):
+        self.calls += 1
+        self.rows += z.shape[0]
+        return self.inner(z, u, state, valid)
+
+
+def reference_eval(model, ids, k, tau, tol):
+    """A transcription of the reference's evaluation loop (implicit.py, _sequential_step) on a full
+    sequence: z = 0; k - 1 damped updates stopping when ||f(z) - z|| / (1e-6 + ||z||) < tol, measured over
+    the whole batch tensor; then one final f. Returns (hidden, number of f evaluations)."""
+    u = model.inject(ids)
+    z = torch.zeros(*ids.shape, model.cfg.d_model, dtype=model.cd)
+    calls = 0
+    for _ in range(k - 1):
+        z_next = model.f(z, u)[0]
+        calls += 1
+        diff = torch.norm(z_next - z) / (1e-6 + torch.norm(z))
+        z = (1 - tau) * z + tau * z_next
+        if diff < tol:
+            break
+    return model.f(z, u)[0], calls + 1
+
+
+def reference_sequential(model, ids, k, tau):
+    """The reference's token-by-token evaluation (sequential.py + _sequential_step, noise off): each token's
+    latent starts at 0, k - 1 damped updates with the cache frozen, then a final f that updates the cache."""
+    u = model.inject(ids)
+    state = model.empty_state(ids.shape[0])
+    outs = []
+    for t in range(ids.shape[1]):
+        z = torch.zeros(ids.shape[0], model.cfg.d_model, dtype=model.cd)
+        for _ in range(k - 1):
+            z = (1 - tau) * z + tau * model.f_step(z, u[:, t], state)[0]
+        out, state = model.f_step(z, u[:, t], state)
+        outs.append(out)
+    return torch.stack(outs, 1)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_simultaneous_equals_reference_f_thres_and_counts_evaluations(k):
+    model = tiny_model("implicit", dtype=torch.float64)
+    ids = torch.randint(0, 37, (3, 11))
+    expected, calls = reference_eval(model, ids, k, tau=0.8, tol=0.0)
+    counter = CountingF(model)
+    model.f = counter
+    out = model(ids, Budget(max_iter=k, tol=0.0, tau=0.8))
+    assert counter.calls == k == calls
+    assert torch.equal(out.stats.iterations, torch.full((3,), k))
+    assert_close(out.hidden, expected, 1e-12, "hidden")
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_sequential_equals_reference_token_loop(k):
+    model = tiny_model("implicit", dtype=torch.float64)
+    ids = torch.randint(0, 37, (2, 9))
+    out = model(ids, Budget(max_iter=k, tol=0.0, tau=0.7, mode="sequential"))
+    assert_close(out.hidden, reference_sequential(model, ids, k, 0.7), 1e-12, "hidden")
+    assert out.stats.iterations.shape == (2, 9) and (out.stats.iterations == k).all()
+
+
+def test_per_sequence_stopping_batch_of_8_equals_8_batches_of_1():
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids = torch.randint(0, 37, (8, 13))
+    budget = Budget(max_iter=40, tol=1e-3)
+    batched = model(ids, budget)
+    for i in range(8):
+        alone = model(ids[i : i + 1], budget)
+        expected, calls = reference_eval(model, ids[i : i + 1], 40, 0.8, 1e-3)
+        assert_close(batched.hidden[i], alone.hidden[0], 1e-10, f"sequence {i}")
+        assert_close(alone.hidden, expected, 1e-12, f"sequence {i} vs reference")
+        assert int(batched.stats.iterations[i]) == int(alone.stats.iterations[0]) == calls
+    assert batched.stats.converged.all()
+
+
+def test_converged_sequences_stop_costing_compute():
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids = torch.randint(0, 37, (6, 10))
+    counter = CountingF(model)
+    model.f = counter
+    out = model(ids, Budget(max_iter=50, tol=1e-4))
+    # Each sequence is evaluated exactly as often as its own iteration count says, no more.
+    assert counter.rows == int(out.stats.iterations.sum())
+    assert int(out.stats.iterations.max()) < 50
+
+
+def test_padding_does_not_change_stopping():
+    """Residuals are measured over each sequence's valid tokens, so padding changes neither outputs nor
+    iteration counts."""
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    lengths = torch.tensor([4, 11, 7])
+    ids = torch.randint(0, 37, (3, 11))
+    budget = Budget(max_iter=30, tol=1e-3)
+    out = model(ids, budget, lengths=lengths)
+    for i, n in enumerate(lengths.tolist()):
+        alone = model(ids[i : i + 1, :n], budget)
+        assert_close(out.hidden[i, :n], alone.hidden[0], 1e-10, f"sequence {i}")
+        assert int(out.stats.iterations[i]) == int(alone.stats.iterations[0])
+        assert_close(out.state[0].ssm[i], alone.state[0].ssm[0], 1e-10, f"state {i}")
+
+
+def test_anytime_outputs_equal_separate_runs():
+    model = tiny_model("implicit", dtype=torch.float64)
+    ids = torch.randint(0, 37, (2, 9))
+    counter = CountingF(model)
+    model.f = counter
+    run = model(ids, Budget(max_iter=8, tol=0), anytime=[1, 2, 4, 8])
+    assert counter.calls == 8  # one trajectory, no recomputation
+    assert sorted(run.anytime) == [1, 2, 4, 8]
+    for k, hidden in run.anytime.items():
+        assert_close(hidden, model(ids, Budget(max_iter=k, tol=0)).hidden, 1e-12, f"budget {k}")
+
+
+@pytest.mark.parametrize("budget,match", [
+    (Budget(max_iter=8, tol=0.1), "tol=0"),
+    (Budget(max_iter=8, mode="sequential"), "mode=simultaneous"),
+    (Budget(max_iter=4), r"\[1, max_iter=4\]"),
+])
+def test_anytime_rejects_what_it_cannot_do_exactly(budget, match):
+    model = tiny_model("implicit")
+    with pytest.raises(ConfigError, match=match):
+        model(torch.randint(0, 37, (1, 5)), budget, anytime=[1, 8] if budget.max_iter == 4 else [1])
+
+
+def test_anderson_reaches_the_same_fixed_point_in_fewer_evaluations():
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids = torch.randint(0, 37, (4, 30))
+    damped = model(ids, Budget(max_iter=200, tol=1e-8, solver="fixed_point"))
+    anderson = model(ids, Budget(max_iter=200, tol=1e-8, solver="anderson"))
+    assert damped.stats.converged.all() and anderson.stats.converged.all()
+    assert (anderson.stats.iterations < damped.stats.iterations).all()
+    assert_close(anderson.hidden, damped.hidden, 1e-6, "fixed points")
+
+
+def test_anderson_on_a_linear_contraction():
+    """solve() alone: Anderson solves a linear fixed point z = Wz + b far faster than damped iteration."""
+    torch.manual_seed(0)
+    Q = torch.linalg.qr(torch.randn(3, 20, 20, dtype=torch.float64))[0]
+    eigenvalues = torch.linspace(-0.98, 0.98, 20, dtype=torch.float64)  # slow for damped iteration
+    W = Q @ torch.diag(eigenvalues) @ Q.transpose(1, 2)
+    b = torch.randn(3, 20, dtype=torch.float64)
+
+    def f(z, rows):
+        return torch.einsum("rij,rj->ri", W[rows], z) + b[rows]
+
+    exact = torch.linalg.solve(torch.eye(20, dtype=torch.float64) - W, b)
+    z0 = torch.zeros(3, 20, dtype=torch.float64)
+    _, fz_a, st_a = solve(f, z0, Budget(max_iter=3000, tol=1e-10, tau=1.0, solver="anderson", anderson_m=8))
+    _, _, st_d = solve(f, z0, Budget(max_iter=3000, tol=1e-10, tau=1.0))
+    assert_close(fz_a, exact, 1e-8, "anderson solution")
+    assert st_a.converged.all() and st_d.converged.all()
+    assert (st_a.iterations * 5 < st_d.iterations).all(), (st_a.iterations, st_d.iterations)
+
+
+def test_simultaneous_and_sequential_agree_on_a_contractive_model():
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids = torch.randint(0, 37, (2, 25))
+    budget = Budget(max_iter=60, tol=0)
+    sim = model(ids, budget)
+    seq = model(ids, budget.replace(mode="sequential"))
+    assert_close(seq.hidden, sim.hidden, 1e-9, "hidden")
+    for a, b in zip(seq.state, sim.state):
+        assert_close(a.ssm, b.ssm, 1e-9, "ssm state")
+
+
+def test_sequential_stats_are_per_token_and_stop_per_token():
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids = torch.randint(0, 37, (3, 8))
+    out = model(ids, Budget(max_iter=50, tol=1e-4, mode="sequential"), lengths=torch.tensor([8, 3, 5]))
+    its = out.stats.iterations
+    assert its.shape == (3, 8)
+    assert (its[1, 3:] == 0).all() and (its[2, 5:] == 0).all()  # padding costs nothing
+    assert (its[0] > 1).all() and (its[0] < 50).all() and out.stats.converged[0].all()
+
+
+def test_stats_semantics():
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids = torch.randint(0, 37, (2, 6))
+    out = model(ids, Budget(max_iter=3, tol=0))
+    assert (out.stats.iterations == 3).all() and not out.stats.converged.any()
+    assert (out.stats.residual > 0).all() and torch.isfinite(out.stats.residual).all()
+    out = model(ids, Budget(max_iter=1, tol=0))
+    assert (out.stats.iterations == 1).all()
+
+
+def test_implicit_step_equals_sequential_forward():
+    """step() is the generation path: it must continue a sequential forward exactly."""
+    model = tiny_model("implicit", dtype=torch.float64)
+    ids = torch.randint(0, 37, (2, 10))
+    budget = Budget(max_iter=4, tol=0, mode="sequential")
+    full = model(ids, budget)
+    pre = model(ids[:, :6], budget)
+    state, hidden = pre.state, [pre.hidden]
+    for t in range(6, 10):
+        out = model.step(ids[:, t], state, budget)
+        state, hidden = out.state, hidden + [out.hidden[:, None]]
+    assert_close(torch.cat(hidden, 1), full.hidden, 1e-12, "hidden")
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(max_iter=0), "max_iter must be an integer >= 1"),
+    (dict(max_iter=2.5), "max_iter must be an integer"),
+    (dict(tol=-1.0), "tol must be a finite number >= 0"),
+    (dict(tol=float("nan")), "tol must be"),
+    (dict(tau=0.0), r"tau must be a number in \(0, 1\]"),
+    (dict(tau=1.5), "tau must be"),
+    (dict(solver="broyden"), "solver must be one of"),
+    (dict(mode="parallel"), "mode must be one of"),
+])
+def test_budget_validation(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        Budget(**kwargs)
+
+
+def test_budget_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['max_iters'\]; valid keys are"):
+        Budget.from_dict({"max_iters": 3})
