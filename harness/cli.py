@@ -8,6 +8,7 @@ import sys
 
 COMMANDS = {
     "run": "lm-eval's CLI with this project's tasks included (all lm-eval run arguments pass through)",
+    "train": "train a small implicit or explicit model on a state-tracking task (resumable)",
 }
 
 
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="implicit-eval", description="Evaluate implicit and explicit SSM LMs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=name != "run")
+        sub.add_parser(name, help=help_text, add_help=False)
     if not argv or argv[0] not in COMMANDS:
         parser.print_help()
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
@@ -34,6 +35,11 @@ def _dispatch(command: str, rest: list[str]) -> int:
             from . import run
 
             run.main(rest)
+            return 0
+        if command == "train":
+            from . import train_cli
+
+            return train_cli.main(rest)
         return 0
     except (ConfigError, CheckpointError, TokenizerError) as exc:
         print(f"implicit-eval {command}: error: {exc}", file=sys.stderr)

@@ -284,4 +284,22 @@ def _check_anytime(anytime, budget: Budget) -> tuple[int, ...]:
 
 
 def build_model(cfg: ModelConfig) -> ExplicitLM | ImplicitLM:
-    return (ImplicitLM if cfg.kind == "implicit" else ExplicitLM)(cfg)
+    """A freshly initialised model (loaders overwrite every parameter)."""
+    model = (ImplicitLM if cfg.kind == "implicit" else ExplicitLM)(cfg)
+    initialize(model)
+    return model
+
+
+def initialize(model: _LM, std: float = 0.02) -> None:
+    """mamba_ssm's scheme: small embeddings (the head is tied to them), zero biases, and out_proj rescaled by
+    1/sqrt(n_layer) so the residual stream does not grow with depth."""
+    import math
+
+    with torch.no_grad():
+        nn.init.normal_(model.embedding.weight, std=std)
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for layer in model.layers:
+            nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
+            layer.mixer.out_proj.weight /= math.sqrt(model.cfg.n_layer)

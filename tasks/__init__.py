@@ -1,0 +1,5 @@
+"""Offline, seeded evaluation tasks for lm-eval: state tracking, bAbI-style reasoning, local-text perplexity.
+
+Every data set is generated in Python when lm-eval loads the task (``custom_dataset: !function ...``),
+so nothing is downloaded. Point lm-eval at this folder with ``--include_path tasks/``.
+"""
