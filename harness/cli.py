@@ -9,6 +9,8 @@ import sys
 COMMANDS = {
     "run": "lm-eval's CLI with this project's tasks included (all lm-eval run arguments pass through)",
     "train": "train a small implicit or explicit model on a state-tracking task (resumable)",
+    "sweep": "evaluate checkpoints over fixed-point budgets (anytime, resumable) and print the leaderboard",
+    "report": "turn a sweep into a tidy table, plots and leaderboard markdown",
 }
 
 
@@ -40,7 +42,9 @@ def _dispatch(command: str, rest: list[str]) -> int:
             from . import train_cli
 
             return train_cli.main(rest)
-        return 0
+        from . import sweep_cli
+
+        return {"sweep": sweep_cli.sweep_main, "report": sweep_cli.report_main}[command](rest)
     except (ConfigError, CheckpointError, TokenizerError) as exc:
         print(f"implicit-eval {command}: error: {exc}", file=sys.stderr)
         return 2

@@ -273,6 +273,20 @@ def run(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True
     return finish(trainer, out, write_tokenizer(cfg.task, out / "tokenizer.json"))
 
 
+def export(out: Path) -> Path:
+    """Write the checkpoint of a run's saved state (mid-training or finished) to OUT/model."""
+    from tasks.state_tracking import write_tokenizer
+
+    state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
+    trainer = Trainer(replace_device(TrainConfig.from_dict(state["config"]), "cpu"), out)
+    trainer.load_state()
+    return finish(trainer, out, write_tokenizer(trainer.cfg.task, out / "tokenizer.json"))
+
+
+def replace_device(cfg: TrainConfig, device: str) -> TrainConfig:
+    return dataclasses.replace(cfg, device=device)
+
+
 def finish(trainer: Trainer, out: Path, tokenizer_path: Path) -> Path:
     fold_weight_norm(trainer.model)
     device = torch.cuda.get_device_name() if trainer.device.type == "cuda" else "cpu"

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from .train import TrainConfig, run
+from .train import TrainConfig, export, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="run directory (state, log, final checkpoint)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--export", action="store_true", help="only write OUT/model from the saved state")
     for f in dataclasses.fields(TrainConfig):
         kind = _type_of(f)
         if kind is bool:
@@ -33,6 +34,9 @@ def _type_of(f: dataclasses.Field):
 def main(argv: list[str]) -> int:
     args = vars(build_parser().parse_args(argv))
     out, resume, progress = args.pop("out"), args.pop("resume"), not args.pop("no_progress")
+    if args.pop("export"):
+        print(f"exported: {export(out)}")
+        return 0
     result = run(TrainConfig(**args), out, resume=resume, progress=progress)
     print(f"finished: {result}" if result else f"time limit reached; continue with --resume --out {out}")
     return 0

@@ -16,13 +16,17 @@ class ConvergenceLog:
         self._converged: list[torch.Tensor] = []
 
     def add(self, stats: SolveStats, valid: torch.Tensor | None = None) -> None:
-        """valid masks entries that are padding (sequential stats of right-padded batches)."""
+        """valid masks entries that are padding (sequential stats of right-padded batches). Copies stay on the
+        device until summary(), so logging a decoding step costs no host synchronisation."""
         its, res, conv = stats.iterations, stats.residual, stats.converged
         if valid is not None:
             its, res, conv = its[valid], res[valid], conv[valid]
-        self._iterations.append(its.detach().flatten().cpu())
-        self._residuals.append(res.detach().flatten().double().cpu())
-        self._converged.append(conv.detach().flatten().cpu())
+        self._iterations.append(its.detach().flatten().clone())
+        self._residuals.append(res.detach().flatten().double())
+        self._converged.append(conv.detach().flatten().clone())
+
+    def __getstate__(self):  # gathered across ranks as CPU tensors
+        return {k: [t.cpu() for t in v] for k, v in self.__dict__.items()}
 
     def extend(self, other: ConvergenceLog) -> None:
         self._iterations += other._iterations
@@ -35,8 +39,8 @@ class ConvergenceLog:
     def summary(self, max_iter: int) -> dict:
         if not len(self):
             return {"count": 0}
-        its = torch.cat(self._iterations).double()
-        converged = torch.cat(self._converged)
+        its = torch.cat([t.cpu() for t in self._iterations]).double()
+        converged = torch.cat([t.cpu() for t in self._converged])
         return {
             "count": int(its.numel()),
             "iterations_mean": float(its.mean()),
@@ -45,5 +49,5 @@ class ConvergenceLog:
             "iterations_max": int(its.max()),
             "fraction_hit_max_iter_unconverged": float(((its >= max_iter) & ~converged).double().mean()),
             "fraction_converged": float(converged.double().mean()),
-            "residual_mean": float(torch.cat(self._residuals).mean()),
+            "residual_mean": float(torch.cat([t.cpu() for t in self._residuals]).mean()),
         }

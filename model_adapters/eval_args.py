@@ -14,9 +14,9 @@ import torch
 from .config import Budget, ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BUDGET_ARGS = ("max_iter", "tol", "tau", "solver", "mode")
+BUDGET_ARGS = ("max_iter", "tol", "tau", "solver", "mode", "anytime")
 COMMON_ARGS = ("pretrained", "tokenizer", "backend", "dtype", "max_length", "batch_size", "max_batch_size",
-               "device")
+               "device", "record_greedy", "cuda_graphs")
 DEFAULT_MAX_LENGTH = 2048
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ class EvalArgs:
     max_batch_size: int
     device: torch.device
     budget_overrides: dict
+    anytime: tuple[int, ...] = ()  # extra budgets scored from the run's one trajectory (see lm_eval_models)
+    record_greedy: str | None = None  # a .jsonl path: greedy tokens at every position of each scored sequence
+    cuda_graphs: bool | None = None  # decode through a captured CUDA graph; None = whenever possible
 
     @property
     def dtype_name(self) -> str:
@@ -53,7 +56,7 @@ def parse_model_args(kind: str, args: dict) -> EvalArgs:
         raise ConfigError(f"{model}: unknown model_args {unknown}; valid ones are {sorted(valid_args(kind))}")
     if not args.get("pretrained"):
         raise ConfigError(f"{model}: model_args needs pretrained=<checkpoint directory>")
-    overrides = {k: args[k] for k in BUDGET_ARGS if k in args}
+    overrides = {k: args[k] for k in BUDGET_ARGS if k in args and k != "anytime"}
     if "tol" in overrides or "tau" in overrides:  # lm-eval casts "0" to int
         overrides.update({k: float(overrides[k]) for k in ("tol", "tau") if k in overrides and _number(overrides[k])})
     Budget().replace(**overrides)  # validates every value now, before a checkpoint is read
@@ -63,7 +66,31 @@ def parse_model_args(kind: str, args: dict) -> EvalArgs:
         max_length=_positive_int(args.get("max_length"), "max_length", model),
         batch_size=_batch_size(args.get("batch_size", 1), model),
         max_batch_size=_positive_int(args.get("max_batch_size"), "max_batch_size", model) or 64,
-        device=_device(args.get("device")), budget_overrides=overrides)
+        device=_device(args.get("device")), budget_overrides=overrides,
+        anytime=_int_list(args.get("anytime"), "anytime", model), record_greedy=_opt_str(args.get("record_greedy")),
+        cuda_graphs=_opt_bool(args.get("cuda_graphs"), "cuda_graphs", model))
+
+
+def _opt_bool(value, name: str, model: str) -> bool | None:
+    if value is None or value == "auto":
+        return None
+    if not isinstance(value, bool):
+        raise ConfigError(f"{model}: {name} must be true, false or auto, got {value!r}")
+    return value
+
+
+def _int_list(value, name: str, model: str) -> tuple[int, ...]:
+    """A list of ints, one int, or a ';'-separated string (model_args strings split on commas)."""
+    if value is None or value == "":
+        return ()
+    items = value.split(";") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+    try:
+        out = tuple(int(x) for x in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{model}: {name} must be integers separated by ';' (e.g. 1;2;4;8), got {value!r}") from None
+    if any(k < 1 for k in out):
+        raise ConfigError(f"{model}: {name} budgets must be >= 1, got {value!r}")
+    return out
 
 
 def _number(x) -> bool:

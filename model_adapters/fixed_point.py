@@ -13,10 +13,10 @@ Statistics, one entry per batch row:
     residual    ||f(z) - z|| / (1e-6 + ||z||) at the final evaluation's input z
     converged   the row met tol (never when tol == 0)
 
-on_eval(k, fz, rows) sees every evaluation of the loop: k is its number (1-based), fz its output for
-`rows`. With tol = 0 all rows share one trajectory, and the output of evaluation k is exactly the output a
-run with max_iter = k would return (the final evaluation being number max_iter): that is what anytime
-(multi-budget) evaluation reads.
+on_eval(k, fz, rows, residual) sees every evaluation of the loop: k is its number (1-based), fz its output
+for `rows`, residual the rows' relative residual at that evaluation's input. With tol = 0 all rows share one
+trajectory, and the output of evaluation k is exactly the output a run with max_iter = k would return (the
+final evaluation being number max_iter): that is what anytime (multi-budget) evaluation reads.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .config import Budget
 EPS = 1e-6  # the reference's denominator guard in the relative residual
 
 RowMap = Callable[[Tensor, Tensor], Tensor]
-EvalHook = Callable[[int, Tensor, Tensor], None]
+EvalHook = Callable[[int, Tensor, Tensor, Tensor], None]
 
 
 @dataclass
@@ -78,7 +78,7 @@ def solve(f: RowMap, z0: Tensor, budget: Budget, valid: Tensor | None = None,
     return z, fz, SolveStats(iterations, residual, converged)
 
 
-def _ignore(k: int, fz: Tensor, rows: Tensor) -> None:
+def _ignore(k: int, fz: Tensor, rows: Tensor, residual: Tensor) -> None:
     pass
 
 
@@ -95,8 +95,8 @@ def _damped(f: RowMap, z: Tensor, budget: Budget, valid: Tensor | None, on_eval:
     for k in range(1, budget.max_iter):
         z_rows = z[rows]
         fz = f(z_rows, rows)
-        on_eval(k, fz, rows)
         r = relative_residual(fz, z_rows, _rows_valid(valid, rows))
+        on_eval(k, fz, rows, r)
         z[rows] = (1 - budget.tau) * z_rows + budget.tau * fz
         iterations[rows] = k
         rows = _drop_converged(rows, r, budget.tol, converged)
@@ -129,9 +129,9 @@ def _anderson(f: RowMap, z: Tensor, budget: Budget, valid: Tensor | None, on_eva
     for k in range(1, budget.max_iter):
         z_rows = z[rows]
         fz = f(z_rows, rows)
-        on_eval(k, fz, rows)
         v = _rows_valid(valid, rows)
         r = relative_residual(fz, z_rows, v)
+        on_eval(k, fz, rows, r)
         slot = (k - 1) % m
         xs[rows, slot], fs[rows, slot] = z_rows, fz
         z[rows] = _anderson_mix(xs[rows, : min(k, m)], fs[rows, : min(k, m)], v, budget.tau)

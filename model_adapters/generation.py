@@ -3,6 +3,10 @@
 For an explicit model a step is O(1) work; for an implicit model it is the sequential fixed-point step at
 the given budget. The host looks at the generated tokens only every `check_every` tokens (to test stop
 sequences); tokens produced past a stop are discarded, which cannot change greedy output before it.
+
+On CUDA the step can be captured once as a CUDA graph and replayed (`GraphedStep`): that removes the launch
+overhead that dominates small-batch decoding. Capture needs a step whose work does not depend on the data,
+so it is used for explicit models and for implicit ones at tol = 0; `use_cuda_graphs` decides, in one place.
 """
 
 from __future__ import annotations
@@ -26,10 +30,46 @@ def right_pad(seqs: list[list[int]], device: torch.device, pad: int = 0) -> tupl
     return ids, lengths
 
 
+def use_cuda_graphs(model: ExplicitLM | ImplicitLM, budget: Budget | None, requested: bool | None) -> bool:
+    """Graphs need CUDA and a data-independent step (explicit, or implicit at tol = 0). None = when possible."""
+    possible = model.embedding.weight.is_cuda and (budget is None or budget.tol == 0)
+    if requested and not possible:
+        raise ValueError("cuda_graphs needs a CUDA device and, for implicit models, tol=0 (early stopping "
+                         "depends on the data)")
+    return possible if requested is None else requested
+
+
+class GraphedStep:
+    """model.step for one batch size, captured as a CUDA graph over static input and state buffers."""
+
+    def __init__(self, model: ExplicitLM | ImplicitLM, batch: int, budget: Budget | None, vocab_size: int):
+        self.token = torch.zeros(batch, dtype=torch.long, device=model.embedding.weight.device)
+        self.state = model.empty_state(batch)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up: compile kernels, settle the allocator
+            for _ in range(2):
+                model.step(self.token, self.state, budget)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = model.step(self.token, self.state, budget)
+            self.next_token = model.logits(self.out.hidden)[:, :vocab_size].argmax(-1)
+
+    def __call__(self, token: Tensor, state) -> tuple[Tensor, list]:
+        self.token.copy_(token)
+        for static, live in zip(self.state, state):
+            static.conv.copy_(live.conv)
+            static.ssm.copy_(live.ssm)
+        self.graph.replay()
+        return self.next_token, self.out.state
+
+
 @torch.inference_mode()
 def greedy_generate(model: ExplicitLM | ImplicitLM, prompts: list[list[int]], max_new_tokens: int,
                     budget: Budget | None, is_done: Callable[[int, list[int]], bool], vocab_size: int,
-                    check_every: int = 16, log: ConvergenceLog | None = None) -> list[list[int]]:
+                    check_every: int = 16, log: ConvergenceLog | None = None,
+                    cuda_graphs: bool | None = None) -> list[list[int]]:
     """Generate up to max_new_tokens for each prompt; is_done(row, tokens) says when a row may stop."""
     device = model.embedding.weight.device
     ids, lengths = right_pad(prompts, device)
@@ -38,6 +78,8 @@ def greedy_generate(model: ExplicitLM | ImplicitLM, prompts: list[list[int]], ma
     last = out.hidden[torch.arange(len(prompts), device=device), lengths - 1]
     token = model.logits(last)[:, :vocab_size].argmax(-1)
     state, rows = out.state, torch.arange(len(prompts), device=device)
+    graphed = GraphedStep(model, len(prompts), budget, vocab_size) \
+        if use_cuda_graphs(model, budget, cuda_graphs) and max_new_tokens > 1 else None
     generated: list[list[int]] = [[] for _ in prompts]
     pending = [token]
     for step in range(1, max_new_tokens + 1):
@@ -46,12 +88,19 @@ def greedy_generate(model: ExplicitLM | ImplicitLM, prompts: list[list[int]], ma
             pending = []
             if rows.numel() == 0 or step == max_new_tokens:
                 break
-            state, token = select_state(state, keep, token.shape[0]), token[keep]
+            if graphed is None:  # a graph has a fixed batch: finished rows ride along, their tokens ignored
+                state, token = select_state(state, keep, token.shape[0]), token[keep]
+        if graphed is not None:  # batch position == original row: keep the active rows' tokens
+            token, state = graphed(token, state)
+            pending.append(token[rows])
+            _log(log, graphed.out, None)
+            continue
         out = model.step(token, state, budget)
         _log(log, out, None)
         state, token = out.state, model.logits(out.hidden)[:, :vocab_size].argmax(-1)
         pending.append(token)
     return generated
+
 
 
 def _flush(pending: list[Tensor], rows: Tensor, generated: list[list[int]], is_done) -> tuple[Tensor, Tensor]:

@@ -62,6 +62,13 @@ class SSMLM(TemplateLM):
         self.convergence, self.truncated = self._local, 0
         self._names: dict[tuple[str, str], str] = {}
         self._auto_batch: int | None = None
+        # Anytime budgets: scored from the one trajectory of the run's budget (simultaneous, tol = 0).
+        self.anytime = _check_anytime(args.anytime, self.budget)
+        self.budgets_scored = [self.budget.max_iter if self.budget else 0] + [k for k in self.anytime
+                                                                               if k != self.budget.max_iter]
+        self.anytime_records: dict[int, dict] = {k: {} for k in self.budgets_scored[1:]}
+        self._local_anytime = {k: ConvergenceLog() for k in self.budgets_scored[1:]}
+        self._last_anytime: dict[int, list] = {}
 
     # -- tokenisation -------------------------------------------------------------------------------
     @property
@@ -92,32 +99,41 @@ class SSMLM(TemplateLM):
     # -- loglikelihood ------------------------------------------------------------------------------
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         self._names = {req.args: _request_name(req) for req in requests}
-        return self._finish_call(super().loglikelihood(requests, disable_tqdm=disable_tqdm))
+        results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        for k, answers in self._last_anytime.items():  # same order as `requests`
+            self.anytime_records[k].update({("loglikelihood", req.args): a for req, a in zip(requests, answers)})
+        return self._finish_call(results)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, names: list[str] | None = None):
-        """requests: ((context, continuation) | None, context_enc, continuation_enc) -> [(logprob, is_greedy)]."""
+        """requests: ((context, continuation) | None, context_enc, continuation_enc) -> [(logprob, is_greedy)]
+        at the budget; answers at the anytime budgets are left in self._last_anytime, in the same order."""
         names = names or [self._names.get(r[0], "request") for r in requests]
         # The first element carries (cache key, request name) through the Collator, which regroups by it.
         items = [((r[0], name), r[1], r[2]) for r, name in zip(requests, names)]
         collator = Collator(items, sort_fn=lambda x: (-len(x[1] + x[2]), tuple(x[1] + x[2])),
                             group_by="contexts", group_fn=lambda x: x[1] + x[2][:-1])
-        results = []
+        answers: dict[int, list] = {k: [] for k in self.budgets_scored}
         bar = tqdm(total=len(requests), disable=disable_tqdm or self._rank != 0, desc="loglikelihood")
         for chunk in collator.get_batched(n=self._batch_size(items), batch_fn=None):
             for (key, ctx, cont), logprobs in zip(chunk, self._score(chunk)):
+                # (positions, budgets, vocab) travels flattened: the Collator expands a (1, positions, *) tensor
                 for (req_str, _), cont_toks, lp in collator.get_cache(req_str=key, cxt_toks=ctx, cont_toks=cont,
-                                                                      logits=logprobs[None]):
-                    answer = _answer(lp[0], cont_toks)
-                    results.append(answer)
+                                                                      logits=logprobs.flatten(1)[None]):
+                    lp = lp[0].unflatten(-1, (len(self.budgets_scored), -1))
+                    for b, k in enumerate(self.budgets_scored):
+                        answers[k].append(_answer(lp[:, b], cont_toks))
                     if req_str is not None:
-                        self.cache_hook.add_partial("loglikelihood", req_str, answer)
+                        self.cache_hook.add_partial("loglikelihood", req_str, answers[self.budgets_scored[0]][-1])
                     bar.update(1)
         bar.close()
-        return collator.get_original(results)
+        main, *extra = self.budgets_scored
+        self._last_anytime = {k: collator.get_original(answers[k]) for k in extra}
+        return collator.get_original(answers[main])
 
     @torch.inference_mode()
     def _score(self, chunk) -> list[torch.Tensor]:
-        """Log-probabilities over the real vocabulary at each request's continuation positions."""
+        """Log-probabilities over the real vocabulary at each request's continuation positions, one row per
+        scored budget: a list of (positions, budgets, vocab) tensors."""
         inputs, spans = [], []
         for _, ctx, cont in chunk:
             if len(cont) > self.max_length:
@@ -127,14 +143,33 @@ class SSMLM(TemplateLM):
             inputs.append(full[-(self.max_length + 1):][:-1])
             spans.append(len(cont))
         ids, lengths = right_pad(inputs, self._device)
-        out = self.model(ids, self.budget, lengths=lengths)
+        out = self.model(ids, self.budget, lengths=lengths, anytime=self.anytime)
+        hidden = {self.budgets_scored[0]: out.hidden, **out.anytime}
         self._record(out.stats, lengths)
+        for k, log in self._local_anytime.items():
+            log.add(out.anytime_stats[k])
         self._check_finite(out.hidden, lengths, [name for (_, name), _, _ in chunk])
+        if self.args.record_greedy:
+            self._write_greedy(inputs, hidden, out, lengths)
         rows = []
-        for i, (n, k) in enumerate(zip(lengths.tolist(), spans)):
-            logits = self.model.logits(out.hidden[i, n - k: n])[:, : self.vocab_size]
-            rows.append(F.log_softmax(logits, dim=-1))
+        for i, (n, c) in enumerate(zip(lengths.tolist(), spans)):
+            stacked = torch.stack([hidden[k][i, n - c: n] for k in self.budgets_scored], 1)
+            rows.append(F.log_softmax(self.model.logits(stacked)[..., : self.vocab_size], dim=-1))
         return rows
+
+    def _write_greedy(self, inputs, hidden, out, lengths) -> None:
+        """One JSON line per scored sequence: its tokens and the greedy next token at every position, per budget,
+        with the iterations used (the raw material of mode-agreement and iteration-distribution reports)."""
+        stats = {self.budgets_scored[0]: out.stats, **out.anytime_stats}
+        with open(self.args.record_greedy, "a") as fh:
+            for i, (tokens, n) in enumerate(zip(inputs, lengths.tolist())):
+                record = {"input": tokens, "greedy": {}, "iterations": {}}
+                for k, h in hidden.items():
+                    record["greedy"][str(k)] = self.model.logits(h[i, :n])[:, : self.vocab_size].argmax(-1).tolist()
+                    if stats.get(k) is not None:
+                        its = stats[k].iterations[i]
+                        record["iterations"][str(k)] = its[:n].tolist() if its.dim() else int(its)
+                fh.write(json.dumps(record) + "\n")
 
     # -- loglikelihood_rolling ----------------------------------------------------------------------
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
@@ -147,10 +182,12 @@ class SSMLM(TemplateLM):
                 windows.append((None, ctx, cont))
                 owners.append(index)
                 names.append(_request_name(req))
-        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm, names=names)
-        totals = [0.0] * len(requests)
-        for owner, (logprob, _) in zip(owners, scores):
-            totals[owner] += logprob
+        totals = _sum_by_owner(self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm, names=names), owners,
+                               len(requests))
+        for k, answers in self._last_anytime.items():
+            per_request = _sum_by_owner(answers, owners, len(requests))
+            self.anytime_records[k].update({("loglikelihood_rolling", req.args): t
+                                            for req, t in zip(requests, per_request)})
         for req, total in zip(requests, totals):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
         return self._finish_call(totals)
@@ -171,6 +208,9 @@ class SSMLM(TemplateLM):
         return self._finish_call(collator.get_original(results))
 
     def _generate(self, contexts: list[str], gen_kwargs: dict) -> list[str]:
+        if self.anytime:
+            raise ConfigError("anytime budgets score loglikelihood requests only; evaluate generation tasks with "
+                              "one budget per run")
         until, max_new = _parse_gen_kwargs(gen_kwargs, self.tok_decode([self.eot_token_id]))
         budget_ctx = max(1, self.max_length - max_new)
         prompts = []
@@ -183,7 +223,8 @@ class SSMLM(TemplateLM):
             return self.eot_token_id in tokens or any(s in self.tok_decode(tokens) for s in until)
 
         log = ConvergenceLog()
-        generated = greedy_generate(self.model, prompts, max_new, self.budget, is_done, self.vocab_size, log=log)
+        generated = greedy_generate(self.model, prompts, max_new, self.budget, is_done, self.vocab_size, log=log,
+                                    cuda_graphs=self.args.cuda_graphs)
         self._local["generation"].extend(log)
         return [_cut(self.tok_decode(_before_eot(toks, self.eot_token_id)), until) for toks in generated]
 
@@ -235,13 +276,12 @@ class SSMLM(TemplateLM):
     def _finish_call(self, results):
         """After each request type: merge statistics across ranks, report truncation."""
         self.convergence, self.truncated = self._local, self._local_truncated
+        self._anytime_logs = self._local_anytime
         if self._world_size > 1:  # every rank runs each request type once, so this collective is matched
-            parts = distributed.all_gather_object((self._local, self._local_truncated))
-            self.truncated = sum(t for _, t in parts)
-            self.convergence = {key: ConvergenceLog() for key in self._local}
-            for logs, _ in parts:
-                for key, log in logs.items():
-                    self.convergence[key].extend(log)
+            parts = distributed.all_gather_object((self._local, self._local_truncated, self._local_anytime))
+            self.truncated = sum(t for _, t, _ in parts)
+            self.convergence = _merge_logs([logs for logs, _, _ in parts])
+            self._anytime_logs = _merge_logs([logs for _, _, logs in parts])
         if self.truncated:
             logger.warning("%d request(s) longer than max_length=%d were truncated from the left", self.truncated,
                            self.max_length)
@@ -262,6 +302,18 @@ class SSMLM(TemplateLM):
         if self.budget is not None:
             info["budget"] = self.budget.to_dict()
             info["convergence"] = {k: log.summary(self.budget.max_iter) for k, log in self.convergence.items()}
+        if self.anytime:
+            info["anytime_budgets"] = list(self.budgets_scored)
+        return {"ssm_model": info}
+
+    def anytime_info(self, k: int) -> dict:
+        """get_model_info() as a run at max_iter = k would report it (used to replay anytime budgets)."""
+        info = json.loads(json.dumps(self.get_model_info()["ssm_model"]))
+        info["budget"]["max_iter"] = k
+        info["convergence"] = {"scoring": self._anytime_logs[k].summary(k), "generation": {"count": 0}}
+        info["fingerprint"] = model_fingerprint(self.ckpt.content_hash, self.budget.replace(max_iter=k),
+                                                self.args.dtype_name, self.backend, self.max_length)
+        info["anytime_of"] = self.budget.max_iter
         return {"ssm_model": info}
 
     def set_cache_hook(self, cache_hook) -> None:
@@ -287,6 +339,18 @@ class ExplicitSSMLM(SSMLM):
     KIND = "explicit"
 
 
+def _check_anytime(anytime: tuple[int, ...], budget) -> tuple[int, ...]:
+    if not anytime:
+        return ()
+    if budget is None or budget.mode != "simultaneous" or budget.tol != 0:
+        raise ConfigError("anytime budgets need an implicit model with mode=simultaneous and tol=0 (only then does "
+                          f"one trajectory give every budget exactly); got {budget}")
+    bad = [k for k in anytime if not 1 <= k <= budget.max_iter]
+    if bad:
+        raise ConfigError(f"anytime budgets must lie in [1, max_iter={budget.max_iter}], got {bad}")
+    return tuple(sorted(set(anytime) | {budget.max_iter}))
+
+
 def model_fingerprint(content_hash: str, budget, dtype: str, backend: str, max_length: int) -> str:
     """What determines scores: weights + tokenizer, budget, dtype, backend, context window."""
     key = json.dumps([content_hash, budget.to_dict() if budget else None, dtype, backend, max_length])
@@ -304,6 +368,21 @@ def _check_checkpoint(ckpt, kind: str, path: str) -> None:
     if ckpt.tokenizer.vocab_size > ckpt.config.padded_vocab_size:
         raise ConfigError(f"{ckpt.tokenizer.path} has {ckpt.tokenizer.vocab_size} tokens but the model only "
                           f"{ckpt.config.padded_vocab_size} embeddings: tokenizer and checkpoint do not match")
+
+
+def _merge_logs(parts: list[dict]) -> dict:
+    merged = {key: ConvergenceLog() for key in parts[0]}
+    for logs in parts:
+        for key, log in logs.items():
+            merged[key].extend(log)
+    return merged
+
+
+def _sum_by_owner(answers: list[tuple[float, bool]], owners: list[int], n: int) -> list[float]:
+    totals = [0.0] * n
+    for owner, (logprob, _) in zip(owners, answers):
+        totals[owner] += logprob
+    return totals
 
 
 def _request_name(req) -> str:

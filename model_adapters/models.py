@@ -35,6 +35,7 @@ class LMOutput:
     state: State  # recurrent state after each sequence's last valid token
     stats: SolveStats | None = None  # implicit only: (B,) simultaneous and step, (B, L) sequential
     anytime: dict[int, Tensor] = field(default_factory=dict)  # budget k -> hidden at max_iter = k
+    anytime_stats: dict[int, SolveStats] = field(default_factory=dict)  # budget k -> the stats of that run
 
 
 class Block(nn.Module):
@@ -209,16 +210,18 @@ class ImplicitLM(_LM):
             return out
 
         seen: dict[int, Tensor] = {}
+        seen_stats: dict[int, SolveStats] = {}
 
-        def on_eval(k: int, fz: Tensor, rows: Tensor) -> None:
-            if k in anytime:
+        def on_eval(k: int, fz: Tensor, rows: Tensor, residual: Tensor) -> None:
+            if k in anytime:  # tol = 0: every row is in `rows`, in order
                 seen[k] = fz
+                seen_stats[k] = SolveStats(torch.full_like(rows, k), residual, torch.zeros_like(rows, dtype=torch.bool))
 
         z0 = torch.zeros(batch, length, self.cfg.d_model, dtype=self.cd, device=u.device)
         _, out, stats = solve(f, z0, budget, valid, on_eval if anytime else None, final)
         if budget.max_iter in anytime:
-            seen[budget.max_iter] = out
-        return LMOutput(out, committed[0], stats, seen)
+            seen[budget.max_iter], seen_stats[budget.max_iter] = out, stats
+        return LMOutput(out, committed[0], stats, seen, seen_stats)
 
     def _sequential(self, u: Tensor, budget: Budget, lengths: Tensor | None, state: State | None) -> LMOutput:
         """Token by token: each token's latent is iterated with every layer's state frozen at the previous

@@ -1,0 +1,94 @@
+"""Log-likelihood throughput through lm-eval: `explicit_ssm` vs lm-eval's own `mamba_ssm` model, on the same
+mamba_ssm checkpoint (the 130M configuration at random initialisation) and the same requests.
+
+    python bench/lm_eval_throughput.py --out $OUT/lm_eval_throughput.json [--docs 512 --context 1024]
+
+The checkpoint and a word-level tokenizer (50277 entries, no hub access needed) are written to a temporary
+directory; the task is bench/tasks/bench_ll.yaml (random words, a context and an 8-word continuation).
+Both models run in bfloat16 at batch size 16; the timed region is lm-eval's evaluation after the model is
+built. The two models' summed log-likelihoods are compared as a sanity check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+TASKS = Path(__file__).parent / "tasks"
+VOCAB = 50277
+
+
+def make_checkpoint(root: Path) -> Path:
+    from mamba_ssm.models.config_mamba import MambaConfig
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    torch.manual_seed(0)
+    cfg = MambaConfig(d_model=768, n_layer=24, d_intermediate=0, vocab_size=VOCAB, pad_vocab_size_multiple=16,
+                      ssm_cfg={"layer": "Mamba2", "use_mem_eff_path": False}, rms_norm=True, residual_in_fp32=True,
+                      fused_add_norm=True, tie_embeddings=True)
+    MambaLMHeadModel(cfg, device="cuda", dtype=torch.float32).save_pretrained(str(root))
+    vocab = {"<eos>": 0, **{f"w{i}": i for i in range(1, VOCAB)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(root / "tokenizer.json"))
+    (root / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<eos>", "model_max_length": 4096}))
+    return root
+
+
+def evaluate(lm, limit: int | None) -> tuple[float, dict]:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(TASKS), include_defaults=False)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    res = lm_eval.simple_evaluate(model=lm, tasks=["bench_ll"], task_manager=manager, limit=limit,
+                                  bootstrap_iters=0, log_samples=True)
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--docs", type=int, default=512)
+    p.add_argument("--context", type=int, default=1024)
+    args = p.parse_args()
+    os.environ.update(BENCH_DOCS=str(args.docs), BENCH_CONTEXT=str(args.context))
+    from lm_eval.models.mamba_lm import MambaLMWrapper
+
+    from model_adapters.lm_eval_models import ExplicitSSMLM
+
+    root = make_checkpoint(Path(tempfile.mkdtemp()))
+    ours = ExplicitSSMLM(pretrained=str(root), dtype="bfloat16", batch_size=16, device="cuda")
+    theirs = MambaLMWrapper(pretrained=str(root), tokenizer=str(root), dtype="bfloat16", batch_size=16, device="cuda")
+    evaluate(ours, 32), evaluate(theirs, 32)  # warm-up: Triton compilation, allocator
+    results = {}
+    for name, lm in (("explicit_ssm", ours), ("mamba_ssm", theirs), ("explicit_ssm_repeat", ours)):
+        seconds, res = evaluate(lm, None)
+        results[name] = {"seconds": seconds, "requests_per_s": args.docs / seconds,
+                         "loglikelihoods": [s["resps"][0][0][0] for s in res["samples"]["bench_ll"]]}
+    a = torch.tensor(results["explicit_ssm"].pop("loglikelihoods"))
+    b = torch.tensor(results["mamba_ssm"].pop("loglikelihoods"))
+    results["explicit_ssm_repeat"].pop("loglikelihoods")
+    summary = {"device": torch.cuda.get_device_name(), "dtype": "bfloat16", "batch_size": 16, "docs": args.docs,
+               "context_tokens": args.context, "continuation_tokens": 8, **results,
+               "throughput_ratio_ours_over_mamba_ssm": results["mamba_ssm"]["seconds"]
+               / results["explicit_ssm"]["seconds"],
+               "loglikelihood_mean_abs_diff": float((a - b).abs().mean()),
+               "loglikelihood_mean": float(b.mean())}
+    args.out.write_text(json.dumps(summary, indent=2))
+    for key, value in summary.items():
+        print(f"{key:40s} {value}")
+
+
+if __name__ == "__main__":
+    main()

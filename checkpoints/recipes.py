@@ -1,0 +1,64 @@
+"""The recipes that produced the bundled checkpoints, and a driver that trains several at once.
+
+    python checkpoints/recipes.py parity-implicit parity-explicit --device cpu --runs runs/
+    python checkpoints/recipes.py a5-implicit a5-explicit --device cuda --time-limit 540
+
+Each recipe is `implicit-eval train` with the arguments below (the model card shows the exact command). The
+driver starts one process per recipe (all on the one device; GPU runs share it), continues runs that a time
+limit interrupted (--resume), and exports finished ones to RUNS/<name>/model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+PARITY = dict(task="parity", min_len=1, max_len=40, steps=1500, batch_size=64, lr=3e-3, d_model=64, n_layer=1,
+              d_state=16, headdim=16, log_every=50)
+WORD = dict(task="a5", min_len=1, max_len=32, batch_size=128, lr=1e-3, clip=0.25, warmup_steps=500, d_model=128,
+            n_layer=1, d_state=64, headdim=32, expand=4, log_every=100, save_every=1000)
+RECIPES = {
+    "parity-implicit": dict(PARITY, kind="implicit"),
+    "parity-explicit": dict(PARITY, kind="explicit"),
+    "a5-implicit": dict(WORD, kind="implicit", steps=12000, unroll_steps=2000, unroll_iters=4, train_max_iter=16),
+    "a5-explicit": dict(WORD, kind="explicit", steps=12000),
+}
+
+
+def command(name: str, runs: Path, device: str, time_limit: float, resume: bool) -> list[str]:
+    args = [sys.executable, "-m", "harness", "train", "--out", str(runs / name), "--device", device, "--no-progress"]
+    for key, value in RECIPES[name].items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    if time_limit:
+        args += ["--time-limit", str(time_limit)]
+    return args + (["--resume"] if resume else [])
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="+", choices=sorted(RECIPES))
+    p.add_argument("--runs", type=Path, default=Path("runs"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--time-limit", type=float, default=0.0, help="seconds per call; continue later with the same "
+                   "command (it resumes)")
+    args = p.parse_args(argv)
+    procs = {}
+    for name in args.names:
+        resume = (args.runs / name / "train_state.pt").exists()
+        cmd = command(name, args.runs, args.device, args.time_limit, resume)
+        print(" ".join(cmd), flush=True)
+        (args.runs / name).mkdir(parents=True, exist_ok=True)
+        log = open(args.runs / name / "stdout.log", "a")  # noqa: SIM115 - held open while the process runs
+        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log)
+    failed = 0
+    for name, (proc, log) in procs.items():
+        failed += proc.wait() != 0
+        log.close()
+        print(f"{name}: exit {proc.returncode}", flush=True)
+    return int(failed > 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
