@@ -3,7 +3,8 @@
 Built on lm-eval's TemplateLM (tokenisation and request plumbing) with our own batching:
 - loglikelihood: lm-eval's Collator sorts by length and groups requests that share context + continuation[:-1],
   so multiple-choice over many one-token labels costs one forward pass; batches are right padded, which a
-  causal model cannot see, and scores are read at each sequence's own positions.
+  causal model cannot see, and scores are read at each sequence's own positions. Log-softmax runs over the
+  checkpoint's padded vocabulary, as lm-eval's HF and mamba_ssm models do (scores stay comparable).
 - loglikelihood_rolling: lm-eval's rolling windows, scored like loglikelihood.
 - generate_until: greedy decoding through the recurrent state (model_adapters/generation.py).
 The budget (implicit only) comes from the checkpoint and model_args; it and the convergence statistics of the
@@ -132,8 +133,8 @@ class SSMLM(TemplateLM):
 
     @torch.inference_mode()
     def _score(self, chunk) -> list[torch.Tensor]:
-        """Log-probabilities over the real vocabulary at each request's continuation positions, one row per
-        scored budget: a list of (positions, budgets, vocab) tensors."""
+        """Log-probabilities at each request's continuation positions, one row per scored budget: a list of
+        (positions, budgets, vocab) tensors."""
         inputs, spans = [], []
         for _, ctx, cont in chunk:
             if len(cont) > self.max_length:
@@ -154,7 +155,8 @@ class SSMLM(TemplateLM):
         rows = []
         for i, (n, c) in enumerate(zip(lengths.tolist(), spans)):
             stacked = torch.stack([hidden[k][i, n - c: n] for k in self.budgets_scored], 1)
-            rows.append(F.log_softmax(self.model.logits(stacked)[..., : self.vocab_size], dim=-1))
+            # Over the embedding table's padded vocabulary, as lm-eval's own HF and mamba_ssm models score.
+            rows.append(F.log_softmax(self.model.logits(stacked), dim=-1))
         return rows
 
     def _write_greedy(self, inputs, hidden, out, lengths) -> None:

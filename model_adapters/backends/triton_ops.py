@@ -1,15 +1,23 @@
 """The Triton backend: mamba_ssm's kernels behind the signatures of torch_ops (the reference twin).
 
 Imported only when backend=triton is resolved, so mamba_ssm and triton stay optional. Every function
-returns what its torch_ops twin returns (tests/test_triton_backend.py checks it on the GPU).
+returns what its torch_ops twin returns (tests/model_adapters/test_triton_backend.py checks it on the GPU).
+
+float32 means float32: unless the user chose otherwise (TRITON_F32_DEFAULT=tf32), Triton's float32 matrix
+products run in IEEE precision, not TF32 (which is ~1e-3 relative off). Use bfloat16 for speed.
 """
 
 from __future__ import annotations
 
-from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
-from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-from torch import Tensor
+import os
+
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # read when a kernel is compiled, so before any is
+
+import torch  # noqa: E402
+from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn  # noqa: E402
+from mamba_ssm.ops.triton.selective_state_update import selective_state_update  # noqa: E402
+from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 NAME = "triton"
 
@@ -30,10 +38,12 @@ def state_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Te
     (the kernel updates in place, so it works on a copy: the implicit model re-evaluates frozen states)."""
     nheads, headdim, dstate = state.shape[1:]
     new_state = state.clone()
+    # Stride-0 expansions over headdim let the kernel take its per-head ("tied") fast path.
     A_full = A[:, None, None].expand(nheads, headdim, dstate)
     dt_full = dt[..., None].expand(-1, -1, headdim)
+    dt_bias = torch.zeros(nheads, 1, device=dt.device, dtype=dt.dtype).expand(nheads, headdim)  # dt is final
     D_full = None if D is None else (D[:, None].expand(nheads, headdim) if D.dim() == 1 else D)
-    y = selective_state_update(new_state, x, dt_full, A_full, B, C, D=D_full, dt_softplus=False)
+    y = selective_state_update(new_state, x, dt_full, A_full, B, C, D=D_full, dt_bias=dt_bias, dt_softplus=False)
     return y, new_state
 
 

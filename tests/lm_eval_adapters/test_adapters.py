@@ -41,13 +41,15 @@ def test_all_request_types_run_and_are_sane(checkpoints, evaluate, kind):
 
 
 def test_scores_match_a_direct_forward(checkpoints):
-    """loglikelihood = sum of log-softmax over the real vocabulary at the continuation positions."""
+    """loglikelihood = sum of log-softmax (over the padded vocabulary, like lm-eval's models) at the
+    continuation positions."""
     lm = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=5, tol=0.0)
     ctx, cont = "a b c a", " b c"
     (logprob, greedy), = lm._loglikelihood_tokens([((ctx, cont), lm.tok_encode(ctx), lm.tok_encode("b c"))])
     ids = torch.tensor([lm.tok_encode("a b c a b")])
     with torch.no_grad():
-        logits = lm.model.logits(lm.model(ids, Budget(max_iter=5, tol=0.0)).hidden)[0, :, :6]
+        logits = lm.model.logits(lm.model(ids, Budget(max_iter=5, tol=0.0)).hidden)[0]
+    assert logits.shape[-1] == 8
     lp = torch.log_softmax(logits, -1)
     expected = float(lp[3, 4] + lp[4, 5])  # "b" after "a b c a", then "c" after "... b"
     assert logprob == pytest.approx(expected, abs=1e-5)

@@ -1,0 +1,64 @@
+"""Logits of this project's loader vs mamba_ssm's own MambaLMHeadModel on the 130M configuration (random
+init, 1024-token sequences), per backend and dtype, with mamba_ssm's own bf16-vs-fp32 gap as the yardstick.
+
+    python bench/check_mamba_ssm_parity.py --out $OUT/parity.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from model_adapters.formats import load_checkpoint
+from model_adapters.testing import rel_err
+
+
+def next_token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    lp = torch.log_softmax(logits[:, :-1].float(), -1)
+    return lp.gather(-1, ids[:, 1:, None])[..., 0]
+
+
+def main() -> None:
+    from mamba_ssm.models.config_mamba import MambaConfig
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    root = Path(tempfile.mkdtemp())
+    torch.manual_seed(0)
+    cfg = MambaConfig(d_model=768, n_layer=24, d_intermediate=0, vocab_size=50277, pad_vocab_size_multiple=16,
+                      ssm_cfg={"layer": "Mamba2", "use_mem_eff_path": False}, rms_norm=True, residual_in_fp32=True,
+                      fused_add_norm=True, tie_embeddings=True)
+    ref = MambaLMHeadModel(cfg, device="cuda", dtype=torch.float32).eval()
+    ref.save_pretrained(str(root))
+    ids = torch.randint(0, 50277, (2, 1024), device="cuda")
+    out = {}
+    with torch.no_grad():
+        golden = ref(ids).logits.float()
+        golden_lp = next_token_logprobs(golden, ids)
+        ref_bf16 = MambaLMHeadModel(cfg, device="cuda", dtype=torch.bfloat16).eval()
+        ref_bf16.load_state_dict(ref.state_dict())
+        lg = ref_bf16(ids).logits.float()
+        out["mamba_ssm_bf16"] = {"rel_err": rel_err(lg, golden),
+                                 "mean_abs_logprob_diff": float((next_token_logprobs(lg, ids) - golden_lp).abs().mean())}
+        for backend in ("torch", "triton"):
+            for dtype in (torch.float32, torch.bfloat16):
+                ckpt = load_checkpoint(root, dtype=dtype, device="cuda")
+                ckpt.model.use_backend(backend)
+                lg = ckpt.model.logits(ckpt.model(ids).hidden)[..., : golden.shape[-1]]
+                out[f"ours_{backend}_{str(dtype)[6:]}"] = {
+                    "rel_err": rel_err(lg, golden),
+                    "mean_abs_logprob_diff": float((next_token_logprobs(lg, ids) - golden_lp).abs().mean())}
+    out["golden_mean_logprob"] = float(golden_lp.mean())
+    args.out.write_text(json.dumps(out, indent=2))
+    for key, value in out.items():
+        print(f"{key:28s} {value}")
+
+
+if __name__ == "__main__":
+    main()
