@@ -44,8 +44,8 @@ def main() -> None:
         ref_bf16 = MambaLMHeadModel(cfg, device="cuda", dtype=torch.bfloat16).eval()
         ref_bf16.load_state_dict(ref.state_dict())
         lg = ref_bf16(ids).logits.float()
-        out["mamba_ssm_bf16"] = {"rel_err": rel_err(lg, golden),
-                                 "mean_abs_logprob_diff": float((next_token_logprobs(lg, ids) - golden_lp).abs().mean())}
+        diff = (next_token_logprobs(lg, ids) - golden_lp).abs().mean()
+        out["mamba_ssm_bf16"] = {"rel_err": rel_err(lg, golden), "mean_abs_logprob_diff": float(diff)}
         for backend in ("torch", "triton"):
             for dtype in (torch.float32, torch.bfloat16):
                 ckpt = load_checkpoint(root, dtype=dtype, device="cuda")

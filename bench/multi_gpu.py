@@ -83,6 +83,10 @@ def main() -> None:
     summary = {"device": torch.cuda.get_device_name(), "gpus": args.gpus, "docs": args.docs,
                "context_tokens": args.context, "seconds_1_gpu": one, f"seconds_{args.gpus}_gpus": many,
                "speedup_wall_incl_startup": one / many,
+               "request_seconds_1": r1["config"]["ssm_model"]["request_seconds"],
+               "request_seconds_n": rn["config"]["ssm_model"]["request_seconds"],
+               "speedup_request_time": r1["config"]["ssm_model"]["request_seconds"]
+               / rn["config"]["ssm_model"]["request_seconds"],
                "acc_1_gpu": r1["results"]["bench_ll"]["acc,none"], f"acc_{args.gpus}_gpus": rn["results"]["bench_ll"]
                ["acc,none"], "world_size_reported": rn["config"]["ssm_model"]["world_size"],
                "iterations_mean_1": r1["config"]["ssm_model"]["convergence"]["scoring"]["iterations_mean"],

@@ -17,15 +17,13 @@ from pathlib import Path
 
 PARITY = dict(task="parity", min_len=1, max_len=40, steps=1500, batch_size=64, lr=3e-3, d_model=64, n_layer=1,
               d_state=16, headdim=16, log_every=50)
-WORD = dict(task="a5", min_len=1, max_len=32, batch_size=128, lr=1e-3, clip=0.25, warmup_steps=500, d_model=128,
-            n_layer=1, d_state=64, headdim=32, expand=4, log_every=100, save_every=1000)
-IMPLICIT_WORD = dict(unroll_steps=2000, unroll_iters=4, train_max_iter=16)
+WORD = dict(task="a5", min_len=1, max_len=32, steps=8000, batch_size=64, lr=1e-3, clip=0.25, warmup_steps=300,
+            d_model=128, n_layer=1, d_state=32, headdim=32, expand=2, log_every=50, save_every=500)
 RECIPES = {
     "parity-implicit": dict(PARITY, kind="implicit"),
     "parity-explicit": dict(PARITY, kind="explicit"),
-    "a5-implicit": dict(WORD, kind="implicit", steps=8000, **IMPLICIT_WORD),
-    "a5-explicit": dict(WORD, kind="explicit", steps=8000),
-    "a5-implicit-wide": dict(WORD, kind="implicit", steps=8000, d_model=192, expand=2, **IMPLICIT_WORD),
+    "a5-implicit": dict(WORD, kind="implicit", unroll_steps=1000, unroll_iters=4, train_max_iter=16),
+    "a5-explicit": dict(WORD, kind="explicit"),
 }
 
 

@@ -250,8 +250,8 @@ def run(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True
     batches = training_batches(cfg.task, min_len=cfg.min_len, max_len=cfg.max_len, batch_size=cfg.batch_size,
                                seed=cfg.data_seed, p_identity=cfg.p_identity, start=trainer.step)
     _reset_log(out, trainer.step)
-    first_step = trainer.step
-    started, bar = time.monotonic(), tqdm(total=cfg.steps, initial=trainer.step, disable=not progress)
+    first_step, call_started = trainer.step, time.monotonic()
+    started, bar = call_started, tqdm(total=cfg.steps, initial=trainer.step, disable=not progress)
     while trainer.step < cfg.steps:
         row = trainer.train_step(next(batches))
         row.update(step=trainer.step, lr=trainer.lr_at(trainer.step - 1),
@@ -260,10 +260,10 @@ def run(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True
             _append_log(out, row)
         bar.update(1)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['last_acc']:.2f}", iters=f"{row['mean_iters']:.1f}")
-        out_of_time = (cfg.time_limit and time.monotonic() - started > cfg.time_limit) or \
+        out_of_time = (cfg.time_limit and time.monotonic() - call_started > cfg.time_limit) or \
             (stop_after is not None and trainer.step - first_step >= stop_after)
         if trainer.step % cfg.save_every == 0 or out_of_time or trainer.step == cfg.steps:
-            trainer.elapsed += time.monotonic() - started
+            trainer.elapsed += time.monotonic() - started  # wall time of training, across resumed calls
             started = time.monotonic()
             trainer.save_state()
         if out_of_time and trainer.step < cfg.steps:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +60,8 @@ class SSMLM(TemplateLM):
         # This rank's statistics; scoring logs one entry per sequence (per token in sequential mode), decoding
         # one per generated token. self.convergence / self.truncated hold the merged view over all ranks.
         self._local = {"scoring": ConvergenceLog(), "generation": ConvergenceLog()}
-        self._local_truncated = 0
-        self.convergence, self.truncated = self._local, 0
+        self._local_truncated, self._local_seconds = 0, 0.0
+        self.convergence, self.truncated, self.request_seconds = self._local, 0, 0.0
         self._names: dict[tuple[str, str], str] = {}
         self._auto_batch: int | None = None
         # Anytime budgets: scored from the one trajectory of the run's budget (simultaneous, tol = 0).
@@ -99,6 +100,7 @@ class SSMLM(TemplateLM):
 
     # -- loglikelihood ------------------------------------------------------------------------------
     def loglikelihood(self, requests, disable_tqdm: bool = False):
+        self._call_started = time.perf_counter()
         self._names = {req.args: _request_name(req) for req in requests}
         results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
         for k, answers in self._last_anytime.items():  # same order as `requests`
@@ -175,6 +177,7 @@ class SSMLM(TemplateLM):
 
     # -- loglikelihood_rolling ----------------------------------------------------------------------
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        self._call_started = time.perf_counter()
         windows, owners, names = [], [], []
         for index, req in enumerate(requests):
             tokens = self.tok_encode(req.args[0])
@@ -196,6 +199,7 @@ class SSMLM(TemplateLM):
 
     # -- generate_until -----------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        self._call_started = time.perf_counter()
         collator = Collator([req.args for req in requests], sort_fn=lambda x: (-len(self.tok_encode(x[0])), x[0]),
                             group_by="gen_kwargs", group_fn=lambda x: x[1])
         results = []
@@ -277,13 +281,16 @@ class SSMLM(TemplateLM):
 
     def _finish_call(self, results):
         """After each request type: merge statistics across ranks, report truncation."""
+        self._local_seconds += time.perf_counter() - self._call_started
         self.convergence, self.truncated = self._local, self._local_truncated
-        self._anytime_logs = self._local_anytime
+        self._anytime_logs, self.request_seconds = self._local_anytime, self._local_seconds
         if self._world_size > 1:  # every rank runs each request type once, so this collective is matched
-            parts = distributed.all_gather_object((self._local, self._local_truncated, self._local_anytime))
-            self.truncated = sum(t for _, t, _ in parts)
-            self.convergence = _merge_logs([logs for logs, _, _ in parts])
-            self._anytime_logs = _merge_logs([logs for _, _, logs in parts])
+            parts = distributed.all_gather_object((self._local, self._local_truncated, self._local_anytime,
+                                                   self._local_seconds))
+            self.truncated = sum(p[1] for p in parts)
+            self.convergence = _merge_logs([p[0] for p in parts])
+            self._anytime_logs = _merge_logs([p[2] for p in parts])
+            self.request_seconds = max(p[3] for p in parts)  # the slowest rank sets the pace
         if self.truncated:
             logger.warning("%d request(s) longer than max_length=%d were truncated from the left", self.truncated,
                            self.max_length)
@@ -300,6 +307,7 @@ class SSMLM(TemplateLM):
             "format": self.ckpt.format, "backend": self.backend, "dtype": self.args.dtype_name,
             "device": str(self._device), "world_size": self._world_size, "max_length": self.max_length,
             "truncated_requests": self.truncated, "fingerprint": self.fingerprint(),
+            "request_seconds": round(self.request_seconds, 3),
         }
         if self.budget is not None:
             info["budget"] = self.budget.to_dict()
