@@ -142,7 +142,8 @@ def section_decode(args) -> None:
                                     ("implicit_k4", implicit, Budget(max_iter=4, tol=0.0, mode="sequential"))):
             for graphs in (False, True):
                 RESULTS[f"decode_{name}_b{batch}_{'graph' if graphs else 'eager'}_tok_s"] = \
-                    decode_rate(greedy_generate, model, prompts, budget, graphs)
+                    decode_rate(greedy_generate, model, prompts, budget, graphs, args.new_tokens)
+                args.out.write_text(json.dumps(RESULTS, indent=2))  # keep what is measured if cut short
 
 
 def decode_rate(generate, model, prompts, budget, graphs: bool, new_tokens: int = 128) -> float:
@@ -169,6 +170,7 @@ def main() -> None:
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--length", type=int, default=2048)
+    p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per decoding measurement")
     args = p.parse_args()
     RESULTS.update(device=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bfloat16",
                    batch=args.batch, length=args.length, config="130M: 24 layers, d_model 768, d_state 128")

@@ -98,7 +98,7 @@ def _damped(f: RowMap, z: Tensor, budget: Budget, valid: Tensor | None, on_eval:
         r = relative_residual(fz, z_rows, _rows_valid(valid, rows))
         on_eval(k, fz, rows, r)
         z[rows] = (1 - budget.tau) * z_rows + budget.tau * fz
-        iterations[rows] = k
+        iterations.index_fill_(0, rows, k)  # no host-to-device copy: CUDA-graph capturable
         rows = _drop_converged(rows, r, budget.tol, converged)
         if rows.numel() == 0:
             break
@@ -135,7 +135,7 @@ def _anderson(f: RowMap, z: Tensor, budget: Budget, valid: Tensor | None, on_eva
         slot = (k - 1) % m
         xs[rows, slot], fs[rows, slot] = z_rows, fz
         z[rows] = _anderson_mix(xs[rows, : min(k, m)], fs[rows, : min(k, m)], v, budget.tau)
-        iterations[rows] = k
+        iterations.index_fill_(0, rows, k)  # no host-to-device copy: CUDA-graph capturable
         rows = _drop_converged(rows, r, budget.tol, converged)
         if rows.numel() == 0:
             break
