@@ -42,11 +42,11 @@ def group_table(rows: list[dict], metric: str) -> tuple[str, list[dict]]:
             next(iter(kv[1].values()))))):
         first = next(iter(by_bucket.values()))
         accs = [by_bucket[b]["value"] if b in by_bucket else None for b in buckets]
-        table.append([checkpoint, first["kind"], label, *[_fmt(a) for a in accs], _fmt(first["iters_mean"], 1),
-                      _fmt(first["wall_s"], 1)])
+        table.append([checkpoint, first["kind"], label, *[_cell(by_bucket.get(b)) for b in buckets],
+                      _fmt(first["run_iters_mean"], 1), _fmt(first["wall_s"], 1)])
         present = [a for a in accs if a is not None]
         summaries.append({"checkpoint": checkpoint, "budget": label, "mean": sum(present) / len(present),
-                          "hardest": accs[-1], "iters": first["iters_mean"] or 1.0, "wall_s": first["wall_s"]})
+                          "hardest": accs[-1], "iters": first["run_iters_mean"] or 1.0, "wall_s": first["wall_s"]})
     headers = ["model", "kind", "budget", *buckets, "iters (mean)", "wall s"]
     return tabulate(table, headers=headers, tablefmt="github"), summaries
 
@@ -73,7 +73,9 @@ def render(rows: list[dict], results: list[dict], sweep: dict, command: str, met
         chance = next((r["chance"] for r in group_rows if r.get("chance") is not None), None)
         table, summaries = group_table(group_rows, metric)
         title = f"## {group}" + (f" (chance {chance:.3f})" if chance is not None else "")
-        parts += [title, "", f"{metric} per length bucket:", "", table, "", "Best budget per model:", "",
+        parts += [title, "", f"{metric} per length bucket (adaptive budgets: with the bucket's mean iterations); "
+                  "iters = mean f evaluations per sequence (simultaneous) or per token (sequential) over the run:",
+                  "", table, "", "Best budget per model:", "",
                   best_budgets(summaries), ""]
     if agreement:
         table = [[a["checkpoint"], f"k={a['max_iter']}" if not a["tol"] else f"tol={a['tol']:g} (≤{a['max_iter']})",
@@ -82,6 +84,15 @@ def render(rows: list[dict], results: list[dict], sweep: dict, command: str, met
                   "Fraction of positions where both modes choose the same greedy token (the paper: 97.6% at 1.3B).",
                   "", tabulate(table, headers=["model", "budget", "positions", "agreement"], tablefmt="github"), ""]
     return "\n".join(parts)
+
+
+def _cell(row: dict | None) -> str:
+    """Accuracy; under adaptive stopping also the bucket's mean iterations, which grow with length."""
+    if row is None:
+        return "–"
+    if row["kind"] == "implicit" and row["tol"] and row.get("iters_mean") is not None:
+        return f"{row['value']:.3f} ({row['iters_mean']:.0f} it)"
+    return _fmt(row["value"])
 
 
 def _fmt(x, digits: int = 3) -> str:

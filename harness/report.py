@@ -1,9 +1,9 @@
 """`implicit-eval report`: sweep results -> one tidy table (CSV + JSON), plots and the leaderboard.
 
 A row per (checkpoint, budget, task, metric): checkpoint, kind, task, group, bucket, length, max_iter, tol,
-tau, solver, mode, metric, value, stderr, chance, iterations mean and p90, fraction converged, wall time,
-data hash. Agreement between simultaneous and sequential greedy tokens and the iteration distributions come
-from the sweep's greedy logs.
+tau, solver, mode, metric, value, stderr, chance, iterations mean and p90 on that task (from the greedy log)
+and over the whole run, fraction converged, wall time, data hash. Agreement between simultaneous and
+sequential greedy tokens and the iteration distributions come from the sweep's greedy logs.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from .sweep import RESULTS, write_json_atomic
 BUCKETS = ("id", "ood2x", "ood4x", "ood8x")
 METRICS = ("acc", "scaled_acc", "acc_norm", "exact_match", "bits_per_byte", "byte_perplexity", "word_perplexity")
 COLUMNS = ("checkpoint", "kind", "task", "group", "bucket", "length", "max_iter", "tol", "tau", "solver", "mode",
-           "metric", "value", "stderr", "chance", "iters_mean", "iters_p90", "fraction_converged", "wall_s",
-           "data_hash")
+           "metric", "value", "stderr", "chance", "iters_mean", "iters_p90", "run_iters_mean", "fraction_converged",
+           "wall_s", "data_hash")
 
 
 def load_results(sweep_dir: Path) -> list[dict]:
@@ -43,6 +43,7 @@ def tidy_rows(results: list[dict]) -> list[dict]:
 
 
 def _rows_of(result: dict) -> list[dict]:
+    per_task = task_iterations(result)
     sweep = result["sweep"]
     budget = sweep.get("budget") or {}
     info = result.get("config", {}).get("ssm_model", {})
@@ -50,6 +51,7 @@ def _rows_of(result: dict) -> list[dict]:
     base = {"checkpoint": sweep["checkpoint"], "kind": sweep["kind"], "max_iter": budget.get("max_iter"),
             "tol": budget.get("tol"), "tau": budget.get("tau"), "solver": budget.get("solver"),
             "mode": budget.get("mode"), "iters_mean": scoring.get("iterations_mean"),
+            "run_iters_mean": scoring.get("iterations_mean"),
             "iters_p90": scoring.get("iterations_p90"), "fraction_converged": scoring.get("fraction_converged"),
             "wall_s": sweep.get("wall_s")}
     rows = []
@@ -61,7 +63,8 @@ def _rows_of(result: dict) -> list[dict]:
             if metric not in METRICS or flt != "none" or not isinstance(value, (int, float)):
                 continue
             stderr = metrics.get(f"{metric}_stderr,none")
-            rows.append({**base, "task": task, "group": group, "bucket": bucket,
+            its = per_task.get(task, {})
+            rows.append({**base, **its, "task": task, "group": group, "bucket": bucket,
                          "length": bucket_length(group, bucket), "metric": metric, "value": value,
                          "stderr": stderr if isinstance(stderr, (int, float)) else None,
                          "chance": metrics.get("chance,none"), "data_hash": metrics.get("data_hash,none")})
@@ -134,6 +137,24 @@ def _agree(sim: dict, seq: dict, k: int) -> tuple[int, int]:
         same += sum(int(p == q) for p, q in zip(x, y))
         total += len(x)
     return same, total
+
+
+def task_iterations(result: dict) -> dict[str, dict]:
+    """Mean and p90 of the iterations used per task (length bucket), from the greedy log's request names."""
+    budget = result["sweep"].get("budget")
+    if not budget:
+        return {}
+    k, by_task = str(budget["max_iter"]), {}
+    for record in greedy_records(result).values():
+        its = record.get("iterations", {}).get(k)
+        task = record.get("request", "").split(" ")[1] if record.get("request", "").startswith("task ") else None
+        if task is not None and its is not None:
+            by_task.setdefault(task, []).extend(its if isinstance(its, list) else [its])
+    out = {}
+    for task, values in by_task.items():
+        values = sorted(values)
+        out[task] = {"iters_mean": sum(values) / len(values), "iters_p90": values[int(0.9 * (len(values) - 1))]}
+    return out
 
 
 def iteration_samples(result: dict) -> list[int]:

@@ -153,7 +153,7 @@ class SSMLM(TemplateLM):
             log.add(out.anytime_stats[k])
         self._check_finite(out.hidden, lengths, [name for (_, name), _, _ in chunk])
         if self.args.record_greedy:
-            self._write_greedy(inputs, hidden, out, lengths)
+            self._write_greedy(inputs, hidden, out, lengths, [name for (_, name), _, _ in chunk])
         rows = []
         for i, (n, c) in enumerate(zip(lengths.tolist(), spans)):
             stacked = torch.stack([hidden[k][i, n - c: n] for k in self.budgets_scored], 1)
@@ -161,13 +161,13 @@ class SSMLM(TemplateLM):
             rows.append(F.log_softmax(self.model.logits(stacked), dim=-1))
         return rows
 
-    def _write_greedy(self, inputs, hidden, out, lengths) -> None:
-        """One JSON line per scored sequence: its tokens and the greedy next token at every position, per budget,
-        with the iterations used (the raw material of mode-agreement and iteration-distribution reports)."""
+    def _write_greedy(self, inputs, hidden, out, lengths, names: list[str]) -> None:
+        """One JSON line per scored sequence: its request, tokens and the greedy next token at every position, per
+        budget, with the iterations used (the raw material of agreement and iteration-distribution reports)."""
         stats = {self.budgets_scored[0]: out.stats, **out.anytime_stats}
         with open(self.args.record_greedy, "a") as fh:
             for i, (tokens, n) in enumerate(zip(inputs, lengths.tolist())):
-                record = {"input": tokens, "greedy": {}, "iterations": {}}
+                record = {"request": names[i], "input": tokens, "greedy": {}, "iterations": {}}
                 for k, h in hidden.items():
                     record["greedy"][str(k)] = self.model.logits(h[i, :n])[:, : self.vocab_size].argmax(-1).tolist()
                     if stats.get(k) is not None:
