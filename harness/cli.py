@@ -11,6 +11,7 @@ COMMANDS = {
     "train": "train a small implicit or explicit model on a state-tracking task (resumable)",
     "sweep": "evaluate checkpoints over fixed-point budgets (anytime, resumable) and print the leaderboard",
     "report": "turn a sweep into a tidy table, plots and leaderboard markdown",
+    "leaderboard": "sweep the bundled checkpoints in both modes and regenerate leaderboards/",
 }
 
 
@@ -44,7 +45,8 @@ def _dispatch(command: str, rest: list[str]) -> int:
             return train_cli.main(rest)
         from . import sweep_cli
 
-        return {"sweep": sweep_cli.sweep_main, "report": sweep_cli.report_main}[command](rest)
+        return {"sweep": sweep_cli.sweep_main, "report": sweep_cli.report_main,
+                "leaderboard": sweep_cli.leaderboard_main}[command](rest)
     except (ConfigError, CheckpointError, TokenizerError) as exc:
         print(f"implicit-eval {command}: error: {exc}", file=sys.stderr)
         return 2

@@ -85,6 +85,24 @@ def write_report(sweep_dir: Path, out: Path, command: str) -> str:
     return text
 
 
+LEADERBOARD_COMMAND = "implicit-eval leaderboard"
+
+
+def leaderboard_main(argv: list[str]) -> int:
+    """Sweep the bundled checkpoints in both modes and regenerate leaderboards/ (markdown, plots, tables)."""
+    p = argparse.ArgumentParser(prog=LEADERBOARD_COMMAND, description=leaderboard_main.__doc__)
+    p.add_argument("--results", type=Path, default=PROJECT / "results" / "leaderboard")
+    p.add_argument("--out", type=Path, default=PROJECT / "leaderboards")
+    p.add_argument("--num-docs", type=int, default=100, help="documents per length bucket")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    sweep_args = sweep_parser().parse_args(["--modes", "simultaneous", "sequential", "--num-docs", str(args.num_docs),
+                                            "--out", str(args.results), "--batch-size", "64"])
+    run_sweep(spec_from(sweep_args), args.results, progress=not args.quiet)
+    print(write_report(args.results, args.out, command=LEADERBOARD_COMMAND))
+    return 0
+
+
 def report_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="implicit-eval report", description="Tidy table, plots and leaderboard.")
     p.add_argument("sweep_dir", type=Path)

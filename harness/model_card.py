@@ -1,0 +1,123 @@
+"""Model cards for trained checkpoints: `python -m harness.model_card RUN_DIR CKPT_DIR --sweep SWEEP_DIR`.
+
+Copies the run's exported model into CKPT_DIR and writes CKPT_DIR/README.md: task, architecture, parameter
+count, the exact training command, data seeds, steps, wall time and device, the evaluation table from a sweep
+of this checkpoint (through the lm-eval adapters), a training curve and accuracy against the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from tabulate import tabulate
+
+from . import plots, report
+from .leaderboard import _cell
+
+
+def copy_model(run: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        shutil.copyfile(run / "model" / name, target / name)
+
+
+def training_curve(run: Path, out: Path) -> Path:
+    plt = plots._pyplot()
+    with open(run / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    steps = [int(r["step"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot(steps, [float(r["token_acc"]) for r in rows], label="token accuracy (all positions)")
+    ax.plot(steps, [float(r["last_acc"]) for r in rows], label="last-position accuracy", alpha=0.7)
+    ax.set_xlabel("training step")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7)
+    return plots._save(fig, out / "training_curve.png")
+
+
+def evaluation_table(rows: list[dict]) -> str:
+    buckets = [b for b in report.BUCKETS if any(r["bucket"] == b for r in rows)]
+    cells: dict[str, dict] = {}
+    for r in rows:
+        if r["metric"] == "acc" and r["bucket"] in buckets:
+            cells.setdefault(plots.budget_label(r), {})[r["bucket"]] = r
+    table = [[label, *[_cell(by.get(b)) for b in buckets]] for label, by in cells.items()]
+    return tabulate(table, headers=["budget", *buckets], tablefmt="github")
+
+
+def parameter_count(ckpt_dir: Path) -> int:
+    from safetensors.torch import load_file
+
+    return sum(t.numel() for t in load_file(str(ckpt_dir / "model.safetensors")).values())
+
+
+def card(run: Path, ckpt: Path, sweep: Path, command: str) -> str:
+    config = json.loads((ckpt / "config.json").read_text())
+    training, model = config["training"], config["model"]
+    tc = training["config"]
+    results = [r for r in report.load_results(sweep) if r["sweep"]["checkpoint"] == ckpt.name]
+    rows = report.tidy_rows(results)
+    group = rows[0]["group"] if rows else "?"
+    lengths = {r["bucket"]: r["length"] for r in rows if r["length"]}
+    plots_out = ckpt
+    training_curve(run, plots_out)
+    budget_plot = sorted(plots.accuracy_vs_budget([r for r in rows if r["kind"] == "implicit"] or rows, plots_out))
+    for path in budget_plot:
+        path.rename(plots_out / "accuracy_vs_budget.png")
+    arch = {k: model[k] for k in ("kind", "d_model", "n_layer", "d_state", "expand", "headdim", "ngroups")}
+    lines = [
+        f"# {ckpt.name}",
+        "",
+        f"A {model['kind']} Mamba2 language model trained on the `{tc['task']}` state-tracking task of this "
+        f"repository (`tasks/state_tracking`), sequences of length {tc['min_len']}–{tc['max_len']} only.",
+        "",
+        "## Model",
+        "",
+        f"- architecture: {arch}; vocabulary {model['vocab_size']} (padded to a multiple of "
+        f"{model['pad_vocab_size_multiple']}), tied embeddings",
+        f"- parameters: {parameter_count(ckpt):,}",
+        f"- default evaluation budget: {model.get('budget') or 'none (explicit)'}",
+        "",
+        "## Training",
+        "",
+        f"- command: `{command}` (recipe `{ckpt.name}` in `checkpoints/recipes.py`)",
+        f"- data: `tasks.state_tracking.training_batches('{tc['task']}', seed={tc['data_seed']})`, lengths uniform in "
+        f"[{tc['min_len']}, {tc['max_len']}], batch {tc['batch_size']}; evaluation documents come from a disjoint "
+        "seed namespace and held-out prefixes",
+        f"- model seed {tc['seed']}; {training['steps']} steps; AdamW lr {tc['lr']} (warm-up {tc['warmup_steps']}, "
+        f"cosine to {tc['min_lr_ratio']}x), clip {tc['clip']}",
+    ]
+    if model["kind"] == "implicit":
+        lines.append(f"- implicit: fixed point without gradients at {tc['train_max_iter']} iterations (tau "
+                     f"{tc['tau']}), then {tc['grad_steps']} phantom-gradient steps; warm-up: {tc['unroll_steps']} "
+                     f"steps of a {tc['unroll_iters']}-iteration unroll; weight norm (folded in this checkpoint)")
+    lines += [f"- wall time {training['wall_time_s']:.0f} s on {training['device']} (torch {training['torch']}); "
+              "no GPU time", "", "![training curve](training_curve.png)", "",
+              "## Evaluation", "",
+              f"`{group}` through the lm-eval adapter (`implicit-eval sweep`, results in `{sweep}`), accuracy per "
+              f"length bucket (chance {rows[0]['chance']:.3f}); bucket lengths: "
+              + ", ".join(f"{b} ≤ {n}" for b, n in lengths.items()) + ".", "",
+              evaluation_table(rows), "", "![accuracy vs budget](accuracy_vs_budget.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("run", type=Path)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--sweep", type=Path, required=True)
+    p.add_argument("--command", required=True, help="the exact training command, for the card")
+    p.add_argument("--copy", action="store_true", help="copy RUN/model into CHECKPOINT first")
+    args = p.parse_args(argv)
+    if args.copy:
+        copy_model(args.run, args.checkpoint)
+    (args.checkpoint / "README.md").write_text(card(args.run, args.checkpoint, args.sweep, args.command))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
