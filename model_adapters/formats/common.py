@@ -133,6 +133,19 @@ def content_hash(directory: Path, files: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def mixer_fields(cfg: dict, ignored: tuple[str, ...], fixed: dict, where: str, label: str) -> dict:
+    """Mamba2 mixer settings of a foreign config: unknown keys refused, keys that must keep their default
+    checked, the rest filled from mamba_ssm's defaults."""
+    known = set(MAMBA2_DEFAULTS) | set(ignored) | set(fixed)
+    unknown = sorted(set(cfg) - known)
+    require(not unknown, where, f"{label} has unknown key(s) {unknown}; known: {sorted(known)}")
+    for key, default in fixed.items():
+        value = cfg.get(key, default)
+        value = list(value) if isinstance(value, tuple) else value
+        require(value == default, where, f"{label}.{key}={value!r} is not supported (only {default!r})")
+    return {k: cfg.get(k, default) for k, default in MAMBA2_DEFAULTS.items()}
+
+
 def require(cond: bool, where: str, message: str) -> None:
     if not cond:
         raise CheckpointError(f"{where}: {message}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..config import ConfigError, ModelConfig
-from .common import MAMBA2_DEFAULTS, CheckpointError, rename, require
+from .common import CheckpointError, mixer_fields, rename, require
 
 NAME = "mamba_ssm"
 
@@ -26,7 +26,7 @@ def to_native(config: dict, state: dict[str, Tensor], where: str) -> tuple[Model
     require(config.get("d_intermediate", 0) == 0, where, "d_intermediate > 0 (an MLP per block) is not supported")
     require(not config.get("attn_layer_idx"), where, "attention layers (attn_layer_idx) are not supported")
     require(config.get("rms_norm", True), where, "rms_norm=false (LayerNorm) is not supported")
-    fields = _mixer_fields(ssm, where)
+    fields = mixer_fields(ssm, IGNORED, FIXED, where, "ssm_cfg")
     fields.update(kind="explicit", vocab_size=config.get("vocab_size"), d_model=config["d_model"],
                   n_layer=config["n_layer"], pad_vocab_size_multiple=config.get("pad_vocab_size_multiple", 8),
                   tie_embeddings=bool(config.get("tie_embeddings", True)),
@@ -39,14 +39,3 @@ def to_native(config: dict, state: dict[str, Tensor], where: str) -> tuple[Model
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
     return cfg, state, {}
-
-
-def _mixer_fields(ssm: dict, where: str) -> dict:
-    known = set(MAMBA2_DEFAULTS) | set(IGNORED) | set(FIXED)
-    unknown = sorted(set(ssm) - known)
-    require(not unknown, where, f"ssm_cfg has unknown key(s) {unknown}; known: {sorted(known)}")
-    for key, default in FIXED.items():
-        value = ssm.get(key, default)
-        value = list(value) if isinstance(value, tuple) else value
-        require(value == default, where, f"ssm_cfg.{key}={value!r} is not supported (only {default!r})")
-    return {k: ssm.get(k, v) for k, v in MAMBA2_DEFAULTS.items()}

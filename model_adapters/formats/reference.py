@@ -17,7 +17,7 @@ import logging
 from torch import Tensor
 
 from ..config import ConfigError, ModelConfig
-from .common import MAMBA2_DEFAULTS, CheckpointError, fold_weight_norm, rename, require
+from .common import CheckpointError, fold_weight_norm, mixer_fields, rename, require
 
 NAME = "reference"
 logger = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ def to_native(config: dict, state: dict[str, Tensor], where: str) -> tuple[Model
     require(kind in ("implicit", "explicit"), where, f"backbone_type must be 'implicit' or 'explicit', got {kind!r}")
     backbone = config.get("backbone_config") or {}
     _check_supported(config, backbone, where)
-    fields = _block_fields(backbone.get("block_cfg") or {}, where)
+    fields = mixer_fields(backbone.get("block_cfg") or {}, BLOCK_IGNORED, BLOCK_FIXED, where,
+                          "backbone_config.block_cfg")
     n_tokens = config.get("n_tokens", config.get("vocab_size"))
     fields.update(kind=kind, vocab_size=n_tokens, d_model=backbone.get("d_model"), n_layer=backbone.get("n_layer"),
                   pad_vocab_size_multiple=config.get("pad_vocab_size_multiple", 1) if config.get("pad_vocab") else 1,
@@ -87,17 +88,6 @@ def _check_supported(config: dict, backbone: dict, where: str) -> None:
     require(not config.get("head_bias", False), where, "head_bias=true is not supported")
     require(backbone.get("init_z_mode") in (None, "zeros"), where,
             f"backbone_config.init_z_mode {backbone.get('init_z_mode')!r} is not supported (z0 = 0 only)")
-
-
-def _block_fields(block: dict, where: str) -> dict:
-    known = set(MAMBA2_DEFAULTS) | set(BLOCK_IGNORED) | set(BLOCK_FIXED)
-    unknown = sorted(set(block) - known)
-    require(not unknown, where, f"backbone_config.block_cfg has unknown key(s) {unknown}; known: {sorted(known)}")
-    for key, default in BLOCK_FIXED.items():
-        value = block.get(key, default)
-        value = list(value) if isinstance(value, tuple) else value
-        require(value == default, where, f"block_cfg.{key}={value!r} is not supported (only {default!r})")
-    return {k: block.get(k, default) for k, default in MAMBA2_DEFAULTS.items()}
 
 
 def _fold(state: dict[str, Tensor], deq: dict, backbone: dict, where: str) -> dict[str, Tensor]:

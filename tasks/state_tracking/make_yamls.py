@@ -8,12 +8,11 @@ Tasks ``st_<task>_<bucket>``, groups ``st_<task>`` (its buckets) and ``state_tra
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from tasks.common import data_hash
-from tasks.configs import group_yaml, regenerate, task_yaml, template_yaml
+from tasks.configs import group_yaml, make_yamls_main, task_yaml, template_yaml
 from tasks.state_tracking.data import BUCKETS, HASHED_FIELDS, make_docs
 from tasks.state_tracking.specs import TASK_NAMES, get_spec
 
@@ -56,15 +55,7 @@ def fingerprints() -> dict[str, dict[str, object]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="only report stale files, write nothing")
-    args = parser.parse_args(argv)
-    problems = regenerate(YAML_DIR, FINGERPRINTS, yaml_files(), fingerprints(), module=MODULE, check=args.check)
-    if args.check:
-        print("\n".join(problems) if problems else "up to date")
-        return 1 if problems else 0
-    print(f"regenerated {YAML_DIR} and {FINGERPRINTS.name}; {len(problems)} change(s)")
-    return 0
+    return make_yamls_main(argv, __doc__, YAML_DIR, FINGERPRINTS, yaml_files, fingerprints, MODULE)
 
 
 if __name__ == "__main__":
