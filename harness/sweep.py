@@ -14,6 +14,7 @@ and iteration-distribution reports.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -163,18 +164,20 @@ def run_sweep(spec: SweepSpec, out: Path, progress: bool = True) -> list[Job]:
 
 
 def run_group(group: list[Job], spec: SweepSpec, out: Path) -> Iterable[Job]:
-    """The largest budget for real (scoring the others along its trajectory), then replays of the others."""
+    """The largest budget for real (scoring the others along its trajectory), then replays of the others.
+    The tasks are built once per group: a replay costs lm-eval's bookkeeping and metrics only."""
     group = sorted(group, key=lambda j: j.budget.max_iter if j.budget else 0)
     main, replayed = group[-1], group[:-1]
     started = time.monotonic()
     anytime = [j.budget.max_iter for j in replayed]
-    lm, results = evaluate_job(main, spec, out, anytime=anytime)
+    tasks = load_tasks(spec, main.tasks)
+    lm, results = evaluate_job(main, spec, out, anytime, tasks)
     wall = time.monotonic() - started
     save_job(main, out, results, {"wall_s": wall, "anytime": anytime, "greedy_log": GREEDY})
     yield main
     for job in replayed:
         started = time.monotonic()
-        results = replay(lm, job, spec)
+        results = evaluate_loaded(ReplayLM(lm, job.budget.max_iter), tasks, spec, {})
         save_job(job, out, results, {"wall_s": time.monotonic() - started, "replay_of": main.key,
                                      "greedy_log": f"../{main.key}/{GREEDY}"})
         yield job
@@ -191,10 +194,8 @@ def model_args(job: Job, spec: SweepSpec, greedy_path: Path, anytime: list[int])
     return args
 
 
-def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int]):
+def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int], tasks: dict):
     """One real lm-eval run; the greedy log is written next to where the results will be."""
-    import lm_eval
-
     from model_adapters.lm_eval_models import ExplicitSSMLM, ImplicitSSMLM
 
     target = job.dir(out)
@@ -202,28 +203,54 @@ def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int]):
     greedy = target / (GREEDY + ".tmp")
     greedy.unlink(missing_ok=True)
     cls = ImplicitSSMLM if job.kind == "implicit" else ExplicitSSMLM
-    lm = cls(**model_args(job, spec, greedy, anytime))
-    results = lm_eval.simple_evaluate(model=lm, tasks=list(job.tasks), task_manager=task_manager(spec),
-                                      limit=spec.limit, bootstrap_iters=100, log_samples=False)
+    args = model_args(job, spec, greedy, anytime)
+    lm = cls(**args)
+    results = evaluate_loaded(lm, tasks, spec, args)
     if greedy.exists():
         os.replace(greedy, target / GREEDY)
     return lm, results
 
 
-def replay(lm, job: Job, spec: SweepSpec) -> dict:
-    import lm_eval
-
-    return lm_eval.simple_evaluate(model=ReplayLM(lm, job.budget.max_iter), tasks=list(job.tasks),
-                                   task_manager=task_manager(spec), limit=spec.limit, bootstrap_iters=100,
-                                   log_samples=False)
+SEEDS = {"random_seed": 0, "numpy_seed": 1234, "torch_seed": 1234, "fewshot_seed": 1234}  # lm-eval's defaults
 
 
-def task_manager(spec: SweepSpec):
+def load_tasks(spec: SweepSpec, tasks: tuple[str, ...]) -> dict:
+    """lm-eval's task objects (documents generated once), set up as simple_evaluate would: zero-shot."""
+    loaded = task_manager(json.dumps(spec.metadata, sort_keys=True)).load(list(tasks))
+    for task in loaded["tasks"].values():
+        if task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=SEEDS["fewshot_seed"])
+    return loaded
+
+
+@functools.lru_cache(maxsize=4)
+def task_manager(metadata_json: str):
+    """Indexing the task folder takes a while: one TaskManager per distinct set of task parameters."""
     from lm_eval.tasks import TaskManager
 
     from .run import TASKS_DIR
 
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=dict(spec.metadata))
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=json.loads(metadata_json))
+
+
+def evaluate_loaded(lm, tasks: dict, spec: SweepSpec, args: dict) -> dict:
+    """lm-eval's evaluate() on prepared tasks, with the seeds and provenance simple_evaluate would record."""
+    import random
+
+    import numpy as np
+    import torch
+    from lm_eval.evaluator import evaluate
+
+    random.seed(SEEDS["random_seed"])
+    np.random.seed(SEEDS["numpy_seed"])
+    torch.manual_seed(SEEDS["torch_seed"])
+    results = evaluate(lm=lm, task_dict=tasks, limit=spec.limit, bootstrap_iters=100, log_samples=False,
+                       verbosity="ERROR")
+    results["config"] = {"model": type(lm).__name__, "model_args": {k: str(v) for k, v in args.items()},
+                         **lm.get_model_info(), "limit": spec.limit, "bootstrap_iters": 100, **SEEDS}
+    results["date"], results["git_hash"] = time.time(), git_commit()
+    return results
 
 
 class ReplayLM(LM):
