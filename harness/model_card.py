@@ -63,6 +63,7 @@ def card(run: Path, ckpt: Path, sweep: Path, command: str) -> str:
     rows = report.tidy_rows(results)
     group = rows[0]["group"] if rows else "?"
     lengths = {r["bucket"]: r["length"] for r in rows if r["length"]}
+    chance = next((r["chance"] for r in rows if r.get("chance") is not None), float("nan"))
     plots_out = ckpt
     training_curve(run, plots_out)
     budget_plot = sorted(plots.accuracy_vs_budget([r for r in rows if r["kind"] == "implicit"] or rows, plots_out))
@@ -99,7 +100,7 @@ def card(run: Path, ckpt: Path, sweep: Path, command: str) -> str:
               "no GPU time", "", "![training curve](training_curve.png)", "",
               "## Evaluation", "",
               f"`{group}` through the lm-eval adapter (`implicit-eval sweep`, results in `{sweep}`), accuracy per "
-              f"length bucket (chance {rows[0]['chance']:.3f}); bucket lengths: "
+              f"length bucket (chance {chance:.3f}); bucket lengths: "
               + ", ".join(f"{b} ≤ {n}" for b, n in lengths.items()) + ".", "",
               evaluation_table(rows), "", "![accuracy vs budget](accuracy_vs_budget.png)", ""]
     return "\n".join(lines)

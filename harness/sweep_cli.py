@@ -35,7 +35,8 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=["simultaneous", "sequential"])
     p.add_argument("--solver", default="fixed_point", choices=["fixed_point", "anderson"])
     p.add_argument("--tau", type=float, default=None, help="damping (default: each checkpoint's)")
-    p.add_argument("--num-docs", type=int, default=None, help="documents per length bucket (st_num_docs)")
+    p.add_argument("--num-docs", type=int, default=25, help="documents per length bucket (st_num_docs; default 25, "
+                   "a quick look: the committed leaderboard uses 100)")
     p.add_argument("--metadata", type=json.loads, default={}, help="task parameters as JSON, e.g. '{\"st_seed\": 1}'")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", default="32")
@@ -49,9 +50,7 @@ def sweep_parser() -> argparse.ArgumentParser:
 
 
 def spec_from(args) -> SweepSpec:
-    metadata = dict(args.metadata)
-    if args.num_docs is not None:
-        metadata.update(st_num_docs=args.num_docs, babi_num_docs=args.num_docs)
+    metadata = {"st_num_docs": args.num_docs, "babi_num_docs": args.num_docs, **args.metadata}
     batch = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
     return SweepSpec(checkpoints=tuple(args.checkpoints or bundled_checkpoints()),
                      tasks=tuple(t for t in args.tasks.split(",") if t), max_iters=tuple(args.max_iter),

@@ -130,3 +130,22 @@ def test_trainer_uses_weight_norm_for_implicit_only(tmp_path):
     exp = Trainer(TrainConfig(kind="explicit", **TINY), tmp_path)
     assert torch.nn.utils.parametrize.is_parametrized(imp.model.layers[0].mixer.in_proj)
     assert not torch.nn.utils.parametrize.is_parametrized(exp.model.layers[0].mixer.in_proj)
+
+
+def test_model_card_from_a_run_and_a_sweep(tmp_path):
+    from pathlib import Path
+
+    from harness.model_card import main as card_main
+
+    run(TrainConfig(kind="implicit", steps=6, **TINY), tmp_path / "run", progress=False)
+    target = tmp_path / "parity-implicit"  # the fixed sweep holds results under this checkpoint name
+    sweep = Path(__file__).parents[1] / "fixtures" / "sweep_small"
+    assert card_main([str(tmp_path / "run"), str(target), "--sweep", str(sweep), "--copy", "--command",
+                      "implicit-eval train --steps 6"]) == 0
+    text = (target / "README.md").read_text()
+    for needle in ("# parity-implicit", "parameters: ", "command: `implicit-eval train --steps 6`", "6 steps",
+                   "phantom-gradient", "| budget", "tol=0.05 (≤32), simultaneous", "(4 it)"):
+        assert needle in text, needle
+    assert (target / "training_curve.png").stat().st_size > 0
+    assert (target / "accuracy_vs_budget.png").stat().st_size > 0
+    assert load_checkpoint(target).format == "native"
