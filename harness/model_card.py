@@ -81,7 +81,10 @@ def card(run: Path, ckpt: Path, sweep: Path, command: str) -> str:
         f"- architecture: {arch}; vocabulary {model['vocab_size']} (padded to a multiple of "
         f"{model['pad_vocab_size_multiple']}), tied embeddings",
         f"- parameters: {parameter_count(ckpt):,}",
-        f"- default evaluation budget: {model.get('budget') or 'none (explicit)'}",
+        f"- default evaluation budget: {model.get('budget') or 'none (explicit)'}"
+        + (f" (trained with eval_tol {tc['eval_tol']}; the default was set after training, see "
+           "checkpoints/build_bundle.sh)" if model.get("budget") and model["budget"].get("tol") != tc.get("eval_tol")
+           else ""),
         "",
         "## Training",
         "",

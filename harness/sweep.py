@@ -28,7 +28,7 @@ from lm_eval.api.model import LM
 from model_adapters.config import Budget, ConfigError
 
 DEFAULT_MAX_ITERS = (1, 2, 4, 8, 16, 32, 64)
-DEFAULT_TOLS = (0.0, 0.05)
+DEFAULT_TOLS = (0.0, 0.01)
 DEFAULT_MODES = ("simultaneous",)
 RESULTS, GREEDY = "results.json", "greedy.jsonl"
 

@@ -95,8 +95,9 @@ def leaderboard_main(argv: list[str]) -> int:
     p.add_argument("--num-docs", type=int, default=100, help="documents per length bucket")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    sweep_args = sweep_parser().parse_args(["--modes", "simultaneous", "sequential", "--num-docs", str(args.num_docs),
-                                            "--out", str(args.results), "--batch-size", "64"])
+    sweep_args = sweep_parser().parse_args(["--modes", "simultaneous", "sequential", "--tol", "0", "0.05", "0.01",
+                                            "--num-docs", str(args.num_docs), "--out", str(args.results),
+                                            "--batch-size", "64"])
     run_sweep(spec_from(sweep_args), args.results, progress=not args.quiet)
     print(write_report(args.results, args.out, command=LEADERBOARD_COMMAND))
     return 0
