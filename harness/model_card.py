@@ -73,7 +73,7 @@ def card(run: Path, ckpt: Path, sweep: Path, command: str) -> str:
     lines = [
         f"# {ckpt.name}",
         "",
-        f"A {model['kind']} Mamba2 language model trained on the `{tc['task']}` state-tracking task of this "
+        f"An {model['kind']} Mamba2 language model trained on the `{tc['task']}` state-tracking task of this "
         f"repository (`tasks/state_tracking`), sequences of length {tc['min_len']}–{tc['max_len']} only.",
         "",
         "## Model",
@@ -81,10 +81,7 @@ def card(run: Path, ckpt: Path, sweep: Path, command: str) -> str:
         f"- architecture: {arch}; vocabulary {model['vocab_size']} (padded to a multiple of "
         f"{model['pad_vocab_size_multiple']}), tied embeddings",
         f"- parameters: {parameter_count(ckpt):,}",
-        f"- default evaluation budget: {model.get('budget') or 'none (explicit)'}"
-        + (f" (trained with eval_tol {tc['eval_tol']}; the default was set after training, see "
-           "checkpoints/build_bundle.sh)" if model.get("budget") and model["budget"].get("tol") != tc.get("eval_tol")
-           else ""),
+        f"- default evaluation budget: {model.get('budget') or 'none (explicit)'}",
         "",
         "## Training",
         "",
@@ -101,6 +98,9 @@ def card(run: Path, ckpt: Path, sweep: Path, command: str) -> str:
                      f"steps of a {tc['unroll_iters']}-iteration unroll; weight norm (folded in this checkpoint)")
     lines += [f"- wall time {training['wall_time_s']:.0f} s on {training['device']} (torch {training['torch']}); "
               "no GPU time", "", "![training curve](training_curve.png)", "",
+              "The curve is accuracy on training batches"
+              + (f" at the training budget ({tc['train_max_iter']} simultaneous iterations, short of convergence on the longer sequences)"
+                 if model["kind"] == "implicit" else "") + "; the evaluation below is on held-out documents.", "",
               "## Evaluation", "",
               f"`{group}` through the lm-eval adapter (`implicit-eval sweep`, results in `{sweep}`), accuracy per "
               f"length bucket (chance {chance:.3f}); bucket lengths: "

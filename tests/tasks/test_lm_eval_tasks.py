@@ -13,6 +13,7 @@ from lm_eval.tasks import TaskManager
 import tasks
 from tasks import babi, state_tracking
 from tasks.babi import make_yamls as babi_yamls
+from tasks.configs import regenerate
 from tasks.state_tracking import make_yamls as st_yamls
 
 TASKS_DIR = Path(tasks.__file__).parent
@@ -56,7 +57,7 @@ def _run(answer, task_names: list[str], **metadata) -> dict:
 
 def test_generated_yamls_and_fingerprints_are_fresh():
     for module in (st_yamls, babi_yamls):
-        problems = module.regenerate(
+        problems = regenerate(
             module.YAML_DIR, module.FINGERPRINTS, module.yaml_files(), module.fingerprints(),
             module=module.MODULE, check=True,
         )  # fmt: skip
