@@ -75,7 +75,8 @@ def render(rows: list[dict], results: list[dict], sweep: dict, command: str, met
         title = f"## {group}" + (f" (chance {chance:.3f})" if chance is not None else "")
         parts += [title, "", f"{metric} per length bucket (adaptive budgets: with the bucket's mean iterations); "
                   "iters = mean f evaluations per sequence (simultaneous) or per token (sequential) over the run; "
-                  "wall s = evaluation time (fixed simultaneous budgets share one anytime run, charged to the largest):",
+                  "wall s = evaluation time (fixed simultaneous budgets share one anytime run, charged to the "
+                  "largest):",
                   "", table, "", "Best budget per model:", "",
                   best_budgets(summaries), ""]
     if agreement:

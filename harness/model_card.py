@@ -99,7 +99,8 @@ def card(run: Path, ckpt: Path, sweep: Path, command: str) -> str:
     lines += [f"- wall time {training['wall_time_s']:.0f} s on {training['device']} (torch {training['torch']}); "
               "no GPU time", "", "![training curve](training_curve.png)", "",
               "The curve is accuracy on training batches"
-              + (f" at the training budget ({tc['train_max_iter']} simultaneous iterations, short of convergence on the longer sequences)"
+              + (f" at the training budget ({tc['train_max_iter']} simultaneous iterations, short of convergence "
+                 "on the longer sequences)"
                  if model["kind"] == "implicit" else "") + "; the evaluation below is on held-out documents.", "",
               "## Evaluation", "",
               f"`{group}` through the lm-eval adapter (`implicit-eval sweep`, results in `{sweep}`), accuracy per "

@@ -29,7 +29,7 @@ from model_adapters.config import Budget, ConfigError
 
 DEFAULT_MAX_ITERS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_TOLS = (0.0, 0.01)
-DEFAULT_MODES = ("simultaneous",)
+DEFAULT_MODES = ("simultaneous", "sequential")
 RESULTS, GREEDY = "results.json", "greedy.jsonl"
 
 

@@ -21,7 +21,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZ
 
 def spec(checkpoints, **kw) -> SweepSpec:
     base = dict(checkpoints=tuple(checkpoints), max_iters=(1, 2, 4), tols=(0.0, 0.05), adaptive_max_iter=32,
-                metadata={"st_num_docs": 4}, batch_size=8)
+                metadata={"st_num_docs": 4}, batch_size=8, modes=("simultaneous",))
     return SweepSpec(**{**base, **kw})
 
 
