@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Rebuild the bundled checkpoints from finished training runs, the committed leaderboard, and the model cards.
-#   python checkpoints/recipes.py parity-implicit parity-explicit a5-implicit a5-explicit --runs runs
+#   python checkpoints/recipes.py parity-implicit parity-explicit parity-explicit-2l a5-implicit a5-explicit a5-explicit-2l --runs runs
 #   bash checkpoints/build_bundle.sh runs
 set -euo pipefail
 RUNS=${1:-runs}
-NAMES="parity-implicit parity-explicit a5-implicit a5-explicit"
+NAMES="parity-implicit parity-explicit parity-explicit-2l a5-implicit a5-explicit a5-explicit-2l"
 for n in $NAMES; do
   python -c "from pathlib import Path; from harness.model_card import copy_model; copy_model(Path('$RUNS/$n'), Path('checkpoints/$n'))"
 done

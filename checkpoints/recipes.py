@@ -24,6 +24,10 @@ RECIPES = {
     "parity-explicit": dict(PARITY, kind="explicit"),
     "a5-implicit": dict(WORD, kind="implicit", unroll_steps=1000, unroll_iters=4, train_max_iter=16),
     "a5-explicit": dict(WORD, kind="explicit"),
+    # Parameter-matched twins: the injection gives the implicit models ~1.65x the parameters of a same-shape
+    # explicit model; two explicit layers give 1.18x the implicit count, so these comparisons favour explicit.
+    "parity-explicit-2l": dict(PARITY, kind="explicit", n_layer=2),
+    "a5-explicit-2l": dict(WORD, kind="explicit", n_layer=2),
 }
 
 

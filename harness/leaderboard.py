@@ -12,7 +12,7 @@ from .report import BUCKETS
 
 
 def header(results: list[dict], sweep: dict, command: str) -> str:
-    """Provenance: commit, backend, device, dtype, date of the newest result, task parameters, the command."""
+    """Provenance: commits, backend, device, dtype, date of the newest result, task parameters, the command."""
     infos = [r.get("config", {}).get("ssm_model", {}) for r in results]
     dates = [r.get("date") for r in results if isinstance(r.get("date"), (int, float))]
     date = datetime.datetime.fromtimestamp(max(dates), datetime.timezone.utc).strftime("%Y-%m-%d") if dates else "?"
@@ -21,7 +21,10 @@ def header(results: list[dict], sweep: dict, command: str) -> str:
     def values(key: str) -> str:
         return ", ".join(sorted({str(i.get(key)) for i in infos if i.get(key) is not None})) or "?"
 
-    return (f"commit `{sweep.get('commit', '?')}` · backend {values('backend')} · device {values('device')} · "
+    # Resumed sweeps mix results of several commits: name them all.
+    commits = sorted({r["git_hash"] for r in results if r.get("git_hash")}) or [sweep.get("commit", "?")]
+    commit = f"commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)}"
+    return (f"{commit} · backend {values('backend')} · device {values('device')} · "
             f"dtype {values('dtype')} · date {date} · task parameters {params or 'defaults'}\n\n"
             f"Regenerate: `{command}`\n")
 
