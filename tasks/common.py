@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -145,3 +146,21 @@ def _length_range(name: str, spec: Any) -> tuple[int, int]:
         return lo, hi
     length = as_int(name, spec, minimum=1)
     return length, length
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> Path:
+    """Write ``tokenizer`` as a ``tokenizers`` ``tokenizer.json`` at ``path`` (parents created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path))
+    return path
+
+
+def yaml_task_and_bucket(options: Mapping[str, Any], prefix: str, buckets: Iterable[str]) -> tuple[str, str]:
+    """The ``<prefix>_task`` and ``<prefix>_bucket`` every task YAML sets through dataset_kwargs."""
+    task, bucket = options.get(f"{prefix}_task"), options.get(f"{prefix}_bucket")
+    if task is None or bucket not in buckets:
+        raise ValueError(f"the task YAML must set dataset_kwargs {prefix}_task and {prefix}_bucket "
+                         f"(one of {list(buckets)})")
+    return task, bucket
+

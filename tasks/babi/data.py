@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from tasks.babi.stories import MAX_PATH_EDGES, TASKS, BabiTask, generate
 from tasks.babi.vocabulary import ANSWERS, vocabulary
-from tasks.common import IGNORE_INDEX, PAD_ID, as_int, data_hash, derive_seed, word_level_tokenizer
+from tasks.common import IGNORE_INDEX, PAD_ID, as_int, data_hash, derive_seed, save_tokenizer, word_level_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -106,10 +106,7 @@ def tokenizer_for(task_name: str) -> Tokenizer:
 
 def write_tokenizer(task_name: str, path: str | Path) -> Path:
     """Write the task's tokenizer as ``tokenizer.json`` at ``path``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer_for(task_name).save(str(path))
-    return path
+    return save_tokenizer(tokenizer_for(task_name), path)
 
 
 def training_examples(

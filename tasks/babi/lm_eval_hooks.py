@@ -17,7 +17,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from tasks.babi.data import BUCKETS, bucket_lengths, make_docs
-from tasks.common import as_int, parse_length_overrides, split_options
+from tasks.common import as_int, parse_length_overrides, split_options, yaml_task_and_bucket
 from tasks.scoring import process_greedy_answer, same_string
 
 if TYPE_CHECKING:
@@ -40,9 +40,7 @@ def make_dataset(**metadata: Any) -> datasets.DatasetDict:
     import datasets
 
     options = split_options(metadata, "babi_", (*USER_OPTIONS, *YAML_OPTIONS), "bAbI")
-    task, bucket = options.get("babi_task"), options.get("babi_bucket")
-    if task is None or bucket not in BUCKETS:
-        raise ValueError(f"the task YAML must set dataset_kwargs babi_task and babi_bucket (one of {list(BUCKETS)})")
+    task, bucket = yaml_task_and_bucket(options, "babi", BUCKETS)
     train_max_len = options.get("babi_train_max_len")
     if train_max_len is not None:
         train_max_len = as_int("babi_train_max_len", train_max_len, minimum=1)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from tasks.babi.data import BUCKETS, HASHED_FIELDS, make_docs
 from tasks.babi.stories import TASKS
-from tasks.common import data_hash
-from tasks.configs import group_yaml, make_yamls_main, task_yaml, template_yaml
+from tasks.configs import family_fingerprints, family_yaml_files, make_yamls_main
 
 MODULE = "tasks.babi.make_yamls"
 HERE = Path(__file__).parent
@@ -31,26 +30,17 @@ def task_name(task: str, bucket: str | None = None) -> str:
     return f"babi_gen_{task}" if bucket is None else f"babi_gen_{task}_{bucket}"
 
 
+def _versions() -> dict[str, int]:
+    return {task: spec.version for task, spec in TASKS.items()}
+
+
 def yaml_files() -> dict[str, str]:
-    files = {TEMPLATE: template_yaml(MODULE, "tasks.babi.lm_eval_hooks", "babi_gen_<task>_<bucket>")}
-    for task in TASKS:
-        for bucket in BUCKETS:
-            kwargs = {"babi_task": task, "babi_bucket": bucket}
-            name = task_name(task, bucket)
-            files[f"{name}.yaml"] = task_yaml(MODULE, name, TEMPLATE, kwargs, TASKS[task].version)
-        members = [task_name(task, bucket) for bucket in BUCKETS]
-        files[f"{task_name(task)}.yaml"] = group_yaml(MODULE, task_name(task), members, GROUP_VERSION)
-    files["babi_gen.yaml"] = group_yaml(MODULE, "babi_gen", map(task_name, TASKS), GROUP_VERSION)
-    return files
+    return family_yaml_files(MODULE, "tasks.babi.lm_eval_hooks", TEMPLATE, _versions(), BUCKETS, task_name, "babi",
+                             "babi_gen", GROUP_VERSION)
 
 
 def fingerprints() -> dict[str, dict[str, object]]:
-    """Per task: its version and the hash of FINGERPRINT_DOCS default documents of every bucket (seed 0)."""
-    entries = {}
-    for task in TASKS:
-        docs = [doc for bucket in BUCKETS for doc in make_docs(task, bucket, num_docs=FINGERPRINT_DOCS)]
-        entries[task] = {"version": TASKS[task].version, "hash": data_hash(docs, HASHED_FIELDS)}
-    return entries
+    return family_fingerprints(_versions(), BUCKETS, make_docs, HASHED_FIELDS, FINGERPRINT_DOCS)
 
 
 def main(argv: list[str] | None = None) -> int:

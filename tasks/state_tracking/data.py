@@ -26,6 +26,7 @@ from tasks.common import (
     data_hash,
     default_buckets,
     derive_seed,
+    save_tokenizer,
     word_level_tokenizer,
 )
 from tasks.state_tracking.specs import TASKS, TaskSpec, get_spec
@@ -109,10 +110,7 @@ def tokenizer_for(task_name: str) -> Tokenizer:
 
 def write_tokenizer(task_name: str, path: str | Path) -> Path:
     """Write the task's tokenizer as a ``tokenizers`` ``tokenizer.json`` at ``path``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer_for(task_name).save(str(path))
-    return path
+    return save_tokenizer(tokenizer_for(task_name), path)
 
 
 def training_batches(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from tasks.common import as_int, parse_length_overrides, split_options
+from tasks.common import as_int, parse_length_overrides, split_options, yaml_task_and_bucket
 from tasks.scoring import process_greedy_answer, same_string
 from tasks.state_tracking.data import BUCKETS, bucket_lengths, make_docs
 from tasks.state_tracking.specs import get_spec
@@ -42,9 +42,7 @@ def make_dataset(**metadata: Any) -> datasets.DatasetDict:
     import datasets
 
     options = split_options(metadata, "st_", (*USER_OPTIONS, *YAML_OPTIONS), "state-tracking")
-    task, bucket = options.get("st_task"), options.get("st_bucket")
-    if task is None or bucket not in BUCKETS:
-        raise ValueError(f"the task YAML must set dataset_kwargs st_task and st_bucket (one of {list(BUCKETS)})")
+    task, bucket = yaml_task_and_bucket(options, "st", BUCKETS)
     docs = make_docs(
         task,
         bucket,

@@ -11,8 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tasks.common import data_hash
-from tasks.configs import group_yaml, make_yamls_main, task_yaml, template_yaml
+from tasks.configs import family_fingerprints, family_yaml_files, make_yamls_main
 from tasks.state_tracking.data import BUCKETS, HASHED_FIELDS, make_docs
 from tasks.state_tracking.specs import TASK_NAMES, get_spec
 
@@ -30,28 +29,17 @@ def task_name(task: str, bucket: str | None = None) -> str:
     return f"st_{task}" if bucket is None else f"st_{task}_{bucket}"
 
 
+def _versions() -> dict[str, int]:
+    return {task: get_spec(task).version for task in TASK_NAMES}
+
+
 def yaml_files() -> dict[str, str]:
-    files = {TEMPLATE: template_yaml(MODULE, "tasks.state_tracking.lm_eval_hooks", "st_<task>_<bucket>")}
-    for task in TASK_NAMES:
-        version = get_spec(task).version
-        for bucket in BUCKETS:
-            kwargs = {"st_task": task, "st_bucket": bucket}
-            files[f"{task_name(task, bucket)}.yaml"] = task_yaml(
-                MODULE, task_name(task, bucket), TEMPLATE, kwargs, version
-            )
-        members = [task_name(task, bucket) for bucket in BUCKETS]
-        files[f"{task_name(task)}.yaml"] = group_yaml(MODULE, task_name(task), members, GROUP_VERSION)
-    files["state_tracking.yaml"] = group_yaml(MODULE, "state_tracking", map(task_name, TASK_NAMES), GROUP_VERSION)
-    return files
+    return family_yaml_files(MODULE, "tasks.state_tracking.lm_eval_hooks", TEMPLATE, _versions(), BUCKETS, task_name,
+                             "st", "state_tracking", GROUP_VERSION)
 
 
 def fingerprints() -> dict[str, dict[str, object]]:
-    """Per task: its version and the hash of FINGERPRINT_DOCS default documents of every bucket (seed 0)."""
-    entries = {}
-    for task in TASK_NAMES:
-        docs = [doc for bucket in BUCKETS for doc in make_docs(task, bucket, num_docs=FINGERPRINT_DOCS)]
-        entries[task] = {"version": get_spec(task).version, "hash": data_hash(docs, HASHED_FIELDS)}
-    return entries
+    return family_fingerprints(_versions(), BUCKETS, make_docs, HASHED_FIELDS, FINGERPRINT_DOCS)
 
 
 def main(argv: list[str] | None = None) -> int:
