@@ -2,8 +2,8 @@
 init, 1024-token sequences), per backend and dtype, with mamba_ssm's own bf16-vs-fp32 gap as the yardstick.
 
     python bench/check_mamba_ssm_parity.py --out $OUT/parity.json
-    TRITON_INTERPRET=1 python bench/check_mamba_ssm_parity.py --device cpu --d-model 256 --n-layer 8 \
-        --seq-len 256 --backends torch --out parity_cpu.json    # smaller, on CPU (Triton interpreter)
+    TRITON_INTERPRET=1 python bench/check_mamba_ssm_parity.py --device cpu --d-model 256 --n-layer 4 \
+        --seq-len 128 --backends torch --out parity_cpu.json    # smaller, on CPU (Triton interpreter)
 """
 
 from __future__ import annotations

@@ -108,9 +108,9 @@ def _iteration_panel(ax, results: list[dict]) -> None:
     edges = sorted({round((top + 1) ** (i / 40)) for i in range(41)} | {1, top + 1})
     bins = [e - 0.5 for e in edges]
     for result in results:
-        if samples[id(result)]:
+        values = samples[id(result)]
+        if values:
             b = result["sweep"]["budget"]
-            values = samples[id(result)]
             ax.hist(values, bins=bins, histtype="step", weights=[1 / len(values)] * len(values),
                     label=f"{result['sweep']['checkpoint']} tol={b['tol']:g}")
     ax.set_xscale("log", base=2)
