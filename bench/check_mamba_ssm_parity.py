@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from model_adapters.formats import load_checkpoint
-from model_adapters.testing import rel_err
+from implicit_ssm_eval.model_adapters.formats import load_checkpoint
+from implicit_ssm_eval.model_adapters.testing import rel_err
 
 
 def next_token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ set -uo pipefail
 OUT=${1:?output folder}
 export TOKENIZERS_PARALLELISM=false
 # The project is on PYTHONPATH, not pip-installed: emulate its .pth registration hook for lm-eval.
-echo "import model_adapters.lm_eval_hook" > /tmp/site/sitecustomize.py
+echo "import implicit_ssm_eval.model_adapters.lm_eval_hook" > /tmp/site/sitecustomize.py
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 # A short training probe (step time on this GPU) shares the GPU with the tests, which time nothing.
 python3 checkpoints/recipes.py a5-implicit a5-explicit --device cuda --time-limit 60 --runs "$OUT/r" \

@@ -4,7 +4,7 @@
 #   source .device/on-device.sh; bash bench/device_train.sh "$OUT" SECONDS
 set -uo pipefail
 OUT=${1:?output folder}; LIMIT=${2:-480}
-echo "import model_adapters.lm_eval_hook" > /tmp/site/sitecustomize.py
+echo "import implicit_ssm_eval.model_adapters.lm_eval_hook" > /tmp/site/sitecustomize.py
 CUDA_VISIBLE_DEVICES=0 python3 checkpoints/recipes.py a5-implicit --device cuda --time-limit "$LIMIT" --runs "$OUT/r" &
 p0=$!
 CUDA_VISIBLE_DEVICES=1 python3 checkpoints/recipes.py a5-implicit-wide a5-explicit --device cuda \

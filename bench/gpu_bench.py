@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from model_adapters.config import Budget, ModelConfig
-from model_adapters.models import build_model
+from implicit_ssm_eval.model_adapters.config import Budget, ModelConfig
+from implicit_ssm_eval.model_adapters.models import build_model
 
 CFG_130M = dict(vocab_size=50277, pad_vocab_size_multiple=16, d_model=768, n_layer=24, d_state=128, headdim=64,
                 expand=2, ngroups=1, chunk_size=256)
@@ -133,7 +133,7 @@ def forward_cost(model, ids) -> tuple[float, float]:
 
 def section_decode(args) -> None:
     """Generation tokens/s: explicit steps and implicit sequential steps (k = 4), eager vs CUDA graph."""
-    from model_adapters.generation import greedy_generate
+    from implicit_ssm_eval.model_adapters.generation import greedy_generate
 
     explicit, implicit = models()
     for batch in (1, 16):

@@ -65,7 +65,7 @@ def main() -> None:
     os.environ.update(BENCH_DOCS=str(args.docs), BENCH_CONTEXT=str(args.context))
     from lm_eval.models.mamba_lm import MambaLMWrapper
 
-    from model_adapters.lm_eval_models import ExplicitSSMLM
+    from implicit_ssm_eval.model_adapters.lm_eval_models import ExplicitSSMLM
 
     root = make_checkpoint(Path(tempfile.mkdtemp()))
     ours = ExplicitSSMLM(pretrained=str(root), dtype="bfloat16", batch_size=16, device="cuda")

@@ -25,9 +25,9 @@ TASKS = Path(__file__).parent / "tasks"
 def make_checkpoint(root: Path) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from model_adapters.config import ModelConfig
-    from model_adapters.formats import save
-    from model_adapters.models import build_model
+    from implicit_ssm_eval.model_adapters.config import ModelConfig
+    from implicit_ssm_eval.model_adapters.formats import save
+    from implicit_ssm_eval.model_adapters.models import build_model
 
     torch.manual_seed(0)
     cfg = ModelConfig(kind="implicit", vocab_size=50277, pad_vocab_size_multiple=16, d_model=768, n_layer=24,

@@ -32,7 +32,7 @@ RECIPES = {
 
 
 def command(name: str, runs: Path, device: str, time_limit: float, resume: bool) -> list[str]:
-    args = [sys.executable, "-m", "harness", "train", "--out", str(runs / name), "--device", device, "--no-progress"]
+    args = [sys.executable, "-m", "implicit_ssm_eval.harness", "train", "--out", str(runs / name), "--device", device, "--no-progress"]
     for key, value in RECIPES[name].items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     if time_limit:

@@ -1,4 +1,4 @@
-"""`python -m harness ...` is `implicit-eval ...` (for machines where the package is on PYTHONPATH only)."""
+"""`python -m implicit_ssm_eval.harness ...` is `implicit-eval ...` (where the package is on PYTHONPATH only)."""
 
 import sys
 

@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(command: str, rest: list[str]) -> int:
-    from model_adapters.config import ConfigError
-    from model_adapters.formats import CheckpointError
-    from model_adapters.tokenizer import TokenizerError
+    from implicit_ssm_eval.model_adapters.config import ConfigError
+    from implicit_ssm_eval.model_adapters.formats import CheckpointError
+    from implicit_ssm_eval.model_adapters.tokenizer import TokenizerError
 
     try:
         if command == "run":

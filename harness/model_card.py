@@ -1,4 +1,7 @@
-"""Model cards for trained checkpoints: `python -m harness.model_card RUN_DIR CKPT_DIR --sweep SWEEP_DIR`.
+"""Model cards for trained checkpoints:
+
+    python -m implicit_ssm_eval.harness.model_card RUN_DIR CKPT_DIR --sweep SWEEP_DIR
+
 
 Copies the run's exported model into CKPT_DIR and writes CKPT_DIR/README.md: task, architecture, parameter
 count, the exact training command, data seeds, steps, wall time and device, the evaluation table from a sweep

@@ -75,7 +75,7 @@ def bucket_length(group: str, bucket: str) -> int | None:
     """The longest sequence of a state-tracking bucket (default lengths), for accuracy-vs-length plots."""
     if not group.startswith("st_") or bucket not in BUCKETS:
         return None
-    from tasks.state_tracking import TASKS, bucket_lengths
+    from implicit_ssm_eval.tasks.state_tracking import TASKS, bucket_lengths
 
     task = group[3:]
     return bucket_lengths(task)[bucket][1] if task in TASKS else None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from lm_eval.api.model import LM
 
-from model_adapters.config import Budget, ConfigError
+from implicit_ssm_eval.model_adapters.config import Budget, ConfigError
 
 DEFAULT_MAX_ITERS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_TOLS = (0.0, 0.01)
@@ -89,7 +89,7 @@ class SweepSpec:
 def plan(spec: SweepSpec) -> list[Job]:
     """Every (checkpoint, budget) of the grid: fixed budgets k at tol 0, adaptive ones (tol > 0) capped at
     adaptive_max_iter, for each mode; one job for an explicit checkpoint."""
-    from model_adapters.formats import load_checkpoint
+    from implicit_ssm_eval.model_adapters.formats import load_checkpoint
 
     jobs = []
     for path in spec.checkpoints:
@@ -196,7 +196,7 @@ def model_args(job: Job, spec: SweepSpec, greedy_path: Path, anytime: list[int])
 
 def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int], tasks: dict):
     """One real lm-eval run; the greedy log is written next to where the results will be."""
-    from model_adapters.lm_eval_models import ExplicitSSMLM, ImplicitSSMLM
+    from implicit_ssm_eval.model_adapters.lm_eval_models import ExplicitSSMLM, ImplicitSSMLM
 
     target = job.dir(out)
     target.mkdir(parents=True, exist_ok=True)

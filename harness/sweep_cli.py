@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from model_adapters.config import ConfigError
+from implicit_ssm_eval.model_adapters.config import ConfigError
 
 from . import leaderboard, plots, report
 from .sweep import DEFAULT_MAX_ITERS, DEFAULT_MODES, DEFAULT_TOLS, SweepSpec, run_sweep

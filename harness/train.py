@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model_adapters.config import Budget, ConfigError, ModelConfig, reject_unknown_keys
-from model_adapters.fixed_point import solve
-from model_adapters.formats import save
-from model_adapters.models import ImplicitLM, build_model, lengths_to_valid
+from implicit_ssm_eval.model_adapters.config import Budget, ConfigError, ModelConfig, reject_unknown_keys
+from implicit_ssm_eval.model_adapters.fixed_point import solve
+from implicit_ssm_eval.model_adapters.formats import save
+from implicit_ssm_eval.model_adapters.models import ImplicitLM, build_model, lengths_to_valid
 
 STATE_FILE, LOG_FILE = "train_state.pt", "train_log.csv"
 LOG_FIELDS = ("step", "loss", "token_acc", "last_acc", "mean_iters", "lr", "elapsed_s")
@@ -111,7 +111,7 @@ class Trainer:
     elapsed: float = 0.0
 
     def __post_init__(self):
-        from tasks.state_tracking import tokenizer_for
+        from implicit_ssm_eval.tasks.state_tracking import tokenizer_for
 
         torch.manual_seed(self.cfg.seed)
         self.device = torch.device(self.cfg.device)
@@ -239,7 +239,7 @@ def run(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True
     (or `stop_after` steps in this call) stopped it first: the state is saved, run again with resume=True."""
     from tqdm import tqdm
 
-    from tasks.state_tracking import training_batches, write_tokenizer
+    from implicit_ssm_eval.tasks.state_tracking import training_batches, write_tokenizer
 
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg, out)
@@ -275,7 +275,7 @@ def run(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True
 
 def export(out: Path) -> Path:
     """Write the checkpoint of a run's saved state (mid-training or finished) to OUT/model."""
-    from tasks.state_tracking import write_tokenizer
+    from implicit_ssm_eval.tasks.state_tracking import write_tokenizer
 
     state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
     trainer = Trainer(replace_device(TrainConfig.from_dict(state["config"]), "cpu"), out)

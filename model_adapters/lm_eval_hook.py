@@ -11,8 +11,8 @@ import sys
 
 TARGET = "lm_eval.api.registry"
 MODELS = {
-    "implicit_ssm": "model_adapters.lm_eval_models:ImplicitSSMLM",
-    "explicit_ssm": "model_adapters.lm_eval_models:ExplicitSSMLM",
+    "implicit_ssm": "implicit_ssm_eval.model_adapters.lm_eval_models:ImplicitSSMLM",
+    "explicit_ssm": "implicit_ssm_eval.model_adapters.lm_eval_models:ExplicitSSMLM",
 }
 
 

@@ -16,9 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
-from tasks.babi.stories import MAX_PATH_EDGES, TASKS, BabiTask, generate
-from tasks.babi.vocabulary import ANSWERS, vocabulary
-from tasks.common import IGNORE_INDEX, PAD_ID, as_int, data_hash, derive_seed, save_tokenizer, word_level_tokenizer
+from implicit_ssm_eval.tasks.babi.stories import MAX_PATH_EDGES, TASKS, BabiTask, generate
+from implicit_ssm_eval.tasks.babi.vocabulary import ANSWERS, vocabulary
+from implicit_ssm_eval.tasks.common import (
+    IGNORE_INDEX,
+    PAD_ID,
+    as_int,
+    data_hash,
+    derive_seed,
+    save_tokenizer,
+    word_level_tokenizer,
+)
 
 if TYPE_CHECKING:
     import torch

@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from tasks.babi.data import BUCKETS, bucket_lengths, make_docs
-from tasks.common import as_int, parse_length_overrides, split_options, yaml_task_and_bucket
-from tasks.scoring import process_greedy_answer, same_string
+from implicit_ssm_eval.tasks.babi.data import BUCKETS, bucket_lengths, make_docs
+from implicit_ssm_eval.tasks.common import as_int, parse_length_overrides, split_options, yaml_task_and_bucket
+from implicit_ssm_eval.tasks.scoring import process_greedy_answer, same_string
 
 if TYPE_CHECKING:
     import datasets

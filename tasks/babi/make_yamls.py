@@ -1,7 +1,7 @@
 """Generate the bAbI lm-eval YAMLs and ``fingerprints.json``.
 
-    python -m tasks.babi.make_yamls          # rewrite
-    python -m tasks.babi.make_yamls --check  # exit 1 if anything on disk is stale
+    python -m implicit_ssm_eval.tasks.babi.make_yamls          # rewrite
+    python -m implicit_ssm_eval.tasks.babi.make_yamls --check  # exit 1 if anything on disk is stale
 
 Tasks ``babi_gen_<task>_<bucket>``, groups ``babi_gen_<task>`` (its buckets) and ``babi_gen`` (all).
 The ``babi_gen`` prefix keeps clear of lm-eval's own ``babi`` task.
@@ -12,11 +12,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tasks.babi.data import BUCKETS, HASHED_FIELDS, make_docs
-from tasks.babi.stories import TASKS
-from tasks.configs import family_fingerprints, family_yaml_files, make_yamls_main
+from implicit_ssm_eval.tasks.babi.data import BUCKETS, HASHED_FIELDS, make_docs
+from implicit_ssm_eval.tasks.babi.stories import TASKS
+from implicit_ssm_eval.tasks.configs import family_fingerprints, family_yaml_files, make_yamls_main
 
-MODULE = "tasks.babi.make_yamls"
+MODULE = "implicit_ssm_eval.tasks.babi.make_yamls"
 HERE = Path(__file__).parent
 YAML_DIR = HERE / "yaml"
 FINGERPRINTS = HERE / "fingerprints.json"
@@ -35,8 +35,8 @@ def _versions() -> dict[str, int]:
 
 
 def yaml_files() -> dict[str, str]:
-    return family_yaml_files(MODULE, "tasks.babi.lm_eval_hooks", TEMPLATE, _versions(), BUCKETS, task_name, "babi",
-                             "babi_gen", GROUP_VERSION)
+    return family_yaml_files(MODULE, "implicit_ssm_eval.tasks.babi.lm_eval_hooks", TEMPLATE, _versions(), BUCKETS,
+                             task_name, "babi", "babi_gen", GROUP_VERSION)
 
 
 def fingerprints() -> dict[str, dict[str, object]]:

@@ -7,7 +7,7 @@ whose answer follows inline, and only the last question is scored, so its answer
 from any earlier segment (state must carry across stories, as in catbAbI, Schlag et al. 2021).
 
 Held-out partition: the first KEY_STATEMENTS statements of a story (all of them in qa19) decide
-whether it may appear in training or in evaluation data (``tasks.common.accepts_key``).
+whether it may appear in training or in evaluation data (``implicit_ssm_eval.tasks.common.accepts_key``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from tasks.babi.vocabulary import (
+from implicit_ssm_eval.tasks.babi.vocabulary import (
     ACTORS,
     ANSWERS,
     DIRECTION_WORDS,
@@ -26,8 +26,8 @@ from tasks.babi.vocabulary import (
     PLACES,
     YES_NO,
 )
-from tasks.babi.world import World, render
-from tasks.common import accepts_key, bounded_attempts
+from implicit_ssm_eval.tasks.babi.world import World, render
+from implicit_ssm_eval.tasks.common import accepts_key, bounded_attempts
 
 KEY_STATEMENTS = 4
 CAT_SEGMENT_STATEMENTS = (2, 6)  # statements per catbAbI segment, inclusive

@@ -9,7 +9,7 @@ Public API:
   tokenizer_for(task) -> tokenizers.Tokenizer;  write_tokenizer(task, path) -> Path
 """
 
-from tasks.state_tracking.data import (
+from implicit_ssm_eval.tasks.state_tracking.data import (
     BUCKETS,
     bucket_lengths,
     make_docs,
@@ -17,7 +17,7 @@ from tasks.state_tracking.data import (
     training_batches,
     write_tokenizer,
 )
-from tasks.state_tracking.specs import TASK_NAMES, TASKS, TaskSpec
+from implicit_ssm_eval.tasks.state_tracking.specs import TASK_NAMES, TASKS, TaskSpec
 
 __all__ = [
     "BUCKETS",

@@ -3,7 +3,7 @@
 Seeds: evaluation document i of (task, bucket, seed) uses ``derive_seed("state_tracking/eval", task,
 bucket, seed, i)``; training batch j of (task, seed) uses ``derive_seed("state_tracking/train", task,
 seed, j)``. The namespaces differ, so the two never share a random stream. Beyond that, sequences of
-length >= KEY_LEN are split by the held-out partition of their first KEY_LEN symbols (``tasks.common``):
+length >= KEY_LEN are split by the held-out partition of their first KEY_LEN symbols (``tasks/common.py``):
 evaluation accepts only reserved prefixes, training rejects them, so no evaluation sequence of length
 >= KEY_LEN can occur in training data whatever the seeds. Shorter sequences may coincide by chance.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
-from tasks.common import (
+from implicit_ssm_eval.tasks.common import (
     BUCKET_MULTIPLIERS,
     IGNORE_INDEX,
     PAD_ID,
@@ -29,7 +29,7 @@ from tasks.common import (
     save_tokenizer,
     word_level_tokenizer,
 )
-from tasks.state_tracking.specs import TASKS, TaskSpec, get_spec
+from implicit_ssm_eval.tasks.state_tracking.specs import TASKS, TaskSpec, get_spec
 
 if TYPE_CHECKING:
     import torch

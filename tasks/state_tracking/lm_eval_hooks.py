@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from tasks.common import as_int, parse_length_overrides, split_options, yaml_task_and_bucket
-from tasks.scoring import process_greedy_answer, same_string
-from tasks.state_tracking.data import BUCKETS, bucket_lengths, make_docs
-from tasks.state_tracking.specs import get_spec
+from implicit_ssm_eval.tasks.common import as_int, parse_length_overrides, split_options, yaml_task_and_bucket
+from implicit_ssm_eval.tasks.scoring import process_greedy_answer, same_string
+from implicit_ssm_eval.tasks.state_tracking.data import BUCKETS, bucket_lengths, make_docs
+from implicit_ssm_eval.tasks.state_tracking.specs import get_spec
 
 if TYPE_CHECKING:
     import datasets

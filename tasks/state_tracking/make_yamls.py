@@ -1,7 +1,7 @@
 """Generate the state-tracking lm-eval YAMLs and ``fingerprints.json``.
 
-    python -m tasks.state_tracking.make_yamls          # rewrite
-    python -m tasks.state_tracking.make_yamls --check  # exit 1 if anything on disk is stale
+    python -m implicit_ssm_eval.tasks.state_tracking.make_yamls          # rewrite
+    python -m implicit_ssm_eval.tasks.state_tracking.make_yamls --check  # exit 1 if anything on disk is stale
 
 Tasks ``st_<task>_<bucket>``, groups ``st_<task>`` (its buckets) and ``state_tracking`` (all tasks).
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tasks.configs import family_fingerprints, family_yaml_files, make_yamls_main
-from tasks.state_tracking.data import BUCKETS, HASHED_FIELDS, make_docs
-from tasks.state_tracking.specs import TASK_NAMES, get_spec
+from implicit_ssm_eval.tasks.configs import family_fingerprints, family_yaml_files, make_yamls_main
+from implicit_ssm_eval.tasks.state_tracking.data import BUCKETS, HASHED_FIELDS, make_docs
+from implicit_ssm_eval.tasks.state_tracking.specs import TASK_NAMES, get_spec
 
-MODULE = "tasks.state_tracking.make_yamls"
+MODULE = "implicit_ssm_eval.tasks.state_tracking.make_yamls"
 HERE = Path(__file__).parent
 YAML_DIR = HERE / "yaml"
 FINGERPRINTS = HERE / "fingerprints.json"
@@ -34,8 +34,8 @@ def _versions() -> dict[str, int]:
 
 
 def yaml_files() -> dict[str, str]:
-    return family_yaml_files(MODULE, "tasks.state_tracking.lm_eval_hooks", TEMPLATE, _versions(), BUCKETS, task_name,
-                             "st", "state_tracking", GROUP_VERSION)
+    return family_yaml_files(MODULE, "implicit_ssm_eval.tasks.state_tracking.lm_eval_hooks", TEMPLATE, _versions(),
+                             BUCKETS, task_name, "st", "state_tracking", GROUP_VERSION)
 
 
 def fingerprints() -> dict[str, dict[str, object]]:

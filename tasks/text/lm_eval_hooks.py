@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.common import data_hash, split_options
-from tasks.scoring import same_string
+from implicit_ssm_eval.tasks.common import data_hash, split_options
+from implicit_ssm_eval.tasks.scoring import same_string
 
 if TYPE_CHECKING:
     import datasets

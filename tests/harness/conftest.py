@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from model_adapters.formats import save
-from model_adapters.testing import tiny_model
+from implicit_ssm_eval.model_adapters.formats import save
+from implicit_ssm_eval.model_adapters.testing import tiny_model
 
 
 def make_parity_checkpoints(root: Path) -> dict[str, Path]:
-    from tasks.state_tracking import write_tokenizer
+    from implicit_ssm_eval.tasks.state_tracking import write_tokenizer
 
     tok = write_tokenizer("parity", root / "tokenizer.json")
     out = {}

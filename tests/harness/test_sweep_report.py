@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import report
-from harness.sweep import SweepSpec, anytime_groups, plan, run_sweep
-from harness.sweep_cli import write_report
+from implicit_ssm_eval.harness import report
+from implicit_ssm_eval.harness.sweep import SweepSpec, anytime_groups, plan, run_sweep
+from implicit_ssm_eval.harness.sweep_cli import write_report
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "sweep_small"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -64,7 +64,7 @@ def test_anytime_sweep_equals_separate_runs(parity_checkpoints, tmp_path):
 
 def test_sweep_resumes_after_kill_9(parity_checkpoints, tmp_path):
     out = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "harness", "sweep", str(parity_checkpoints["implicit"]),
+    cmd = [sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", str(parity_checkpoints["implicit"]),
            str(parity_checkpoints["explicit"]), "--max-iter", "1", "2", "--tol", "0", "0.05", "--adaptive-max-iter",
            "16", "--modes", "simultaneous", "sequential", "--num-docs", "4", "--out", str(out), "--quiet",
            "--batch-size", "8"]

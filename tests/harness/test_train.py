@@ -5,11 +5,11 @@ import csv
 import pytest
 import torch
 
-from harness.train import TrainConfig, Trainer, phantom_steps, run
-from model_adapters.config import Budget
-from model_adapters.fixed_point import solve
-from model_adapters.formats import load_checkpoint
-from model_adapters.testing import rel_err, tiny_model
+from implicit_ssm_eval.harness.train import TrainConfig, Trainer, phantom_steps, run
+from implicit_ssm_eval.model_adapters.config import Budget
+from implicit_ssm_eval.model_adapters.fixed_point import solve
+from implicit_ssm_eval.model_adapters.formats import load_checkpoint
+from implicit_ssm_eval.model_adapters.testing import rel_err, tiny_model
 
 TINY = dict(task="parity", min_len=1, max_len=6, batch_size=32, d_model=32, d_state=8, headdim=8, lr=5e-3,
             warmup_steps=10, train_max_iter=8, grad_steps=3, save_every=1000, log_every=5, eval_max_iter=16)
@@ -135,7 +135,7 @@ def test_trainer_uses_weight_norm_for_implicit_only(tmp_path):
 def test_model_card_from_a_run_and_a_sweep(tmp_path):
     from pathlib import Path
 
-    from harness.model_card import main as card_main
+    from implicit_ssm_eval.harness.model_card import main as card_main
 
     run(TrainConfig(kind="implicit", steps=6, **TINY), tmp_path / "run", progress=False)
     target = tmp_path / "parity-implicit"  # the fixed sweep holds results under this checkpoint name

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from model_adapters.formats import save
-from model_adapters.testing import tiny_model
+from implicit_ssm_eval.model_adapters.formats import save
+from implicit_ssm_eval.model_adapters.testing import tiny_model
 
 TASKS = Path(__file__).parent / "tasks"
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from model_adapters.config import Budget, ConfigError
-from model_adapters.formats import load_checkpoint
-from model_adapters.lm_eval_models import ExplicitSSMLM, ImplicitSSMLM, NonFiniteError
+from implicit_ssm_eval.model_adapters.config import Budget, ConfigError
+from implicit_ssm_eval.model_adapters.formats import load_checkpoint
+from implicit_ssm_eval.model_adapters.lm_eval_models import ExplicitSSMLM, ImplicitSSMLM, NonFiniteError
 
 ALL_TASKS = ["tiny_ll", "tiny_mc", "tiny_gen", "tiny_roll"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from model_adapters.lm_eval_models import ImplicitSSMLM
+from implicit_ssm_eval.model_adapters.lm_eval_models import ImplicitSSMLM
 
 TASKS = Path(__file__).parent / "tasks"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -44,15 +44,16 @@ def test_registration_hook_adds_under_5ms_to_startup():
         out = run([sys.executable, "-X", "importtime", "-c", "import sys; assert 'torch' not in sys.modules"],
                   Path.cwd())
         assert out.returncode == 0, out.stderr
-        line = next(x for x in out.stderr.splitlines() if x.rstrip().endswith("model_adapters.lm_eval_hook"))
+        hook = "implicit_ssm_eval.model_adapters.lm_eval_hook"
+        line = next(x for x in out.stderr.splitlines() if x.rstrip().endswith(hook))
         costs.append(int(re.match(r"import time:\s+\d+ \|\s+(\d+) \|", line).group(1)))
     assert min(costs) < 5000, costs  # microseconds; the minimum of 5 filters out a busy machine
 
 
 def test_entry_points_for_newer_lm_eval_are_declared():
     names = {ep.name: ep.value for ep in entry_points(group="lm_eval.models")}
-    assert names["implicit_ssm"] == "model_adapters.lm_eval_models:ImplicitSSMLM"
-    assert names["explicit_ssm"] == "model_adapters.lm_eval_models:ExplicitSSMLM"
+    assert names["implicit_ssm"] == "implicit_ssm_eval.model_adapters.lm_eval_models:ImplicitSSMLM"
+    assert names["explicit_ssm"] == "implicit_ssm_eval.model_adapters.lm_eval_models:ExplicitSSMLM"
 
 
 def test_stock_lm_eval_cli_runs_both_models(checkpoints, tmp_path):

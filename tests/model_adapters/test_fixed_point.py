@@ -4,9 +4,9 @@ Anderson, simultaneous vs sequential, and the Budget's validation."""
 import pytest
 import torch
 
-from model_adapters.config import Budget, ConfigError
-from model_adapters.fixed_point import solve
-from model_adapters.testing import assert_close, tiny_model
+from implicit_ssm_eval.model_adapters.config import Budget, ConfigError
+from implicit_ssm_eval.model_adapters.fixed_point import solve
+from implicit_ssm_eval.model_adapters.testing import assert_close, tiny_model
 
 
 class CountingF:

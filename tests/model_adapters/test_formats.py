@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model_adapters.config import Budget
-from model_adapters.formats import CheckpointError, load_checkpoint, save
-from model_adapters.testing import assert_close, tiny_model
-from model_adapters.tokenizer import TokenizerError
+from implicit_ssm_eval.model_adapters.config import Budget
+from implicit_ssm_eval.model_adapters.formats import CheckpointError, load_checkpoint, save
+from implicit_ssm_eval.model_adapters.testing import assert_close, tiny_model
+from implicit_ssm_eval.model_adapters.tokenizer import TokenizerError
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -60,7 +60,7 @@ def test_content_hash_changes_with_the_weights(tmp_path):
 
 
 def test_save_is_atomic_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
-    import model_adapters.formats.native as native
+    import implicit_ssm_eval.model_adapters.formats.native as native
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from model_adapters.config import Budget, ConfigError, ModelConfig
-from model_adapters.testing import assert_close, tiny_model
+from implicit_ssm_eval.model_adapters.config import Budget, ConfigError, ModelConfig
+from implicit_ssm_eval.model_adapters.testing import assert_close, tiny_model
 
 
 @pytest.mark.parametrize("length", [1, 7, 63])

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from model_adapters.config import ModelConfig
-from model_adapters.mamba2 import Mamba2
-from model_adapters.ssd import ssd_chunked, ssd_recurrent
-from model_adapters.testing import assert_close
+from implicit_ssm_eval.model_adapters.config import ModelConfig
+from implicit_ssm_eval.model_adapters.mamba2 import Mamba2
+from implicit_ssm_eval.model_adapters.ssd import ssd_chunked, ssd_recurrent
+from implicit_ssm_eval.model_adapters.testing import assert_close
 
 LENGTHS = [1, 7, 63, 257]
 

@@ -5,9 +5,9 @@ kernels use TF32 matrix units), bfloat16 within 1e-2."""
 import pytest
 import torch
 
-from model_adapters.backends import get_ops, resolve_backend, torch_ops
-from model_adapters.config import Budget
-from model_adapters.testing import rel_err, tiny_model
+from implicit_ssm_eval.model_adapters.backends import get_ops, resolve_backend, torch_ops
+from implicit_ssm_eval.model_adapters.config import Budget
+from implicit_ssm_eval.model_adapters.testing import rel_err, tiny_model
 
 pytestmark = pytest.mark.gpu
 RTOL = {torch.float32: 1e-3, torch.bfloat16: 1e-2}
@@ -100,8 +100,8 @@ def test_auto_resolves_to_triton_on_cuda():
 
 
 def test_training_step_runs_with_bf16_autocast(tmp_path):
-    from harness.train import TrainConfig, Trainer
-    from tasks.state_tracking import training_batches
+    from implicit_ssm_eval.harness.train import TrainConfig, Trainer
+    from implicit_ssm_eval.tasks.state_tracking import training_batches
 
     cfg = TrainConfig(task="parity", kind="implicit", device="cuda", steps=5, batch_size=16, d_model=32, d_state=8,
                       headdim=8, train_max_iter=6, grad_steps=2)

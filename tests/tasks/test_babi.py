@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.babi import (
+from implicit_ssm_eval.tasks.babi import (
     BUCKETS,
     TASKS,
     bucket_lengths,
@@ -14,8 +14,8 @@ from tasks.babi import (
     training_batches,
     training_examples,
 )
-from tasks.babi.lm_eval_hooks import make_dataset
-from tasks.babi.vocabulary import ANSWERS
+from implicit_ssm_eval.tasks.babi.lm_eval_hooks import make_dataset
+from implicit_ssm_eval.tasks.babi.vocabulary import ANSWERS
 
 
 @pytest.mark.parametrize("task", list(TASKS))

@@ -10,13 +10,13 @@ from lm_eval import simple_evaluate
 from lm_eval.api.model import LM
 from lm_eval.tasks import TaskManager
 
-import tasks
-from tasks import babi, state_tracking
-from tasks.babi import make_yamls as babi_yamls
-from tasks.configs import regenerate
-from tasks.state_tracking import make_yamls as st_yamls
+import implicit_ssm_eval.tasks
+from implicit_ssm_eval.tasks import babi, state_tracking
+from implicit_ssm_eval.tasks.babi import make_yamls as babi_yamls
+from implicit_ssm_eval.tasks.configs import regenerate
+from implicit_ssm_eval.tasks.state_tracking import make_yamls as st_yamls
 
-TASKS_DIR = Path(tasks.__file__).parent
+TASKS_DIR = Path(implicit_ssm_eval.tasks.__file__).parent
 NUM_DOCS = 4
 
 

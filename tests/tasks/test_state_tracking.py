@@ -10,10 +10,17 @@ import sys
 import pytest
 import torch
 
-from tasks.state_tracking import BUCKETS, TASKS, bucket_lengths, make_docs, tokenizer_for, training_batches
-from tasks.state_tracking.algebra import FiniteMonoid, named_algebra
-from tasks.state_tracking.lm_eval_hooks import make_dataset
-from tasks.state_tracking.specs import KEY_LEN
+from implicit_ssm_eval.tasks.state_tracking import (
+    BUCKETS,
+    TASKS,
+    bucket_lengths,
+    make_docs,
+    tokenizer_for,
+    training_batches,
+)
+from implicit_ssm_eval.tasks.state_tracking.algebra import FiniteMonoid, named_algebra
+from implicit_ssm_eval.tasks.state_tracking.lm_eval_hooks import make_dataset
+from implicit_ssm_eval.tasks.state_tracking.specs import KEY_LEN
 
 GROUPS = {"s3": 6, "a4": 12, "z5": 5, "a5": 60, "z60": 60, "a4xz5": 60, "s5": 120}
 
@@ -189,7 +196,8 @@ def test_docs_are_deterministic_and_prefix_stable():
 
 def test_docs_are_the_same_in_another_process():
     # a different PYTHONHASHSEED stands in for "another machine": nothing may depend on hash() salt
-    code = "from tasks.state_tracking import make_docs as m\nprint(m('a5xm', 'id', num_docs=3)[0]['data_hash'])"
+    code = ("from implicit_ssm_eval.tasks.state_tracking import make_docs as m\n"
+            "print(m('a5xm', 'id', num_docs=3)[0]['data_hash'])")
     outputs = {
         subprocess.run(
             [sys.executable, "-c", code], env={"PYTHONHASHSEED": salt, "PYTHONPATH": ":".join(sys.path)},
@@ -263,7 +271,7 @@ def test_tokenizer_covers_inputs_and_single_token_answers(task):
 def test_tokenizer_json_roundtrip(tmp_path):
     from tokenizers import Tokenizer
 
-    from tasks.state_tracking import write_tokenizer
+    from implicit_ssm_eval.tasks.state_tracking import write_tokenizer
 
     path = write_tokenizer("a4xz5", tmp_path / "tok" / "tokenizer.json")
     assert Tokenizer.from_file(str(path)).get_vocab() == tokenizer_for("a4xz5").get_vocab()
