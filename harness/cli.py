@@ -1,55 +1,112 @@
-"""`implicit-eval`: the project's command. Each subcommand lives in its own module and is imported lazily."""
+"""`implicit-eval`: the project's command. Each subcommand lives in its own module and is imported lazily.
+
+One error path: a user mistake (a bad argument, config, checkpoint, task or path) ends in one line naming what was
+wrong and what is valid, exit code 2; a fault of the environment or the model (a full disk, non-finite values)
+one line and exit code 1; never a traceback, unless --debug is given (anywhere on the command line).
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 
 COMMANDS = {
     "run": "lm-eval's CLI with this project's tasks included (all lm-eval run arguments pass through)",
-    "train": "train a small implicit or explicit model on a state-tracking task (resumable)",
+    "train": "train a small implicit or explicit model on a task of a registered family (resumable)",
     "sweep": "evaluate checkpoints over fixed-point budgets (anytime, resumable) and print the leaderboard",
-    "report": "turn a sweep into a tidy table, plots and leaderboard markdown",
-    "leaderboard": "sweep the bundled checkpoints in both modes and regenerate leaderboards/",
+    "report": "tables, plots and leaderboard from any lm-eval results of implicit_ssm/explicit_ssm",
+    "leaderboard": "sweep the bundled checkpoints in every reading and regenerate leaderboards/",
 }
+USER_ERROR, FAULT = 2, 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="implicit-eval", description="Evaluate implicit and explicit SSM LMs")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = argparse.ArgumentParser(prog="implicit-eval", description="Evaluate implicit and explicit SSM LMs",
+                                     epilog="--debug (anywhere): show tracebacks; --quiet (sweep, leaderboard): no "
+                                     "progress or log lines")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] not in COMMANDS:
+    if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return _dispatch(argv[0], argv[1:])
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"implicit-eval: error: unknown command {argv[0]!r}; valid commands are {list(COMMANDS)}",
+              file=sys.stderr)
+        return USER_ERROR
+    quiet = "--quiet" in argv
+    logging.basicConfig(level=logging.ERROR if quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if quiet:
+        _silence()
+    return _dispatch(argv[0], argv[1:], debug)
 
 
-def _dispatch(command: str, rest: list[str]) -> int:
+def _dispatch(command: str, rest: list[str], debug: bool) -> int:
+    try:
+        return _run(command, rest)
+    except KeyboardInterrupt:
+        print(f"implicit-eval {command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns every failure into one line
+        if debug:
+            raise
+        code, message = classify(exc)
+        hint = "" if code == USER_ERROR else " (rerun with --debug for the traceback)"
+        print(f"implicit-eval {command}: error: {message}{hint}", file=sys.stderr)
+        return code
+
+
+def _run(command: str, rest: list[str]) -> int:
+    if command == "run":
+        from . import run
+
+        run.main(rest)
+        return 0
+    if command == "train":
+        from . import train_cli
+
+        return train_cli.main(rest)
+    from . import sweep_cli
+
+    return {"sweep": sweep_cli.sweep_main, "report": sweep_cli.report_main,
+            "leaderboard": sweep_cli.leaderboard_main}[command](rest)
+
+
+def classify(exc: Exception) -> tuple[int, str]:
+    """(exit code, one-line message) of an exception."""
     from implicit_ssm_eval.model_adapters.config import ConfigError
     from implicit_ssm_eval.model_adapters.formats import CheckpointError
+    from implicit_ssm_eval.model_adapters.tensors import NonFiniteError
     from implicit_ssm_eval.model_adapters.tokenizer import TokenizerError
+    from implicit_ssm_eval.tasks.registry import UnknownTaskError
 
-    try:
-        if command == "run":
-            from . import run
+    if isinstance(exc, (ConfigError, CheckpointError, TokenizerError, UnknownTaskError)):
+        return USER_ERROR, str(exc)
+    if isinstance(exc, NonFiniteError):
+        return FAULT, str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        user = exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES)
+        return (USER_ERROR if user else FAULT), f"{where}{exc.strerror or exc}"
+    return FAULT, f"{type(exc).__name__}: {exc}"
 
-            run.main(rest)
-            return 0
-        if command == "train":
-            from . import train_cli
 
-            return train_cli.main(rest)
-        from . import sweep_cli
+def _silence() -> None:
+    """--quiet: no warnings, no lm-eval or datasets chatter (their loggers and warnings go to stderr)."""
+    import os
+    import warnings
 
-        return {"sweep": sweep_cli.sweep_main, "report": sweep_cli.report_main,
-                "leaderboard": sweep_cli.leaderboard_main}[command](rest)
-    except (ConfigError, CheckpointError, TokenizerError) as exc:
-        print(f"implicit-eval {command}: error: {exc}", file=sys.stderr)
-        return 2
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    for name in ("lm_eval", "lm-eval", "datasets", "implicit_ssm_eval", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

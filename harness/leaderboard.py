@@ -1,4 +1,8 @@
-"""Leaderboard markdown from a sweep's tidy rows (tabulate). Generated, never edited by hand."""
+"""Leaderboard markdown from tidy rows (tabulate). Generated, never edited by hand.
+
+Deterministic given the results: wall times live in a separate timings table (timings.md), so regenerating the
+committed leaderboard from the same results changes nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,51 +11,100 @@ from collections import defaultdict
 
 from tabulate import tabulate
 
-from .plots import budget_label
-from .report import BUCKETS
+from implicit_ssm_eval.model_adapters.convergence import UNCONVERGED_WARN
+
+from .report import bucket_order
+from .results import Run
+
+UNCONVERGED_MARK = "†"
 
 
-def header(results: list[dict], sweep: dict, command: str) -> str:
+def budget_label(row: dict) -> str:
+    if row["kind"] == "explicit":
+        return "explicit"
+    reading = row["mode"] if row["mode"] != "blockwise" else f"blockwise {row['block_size']}"
+    if row["tol"]:
+        return f"tol={row['tol']:g} (≤{row['max_iter']}), {reading}"
+    return f"k={row['max_iter']}, {reading}"
+
+
+def bucket_heading(rows: list[dict], bucket: str) -> str:
+    """'id (1-32)', '2x (64)', or a shifted bucket's label with its lengths."""
+    r = next(r for r in rows if r["bucket"] == bucket)
+    lo, hi = r["length_min"], r["length_max"]
+    span = "" if lo is None else f" ({lo})" if lo == hi else f" ({lo}-{hi})"
+    if r["shift"]:
+        return f"{r['shift']}{span}"
+    mult = r["multiplier"]
+    return (f"{'id' if mult == 1 else f'{mult:g}x'}" if mult else bucket) + span
+
+
+def header(runs: list[Run], sweep: dict, command: str) -> str:
     """Provenance: commits, backend, device, dtype, date of the newest result, task parameters, the command."""
-    infos = [r.get("config", {}).get("ssm_model", {}) for r in results]
-    dates = [r.get("date") for r in results if isinstance(r.get("date"), (int, float))]
+    ok = [r for r in runs if not r.error]
+    dates = [r.date for r in ok if isinstance(r.date, (int, float))]
     date = datetime.datetime.fromtimestamp(max(dates), datetime.timezone.utc).strftime("%Y-%m-%d") if dates else "?"
-    params = sweep.get("spec", {}).get("metadata") or {}
+    params = (sweep.get("spec") or {}).get("metadata") or {}
 
     def values(key: str) -> str:
-        return ", ".join(sorted({str(i.get(key)) for i in infos if i.get(key) is not None})) or "?"
+        return ", ".join(sorted({str(r.info.get(key)) for r in ok if r.info.get(key) is not None})) or "?"
 
-    # Resumed sweeps mix results of several commits: name them all.
-    commits = sorted({r["git_hash"] for r in results if r.get("git_hash")}) or [sweep.get("commit", "?")]
+    commits = sorted({r.git_hash for r in ok if r.git_hash}) or [sweep.get("commit", "?")]
     commit = f"commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)}"
-    return (f"{commit} · backend {values('backend')} · device {values('device')} · "
-            f"dtype {values('dtype')} · date {date} · task parameters {params or 'defaults'}\n\n"
-            f"Regenerate: `{command}`\n")
+    return (f"{commit} · backend {values('backend')} · device {values('device')} · dtype {values('dtype')} · "
+            f"date {date} · task parameters {params or 'defaults'}\n\nRegenerate: `{command}`\n")
 
 
 def _budget_sort(row: dict) -> tuple:
-    return (row["kind"] != "explicit", row["mode"] or "", bool(row["tol"]), row["tol"] or 0, row["max_iter"] or 0)
+    return (row["kind"] != "explicit", row["mode"] or "", row["block_size"] or 0, bool(row["tol"]), row["tol"] or 0,
+            row["max_iter"] or 0)
 
 
-def group_table(rows: list[dict], metric: str) -> tuple[str, list[dict]]:
-    """One task group: models x budgets, accuracy per bucket, iterations and wall time; plus best budgets."""
-    rows = [r for r in rows if r["metric"] == metric]
-    buckets = [b for b in BUCKETS if any(r["bucket"] == b for r in rows)] or ["all"]
-    cells = defaultdict(dict)
-    for r in rows:
+def cell(row: dict | None) -> str:
+    """Accuracy; under adaptive stopping also the bucket's mean iterations (per piece), and a mark when too many
+    pieces hit the cap unconverged."""
+    if row is None:
+        return "–"
+    if row["status"] == "failed":
+        return "failed"
+    text = f"{row['value']:.3f}"
+    if row["kind"] == "implicit" and row["tol"] and row.get("iters_mean") is not None:
+        text += f" ({row['iters_mean']:.0f} it)"
+    if unconverged(row):
+        text += UNCONVERGED_MARK
+    return text
+
+
+def unconverged(row: dict) -> bool:
+    return bool(row["kind"] == "implicit" and row["tol"] and (row.get("fraction_unconverged") or 0) > UNCONVERGED_WARN)
+
+
+def _cells(rows: list[dict]) -> dict[tuple[str, str], dict[str, dict]]:
+    cells: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
+    for r in sorted(rows, key=lambda r: (r["checkpoint"], _budget_sort(r))):
         cells[(r["checkpoint"], budget_label(r))][r["bucket"]] = r
+    return cells
+
+
+def group_table(rows: list[dict], buckets: list[str]) -> tuple[str, list[dict]]:
+    """Models x budgets with one column per bucket; plus one summary per row for best_budgets()."""
     table, summaries = [], []
-    for (checkpoint, label), by_bucket in sorted(cells.items(), key=lambda kv: (kv[0][0], _budget_sort(
-            next(iter(kv[1].values()))))):
+    failed = [r for r in rows if r["status"] == "failed"]
+    for (checkpoint, label), by_bucket in _cells([r for r in rows if r["status"] == "ok"] + failed).items():
         first = next(iter(by_bucket.values()))
-        accs = [by_bucket[b]["value"] if b in by_bucket else None for b in buckets]
-        table.append([checkpoint, first["kind"], label, *[_cell(by_bucket.get(b)) for b in buckets],
-                      _fmt(first["run_iters_mean"], 1), _fmt(first["wall_s"], 1)])
-        present = [a for a in accs if a is not None]
-        summaries.append({"checkpoint": checkpoint, "budget": label, "mean": sum(present) / len(present),
-                          "hardest": accs[-1], "iters": first["run_iters_mean"] or 1.0, "wall_s": first["wall_s"]})
-    headers = ["model", "kind", "budget", *buckets, "iters (mean)", "wall s"]
+        table.append([checkpoint, first["kind"], label, *[cell(by_bucket.get(b, _failed(by_bucket))) for b in buckets],
+                      "–" if first["run_iters_mean"] is None else f"{first['run_iters_mean']:.1f}"])
+        accs = [by_bucket[b]["value"] for b in buckets if b in by_bucket and by_bucket[b]["status"] == "ok"]
+        if accs:
+            summaries.append({"checkpoint": checkpoint, "budget": label, "mean": sum(accs) / len(accs),
+                              "hardest": by_bucket.get(buckets[-1], {}).get("value"),
+                              "iters": first["run_iters_mean"] or 1.0})
+    headers = ["model", "kind", "budget", *[bucket_heading(rows, b) for b in buckets], "iters (mean)"]
     return tabulate(table, headers=headers, tablefmt="github"), summaries
+
+
+def _failed(by_bucket: dict) -> dict | None:
+    return next((r for r in by_bucket.values() if r["status"] == "failed"), None)
 
 
 def best_budgets(summaries: list[dict]) -> str:
@@ -61,44 +114,69 @@ def best_budgets(summaries: list[dict]) -> str:
         current = best.get(s["checkpoint"])
         if current is None or (round(s["mean"], 4), -s["iters"]) > (round(current["mean"], 4), -current["iters"]):
             best[s["checkpoint"]] = s
-    rows = [[s["checkpoint"], s["budget"], _fmt(s["mean"]), _fmt(s["hardest"]), _fmt(s["iters"], 1),
-             _fmt(s["wall_s"], 1)] for s in sorted(best.values(), key=lambda s: s["checkpoint"])]
-    return tabulate(rows, headers=["model", "best budget", "mean over buckets", "longest bucket", "iters (mean)",
-                                   "wall s"], tablefmt="github")
+    rows = [[s["checkpoint"], s["budget"], f"{s['mean']:.3f}", "–" if s["hardest"] is None else f"{s['hardest']:.3f}",
+             f"{s['iters']:.1f}"] for s in sorted(best.values(), key=lambda s: s["checkpoint"])]
+    return tabulate(rows, headers=["model", "best budget", "mean over buckets", "longest bucket", "iters (mean)"],
+                    tablefmt="github")
 
 
-def render(rows: list[dict], results: list[dict], sweep: dict, command: str, metric: str = "acc",
+def render(rows: list[dict], runs: list[Run], sweep: dict, command: str, metric: str = "acc",
            agreement: list[dict] | None = None) -> str:
-    parts = ["# Leaderboard\n", header(results, sweep, command)]
-    groups = sorted({r["group"] for r in rows if r["metric"] == metric and r["bucket"] != "all"})
-    for group in groups:
-        group_rows = [r for r in rows if r["group"] == group]
-        chance = next((r["chance"] for r in group_rows if r.get("chance") is not None), None)
-        table, summaries = group_table(group_rows, metric)
-        title = f"## {group}" + (f" (chance {chance:.3f})" if chance is not None else "")
-        parts += [title, "", f"{metric} per length bucket (adaptive budgets: with the bucket's mean iterations); "
-                  "iters = mean f evaluations per sequence (simultaneous) or per token (sequential) over the run; "
-                  "wall s = evaluation time (fixed simultaneous budgets share one anytime run, charged to the "
-                  "largest):",
-                  "", table, "", "Best budget per model:", "",
-                  best_budgets(summaries), ""]
+    parts = ["# Leaderboard\n", header(runs, sweep, command)]
+    scored = [r for r in rows if r["metric"] == metric or r["status"] == "failed"]
+    for group in sorted({r["group"] for r in scored if r["bucket"] is not None}):
+        parts += _group_section(group, [r for r in scored if r["group"] == group], metric)
     if agreement:
-        table = [[a["checkpoint"], f"k={a['max_iter']}" if not a["tol"] else f"tol={a['tol']:g} (≤{a['max_iter']})",
-                  a["positions"], _fmt(a["agreement"], 4)] for a in agreement]
-        parts += ["## Simultaneous vs sequential agreement", "",
-                  "Fraction of positions where both modes choose the same greedy token (the paper: 97.6% at 1.3B).",
-                  "", tabulate(table, headers=["model", "budget", "positions", "agreement"], tablefmt="github"), ""]
+        parts += _agreement_section(agreement)
+    failures = sorted({(r["checkpoint"], budget_label(r), r["error"]) for r in rows if r["status"] == "failed"})
+    if failures:
+        parts += ["## Failed jobs", "", tabulate(failures, headers=["model", "budget", "error"], tablefmt="github"), ""]
     return "\n".join(parts)
 
 
-def _cell(row: dict | None) -> str:
-    """Accuracy; under adaptive stopping also the bucket's mean iterations, which grow with length."""
-    if row is None:
-        return "–"
-    if row["kind"] == "implicit" and row["tol"] and row.get("iters_mean") is not None:
-        return f"{row['value']:.3f} ({row['iters_mean']:.0f} it)"
-    return _fmt(row["value"])
+def _group_section(group: str, rows: list[dict], metric: str) -> list[str]:
+    order = bucket_order(group) or sorted({r["bucket"] for r in rows if r["bucket"]})
+    present = {r["bucket"] for r in rows}
+    lengths = [b for b in order if b in present and not _shifted(rows, b)]
+    shifted = [b for b in order if b in present and _shifted(rows, b)]
+    chance = next((r["chance"] for r in rows if r.get("chance") is not None), None)
+    title = f"## {group}" + (f" (chance {chance:.3f})" if chance is not None else "")
+    parts = [title, ""]
+    if lengths:
+        table, summaries = group_table(rows, lengths)
+        parts += [f"Length generalisation: {metric} per length bucket (adaptive budgets: with the bucket's mean "
+                  "iterations per piece: per sequence in simultaneous mode, per token in sequential mode, per "
+                  f"block in blockwise mode; {UNCONVERGED_MARK}: more than {UNCONVERGED_WARN:.0%} of pieces hit the "
+                  "cap unconverged); iters = mean f evaluations per piece over the run:", "", table, "",
+                  "Best budget per model:", "", best_budgets(summaries), ""]
+    if shifted:
+        robust = [r for r in rows if r["kind"] == "explicit" or r["tol"] or r["status"] == "failed"]
+        table, _ = group_table(robust or rows, shifted)
+        parts += [f"Robustness: {metric} under distribution shift (adaptive budgets and explicit models):", "",
+                  table, ""]
+    return parts
 
 
-def _fmt(x, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
+def _shifted(rows: list[dict], bucket: str) -> bool:
+    return any(r["bucket"] == bucket and r["shift"] for r in rows)
+
+
+def _agreement_section(agreement: list[dict]) -> list[str]:
+    table = [[a["checkpoint"], a["reading"], f"k={a['max_iter']}" if not a["tol"] else f"tol={a['tol']:g} "
+              f"(≤{a['max_iter']})", a["positions"], f"{a['agreement']:.4f}"] for a in agreement]
+    return ["## Agreement with the sequential reading", "",
+            "Fraction of positions where a reading chooses the same greedy token as the sequential (RNN) reading "
+            "(the paper: 97.6% for simultaneous at 1.3B).", "",
+            tabulate(table, headers=["model", "reading", "budget", "positions", "agreement"], tablefmt="github"), ""]
+
+
+def timings(rows: list[dict]) -> str:
+    """Wall time per run (machine-dependent, so kept out of the leaderboard)."""
+    seen = {}
+    for r in rows:
+        if r["status"] == "ok":
+            seen.setdefault((r["checkpoint"], budget_label(r)), r["wall_s"])
+    table = [[c, b, "–" if w is None else f"{w:.1f}"] for (c, b), w in sorted(seen.items())]
+    return ("# Timings\n\nEvaluation wall time per run (fixed simultaneous budgets share one anytime run, charged to "
+            "the largest; 0.0 = read off that run).\n\n" + tabulate(table, headers=["model", "budget", "wall s"],
+                                                                       tablefmt="github") + "\n")

@@ -1,11 +1,11 @@
 """Model cards for trained checkpoints:
 
-    python -m implicit_ssm_eval.harness.model_card RUN_DIR CKPT_DIR --sweep SWEEP_DIR
+    python -m implicit_ssm_eval.harness.model_card RUN_DIR CKPT_DIR --sweep SWEEP_DIR --command "..."
 
-
-Copies the run's exported model into CKPT_DIR and writes CKPT_DIR/README.md: task, architecture, parameter
-count, the exact training command, data seeds, steps, wall time and device, the evaluation table from a sweep
-of this checkpoint (through the lm-eval adapters), a training curve and accuracy against the budget.
+Copies the run's exported model into CKPT_DIR (with --copy) and writes CKPT_DIR/README.md: task, architecture,
+parameter count, the exact training command, data, seeds, steps, wall time and device, the evaluation tables from a
+sweep of this checkpoint through the lm-eval adapters (length buckets and distribution-shift buckets), a training
+curve and accuracy against the budget.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from . import plots, report
-from .leaderboard import _cell
+from .leaderboard import bucket_heading, budget_label, cell
+from .results import load_runs
 
 
 def copy_model(run: Path, target: Path) -> None:
@@ -29,7 +30,7 @@ def copy_model(run: Path, target: Path) -> None:
 
 
 def training_curve(run: Path, out: Path) -> Path:
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     with open(run / "train_log.csv") as fh:
         rows = list(csv.DictReader(fh))
     steps = [int(r["step"]) for r in rows]
@@ -38,18 +39,17 @@ def training_curve(run: Path, out: Path) -> Path:
     ax.plot(steps, [float(r["last_acc"]) for r in rows], label="last-position accuracy", alpha=0.7)
     ax.set_xlabel("training step")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7)
-    return plots._save(fig, out / "training_curve.png")
+    ax.legend(fontsize=7, loc="lower right")
+    return plots.save_figure(fig, out / "training_curve.png")
 
 
-def evaluation_table(rows: list[dict]) -> str:
-    buckets = [b for b in report.BUCKETS if any(r["bucket"] == b for r in rows)]
+def evaluation_table(rows: list[dict], buckets: list[str]) -> str:
     cells: dict[str, dict] = {}
     for r in rows:
         if r["metric"] == "acc" and r["bucket"] in buckets:
-            cells.setdefault(plots.budget_label(r), {})[r["bucket"]] = r
-    table = [[label, *[_cell(by.get(b)) for b in buckets]] for label, by in cells.items()]
-    return tabulate(table, headers=["budget", *buckets], tablefmt="github")
+            cells.setdefault(budget_label(r), {})[r["bucket"]] = r
+    table = [[label, *[cell(by.get(b)) for b in buckets]] for label, by in cells.items()]
+    return tabulate(table, headers=["budget", *[bucket_heading(rows, b) for b in buckets]], tablefmt="github")
 
 
 def parameter_count(ckpt_dir: Path) -> int:
@@ -62,59 +62,58 @@ def card(run: Path, ckpt: Path, sweep: Path, command: str) -> str:
     config = json.loads((ckpt / "config.json").read_text())
     training, model = config["training"], config["model"]
     tc = training["config"]
-    results = [r for r in report.load_results(sweep) if r["sweep"]["checkpoint"] == ckpt.name]
-    rows = report.tidy_rows(results)
-    group = rows[0]["group"] if rows else "?"
-    lengths = {r["bucket"]: r["length"] for r in rows if r["length"]}
+    runs = [r for r in load_runs([sweep]).runs if r.checkpoint == ckpt.name]
+    rows = report.tidy_rows(runs)
+    group = next((r["group"] for r in rows if r["bucket"]), "?")
+    order = report.bucket_order(group)
+    lengths = [b for b in order if any(r["bucket"] == b and not r["shift"] for r in rows)]
+    shifted = [b for b in order if any(r["bucket"] == b and r["shift"] for r in rows)]
     chance = next((r["chance"] for r in rows if r.get("chance") is not None), float("nan"))
-    plots_out = ckpt
-    training_curve(run, plots_out)
-    budget_plot = sorted(plots.accuracy_vs_budget([r for r in rows if r["kind"] == "implicit"] or rows, plots_out))
+    training_curve(run, ckpt)
+    budget_plot = sorted(plots.accuracy_vs_budget([r for r in rows if r["kind"] == "implicit"] or rows, ckpt))
     for path in budget_plot:
-        path.rename(plots_out / "accuracy_vs_budget.png")
+        path.rename(ckpt / "accuracy_vs_budget.png")
     arch = {k: model[k] for k in ("kind", "d_model", "n_layer", "d_state", "expand", "headdim", "ngroups")}
     lines = [
-        f"# {ckpt.name}",
-        "",
-        f"An {model['kind']} Mamba2 language model trained on the `{tc['task']}` state-tracking task of this "
-        f"repository (`tasks/state_tracking`), sequences of length {tc['min_len']}–{tc['max_len']} only.",
-        "",
-        "## Model",
-        "",
+        f"# {ckpt.name}", "",
+        f"An {model['kind']} Mamba2 language model trained on the `{tc['task']}` task of this repository's "
+        f"`{training.get('family', 'state_tracking')}` family, sequences of length {tc['min_len']}–{tc['max_len']}.",
+        "", "## Model", "",
         f"- architecture: {arch}; vocabulary {model['vocab_size']} (padded to a multiple of "
         f"{model['pad_vocab_size_multiple']}), tied embeddings",
         f"- parameters: {parameter_count(ckpt):,}",
         f"- default evaluation budget: {model.get('budget') or 'none (explicit)'}",
-        "",
-        "## Training",
-        "",
+        "", "## Training", "",
         f"- command: `{command}` (recipe `{ckpt.name}` in `checkpoints/recipes.py`)",
-        f"- data: `tasks.state_tracking.training_batches('{tc['task']}', seed={tc['data_seed']})`, lengths uniform in "
-        f"[{tc['min_len']}, {tc['max_len']}], batch {tc['batch_size']}; evaluation documents come from a disjoint "
-        "seed namespace and held-out prefixes",
+        f"- data: the family's `training_batches('{tc['task']}', seed={tc['data_seed']}"
+        + "".join(f", {k}={v}" for k, v in (tc.get("data_options") or {}).items())
+        + f")`, lengths uniform in [{tc['min_len']}, {tc['max_len']}], batch {tc['batch_size']}; evaluation "
+        "documents come from a disjoint seed namespace and held-out prefixes",
         f"- model seed {tc['seed']}; {training['steps']} steps; AdamW lr {tc['lr']} (warm-up {tc['warmup_steps']}, "
-        f"cosine to {tc['min_lr_ratio']}x), clip {tc['clip']}",
+        f"cosine to {tc['min_lr_ratio']}x), clip {tc['clip']}, weight decay {tc['weight_decay']} on projection, "
+        "convolution and embedding weights only",
     ]
     if model["kind"] == "implicit":
-        lines.append(f"- implicit: fixed point without gradients at {tc['train_max_iter']} iterations (tau "
-                     f"{tc['tau']}), then {tc['grad_steps']} phantom-gradient steps; warm-up: {tc['unroll_steps']} "
+        train = tc["train_budget"]
+        lines.append(f"- implicit: fixed point without gradients at {train['max_iter']} iterations (tau "
+                     f"{train['tau']}), then {tc['grad_steps']} phantom-gradient steps; warm-up: {tc['unroll_steps']} "
                      f"steps of a {tc['unroll_iters']}-iteration unroll; weight norm (folded in this checkpoint)")
-    lines += [f"- wall time {training['wall_time_s']:.0f} s on {training['device']} (torch {training['torch']}); "
-              "no GPU time", "", "![training curve](training_curve.png)", "",
-              "The curve is accuracy on training batches"
-              + (f" at the training budget ({tc['train_max_iter']} simultaneous iterations, short of convergence "
-                 "on the longer sequences)"
-                 if model["kind"] == "implicit" else "") + "; the evaluation below is on held-out documents.", "",
+    lines += [f"- wall time {training['wall_time_s']:.0f} s on {training['device']} (torch {training['torch']})", "",
+              "![training curve](training_curve.png)", "",
+              "The curve is accuracy on training batches; the evaluation below is on held-out documents.", "",
               "## Evaluation", "",
               f"`{group}` through the lm-eval adapter (`implicit-eval sweep`, results in `{sweep}`), accuracy per "
-              f"length bucket (chance {chance:.3f}); bucket lengths: "
-              + ", ".join(f"{b} ≤ {n}" for b, n in lengths.items()) + ".", "",
-              evaluation_table(rows), "", "![accuracy vs budget](accuracy_vs_budget.png)", ""]
+              f"length bucket (chance {chance:.3f}):", "", evaluation_table(rows, lengths), ""]
+    if shifted:
+        adaptive = [r for r in rows if r["kind"] == "explicit" or r["tol"]]
+        lines += ["Robustness: accuracy under distribution shift (adaptive budgets):", "",
+                  evaluation_table(adaptive, shifted), ""]
+    lines += ["![accuracy vs budget](accuracy_vs_budget.png)", ""]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path)
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--sweep", type=Path, required=True)

@@ -1,12 +1,36 @@
-"""Figures of a sweep (matplotlib, Agg backend, PNG): accuracy vs budget, accuracy vs length, iterations used
-under adaptive stopping, and simultaneous/sequential agreement."""
+"""Figures of a set of runs (matplotlib, Agg backend, PNG): accuracy vs budget, accuracy vs length bucket,
+robustness under distribution shift, iterations used under adaptive stopping, and agreement between readings.
+
+Readable at a glance: every model has its own colour and every reading its own line style and marker; explicit
+baselines are drawn in their model's colour; legends sit outside the data; length buckets are labelled the way
+people think of them (id, 2x, 4x, 8x); series that coincide are spread by a small offset so none hides another.
+Each figure is drawn from *series* (label, x, y, style) computed by a function of its own, which the tests check.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
-from .report import BUCKETS, iteration_samples
+from .leaderboard import bucket_heading, budget_label
+from .report import bucket_order, iteration_samples, reading_label
+from .results import Run
+
+READING_STYLE = {"simultaneous": ("-", "o"), "sequential": ("--", "s"), "blockwise": ("-.", "^"), None: (":", "D")}
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+          "tab:cyan", "tab:gray")
+
+
+@dataclass
+class Series:
+    label: str
+    x: list
+    y: list
+    color: str
+    linestyle: str
+    marker: str
+    hollow: bool = False  # adaptive budgets: hollow markers, beside their reading's filled fixed budgets
 
 
 def _pyplot():
@@ -18,139 +42,261 @@ def _pyplot():
     return plt
 
 
-def budget_label(row: dict) -> str:
-    if row["kind"] == "explicit":
-        return "explicit"
-    if row["tol"]:
-        return f"tol={row['tol']:g} (≤{row['max_iter']}), {row['mode']}"
-    return f"k={row['max_iter']}, {row['mode']}"
+def colors_of(rows: list[dict]) -> dict[str, str]:
+    """One colour per checkpoint, stable across every figure of a report."""
+    return {c: COLORS[i % len(COLORS)] for i, c in enumerate(sorted({r["checkpoint"] for r in rows}))}
+
+
+def _style(row: dict, colors: dict[str, str]) -> tuple[str, str, str]:
+    linestyle, marker = READING_STYLE[row["mode"] if row["kind"] == "implicit" else None]
+    return colors[row["checkpoint"]], linestyle, marker
+
+
+def _ok(rows: list[dict], metric: str) -> list[dict]:
+    return [r for r in rows if r["status"] == "ok" and r["metric"] == metric]
+
+
+# -- accuracy vs budget ----------------------------------------------------------------------------------------------
+def budget_series(rows: list[dict], colors: dict[str, str]) -> tuple[list[Series], list[Series], list[Series]]:
+    """For one bucket: fixed budgets (a line per model and reading), adaptive budgets (a point at their mean
+    iterations) and explicit models (a level)."""
+    fixed, adaptive, explicit = [], [], []
+    groups = _by(rows, "checkpoint", "_reading")
+    for (checkpoint, reading), series in groups.items():
+        color, ls, marker = _style(series[0], colors)
+        points = sorted((r["max_iter"], r["value"]) for r in series if r["kind"] == "implicit" and not r["tol"])
+        if points:
+            fixed.append(Series(f"{checkpoint}, {reading}", *map(list, zip(*points)), color, ls, marker))
+        for r in series:
+            if r["kind"] == "implicit" and r["tol"] and r["iters_mean"]:
+                adaptive.append(Series(f"{checkpoint}, {budget_label(r)}", [r["iters_mean"]], [r["value"]], color,
+                                       "none", marker))
+            if r["kind"] == "explicit":
+                explicit.append(Series(f"{checkpoint} (explicit)", [], [r["value"]], color, ls, marker))
+    return fixed, adaptive, explicit
 
 
 def accuracy_vs_budget(rows: list[dict], out: Path, metric: str = "acc") -> list[Path]:
-    """Per task group, a panel per length bucket: accuracy against max_iter (tol = 0) for each implicit model
-    and mode, adaptive budgets at their mean iterations, explicit models as flat lines."""
-    plt = _pyplot()
-    paths = []
-    for group, group_rows in _by(rows, "group").items():
-        buckets = [b for b in BUCKETS if any(r["bucket"] == b for r in group_rows)] or ["all"]
-        fig, axes = plt.subplots(1, len(buckets), figsize=(4 * len(buckets), 3.4), sharey=True, squeeze=False)
+    """Per task group, a panel per length bucket: accuracy against max_iter (tol = 0) per model and reading."""
+    plt, colors, paths = _pyplot(), colors_of(rows), []
+    for group, group_rows in _by(_ok(rows, metric), "group").items():
+        buckets = _length_buckets(group, group_rows)
+        if not buckets:
+            continue
+        fig, axes = plt.subplots(1, len(buckets), figsize=(3.6 * len(buckets) + 3.2, 3.4), sharey=True,
+                                 squeeze=False)
         for ax, bucket in zip(axes[0], buckets):
-            _budget_panel(ax, [r for r in group_rows if r["bucket"] == bucket and r["metric"] == metric])
-            ax.set_title(f"{group} {bucket}")
+            fixed, adaptive, explicit = budget_series([r for r in group_rows if r["bucket"] == bucket], colors)
+            for s in fixed:
+                ax.plot(s.x, s.y, color=s.color, ls=s.linestyle, marker=s.marker, ms=4, label=s.label)
+            for s in adaptive:  # hollow, larger: an adaptive budget at its mean iterations
+                ax.scatter(s.x, s.y, facecolors="white", edgecolors=s.color, marker=s.marker, s=110, lw=2, zorder=3,
+                           label=s.label)
+            for s in explicit:
+                ax.axhline(s.y[0], color=s.color, ls=":", lw=1.4, label=s.label)
+            _chance(ax, group_rows)
+            ax.set_title(bucket_heading(group_rows, bucket), fontsize=9)
             ax.set_xscale("log", base=2)
-            ax.set_xlabel("fixed-point iterations")
+            ax.xaxis.set_major_formatter(_plain_numbers())
+            ax.set_xlabel("fixed-point iterations (max_iter)")
         axes[0][0].set_ylabel(metric)
-        chance = next((r["chance"] for r in group_rows if r.get("chance") is not None), None)
-        for ax in axes[0]:
-            if chance is not None:
-                ax.axhline(chance, color="grey", lw=0.8, ls=":", label="chance")
-        axes[0][-1].legend(fontsize=7, loc="lower right")
+        fig.suptitle(group, fontsize=10)
+        _legend_outside(fig, axes[0][-1])
         paths.append(_save(fig, out / f"acc_vs_budget_{group}.png"))
     return paths
 
 
-def _budget_panel(ax, rows: list[dict]) -> None:
-    for (checkpoint, mode), series in _by(rows, "checkpoint", "mode").items():
-        fixed = sorted((r["max_iter"], r["value"]) for r in series if r["kind"] == "implicit" and not r["tol"])
-        if fixed:
-            ax.plot(*zip(*fixed), marker="o", ms=3, label=f"{checkpoint} ({mode})")
-        for r in series:
-            if r["kind"] == "implicit" and r["tol"] and r["iters_mean"]:
-                ax.scatter([r["iters_mean"]], [r["value"]], marker="*", s=60, zorder=3,
-                           label=f"{checkpoint} tol={r['tol']:g} ({mode})")
-            if r["kind"] == "explicit":
-                ax.axhline(r["value"], ls="--", lw=1, color="black", label=f"{checkpoint} (explicit)")
+# -- accuracy vs length ----------------------------------------------------------------------------------------------
+def length_series(rows: list[dict], buckets: list[str], colors: dict[str, str], max_iters=(4, 16, 64)
+                  ) -> list[Series]:
+    """A line per (model, budget) over the length buckets (x = bucket index); fixed budgets only at max_iters.
+    Series with identical values are spread by a small horizontal offset so that none hides another."""
+    out, seen = [], defaultdict(int)
+    for (checkpoint, label), series in _by(rows, "checkpoint", "_label").items():
+        r0 = series[0]
+        if r0["kind"] == "implicit" and not r0["tol"] and r0["max_iter"] not in max_iters:
+            continue
+        values = {r["bucket"]: r["value"] for r in series}
+        ys = [values.get(b) for b in buckets]
+        offset = 0.06 * seen[tuple(ys)]
+        seen[tuple(ys)] += 1
+        color, ls, marker = _style(r0, colors)
+        xs = [i + offset for i, y in enumerate(ys) if y is not None]
+        out.append(Series(f"{checkpoint}: {label}", xs, [y for y in ys if y is not None], color, ls, marker,
+                          hollow=bool(r0["kind"] == "implicit" and r0["tol"])))
+    return out
 
 
-def accuracy_vs_length(rows: list[dict], out: Path, metric: str = "acc", max_iters=(4, 16, 64)) -> list[Path]:
-    """Accuracy against the bucket's sequence length, at a few fixed budgets, the adaptive ones and explicit."""
-    plt = _pyplot()
-    paths = []
-    for group, group_rows in _by([r for r in rows if r["length"] and r["metric"] == metric], "group").items():
-        fig, ax = plt.subplots(figsize=(8.5, 3.8))
-        for (checkpoint, label), series in _by(group_rows, "checkpoint", "_label").items():
-            r0 = series[0]
-            if r0["kind"] == "implicit" and not r0["tol"] and r0["max_iter"] not in max_iters:
-                continue
-            points = sorted((r["length"], r["value"]) for r in series)
-            ax.plot(*zip(*points), marker="o", ms=3, ls="--" if r0["kind"] == "explicit" else "-",
-                    color="black" if r0["kind"] == "explicit" else None, label=f"{checkpoint}: {label}")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("sequence length")
+def accuracy_vs_length(rows: list[dict], out: Path, metric: str = "acc") -> list[Path]:
+    plt, colors, paths = _pyplot(), colors_of(rows), []
+    for group, group_rows in _by(_ok(rows, metric), "group").items():
+        buckets = _length_buckets(group, group_rows)
+        if len(buckets) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(9.5, 4.0))
+        for s in length_series([r for r in group_rows if r["bucket"] in buckets], buckets, colors):
+            ax.plot(s.x, s.y, color=s.color, ls=s.linestyle, marker=s.marker, ms=7 if s.hollow else 4,
+                    markerfacecolor="white" if s.hollow else s.color, label=s.label)
+        _chance(ax, group_rows)
+        ax.set_xticks(range(len(buckets)), [bucket_heading(group_rows, b).replace(" (", "\n(") for b in buckets])
+        ax.set_xlabel("length bucket (multiple of the training length)")
         ax.set_ylabel(metric)
+        ax.set_ylim(-0.03, 1.05)
         ax.set_title(group)
-        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: lines fill the panel
+        _legend_outside(fig, ax)
         paths.append(_save(fig, out / f"acc_vs_length_{group}.png"))
     return paths
 
 
-def iteration_distributions(results: list[dict], out: Path) -> list[Path]:
-    """Histograms of iterations used under adaptive stopping: a panel per mode, since simultaneous mode counts
-    per sequence and sequential mode per token (counts on different scales; each histogram sums to 1)."""
+# -- robustness ------------------------------------------------------------------------------------------------------
+def robustness_series(rows: list[dict], buckets: list[str], colors: dict[str, str]) -> list[Series]:
+    """A row of points per (model, adaptive budget or explicit) over the distribution-shift buckets."""
+    keep = [r for r in rows if r["kind"] == "explicit" or r["tol"]]
+    out = []
+    for (checkpoint, label), series in _by(keep, "checkpoint", "_label").items():
+        values = {r["bucket"]: r["value"] for r in series}
+        color, _, marker = _style(series[0], colors)
+        out.append(Series(f"{checkpoint}: {label}", [i for i, b in enumerate(buckets) if b in values],
+                          [values[b] for b in buckets if b in values], color, "none", marker))
+    return out
+
+
+def robustness(rows: list[dict], out: Path, metric: str = "acc") -> list[Path]:
+    """Per group with distribution-shift buckets: accuracy per shifted bucket, beside the in-distribution one."""
+    plt, colors, paths = _pyplot(), colors_of(rows), []
+    for group, group_rows in _by(_ok(rows, metric), "group").items():
+        shifted = [b for b in bucket_order(group) if any(r["bucket"] == b and r["shift"] for r in group_rows)]
+        if not shifted:
+            continue
+        buckets = [b for b in _length_buckets(group, group_rows)[:1] + shifted]
+        series = robustness_series([r for r in group_rows if r["bucket"] in buckets], buckets, colors)
+        fig, ax = plt.subplots(figsize=(2.0 * len(buckets) + 4.5, 4.0))
+        width = 0.7 / max(1, len(series))
+        for i, s in enumerate(series):
+            ax.scatter([x - 0.35 + width * (i + 0.5) for x in s.x], s.y, color=s.color, marker=s.marker, s=36,
+                       label=s.label, zorder=3)
+        _chance(ax, group_rows)
+        ax.set_xticks(range(len(buckets)), [bucket_heading(group_rows, b).replace(" (", "\n(") for b in buckets],
+                      fontsize=8)
+        ax.set_ylabel(metric)
+        ax.set_ylim(-0.03, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_title(f"{group}: robustness under distribution shift (adaptive budgets)")
+        _legend_outside(fig, ax)
+        paths.append(_save(fig, out / f"robustness_{group}.png"))
+    return paths
+
+
+# -- iterations and agreement ----------------------------------------------------------------------------------------
+def iteration_distributions(runs: list[Run], out: Path) -> list[Path]:
+    """Histograms of iterations used under adaptive stopping: a panel per reading, since each counts per its own
+    piece (sequence, token or block); each histogram sums to 1."""
     plt = _pyplot()
-    adaptive = [r for r in results if (r["sweep"].get("budget") or {}).get("tol")]
-    by_mode = {mode: [r for r in adaptive if r["sweep"]["budget"]["mode"] == mode]
-               for mode in ("simultaneous", "sequential")}
-    by_mode = {mode: rs for mode, rs in by_mode.items() if rs}
-    if not by_mode:
+    adaptive = [r for r in runs if not r.error and (r.budget or {}).get("tol")]
+    by_reading: dict[str, list[Run]] = defaultdict(list)
+    for run in adaptive:
+        by_reading[reading_label(run.budget)].append(run)
+    samples = {id(r): iteration_samples(r) for r in adaptive}
+    by_reading = {k: v for k, v in sorted(by_reading.items()) if any(samples[id(r)] for r in v)}
+    if not by_reading:
         return []
-    fig, axes = plt.subplots(1, len(by_mode), figsize=(5.0 * len(by_mode), 3.6), squeeze=False)
-    for ax, (mode, mode_results) in zip(axes[0], by_mode.items(), strict=True):
-        _iteration_panel(ax, mode_results)
-        ax.set_title(f"{mode}: iterations per {'sequence' if mode == 'simultaneous' else 'token'}")
+    fig, axes = plt.subplots(1, len(by_reading), figsize=(4.6 * len(by_reading) + 2.5, 3.6), squeeze=False)
+    colors = colors_of([{"checkpoint": r.checkpoint} for r in adaptive])
+    for ax, (reading, reading_runs) in zip(axes[0], by_reading.items()):
+        top = max(max(samples[id(r)], default=1) for r in reading_runs)
+        edges = sorted({round((top + 1) ** (i / 40)) for i in range(41)} | {1, top + 1})  # log-spaced integer bins
+        for run in reading_runs:
+            values = samples[id(run)]
+            if values:
+                ax.hist(values, bins=[e - 0.5 for e in edges], histtype="step", color=colors[run.checkpoint],
+                        weights=[1 / len(values)] * len(values), label=f"{run.checkpoint} tol={run.budget['tol']:g}")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(_plain_numbers())
+        ax.set_xlabel("iterations used")
+        ax.set_title(f"{reading}: per {_unit(reading)}", fontsize=9)
+    axes[0][0].set_ylabel("fraction per bin")
+    _legend_outside(fig, axes[0][-1])
     return [_save(fig, out / "iterations_adaptive.png")]
 
 
-def _iteration_panel(ax, results: list[dict]) -> None:
-    samples = {id(r): iteration_samples(r) for r in results}
-    top = max((max(s) for s in samples.values() if s), default=1)
-    # Log-spaced integer bins: most counts are small, a few runs reach the cap.
-    edges = sorted({round((top + 1) ** (i / 40)) for i in range(41)} | {1, top + 1})
-    bins = [e - 0.5 for e in edges]
-    for result in results:
-        values = samples[id(result)]
-        if values:
-            b = result["sweep"]["budget"]
-            ax.hist(values, bins=bins, histtype="step", weights=[1 / len(values)] * len(values),
-                    label=f"{result['sweep']['checkpoint']} tol={b['tol']:g}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("iterations used")
-    ax.set_ylabel("fraction per bin")
-    ax.legend(fontsize=6)
+def _unit(reading: str) -> str:
+    return {"simultaneous": "sequence", "sequential": "token"}.get(reading, "block")
 
 
 def agreement(rows: list[dict], out: Path) -> list[Path]:
-    """Fraction of positions with the same greedy token in simultaneous and sequential mode, per budget."""
+    """Fraction of positions with the same greedy token as the sequential reading, per reading and budget."""
     if not rows:
         return []
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for checkpoint, series in _by(rows, "checkpoint").items():
-        series = sorted(series, key=lambda r: (r["tol"], r["max_iter"]))
-        labels = [f"k={r['max_iter']}" if not r["tol"] else f"tol={r['tol']:g}" for r in series]
-        ax.plot(labels, [r["agreement"] for r in series], marker="o", label=checkpoint)
-    ax.axhline(0.976, color="grey", ls=":", lw=0.8, label="paper, 1.3B (97.6%)")
-    ax.tick_params(axis="x", labelrotation=45)
-    ax.set_ylabel("same greedy token")
+    colors = colors_of(rows)
+    fig, ax = plt.subplots(figsize=(8.0, 3.6))
+    labels = sorted({_budget_tick(r) for r in rows}, key=lambda t: (t.startswith("tol"), len(t), t))
+    for (checkpoint, reading), series in _by(rows, "checkpoint", "reading").items():
+        points = sorted((labels.index(_budget_tick(r)), r["agreement"]) for r in series)
+        ls, marker = READING_STYLE[reading.split()[0]]
+        ax.plot(*zip(*points), color=colors[checkpoint], ls=ls, marker=marker, label=f"{checkpoint}: {reading}")
+    ax.axhline(0.976, color="grey", ls=":", lw=0.8, label="paper, 1.3B simultaneous (97.6%)")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, fontsize=8)
+    ax.set_ylabel("same greedy token as sequential")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=7)
+    _legend_outside(fig, ax)
     return [_save(fig, out / "mode_agreement.png")]
+
+
+def _budget_tick(row: dict) -> str:
+    return f"k={row['max_iter']}" if not row["tol"] else f"tol={row['tol']:g}"
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------------
+def _length_buckets(group: str, rows: list[dict]) -> list[str]:
+    present = {r["bucket"] for r in rows if r["bucket"] and not r["shift"]}
+    return [b for b in bucket_order(group) if b in present] or sorted(present)
+
+
+def _plain_numbers():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda x, _: f"{x:g}")
+
+
+def _chance(ax, rows: list[dict]) -> None:
+    chance = next((r["chance"] for r in rows if r.get("chance") is not None), None)
+    if chance is not None and chance == chance:  # not NaN
+        ax.axhline(chance, color="grey", lw=0.8, ls=(0, (1, 3)), label="chance")
+
+
+def _legend_outside(fig, ax) -> None:
+    """One legend for the figure, right of the last panel: never over the data."""
+    handles, labels = [], []
+    for a in fig.axes:
+        for h, lab in zip(*a.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def _by(rows: list[dict], *keys: str) -> dict:
     groups = defaultdict(list)
     for r in rows:
-        r = {**r, "_label": budget_label(r)} if "_label" in keys else r
+        if "_label" in keys or "_reading" in keys:
+            r = {**r, "_label": budget_label(r), "_reading": r["mode"] or "explicit"}
         groups[r[keys[0]] if len(keys) == 1 else tuple(r[k] for k in keys)].append(r)
     return dict(groups)
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write a figure as PNG (parents created) and release it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    fig.clf()
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
     return path
+
+
+_save = save_figure
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (for the model cards' figures)."""
+    return _pyplot()

@@ -1,84 +1,97 @@
-"""`implicit-eval report`: sweep results -> one tidy table (CSV + JSON), plots and the leaderboard.
+"""`implicit-eval report`: runs (results.py) -> one tidy table (CSV + JSON), plots and the leaderboard.
 
-A row per (checkpoint, budget, task, metric): checkpoint, kind, task, group, bucket, length, max_iter, tol,
-tau, solver, mode, metric, value, stderr, chance, iterations mean and p90 on that task (from the greedy log)
-and over the whole run, fraction converged, wall time, data hash. Agreement between simultaneous and
-sequential greedy tokens and the iteration distributions come from the sweep's greedy logs.
+A row per (checkpoint, budget, task, metric). Task, bucket and lengths come from the fields the task's documents
+carry (recorded by the adapter under config.ssm_model.tasks) and the task registry; nothing is parsed from names.
+Agreement between readings and the iteration distributions come from the greedy logs, when the runs kept them.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
-from .sweep import RESULTS, write_json_atomic
+from implicit_ssm_eval.tasks.registry import UnknownTaskError, family_of
 
-BUCKETS = ("id", "ood2x", "ood4x", "ood8x")
+from .results import Run
+from .sweep import write_json_atomic
+
 METRICS = ("acc", "scaled_acc", "acc_norm", "exact_match", "bits_per_byte", "byte_perplexity", "word_perplexity")
-COLUMNS = ("checkpoint", "kind", "task", "group", "bucket", "length", "max_iter", "tol", "tau", "solver", "mode",
-           "metric", "value", "stderr", "chance", "iters_mean", "iters_p90", "run_iters_mean", "fraction_converged",
-           "wall_s", "data_hash")
+COLUMNS = ("checkpoint", "kind", "family", "group", "task", "bucket", "shift", "multiplier", "length_min",
+           "length_max", "max_iter", "tol", "tau", "solver", "mode", "block_size", "metric", "value", "stderr",
+           "chance", "iters_mean", "iters_per_token", "unit", "run_iters_mean", "fraction_converged",
+           "fraction_unconverged", "unknown_tokens", "wall_s", "data_hash", "status", "error", "source")
 
 
-def load_results(sweep_dir: Path) -> list[dict]:
-    """Every results.json under a sweep directory, in a stable order."""
-    files = sorted(Path(sweep_dir).glob(f"*/*/{RESULTS}"))
-    if not files:
-        raise FileNotFoundError(f"{sweep_dir}: no sweep results (*/*/{RESULTS}); run implicit-eval sweep first")
-    out = []
-    for path in files:
-        result = json.loads(path.read_text())
-        result["_dir"] = str(path.parent)
-        out.append(result)
-    return out
-
-
-def tidy_rows(results: list[dict]) -> list[dict]:
+def tidy_rows(runs: Iterable[Run]) -> list[dict]:
     rows = []
-    for result in results:
-        rows += _rows_of(result)
-    return sorted(rows, key=lambda r: (r["checkpoint"], r["task"], r["metric"], r["mode"] or "", r["tol"] or 0,
-                                       r["max_iter"] or 0))
+    for run in runs:
+        rows += _rows_of(run)
+    return sorted(rows, key=lambda r: (r["checkpoint"], r["group"] or "", r["task"] or "", r["metric"] or "",
+                                       r["mode"] or "", r["block_size"] or 0, r["tol"] or 0, r["max_iter"] or 0))
 
 
-def _rows_of(result: dict) -> list[dict]:
-    per_task = task_iterations(result)
-    sweep = result["sweep"]
-    budget = sweep.get("budget") or {}
-    info = result.get("config", {}).get("ssm_model", {})
-    scoring = (info.get("convergence") or {}).get("scoring") or {}
-    base = {"checkpoint": sweep["checkpoint"], "kind": sweep["kind"], "max_iter": budget.get("max_iter"),
+def _rows_of(run: Run) -> list[dict]:
+    budget = run.budget or {}
+    scoring = (run.info.get("convergence") or {}).get("scoring") or {}
+    base = {"checkpoint": run.checkpoint, "kind": run.kind, "max_iter": budget.get("max_iter"),
             "tol": budget.get("tol"), "tau": budget.get("tau"), "solver": budget.get("solver"),
-            "mode": budget.get("mode"), "iters_mean": scoring.get("iterations_mean"),
-            "run_iters_mean": scoring.get("iterations_mean"),
-            "iters_p90": scoring.get("iterations_p90"), "fraction_converged": scoring.get("fraction_converged"),
-            "wall_s": sweep.get("wall_s")}
+            "mode": budget.get("mode"), "block_size": budget.get("block_size"), "unit": run.info.get("unit"),
+            "run_iters_mean": scoring.get("iterations_mean"), "wall_s": run.wall_s, "source": str(run.source),
+            "status": "failed" if run.error else "ok", "error": run.error}
+    if run.error:
+        return [{**base, **_task_fields(run, task), "metric": None, "value": None}
+                for task in (run.info.get("tasks") or {"(failed)": {}})]
     rows = []
-    for task, metrics in result.get("results", {}).items():
-        bucket = task.rsplit("_", 1)[-1] if task.rsplit("_", 1)[-1] in BUCKETS else "all"
-        group = task[: -len(bucket) - 1] if bucket != "all" else task
+    for task, metrics in run.results.items():
+        fields = _task_fields(run, task)
         for name, value in metrics.items():
             metric, _, flt = name.partition(",")
             if metric not in METRICS or flt != "none" or not isinstance(value, (int, float)):
                 continue
             stderr = metrics.get(f"{metric}_stderr,none")
-            its = per_task.get(task, {})
-            rows.append({**base, **its, "task": task, "group": group, "bucket": bucket,
-                         "length": bucket_length(group, bucket), "metric": metric, "value": value,
-                         "stderr": stderr if isinstance(stderr, (int, float)) else None,
-                         "chance": metrics.get("chance,none"), "data_hash": metrics.get("data_hash,none")})
+            rows.append({**base, **fields, "metric": metric, "value": value,
+                         "stderr": stderr if isinstance(stderr, (int, float)) else None})
     return rows
 
 
-def bucket_length(group: str, bucket: str) -> int | None:
-    """The longest sequence of a state-tracking bucket (default lengths), for accuracy-vs-length plots."""
-    if not group.startswith("st_") or bucket not in BUCKETS:
-        return None
-    from implicit_ssm_eval.tasks.state_tracking import TASKS, bucket_lengths
+def _task_fields(run: Run, task: str) -> dict:
+    """What is known of an lm-eval task: the documents' fields recorded by the adapter, the registry's buckets."""
+    rec = (run.info.get("tasks") or {}).get(task, {})
+    conv = rec.get("convergence") or {}
+    lengths = rec.get("length") or [None, None]
+    fields = {"task": task, "group": task, "family": rec.get("family"), "bucket": rec.get("bucket"),
+              "chance": rec.get("chance"), "data_hash": rec.get("data_hash"), "length_min": lengths[0],
+              "length_max": lengths[1], "iters_mean": conv.get("iterations_mean"),
+              "iters_per_token": conv.get("iterations_per_token"), "fraction_converged": conv.get("fraction_converged"),
+              "fraction_unconverged": conv.get("fraction_hit_max_iter_unconverged"),
+              "unknown_tokens": rec.get("unknown_tokens"), "shift": None, "multiplier": None}
+    found = family_of(task)
+    if found is None:
+        return fields
+    family, name, bucket = found
+    fields.update(family=family.name, group=family.lm_eval_name(name), bucket=bucket)
+    if bucket is not None:
+        try:
+            info = family.bucket_info(name, bucket)
+        except UnknownTaskError:
+            return fields
+        fields.update(shift=info.shift, multiplier=info.multiplier)
+        if fields["length_min"] is None:
+            fields["length_min"], fields["length_max"] = info.lengths
+        if fields["chance"] is None:
+            fields["chance"] = family.chance(name)
+    return fields
 
-    task = group[3:]
-    return bucket_lengths(task)[bucket][1] if task in TASKS else None
+
+def bucket_order(group: str) -> list[str]:
+    """The group's buckets in the registry's order (length buckets first), or [] for a task outside it."""
+    found = family_of(group)
+    if found is None:
+        return []
+    family, task, _ = found
+    return list(family.buckets(task))
 
 
 def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
@@ -90,14 +103,14 @@ def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
         writer.writeheader()
         writer.writerows([{k: r.get(k) for k in COLUMNS} for r in rows])
     tmp.replace(csv_path)
-    write_json_atomic(json_path, rows)
+    write_json_atomic(json_path, [{k: r.get(k) for k in COLUMNS if k != "source"} for r in rows])
     return csv_path, json_path
 
 
-def greedy_records(result: dict) -> dict[tuple, dict]:
-    """The sweep's greedy log of this result, keyed by the scored token sequence."""
-    path = Path(result["_dir"]) / result["sweep"].get("greedy_log", "greedy.jsonl")
-    if not path.exists():
+def greedy_records(run: Run) -> dict[tuple, dict]:
+    """The greedy log of a run, keyed by the scored token sequence."""
+    path = run.greedy_log
+    if path is None or not path.exists():
         return {}
     records = {}
     with path.open() as fh:
@@ -107,31 +120,38 @@ def greedy_records(result: dict) -> dict[tuple, dict]:
     return records
 
 
-def mode_agreement(results: list[dict]) -> list[dict]:
-    """For each implicit checkpoint and (max_iter, tol): the fraction of positions where simultaneous and
-    sequential evaluation pick the same greedy token (the paper reports 97.6% over 3M tokens at 1.3B)."""
-    by_key: dict[tuple, dict[str, dict]] = {}
-    for result in results:
-        budget = result["sweep"].get("budget")
-        if budget:
-            key = (result["sweep"]["checkpoint"], budget["max_iter"], budget["tol"], budget["tau"], budget["solver"])
-            by_key.setdefault(key, {})[budget["mode"]] = result
+def reading_label(budget: dict) -> str:
+    return budget["mode"] if budget["mode"] != "blockwise" else f"blockwise {budget['block_size']}"
+
+
+def mode_agreement(runs: list[Run]) -> list[dict]:
+    """For each implicit checkpoint and (max_iter, tol): the fraction of positions where a reading picks the same
+    greedy token as the sequential (RNN) reading (the paper reports 97.6% over 3M tokens at 1.3B for simultaneous)."""
+    by_key: dict[tuple, dict[str, Run]] = {}
+    for run in runs:
+        if run.budget and not run.error:
+            b = run.budget
+            key = (run.checkpoint, b["max_iter"], b["tol"], b["tau"], b["solver"])
+            by_key.setdefault(key, {})[reading_label(b)] = run
     rows = []
-    for (checkpoint, max_iter, tol, tau, solver), modes in sorted(by_key.items()):
-        if {"simultaneous", "sequential"} <= modes.keys():
-            same, total = _agree(modes["simultaneous"], modes["sequential"], max_iter)
+    for (checkpoint, max_iter, tol, tau, solver), readings in sorted(by_key.items()):
+        reference = readings.get("sequential")
+        for label, run in sorted(readings.items()):
+            if reference is None or label == "sequential":
+                continue
+            same, total = _agree(run, reference, max_iter)
             if total:
-                rows.append({"checkpoint": checkpoint, "max_iter": max_iter, "tol": tol, "tau": tau,
+                rows.append({"checkpoint": checkpoint, "reading": label, "max_iter": max_iter, "tol": tol, "tau": tau,
                              "solver": solver, "positions": total, "agreement": same / total})
     return rows
 
 
-def _agree(sim: dict, seq: dict, k: int) -> tuple[int, int]:
-    a, b = greedy_records(sim), greedy_records(seq)
+def _agree(run: Run, reference: Run, k: int) -> tuple[int, int]:
+    a, b = greedy_records(run), greedy_records(reference)
     same = total = 0
     for tokens, record in a.items():
         other = b.get(tokens)
-        if other is None:
+        if other is None or str(k) not in record["greedy"] or str(k) not in other["greedy"]:
             continue
         x, y = record["greedy"][str(k)], other["greedy"][str(k)]
         same += sum(int(p == q) for p, q in zip(x, y))
@@ -139,29 +159,11 @@ def _agree(sim: dict, seq: dict, k: int) -> tuple[int, int]:
     return same, total
 
 
-def task_iterations(result: dict) -> dict[str, dict]:
-    """Mean and p90 of the iterations used per task (length bucket), from the greedy log's request names."""
-    budget = result["sweep"].get("budget")
-    if not budget:
-        return {}
-    k, by_task = str(budget["max_iter"]), {}
-    for record in greedy_records(result).values():
-        its = record.get("iterations", {}).get(k)
-        task = record.get("request", "").split(" ")[1] if record.get("request", "").startswith("task ") else None
-        if task is not None and its is not None:
-            by_task.setdefault(task, []).extend(its if isinstance(its, list) else [its])
-    out = {}
-    for task, values in by_task.items():
-        values = sorted(values)
-        out[task] = {"iters_mean": sum(values) / len(values), "iters_p90": values[int(0.9 * (len(values) - 1))]}
-    return out
-
-
-def iteration_samples(result: dict) -> list[int]:
-    """Iterations used per scored sequence (per token in sequential mode) at this result's budget."""
-    k = str(result["sweep"]["budget"]["max_iter"])
+def iteration_samples(run: Run) -> list[int]:
+    """Iterations used per solved piece (sequence, token or block) at this run's budget, from its greedy log."""
+    k = str(run.budget["max_iter"])
     values = []
-    for record in greedy_records(result).values():
-        its = record.get("iterations", {}).get(k)
-        values += its if isinstance(its, list) else [] if its is None else [its]
+    for record in greedy_records(run).values():
+        values += record.get("iterations", {}).get(k, [])
     return values
+

@@ -1,21 +1,26 @@
 """`implicit-eval sweep`: evaluate checkpoints over a grid of fixed-point budgets through lm-eval's Python API.
 
-One lm-eval results JSON per (checkpoint, budget): OUT/<checkpoint>/<budget key>/results.json, plus
-greedy.jsonl (greedy token at every position of every scored sequence, and iterations used) for agreement
-and iteration-distribution reports.
+One lm-eval results JSON per (checkpoint, budget): OUT/<checkpoint>/<budget key>/results.json, plus the greedy
+log (greedy token at every position of every scored sequence, and iterations per piece) of the run that scored it.
 
-- Anytime: in simultaneous mode with tol = 0, every max_iter of the grid (per checkpoint, solver and tau)
-  comes from ONE run at the largest of them: the model returns the hidden states of every budget from its one
-  trajectory, the adapter scores all of them, and the smaller budgets are then replayed through lm-eval with a
-  model that answers from those scores (no model compute). Results are identical to separate runs.
-- Resumable: a job is done when its results.json exists; files are written to a temporary name and renamed,
-  so an interrupted sweep (even kill -9) loses at most the job in flight and a rerun skips what is done.
+- Anytime: in simultaneous mode with tol = 0, every max_iter of the grid (per checkpoint, solver and tau) comes from
+  ONE run at the largest of them: the adapter scores every budget along its one trajectory and lm-eval's metrics are
+  computed for each (model_adapters/anytime.py). Results are identical to separate runs.
+- Keyed: a job's key covers everything that determines its numbers (weights and tokenizer, budget, dtype, backend,
+  tasks, task parameters, limit, seeds). A rerun skips a job whose results carry the same key and recomputes, with a
+  notice, one whose settings changed; the results never claim settings they were not made with.
+- Resumable: files are written to a temporary name and renamed, so an interrupted sweep (even kill -9) loses at
+  most the jobs in flight; a truncated file is recomputed.
+- Failures are results too: a job that fails (non-finite values, a task the tokenizer cannot read, ...) is written
+  to failed.json with its message, the other jobs go on, and the report and leaderboard show it.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import logging
 import os
 import subprocess
 import time
@@ -23,52 +28,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lm_eval.api.model import LM
-
 from implicit_ssm_eval.model_adapters.config import Budget, ConfigError
 
 DEFAULT_MAX_ITERS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_TOLS = (0.0, 0.01)
 DEFAULT_MODES = ("simultaneous", "sequential")
-RESULTS, GREEDY = "results.json", "greedy.jsonl"
-
-
-@dataclass(frozen=True)
-class Job:
-    checkpoint: Path
-    kind: str
-    tasks: tuple[str, ...]
-    budget: Budget | None  # None for explicit models
-
-    @property
-    def name(self) -> str:
-        return self.checkpoint.name
-
-    @property
-    def key(self) -> str:
-        return budget_key(self.budget)
-
-    def dir(self, out: Path) -> Path:
-        return out / self.name / self.key
-
-    def done(self, out: Path) -> bool:
-        return (self.dir(out) / RESULTS).exists()
-
-
-def budget_key(budget: Budget | None) -> str:
-    if budget is None:
-        return "explicit"
-    tol = "0" if budget.tol == 0 else f"{budget.tol:g}"
-    return f"k{budget.max_iter}_tol{tol}_tau{budget.tau:g}_{budget.mode}_{budget.solver}"
+RESULTS, FAILED, GREEDY = "results.json", "failed.json", "greedy.jsonl"
+SEEDS = {"random_seed": 0, "numpy_seed": 1234, "torch_seed": 1234, "fewshot_seed": 1234}  # lm-eval's defaults
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class SweepSpec:
     checkpoints: tuple[Path, ...]
-    tasks: tuple[str, ...] = ("auto",)  # "auto": each checkpoint's training task (st_<task>)
+    tasks: tuple[str, ...] = ("auto",)  # "auto": each checkpoint's training task group (from the task registry)
     max_iters: tuple[int, ...] = DEFAULT_MAX_ITERS
     tols: tuple[float, ...] = DEFAULT_TOLS
     modes: tuple[str, ...] = DEFAULT_MODES
+    block_sizes: tuple[int, ...] = (16,)  # blockwise mode: one budget per block size
     solver: str = "fixed_point"
     tau: float | None = None  # None: each checkpoint's own
     adaptive_max_iter: int = 256  # the cap of tol > 0 budgets
@@ -86,136 +63,228 @@ class SweepSpec:
         return d
 
 
+@dataclass(frozen=True)
+class Job:
+    checkpoint: Path
+    label: str  # the checkpoint's name in the output; unique within the sweep
+    kind: str
+    content_hash: str
+    tasks: tuple[str, ...]
+    budget: Budget | None  # None for explicit models
+
+    @property
+    def key(self) -> str:
+        return budget_key(self.budget)
+
+    def dir(self, out: Path) -> Path:
+        return out / self.label / self.key
+
+    def job_key(self, spec: SweepSpec) -> str:
+        """A hash of everything that determines this job's numbers."""
+        what = [self.content_hash, self.budget.to_dict() if self.budget else None, spec.dtype, spec.backend,
+                list(self.tasks), spec.metadata, spec.limit, SEEDS]
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def status(self, out: Path, spec: SweepSpec) -> str:
+        """"done" (results made with these settings), "stale" (results made with other settings), "todo"."""
+        path = self.dir(out) / RESULTS
+        if not path.exists():
+            return "todo"
+        try:
+            recorded = json.loads(path.read_text()).get("sweep", {}).get("job_key")
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            logger.warning("%s is unreadable (truncated?): recomputing it", path)
+            return "todo"
+        return "done" if recorded == self.job_key(spec) else "stale"
+
+
+def budget_key(budget: Budget | None) -> str:
+    if budget is None:
+        return "explicit"
+    tol = "0" if budget.tol == 0 else f"{budget.tol:g}"
+    mode = budget.mode if budget.mode != "blockwise" else f"blockwise{budget.block_size}"
+    return f"k{budget.max_iter}_tol{tol}_tau{budget.tau:g}_{mode}_{budget.solver}"
+
+
 def plan(spec: SweepSpec) -> list[Job]:
     """Every (checkpoint, budget) of the grid: fixed budgets k at tol 0, adaptive ones (tol > 0) capped at
-    adaptive_max_iter, for each mode; one job for an explicit checkpoint."""
+    adaptive_max_iter, for each mode (and block size); one job for an explicit checkpoint."""
     from implicit_ssm_eval.model_adapters.formats import load_checkpoint
 
+    check_tasks(spec)
+    ckpts = [load_checkpoint(path) for path in spec.checkpoints]
+    labels = checkpoint_labels(ckpts)
     jobs = []
-    for path in spec.checkpoints:
-        ckpt = load_checkpoint(path)
-        tasks = _tasks_for(ckpt, spec.tasks)
+    for ckpt, label in zip(ckpts, labels):
+        tasks = tasks_for(ckpt, spec.tasks)
         if ckpt.config.kind == "explicit":
-            jobs.append(Job(Path(path), "explicit", tasks, None))
+            jobs.append(Job(Path(ckpt.path), label, "explicit", ckpt.content_hash, tasks, None))
             continue
-        base = ckpt.default_budget.replace(solver=spec.solver, **({"tau": spec.tau} if spec.tau else {}))
-        for budget in budget_grid(base, spec):
-            jobs.append(Job(Path(path), "implicit", tasks, budget))
+        base = ckpt.default_budget.replace(solver=spec.solver, **({"tau": spec.tau} if spec.tau is not None else {}))
+        jobs += [Job(Path(ckpt.path), label, "implicit", ckpt.content_hash, tasks, b) for b in budget_grid(base, spec)]
     return jobs
+
+
+def checkpoint_labels(ckpts) -> list[str]:
+    """Folder names, made unique: checkpoints whose folders share a name get their content hash appended."""
+    names = [Path(c.path).name for c in ckpts]
+    return [n if names.count(n) == 1 else f"{n}-{c.content_hash[:8]}" for n, c in zip(names, ckpts)]
 
 
 def budget_grid(base: Budget, spec: SweepSpec) -> list[Budget]:
     grid = []
     for mode in spec.modes:
-        for tol in spec.tols:
+        sizes = spec.block_sizes if mode == "blockwise" else (None,)
+        for size, tol in ((s, t) for s in sizes for t in spec.tols):
+            at = dict(mode=mode, block_size=size, tol=float(tol))
             if tol == 0:
-                grid += [base.replace(max_iter=k, tol=0.0, mode=mode) for k in sorted(spec.max_iters)]
+                grid += [base.replace(max_iter=k, **at) for k in sorted(spec.max_iters)]
             else:
-                grid.append(base.replace(max_iter=spec.adaptive_max_iter, tol=float(tol), mode=mode))
+                grid.append(base.replace(max_iter=spec.adaptive_max_iter, **at))
     return grid
 
 
-def _tasks_for(ckpt, requested: tuple[str, ...]) -> tuple[str, ...]:
+def check_tasks(spec: SweepSpec) -> None:
+    """Task names the task folder does not define fail before any model is loaded."""
+    if tuple(spec.tasks) == ("auto",):
+        return
+    known = set(task_manager(json.dumps(spec.metadata, sort_keys=True)).all_tasks)
+    unknown = [t for t in spec.tasks if t not in known]
+    if unknown:
+        raise ConfigError(f"--tasks: unknown task(s) {unknown}; list them with `lm-eval ls tasks --include_path "
+                          "tasks/` (groups such as st_parity or state_tracking work too)")
+
+
+def tasks_for(ckpt, requested: tuple[str, ...]) -> tuple[str, ...]:
+    """The requested tasks, or with "auto" the lm-eval group of the task the checkpoint was trained on."""
     if tuple(requested) != ("auto",):
         return tuple(requested)
-    training = _training_meta(ckpt.path)
-    task = training.get("config", {}).get("task")
+    from implicit_ssm_eval.tasks.registry import family_for_task
+
+    config = json.loads((Path(ckpt.path) / "config.json").read_text())
+    task = ((config.get("training") or {}).get("config") or {}).get("task")
     if not task:
         raise ConfigError(f"{ckpt.path}: no training task recorded in config.json; pass --tasks explicitly")
-    return (f"st_{task}",)
-
-
-def _training_meta(path: Path) -> dict:
-    config = json.loads((Path(path) / "config.json").read_text())
-    return config.get("training") or {}
+    return (family_for_task(task).lm_eval_name(task),)
 
 
 def anytime_groups(jobs: list[Job], spec: SweepSpec) -> list[list[Job]]:
-    """Jobs that one trajectory can serve share a group: same checkpoint, tol = 0, simultaneous, same solver
-    and tau. Every other job is a group of its own."""
+    """Jobs that one trajectory can serve share a group: same checkpoint, tol = 0, simultaneous, same solver and
+    tau. Every other job is a group of its own."""
     groups: dict[tuple, list[Job]] = {}
     singles = []
     for job in jobs:
         b = job.budget
         if spec.anytime and b is not None and b.tol == 0 and b.mode == "simultaneous":
-            groups.setdefault((job.checkpoint, b.solver, b.tau, job.tasks), []).append(job)
+            groups.setdefault((job.label, b.solver, b.tau, job.tasks), []).append(job)
         else:
             singles.append([job])
     return list(groups.values()) + singles
 
 
-def run_sweep(spec: SweepSpec, out: Path, progress: bool = True) -> list[Job]:
-    """Run every job not done yet; returns the jobs of the grid."""
+@dataclass
+class Outcome:
+    jobs: list[Job]
+    skipped: list[Job] = field(default_factory=list)  # done before, with the same settings
+    ran: list[Job] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # job dir -> message
+
+
+def run_sweep(spec: SweepSpec, out: Path, progress: bool = True) -> Outcome:
+    """Run every job not done yet with these settings."""
     from tqdm import tqdm
 
     jobs = plan(spec)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "sweep.json", {"spec": spec.to_dict(), "commit": git_commit(),
                                            "jobs": [str(j.dir(out).relative_to(out)) for j in jobs]})
-    pending = [[j for j in group if not j.done(out)] for group in anytime_groups(jobs, spec)]
-    pending = [g for g in pending if g]
+    outcome = Outcome(jobs)
+    pending = []
+    for group in anytime_groups(jobs, spec):
+        todo = [j for j in group if _status(j, out, spec) != "done"]
+        outcome.skipped += [j for j in group if j not in todo]
+        if todo:
+            pending.append(todo)
     bar = tqdm(total=sum(len(g) for g in pending), disable=not progress, desc="sweep", unit="job")
     for group in pending:
-        for job in run_group(group, spec, out):
-            bar.set_postfix_str(f"{job.name}/{job.key}")
+        bar.set_postfix_str(f"{group[0].label}/{group[-1].key}")
+        for job, error in run_group(group, spec, out):
+            (outcome.failed.__setitem__(str(job.dir(out)), error) if error else outcome.ran.append(job))
             bar.update(1)
     bar.close()
-    return jobs
+    return outcome
 
 
-def run_group(group: list[Job], spec: SweepSpec, out: Path) -> Iterable[Job]:
-    """The largest budget for real (scoring the others along its trajectory), then replays of the others.
-    The tasks are built once per group: a replay costs lm-eval's bookkeeping and metrics only."""
+def _status(job: Job, out: Path, spec: SweepSpec) -> str:
+    status = job.status(out, spec)
+    if status == "stale":
+        logger.warning("%s was made with other settings (checkpoint, budget, tasks, task parameters, limit or "
+                       "dtype): recomputing it", job.dir(out))
+    return status
+
+
+# Faults of the model or the data that should fail one job, not the sweep: non-finite values, unreadable tasks,
+# checkpoint or task errors found while evaluating.
+JOB_ERRORS = (ConfigError, FloatingPointError, ValueError, RuntimeError)
+
+
+def run_group(group: list[Job], spec: SweepSpec, out: Path) -> Iterable[tuple[Job, str | None]]:
+    """The largest budget for real, scoring the others along its trajectory; one results file per budget.
+    Yields (job, error message or None)."""
     group = sorted(group, key=lambda j: j.budget.max_iter if j.budget else 0)
-    main, replayed = group[-1], group[:-1]
+    main, others = group[-1], group[:-1]
     started = time.monotonic()
-    anytime = [j.budget.max_iter for j in replayed]
-    tasks = load_tasks(spec, main.tasks)
-    lm, results = evaluate_job(main, spec, out, anytime, tasks)
+    try:
+        results = evaluate_job(main, spec, out, [j.budget.max_iter for j in others])
+    except JOB_ERRORS as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        for job in group:
+            save_failure(job, out, spec, message)
+            yield job, message
+        return
+    from implicit_ssm_eval.model_adapters.anytime import split_anytime
+
+    per_budget = split_anytime(results)
     wall = time.monotonic() - started
-    save_job(main, out, results, {"wall_s": wall, "anytime": anytime, "greedy_log": GREEDY})
-    yield main
-    for job in replayed:
-        started = time.monotonic()
-        results = evaluate_loaded(ReplayLM(lm, job.budget.max_iter), tasks, spec, {})
-        save_job(job, out, results, {"wall_s": time.monotonic() - started, "replay_of": main.key,
-                                     "greedy_log": f"../{main.key}/{GREEDY}"})
-        yield job
+    for job in group:
+        results = per_budget[job.budget.max_iter if job.budget else None]
+        greedy = GREEDY if job is main else f"../{main.key}/{GREEDY}"  # relative: a sweep folder can move
+        results["config"]["ssm_model"]["greedy_log"] = greedy
+        info = {"wall_s": wall if job is main else 0.0}
+        if job is not main:
+            info["anytime_of"] = main.key
+        save_job(job, out, spec, results, info)
+        yield job, None
 
 
 def model_args(job: Job, spec: SweepSpec, greedy_path: Path, anytime: list[int]) -> dict:
     args = {"pretrained": str(job.checkpoint), "batch_size": spec.batch_size, "device": spec.device,
             "dtype": spec.dtype, "backend": spec.backend, "record_greedy": str(greedy_path)}
     if job.budget is not None:
-        b = job.budget
-        args.update(max_iter=b.max_iter, tol=b.tol, tau=b.tau, solver=b.solver, mode=b.mode)
+        args.update({k: v for k, v in job.budget.to_dict().items() if k != "anderson_m"})
         if anytime:
             args["anytime"] = list(anytime)
     return args
 
 
-def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int], tasks: dict):
-    """One real lm-eval run; the greedy log is written next to where the results will be."""
+def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int]) -> dict:
+    """One real lm-eval run (its anytime budgets included); the greedy log is written next to its results."""
     from implicit_ssm_eval.model_adapters.lm_eval_models import ExplicitSSMLM, ImplicitSSMLM
 
     target = job.dir(out)
     target.mkdir(parents=True, exist_ok=True)
     greedy = target / (GREEDY + ".tmp")
     greedy.unlink(missing_ok=True)
-    cls = ImplicitSSMLM if job.kind == "implicit" else ExplicitSSMLM
     args = model_args(job, spec, greedy, anytime)
-    lm = cls(**args)
-    results = evaluate_loaded(lm, tasks, spec, args)
+    lm = (ImplicitSSMLM if job.kind == "implicit" else ExplicitSSMLM)(**args)
+    results = evaluate_loaded(lm, load_tasks(spec, job.tasks), spec, args)
     if greedy.exists():
         os.replace(greedy, target / GREEDY)
-    return lm, results
-
-
-SEEDS = {"random_seed": 0, "numpy_seed": 1234, "torch_seed": 1234, "fewshot_seed": 1234}  # lm-eval's defaults
+    return results
 
 
 def load_tasks(spec: SweepSpec, tasks: tuple[str, ...]) -> dict:
-    """lm-eval's task objects (documents generated once), set up as simple_evaluate would: zero-shot."""
+    """lm-eval's task objects, set up as simple_evaluate would: zero-shot, its few-shot seed."""
     loaded = task_manager(json.dumps(spec.metadata, sort_keys=True)).load(list(tasks))
     for task in loaded["tasks"].values():
         if task.get_config("num_fewshot") is None:
@@ -235,60 +304,45 @@ def task_manager(metadata_json: str):
 
 
 def evaluate_loaded(lm, tasks: dict, spec: SweepSpec, args: dict) -> dict:
-    """lm-eval's evaluate() on prepared tasks, with the seeds and provenance simple_evaluate would record."""
+    """lm-eval's evaluate() (with every anytime budget) and the provenance simple_evaluate would record."""
     import random
 
     import numpy as np
     import torch
-    from lm_eval.evaluator import evaluate
+    from lm_eval import evaluator
+
+    from implicit_ssm_eval.model_adapters.anytime import evaluate_with_anytime
 
     random.seed(SEEDS["random_seed"])
     np.random.seed(SEEDS["numpy_seed"])
     torch.manual_seed(SEEDS["torch_seed"])
-    results = evaluate(lm=lm, task_dict=tasks, limit=spec.limit, bootstrap_iters=100, log_samples=False,
-                       verbosity="ERROR")
+    evaluate = getattr(evaluator.evaluate, "__wrapped__", evaluator.evaluate)  # lm-eval's own, not the hook's
+    results = evaluate_with_anytime(evaluate, lm, tasks, limit=spec.limit, bootstrap_iters=100, log_samples=False,
+                                    verbosity="ERROR")
     results["config"] = {"model": type(lm).__name__, "model_args": {k: str(v) for k, v in args.items()},
                          **lm.get_model_info(), "limit": spec.limit, "bootstrap_iters": 100, **SEEDS}
     results["date"], results["git_hash"] = time.time(), git_commit()
     return results
 
 
-class ReplayLM(LM):
-    """Answers lm-eval's requests at budget k from the scores a larger run computed along its trajectory."""
-
-    def __init__(self, source, k: int):
-        super().__init__()
-        if k not in source.anytime_records:
-            raise ConfigError(f"budget {k} was not scored by the anytime run (it scored {source.budgets_scored})")
-        self.records, self.info = source.anytime_records[k], source.anytime_info(k)
-
-    def _lookup(self, kind: str, requests) -> list:
-        try:
-            return [self.records[(kind, req.args)] for req in requests]
-        except KeyError as exc:
-            raise ConfigError(f"replay: a {kind} request was not scored by the anytime run: {exc}") from None
-
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
-        return self._lookup("loglikelihood", requests)
-
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        return self._lookup("loglikelihood_rolling", requests)
-
-    def generate_until(self, requests, disable_tqdm: bool = False):
-        raise ConfigError("anytime replays cover loglikelihood requests only")
-
-    def get_model_info(self) -> dict:
-        return self.info
-
-
-def save_job(job: Job, out: Path, results: dict, sweep_info: dict) -> None:
+def save_job(job: Job, out: Path, spec: SweepSpec, results: dict, sweep_info: dict) -> None:
     from lm_eval.utils import handle_non_serializable
 
     results = {k: v for k, v in results.items() if k != "samples"}
-    results["sweep"] = {"checkpoint": job.name, "checkpoint_path": str(job.checkpoint), "kind": job.kind,
+    results["sweep"] = {"checkpoint": job.label, "checkpoint_path": str(job.checkpoint), "kind": job.kind,
                         "budget": job.budget.to_dict() if job.budget else None, "key": job.key,
-                        "tasks": list(job.tasks), **sweep_info}
+                        "job_key": job.job_key(spec), "tasks": list(job.tasks), **sweep_info}
     write_json_atomic(job.dir(out) / RESULTS, results, default=handle_non_serializable)
+    (job.dir(out) / FAILED).unlink(missing_ok=True)
+
+
+def save_failure(job: Job, out: Path, spec: SweepSpec, message: str) -> None:
+    logger.error("%s/%s failed: %s", job.label, job.key, message)
+    record = {"checkpoint": job.label, "checkpoint_path": str(job.checkpoint), "content_hash": job.content_hash,
+              "kind": job.kind, "budget": job.budget.to_dict() if job.budget else None, "key": job.key,
+              "job_key": job.job_key(spec), "tasks": list(job.tasks), "error": message, "date": time.time()}
+    write_json_atomic(job.dir(out) / FAILED, record)
+    (job.dir(out) / RESULTS).unlink(missing_ok=True)  # never leave results that claim these settings
 
 
 def write_json_atomic(path: Path, data, default=None) -> None:

@@ -1,4 +1,4 @@
-"""`implicit-eval train`: train small implicit or explicit Mamba2 models on the synthetic state-tracking tasks.
+"""`implicit-eval train`: train small implicit or explicit Mamba2 models on the tasks of a registered family.
 
 Implicit training follows the paper's essentials: the fixed point is found without gradients at a training
 budget, then `grad_steps` damped steps are taken with gradients from the (detached) fixed point, the last one
@@ -6,7 +6,7 @@ undamped so that, as in evaluation, a final f evaluation feeds the head (the pha
 warm-up phase first trains a fixed short unroll with full backpropagation. Explicit training is ordinary
 backprop. Both use AdamW, linear warm-up + cosine decay, gradient clipping and, on CUDA, bf16 autocast.
 
-A run is resumable: every `save_every` steps (and when `time_limit` runs out) the full training state is
+A run is resumable: every `save_every` steps (and when `time_limit` runs out, or on SIGINT/SIGTERM) the full state is
 written atomically to OUT/train_state.pt; `--resume` continues from it and, batches being indexed by step
 and all RNG state saved, ends exactly where an uninterrupted run would. The finished model is written to
 OUT in the project's checkpoint format with the task's tokenizer; the step log goes to OUT/train_log.csv.
@@ -19,6 +19,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,74 +32,84 @@ from torch import nn
 from implicit_ssm_eval.model_adapters.config import Budget, ConfigError, ModelConfig, reject_unknown_keys
 from implicit_ssm_eval.model_adapters.fixed_point import solve
 from implicit_ssm_eval.model_adapters.formats import save
-from implicit_ssm_eval.model_adapters.models import ImplicitLM, build_model, lengths_to_valid
+from implicit_ssm_eval.model_adapters.formats.common import fold_weight_norm
+from implicit_ssm_eval.model_adapters.models import ImplicitLM, build_model
+from implicit_ssm_eval.model_adapters.tensors import valid_mask
 
 STATE_FILE, LOG_FILE = "train_state.pt", "train_log.csv"
 LOG_FIELDS = ("step", "loss", "token_acc", "last_acc", "mean_iters", "lr", "elapsed_s")
+ARCH_DEFAULTS = dict(d_model=64, n_layer=1, d_state=16, expand=2, headdim=16, chunk_size=64)  # ModelConfig fields
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    task: str = "parity"
-    kind: str = "implicit"
-    seed: int = 0  # model initialisation
-    data_seed: int = 0  # the training stream (evaluation data use a disjoint namespace, see tasks/)
-    min_len: int = 1
-    max_len: int = 40
-    p_identity: float | None = None
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100  # learning-rate warm-up
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    clip: float = 1.0
-    # Architecture (ModelConfig fields).
-    d_model: int = 64
-    n_layer: int = 1
-    d_state: int = 16
-    expand: int = 2
-    headdim: int = 16
-    chunk_size: int = 64
-    # Implicit training: fixed point without gradients, then phantom-gradient steps.
-    train_max_iter: int = 16
-    train_tol: float = 0.0
-    tau: float = 0.8
-    grad_steps: int = 4
-    unroll_steps: int = 0  # warm-up phase: this many optimiser steps train a fixed unroll with backprop
-    unroll_iters: int = 4
-    weight_norm: bool = True  # on every Linear and Conv1d of an implicit model, as the reference does
-    # The default evaluation budget stored in the checkpoint (adaptive: a tolerance and a generous cap).
-    eval_max_iter: int = 256
-    eval_tol: float = 0.05
-    # Bookkeeping.
-    save_every: int = 200
-    log_every: int = 10
-    time_limit: float = 0.0  # seconds; 0 = none. The run saves its state and stops when it is spent.
-    device: str = "cpu"
+    """A training run. The architecture is a set of ModelConfig fields, the budgets are Budgets: each is declared and
+    validated once, where it belongs."""
+
+    task: str = _help("a task of a registered family (tasks/registry.py), e.g. parity, a5, qa1", default="parity")
+    kind: str = _help("implicit (iterated to a fixed point) or explicit (one pass)", default="implicit")
+    seed: int = _help("model initialisation seed", default=0)
+    data_seed: int = _help("training stream seed (evaluation data use a disjoint namespace)", default=0)
+    min_len: int = _help("shortest training sequence", default=1)
+    max_len: int = _help("longest training sequence (the length buckets are multiples of it)", default=40)
+    data_options: dict = _help("the family's training options, e.g. {\"p_identity_mix\": [0, 0.5]}",
+                               default_factory=dict)
+    steps: int = _help("optimiser steps", default=2000)
+    batch_size: int = _help("sequences per step", default=64)
+    lr: float = _help("peak learning rate (AdamW)", default=3e-3)
+    weight_decay: float = _help("on projection, convolution and embedding weights only", default=0.01)
+    warmup_steps: int = _help("linear learning-rate warm-up", default=100)
+    min_lr_ratio: float = _help("the cosine schedule decays to lr * this", default=0.1)
+    clip: float = _help("gradient-norm clip", default=1.0)
+    arch: dict = _help("ModelConfig fields of the model", default_factory=lambda: dict(ARCH_DEFAULTS))
+    train_budget: Budget = _help("fixed point without gradients (implicit)", default=Budget(max_iter=16, tau=0.8))
+    grad_steps: int = _help("phantom-gradient steps from the fixed point", default=4)
+    unroll_steps: int = _help("warm-up: optimiser steps that train a fixed unroll with backprop", default=0)
+    unroll_iters: int = _help("the warm-up unroll's iterations", default=4)
+    weight_norm: bool = _help("weight norm on every Linear and Conv1d of an implicit model, as the reference does",
+                              default=True)
+    eval_budget: Budget = _help("the default evaluation budget stored in the checkpoint",
+                                default=Budget(max_iter=256, tol=0.05, tau=0.8))
+    save_every: int = _help("save the training state every this many steps (and on SIGINT/SIGTERM)", default=50)
+    log_every: int = _help("log a row every this many steps", default=10)
+    time_limit: float = _help("seconds per call (0: none); the state is saved when it runs out", default=0.0)
+    device: str = _help("cpu, cuda, cuda:1, ...", default="cpu")
 
     def __post_init__(self):
         if self.kind not in ("implicit", "explicit"):
             raise ConfigError(f"kind must be 'implicit' or 'explicit', got {self.kind!r}")
-        for name in ("steps", "batch_size", "train_max_iter", "grad_steps", "unroll_iters", "save_every",
-                     "log_every", "min_len", "max_len"):
+        for name in ("steps", "batch_size", "grad_steps", "unroll_iters", "save_every", "log_every", "min_len",
+                     "max_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_len < self.min_len:
             raise ConfigError(f"max_len ({self.max_len}) must be >= min_len ({self.min_len})")
-        if not 0 < self.tau <= 1:
-            raise ConfigError(f"tau must be in (0, 1], got {self.tau}")
+        self.model_config(8)  # validates the architecture fields now, not at the first step
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        budget = {"max_iter": self.eval_max_iter, "tol": self.eval_tol, "tau": self.tau} if self.kind == "implicit" \
-            else {}
-        return ModelConfig(kind=self.kind, vocab_size=vocab_size, pad_vocab_size_multiple=8, d_model=self.d_model,
-                           n_layer=self.n_layer, d_state=self.d_state, expand=self.expand, headdim=self.headdim,
-                           chunk_size=self.chunk_size, budget=budget)
+        budget = self.eval_budget if self.kind == "implicit" else None
+        try:
+            return ModelConfig.from_dict({**ARCH_DEFAULTS, **self.arch, "kind": self.kind, "vocab_size": vocab_size,
+                                          "pad_vocab_size_multiple": 8, "budget": budget}, where="arch")
+        except TypeError as exc:
+            raise ConfigError(f"arch: {exc}") from None
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["train_budget"], d["eval_budget"] = self.train_budget.to_dict(), self.eval_budget.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         reject_unknown_keys("train config", d, [f.name for f in dataclasses.fields(cls)])
+        d = dict(d)
+        for name in ("train_budget", "eval_budget"):
+            if isinstance(d.get(name), dict):
+                d[name] = Budget.from_dict(d[name], where=name)
         return cls(**d)
 
 
@@ -111,15 +123,16 @@ class Trainer:
     elapsed: float = 0.0
 
     def __post_init__(self):
-        from implicit_ssm_eval.tasks.state_tracking import tokenizer_for
+        from implicit_ssm_eval.tasks.registry import family_for_task
 
         torch.manual_seed(self.cfg.seed)
         self.device = torch.device(self.cfg.device)
-        self.tokenizer = tokenizer_for(self.cfg.task)
+        self.family = family_for_task(self.cfg.task)
+        self.tokenizer = self.family.tokenizer_for(self.cfg.task)
         self.model = build_model(self.cfg.model_config(self.tokenizer.get_vocab_size())).to(self.device)
         if self.cfg.kind == "implicit" and self.cfg.weight_norm:
             apply_weight_norm(self.model)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr,
                                            betas=(0.9, 0.95))
 
     # -- one optimisation step ------------------------------------------------------------------------
@@ -150,13 +163,13 @@ class Trainer:
         if self.cfg.kind == "explicit":
             return self.model(ids, lengths=lengths).hidden, 1.0
         if self.step < self.cfg.unroll_steps:
-            hidden = unrolled_forward(self.model, ids, lengths, self.cfg.unroll_iters, self.cfg.tau)
+            hidden = unrolled_forward(self.model, ids, lengths, self.cfg.unroll_iters, self.cfg.train_budget.tau)
             return hidden, float(self.cfg.unroll_iters)
         return phantom_forward(self.model, ids, lengths, self.cfg)
 
     # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"config": dataclasses.asdict(self.cfg), "step": self.step, "elapsed": self.elapsed,
+        return {"config": self.cfg.to_dict(), "step": self.step, "elapsed": self.elapsed,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "rng_cpu": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -169,9 +182,9 @@ class Trainer:
     def load_state(self) -> None:
         state = torch.load(self.out / STATE_FILE, map_location=self.device, weights_only=True)
         saved = TrainConfig.from_dict(state["config"])
-        changed = {k for k in dataclasses.asdict(saved) if k not in ("steps", "time_limit", "device", "save_every",
-                                                                         "log_every")
-                   and getattr(saved, k) != getattr(self.cfg, k)}
+        free = ("steps", "time_limit", "device", "save_every", "log_every")
+        changed = {f.name for f in dataclasses.fields(saved)
+                   if f.name not in free and getattr(saved, f.name) != getattr(self.cfg, f.name)}
         if changed:
             raise ConfigError(f"--resume: {sorted(changed)} differ from the saved run in {self.out}; a resumed run "
                               "must use the same settings")
@@ -181,6 +194,21 @@ class Trainer:
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"]:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+
+# Parameters whose decay would change what they mean, not regularise: decay rates (A_log; decaying it pulls every
+# rate towards A = -1), step sizes (dt_bias), skips (D), norm gains and weight-norm magnitudes, and biases.
+NO_DECAY_SUFFIXES = ("A_log", "dt_bias", ".D", "norm.weight", "norm_f.weight", "parametrizations.weight.original0",
+                     "bias")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on projection, convolution and embedding weights only (as mamba_ssm marks
+    A_log, D and dt_bias `_no_weight_decay`)."""
+    decay, keep = [], []
+    for name, param in model.named_parameters():
+        (keep if name.endswith(NO_DECAY_SUFFIXES) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
 def accuracies(logits: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor) -> dict:
@@ -195,13 +223,14 @@ def accuracies(logits: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor
 def phantom_forward(model: ImplicitLM, ids: torch.Tensor, lengths: torch.Tensor, cfg: TrainConfig):
     """Fixed point without gradients at the training budget, then grad_steps evaluations with gradients
     from the detached fixed point: grad_steps - 1 damped updates and a final f (the evaluation semantics)."""
-    valid = lengths_to_valid(lengths, ids.shape[1])
+    valid = valid_mask(lengths, ids.shape[1])
     u = model.inject(ids)
     with torch.no_grad():
         z0 = torch.zeros(*ids.shape, model.cfg.d_model, device=ids.device)
-        budget = Budget(max_iter=cfg.train_max_iter, tol=cfg.train_tol, tau=cfg.tau)
-        z, _, stats = solve(lambda z, rows: model.f(z, u[rows], None, valid[rows])[0], z0, budget, valid)
-    return phantom_steps(model, z.detach(), u, valid, cfg.grad_steps, cfg.tau), float(stats.iterations.float().mean())
+        budget = cfg.train_budget.replace(mode="simultaneous")
+        sol = solve(lambda z, ctx: model.f(z, ctx[0], None, ctx[1]), z0, budget, (u, valid), valid)
+    mean_iters = float(sol.stats.iterations.float().mean())
+    return phantom_steps(model, sol.z.detach(), u, valid, cfg.grad_steps, budget.tau), mean_iters
 
 
 def phantom_steps(model: ImplicitLM, z: torch.Tensor, u: torch.Tensor, valid, steps: int, tau: float) -> torch.Tensor:
@@ -212,7 +241,7 @@ def phantom_steps(model: ImplicitLM, z: torch.Tensor, u: torch.Tensor, valid, st
 
 def unrolled_forward(model: ImplicitLM, ids: torch.Tensor, lengths: torch.Tensor, iters: int, tau: float):
     """The warm-up phase: a fixed unroll from z = 0, differentiated end to end."""
-    valid = lengths_to_valid(lengths, ids.shape[1])
+    valid = valid_mask(lengths, ids.shape[1])
     u = model.inject(ids)
     z = torch.zeros(*ids.shape, model.cfg.d_model, device=ids.device)
     return phantom_steps(model, z, u, valid, iters, tau)
@@ -227,73 +256,109 @@ def apply_weight_norm(model: nn.Module) -> None:
         torch.nn.utils.parametrizations.weight_norm(module, "weight", dim=0)
 
 
-def fold_weight_norm(model: nn.Module) -> None:
-    for module in weight_normed_modules(model):
-        if torch.nn.utils.parametrize.is_parametrized(module, "weight"):
-            torch.nn.utils.parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+def folded_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with weight norm folded by the loaders' one folding rule (formats.common)."""
+    names = {".parametrizations.weight.original0": ".weight_g", ".parametrizations.weight.original1": ".weight_v"}
+    state = {}
+    for key, value in model.state_dict().items():
+        for old, new in names.items():
+            key = key.replace(old, new)
+        state[key] = value.detach()
+    return fold_weight_norm(state, where="training state")
 
 
 def run(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True,
         stop_after: int | None = None) -> Path | None:
-    """Train (or continue); returns the checkpoint directory when training finished, None when the time limit
-    (or `stop_after` steps in this call) stopped it first: the state is saved, run again with resume=True."""
+    """Train (or continue); returns the checkpoint directory when training finished, None when the time limit,
+    `stop_after` steps in this call, or SIGINT/SIGTERM stopped it first: the state is saved, run again with
+    resume=True."""
     from tqdm import tqdm
 
-    from implicit_ssm_eval.tasks.state_tracking import training_batches, write_tokenizer
-
-    out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, out)
-    if resume and (out / STATE_FILE).exists():
-        trainer.load_state()
-    elif (out / STATE_FILE).exists():
-        raise ConfigError(f"{out} holds a training run; pass --resume to continue it or choose another --out")
-    batches = training_batches(cfg.task, min_len=cfg.min_len, max_len=cfg.max_len, batch_size=cfg.batch_size,
-                               seed=cfg.data_seed, p_identity=cfg.p_identity, start=trainer.step)
+    trainer = _start(cfg, out, resume)
+    batches = trainer.family.training_batches(cfg.task, min_len=cfg.min_len, max_len=cfg.max_len,
+                                              batch_size=cfg.batch_size, seed=cfg.data_seed, start=trainer.step,
+                                              **cfg.data_options)
     _reset_log(out, trainer.step)
     first_step, call_started = trainer.step, time.monotonic()
     started, bar = call_started, tqdm(total=cfg.steps, initial=trainer.step, disable=not progress)
-    while trainer.step < cfg.steps:
-        row = trainer.train_step(next(batches))
-        row.update(step=trainer.step, lr=trainer.lr_at(trainer.step - 1),
-                   elapsed_s=trainer.elapsed + time.monotonic() - started)
-        if trainer.step % cfg.log_every == 0 or trainer.step == cfg.steps:
-            _append_log(out, row)
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['last_acc']:.2f}", iters=f"{row['mean_iters']:.1f}")
-        out_of_time = (cfg.time_limit and time.monotonic() - call_started > cfg.time_limit) or \
-            (stop_after is not None and trainer.step - first_step >= stop_after)
-        if trainer.step % cfg.save_every == 0 or out_of_time or trainer.step == cfg.steps:
-            trainer.elapsed += time.monotonic() - started  # wall time of training, across resumed calls
-            started = time.monotonic()
-            trainer.save_state()
-        if out_of_time and trainer.step < cfg.steps:
-            bar.close()
-            return None
+    with StopSignals() as signals:
+        while trainer.step < cfg.steps:
+            row = trainer.train_step(next(batches))
+            row.update(step=trainer.step, lr=trainer.lr_at(trainer.step - 1),
+                       elapsed_s=trainer.elapsed + time.monotonic() - started)
+            if trainer.step % cfg.log_every == 0 or trainer.step == cfg.steps:
+                _append_log(out, row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['last_acc']:.2f}", iters=f"{row['mean_iters']:.1f}")
+            stop = signals.received or (cfg.time_limit and time.monotonic() - call_started > cfg.time_limit) or \
+                (stop_after is not None and trainer.step - first_step >= stop_after)
+            if trainer.step % cfg.save_every == 0 or stop or trainer.step == cfg.steps:
+                trainer.elapsed += time.monotonic() - started  # wall time of training, across resumed calls
+                started = time.monotonic()
+                trainer.save_state()
+            if stop and trainer.step < cfg.steps:
+                bar.close()
+                return None
     bar.close()
-    return finish(trainer, out, write_tokenizer(cfg.task, out / "tokenizer.json"))
+    return finish(trainer, out)
+
+
+def _start(cfg: TrainConfig, out: Path, resume: bool) -> Trainer:
+    if resume and not (out / STATE_FILE).exists():
+        raise ConfigError(f"--resume: {out} holds no saved training state ({STATE_FILE}); start without --resume")
+    if not resume and (out / STATE_FILE).exists():
+        raise ConfigError(f"{out} holds a training run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg, out)
+    if resume:
+        trainer.load_state()
+    return trainer
+
+
+class StopSignals:
+    """SIGINT/SIGTERM during training: finish the step, save the state, stop (a second signal stops at once)."""
+
+    def __init__(self):
+        self.received = False
+
+    def __enter__(self):
+        self._previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self._previous:
+                signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received:
+            raise KeyboardInterrupt
+        self.received = True
+
+    def __exit__(self, *exc):
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
 
 
 def export(out: Path) -> Path:
     """Write the checkpoint of a run's saved state (mid-training or finished) to OUT/model."""
-    from implicit_ssm_eval.tasks.state_tracking import write_tokenizer
-
+    if not (out / STATE_FILE).exists():
+        raise ConfigError(f"--export: {out} holds no saved training state ({STATE_FILE})")
     state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
-    trainer = Trainer(replace_device(TrainConfig.from_dict(state["config"]), "cpu"), out)
+    trainer = Trainer(dataclasses.replace(TrainConfig.from_dict(state["config"]), device="cpu"), out)
     trainer.load_state()
-    return finish(trainer, out, write_tokenizer(trainer.cfg.task, out / "tokenizer.json"))
+    return finish(trainer, out)
 
 
-def replace_device(cfg: TrainConfig, device: str) -> TrainConfig:
-    return dataclasses.replace(cfg, device=device)
-
-
-def finish(trainer: Trainer, out: Path, tokenizer_path: Path) -> Path:
-    fold_weight_norm(trainer.model)
+def finish(trainer: Trainer, out: Path) -> Path:
+    """The trained model, weight norm folded, in the project's format with the task's tokenizer, at OUT/model."""
+    tokenizer_path = trainer.family.write_tokenizer(trainer.cfg.task, out / "tokenizer.json")
+    plain = build_model(trainer.model.cfg)
+    plain.load_state_dict(folded_state(trainer.model))
     device = torch.cuda.get_device_name() if trainer.device.type == "cuda" else "cpu"
-    training = {"config": dataclasses.asdict(trainer.cfg), "steps": trainer.step,
+    training = {"config": trainer.cfg.to_dict(), "family": trainer.family.name, "steps": trainer.step,
                 "wall_time_s": round(trainer.elapsed, 1), "device": device, "torch": torch.__version__}
     target = out / "model"
-    save(trainer.model.cpu(), target, tokenizer_path=tokenizer_path, eos_token="<eos>", training=training)
+    save(plain, target, tokenizer_path=tokenizer_path, eos_token="<eos>", training=training)
     (out / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     return target
 

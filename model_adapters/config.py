@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from .fixed_point import SOLVERS
+
 KINDS = ("explicit", "implicit")
-SOLVERS = ("fixed_point", "anderson")
-MODES = ("simultaneous", "sequential")
+MODES = ("simultaneous", "sequential", "blockwise")  # how a sequence is cut into pieces: see reading.py
 
 
 class ConfigError(ValueError):
@@ -58,26 +59,23 @@ class ModelConfig:
     dt_min: float = 0.001  # initialisation range of dt (only used for freshly initialised models)
     dt_max: float = 0.1
     A_init_range: tuple[float, float] = (1.0, 16.0)
-    # The default fixed-point budget stored with an implicit checkpoint (see Budget for the meaning).
-    budget: dict = field(default_factory=dict)
+    # The default fixed-point budget stored with an implicit checkpoint (see Budget); a dict is parsed on construction.
+    budget: Budget | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ConfigError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        positive = ("vocab_size", "pad_vocab_size_multiple", "d_model", "n_layer", "d_state", "d_conv",
-                    "expand", "headdim", "ngroups", "chunk_size")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        _check_model_fields(self)  # before the arithmetic below, so a wrong type is named, not a TypeError
         if self.d_inner % self.headdim:
             raise ConfigError(f"expand*d_model={self.d_inner} must be a multiple of headdim={self.headdim}")
         if self.nheads % self.ngroups:
             raise ConfigError(f"nheads={self.nheads} must be a multiple of ngroups={self.ngroups}")
-        if self.kind == "explicit" and self.budget:
+        if isinstance(self.budget, dict):  # parsed once, here: a forward never re-reads a dict
+            object.__setattr__(self, "budget", Budget.from_dict(self.budget) if self.budget else None)
+        if self.kind == "explicit" and self.budget is not None:
             raise ConfigError("an explicit model has no fixed-point budget; remove 'budget' from its config")
-        if self.kind == "implicit":
-            Budget.from_dict(self.budget)  # validates
+        if self.budget is not None and not isinstance(self.budget, Budget):
+            raise ConfigError(f"budget must be a mapping of Budget fields, got {self.budget!r}")
 
     # Derived sizes, named as in mamba_ssm.
     @property
@@ -104,7 +102,7 @@ class ModelConfig:
     def default_budget(self) -> Budget:
         if self.kind != "implicit":
             raise ConfigError("an explicit model has no fixed-point budget")
-        return Budget.from_dict(self.budget)
+        return self.budget or Budget()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "model config") -> ModelConfig:
@@ -115,8 +113,9 @@ class ModelConfig:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["A_init_range"] = list(self.A_init_range)
+        d["budget"] = self.budget.to_dict() if self.budget is not None else {}
         return d
 
     @classmethod
@@ -135,12 +134,16 @@ class Budget:
     """How an implicit model is iterated. An argument of every forward: a sweep never mutates a model.
 
     max_iter: number of f evaluations, the final one (whose output feeds the LM head) included. This is
-        the reference code's `f_thres`: z0 = 0, max_iter - 1 damped updates, then one final f.
-    tol: stop a sequence early once ||f(z) - z|| / (1e-6 + ||z||) < tol; 0 never stops early.
+        the reference code's `f_thres`: z0 = 0, max_iter - 1 solver updates, then one final f.
+    tol: stop early once ||f(z) - z|| / (1e-6 + ||z||) < tol, per sequence and piece; 0 never stops early.
     tau: damping, z <- (1 - tau) z + tau f(z) (also Anderson's mixing weight).
-    solver: "fixed_point" (damped iteration, the reference semantics) or "anderson" (Anderson acceleration).
-    mode: "simultaneous" (all tokens iterated together, one parallel scan per f) or "sequential"
-        (token by token with the recurrent states frozen at the previous token: the RNN / generation path).
+    solver: a name in fixed_point.SOLVERS: "fixed_point" (damped iteration, the reference semantics) or
+        "anderson" (Anderson acceleration).
+    mode: how the sequence is read (reading.py): "simultaneous" (all tokens iterated together, one parallel scan
+        per f), "sequential" (token by token with the recurrent states frozen at the previous token: the RNN and
+        generation reading) or "blockwise" (blocks of block_size tokens, each iterated simultaneously from the
+        state the previous block committed).
+    block_size: tokens per block; set exactly when mode is "blockwise".
     anderson_m: Anderson's history length.
     """
 
@@ -149,34 +152,99 @@ class Budget:
     tau: float = 0.8
     solver: str = "fixed_point"
     mode: str = "simultaneous"
+    block_size: int | None = None
     anderson_m: int = 5
 
     def __post_init__(self):
-        if not isinstance(self.max_iter, int) or isinstance(self.max_iter, bool) or self.max_iter < 1:
+        if not _is_int(self.max_iter) or self.max_iter < 1:
             raise ConfigError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
         if not _is_real(self.tol) or not (0.0 <= self.tol < math.inf):
             raise ConfigError(f"tol must be a finite number >= 0, got {self.tol!r}")
         if not _is_real(self.tau) or not (0.0 < self.tau <= 1.0):
             raise ConfigError(f"tau must be a number in (0, 1], got {self.tau!r}")
         if self.solver not in SOLVERS:
-            raise ConfigError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+            raise ConfigError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
         if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if not isinstance(self.anderson_m, int) or self.anderson_m < 1:
+            raise ConfigError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if self.mode == "blockwise" and (not _is_int(self.block_size) or self.block_size < 1):
+            raise ConfigError(f"mode=blockwise needs block_size, an integer >= 1, got {self.block_size!r}")
+        if self.mode != "blockwise" and self.block_size is not None:
+            raise ConfigError(f"block_size applies to mode=blockwise only, got mode={self.mode}")
+        if not _is_int(self.anderson_m) or self.anderson_m < 1:
             raise ConfigError(f"anderson_m must be an integer >= 1, got {self.anderson_m!r}")
+
+    def piece_size(self, length: int) -> int:
+        """Tokens per piece when reading `length` tokens: all of them, one, or block_size."""
+        return {"simultaneous": max(length, 1), "sequential": 1}.get(self.mode, self.block_size)
+
+    def anytime_budgets(self, budgets) -> tuple[int, ...]:
+        """The budgets one trajectory serves exactly, validated: `budgets` plus max_iter, sorted. Only a single
+        simultaneous piece at tol = 0 has one trajectory whose evaluation k is the run at max_iter = k."""
+        budgets = tuple(budgets)
+        if not budgets:
+            return ()
+        if self.mode != "simultaneous" or self.tol != 0:
+            raise ConfigError("anytime budgets need mode=simultaneous and tol=0 (only then is one trajectory exact "
+                              f"for every budget); got mode={self.mode}, tol={self.tol}")
+        bad = [k for k in budgets if not _is_int(k) or not 1 <= k <= self.max_iter]
+        if bad:
+            raise ConfigError(f"anytime budgets must be integers in [1, max_iter={self.max_iter}], got {bad}")
+        return tuple(sorted(set(budgets) | {self.max_iter}))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "budget") -> Budget:
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected a mapping of budget fields, got {d!r}")
         reject_unknown_keys(where, d, _field_names(cls))
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field; block_size only where it applies, so a budget's key is the same as before blockwise."""
+        d = dataclasses.asdict(self)
+        if d["block_size"] is None:
+            del d["block_size"]
+        return d
 
     def replace(self, **changes) -> Budget:
         reject_unknown_keys("budget", changes, _field_names(Budget))
+        if changes.get("mode", "blockwise") != "blockwise" and "block_size" not in changes:
+            changes["block_size"] = None  # leaving blockwise mode drops its block size
         return dataclasses.replace(self, **changes)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _is_real(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x)
+
+
+def _check_model_fields(cfg: ModelConfig) -> None:
+    """Every ModelConfig field against its annotation, so a wrong-typed config.json value ("abc" for an eps, a
+    float where an int belongs, "yes" for a flag) fails at load naming the field instead of as a TypeError at
+    the first forward. Annotations are strings here (`from __future__ import annotations`); kind and budget
+    have checks of their own."""
+    for f in dataclasses.fields(cfg):
+        rule = _MODEL_FIELD_RULES.get(f.type)
+        value = getattr(cfg, f.name)
+        if rule is not None and not rule[0](value):
+            raise ConfigError(f"{f.name} must be {rule[1]}, got {value!r}")
+
+
+def _positive_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf
+
+
+def _positive_range(x) -> bool:
+    """A (low, high) pair with 0 < low <= high: A is drawn uniformly from it and stored as log(A)."""
+    return (isinstance(x, (tuple, list)) and len(x) == 2 and all(_positive_number(v) for v in x)
+            and x[0] <= x[1])
+
+
+_MODEL_FIELD_RULES = {
+    "int": (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1, "a positive integer"),
+    "float": (_positive_number, "a finite number > 0"),
+    "bool": (lambda x: isinstance(x, bool), "true or false"),
+    "tuple[float, float]": (_positive_range, "a pair [low, high] of finite numbers with 0 < low <= high"),
+}

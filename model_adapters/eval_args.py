@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from .config import Budget, ConfigError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BUDGET_ARGS = ("max_iter", "tol", "tau", "solver", "mode", "anytime")
-COMMON_ARGS = ("pretrained", "tokenizer", "backend", "dtype", "max_length", "batch_size", "max_batch_size",
-               "device", "record_greedy", "cuda_graphs")
+BUDGET_ARGS = ("max_iter", "tol", "tau", "solver", "mode", "block_size", "anderson_m", "anytime")
+COMMON_ARGS = ("pretrained", "tokenizer", "eos_token", "prefix_token", "backend", "dtype", "max_length", "batch_size",
+               "max_batch_size", "device", "record_greedy", "cuda_graphs", "unknown_tokens")
+UNKNOWN_TOKENS = ("refuse", "flag")  # a task the tokenizer cannot read: refuse it, or score it and mark it
 DEFAULT_MAX_LENGTH = 2048
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,9 @@ class EvalArgs:
     anytime: tuple[int, ...] = ()  # extra budgets scored from the run's one trajectory (see lm_eval_models)
     record_greedy: str | None = None  # a .jsonl path: greedy tokens at every position of each scored sequence
     cuda_graphs: bool | None = None  # decode through a captured CUDA graph; None = whenever possible
+    eos_token: str | None = None  # the tokenizer's end-of-text token, when the checkpoint does not name one
+    prefix_token: str | None = None  # the token an empty context is conditioned on (default: end-of-text)
+    unknown_tokens: str = "refuse"  # see UNKNOWN_TOKENS
 
     @property
     def dtype_name(self) -> str:
@@ -67,8 +72,26 @@ def parse_model_args(kind: str, args: dict) -> EvalArgs:
         batch_size=_batch_size(args.get("batch_size", 1), model),
         max_batch_size=_positive_int(args.get("max_batch_size"), "max_batch_size", model) or 64,
         device=_device(args.get("device")), budget_overrides=overrides,
-        anytime=_int_list(args.get("anytime"), "anytime", model), record_greedy=_opt_str(args.get("record_greedy")),
-        cuda_graphs=_opt_bool(args.get("cuda_graphs"), "cuda_graphs", model))
+        anytime=_int_list(args.get("anytime"), "anytime", model), record_greedy=_record_path(args.get("record_greedy")),
+        cuda_graphs=_opt_bool(args.get("cuda_graphs"), "cuda_graphs", model),
+        eos_token=_opt_str(args.get("eos_token")), prefix_token=_opt_str(args.get("prefix_token")),
+        unknown_tokens=_choice(args.get("unknown_tokens", "refuse"), "unknown_tokens", UNKNOWN_TOKENS, model))
+
+
+def _choice(value, name: str, valid: tuple[str, ...], model: str) -> str:
+    if value not in valid:
+        raise ConfigError(f"{model}: {name} must be one of {list(valid)}, got {value!r}")
+    return value
+
+
+def _record_path(value) -> str | None:
+    """The greedy log is appended to during scoring: its folder must exist before the first batch, not after."""
+    if value is None:
+        return None
+    path = Path(str(value))
+    if not path.parent.is_dir():
+        raise ConfigError(f"record_greedy={value}: folder {path.parent} does not exist")
+    return str(path)
 
 
 def _opt_bool(value, name: str, model: str) -> bool | None:

@@ -1,38 +1,57 @@
-"""Fixed-point solvers with one contract, swappable through `Budget.solver`.
+"""Fixed-point solvers behind one contract, and the registry that names them.
 
-    solve(f, z0, budget, valid=None, on_eval=None, final=None) -> (z, fz, stats)
+    solve(f, z0, budget, context=None, valid=None, keep=()) -> Solution
 
-f(z_rows, rows) evaluates the map for the batch rows `rows` only, so a sequence that has converged stops
-costing compute. Each sequence (batch row) stops on its own residual, measured over its own valid
-positions: its result never depends on what else is in the batch. The loop makes at most max_iter - 1
-evaluations; the last one is always made by `final` (default: f on every row), whose output `fz` is what
-the model reads: the reference code's evaluation semantics for f_thres = max_iter.
+f(z, context) -> (fz, aux) evaluates the map on some batch rows. `context` is whatever f needs per row (the
+input injection, the frozen recurrent state, the valid mask): a tensor or a nesting of tuples, lists, dicts and
+NamedTuples of tensors, batch first. solve() hands f only the rows still iterating, with their context rows, so a
+converged row stops costing compute and f never gathers rows itself. `aux` is f's auxiliary output (for the
+models: the recurrent state an evaluation commits); solve() returns the final evaluation's.
 
-Statistics, one entry per batch row:
+Semantics (the reference code's evaluation, for f_thres = max_iter): from z0, at most max_iter - 1 solver
+updates, a row stopping once its relative residual ||f(z) - z|| / (1e-6 + ||z||), measured over its own valid
+positions, falls below tol; then one final evaluation on every row, whose output fz is what the model reads.
+
+Solution.stats, one entry per row:
     iterations  f evaluations made for the row, the final one included (1 .. max_iter)
-    residual    ||f(z) - z|| / (1e-6 + ||z||) at the final evaluation's input z
+    residual    the relative residual at the final evaluation's input z
     converged   the row met tol (never when tol == 0)
+Solution.anytime: with tol == 0 every row follows one trajectory, and the output of evaluation k is exactly what a
+run at max_iter = k returns; `keep` names the budgets whose outputs and stats to keep (anytime evaluation).
 
-on_eval(k, fz, rows, residual) sees every evaluation of the loop: k is its number (1-based), fz its output
-for `rows`, residual the rows' relative residual at that evaluation's input. With tol = 0 all rows share one
-trajectory, and the output of evaluation k is exactly the output a run with max_iter = k would return (the
-final evaluation being number max_iter): that is what anytime (multi-budget) evaluation reads.
+A solver is its update rule only: SOLVERS[name](budget, z0) returns an object whose
+update(rows, z, fz, valid, k) gives the next iterate of those rows. `@register_solver("name")` adds one; Budget,
+model_args and the command line all read this registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from .config import Budget
+from .tensors import broadcast_mask, compute_dtype, take_rows
+
+if TYPE_CHECKING:
+    from .config import Budget
 
 EPS = 1e-6  # the reference's denominator guard in the relative residual
 
-RowMap = Callable[[Tensor, Tensor], Tensor]
-EvalHook = Callable[[int, Tensor, Tensor, Tensor], None]
+RowMap = Callable[[Tensor, Any], tuple[Tensor, Any]]
+SOLVERS: dict[str, Callable] = {}
+
+
+def register_solver(name: str):
+    """Class decorator: SOLVERS[name] = cls, where cls(budget, z0) has update(rows, z, fz, valid, k)."""
+
+    def register(cls):
+        SOLVERS[name] = cls
+        return cls
+
+    return register
 
 
 @dataclass
@@ -41,22 +60,21 @@ class SolveStats:
     residual: Tensor  # (B,) float32 (float64 for a float64 model)
     converged: Tensor  # (B,) bool
 
-    @staticmethod
-    def cat(parts: list[SolveStats], dim: int = 0) -> SolveStats:
-        return SolveStats(*(torch.stack([getattr(p, k) for p in parts], dim) for k in
-                            ("iterations", "residual", "converged")))
 
-
-def expand_valid(valid: Tensor, like: Tensor) -> Tensor:
-    """A (B, L) mask broadcast to the shape of `like` (B, L, ...)."""
-    return valid.reshape(*valid.shape, *([1] * (like.dim() - valid.dim()))).expand(like.shape)
+@dataclass
+class Solution:
+    z: Tensor  # the last iterate
+    fz: Tensor  # f(z) of the final evaluation: what the model reads
+    aux: Any  # f's auxiliary output of the final evaluation
+    stats: SolveStats
+    anytime: dict[int, tuple[Tensor, SolveStats]] = field(default_factory=dict)  # budget k -> (output, stats)
 
 
 def row_norms(t: Tensor, valid: Tensor | None) -> Tensor:
     """Frobenius norm of each batch row of t (B, ...), counting only valid (B, L) positions."""
-    sq = t.to(torch.float64 if t.dtype == torch.float64 else torch.float32).square()
+    sq = t.to(compute_dtype(t)).square()
     if valid is not None:
-        sq = sq * expand_valid(valid, t)
+        sq = sq * broadcast_mask(valid, t)
     return sq.flatten(1).sum(1).sqrt()
 
 
@@ -64,89 +82,91 @@ def relative_residual(fz: Tensor, z: Tensor, valid: Tensor | None = None) -> Ten
     return row_norms(fz - z, valid) / (EPS + row_norms(z, valid))
 
 
-def solve(f: RowMap, z0: Tensor, budget: Budget, valid: Tensor | None = None,
-          on_eval: EvalHook | None = None, final: Callable[[Tensor], Tensor] | None = None,
-          ) -> tuple[Tensor, Tensor, SolveStats]:
-    """Run budget.solver from z0 (B, ...). Returns the last iterate z, fz = final(z), and the stats."""
-    step = _anderson if budget.solver == "anderson" else _damped
-    z, iterations, converged = step(f, z0.clone(), budget, valid, on_eval or _ignore)
-    all_rows = torch.arange(z.shape[0], device=z.device)
-    fz = final(z) if final is not None else f(z, all_rows)
-    iterations = iterations + 1
-    residual = relative_residual(fz, z, valid)
-    converged = converged | (residual < budget.tol)
-    return z, fz, SolveStats(iterations, residual, converged)
-
-
-def _ignore(k: int, fz: Tensor, rows: Tensor, residual: Tensor) -> None:
-    pass
-
-
-def _rows_valid(valid: Tensor | None, rows: Tensor) -> Tensor | None:
-    return None if valid is None else valid[rows]
-
-
-def _damped(f: RowMap, z: Tensor, budget: Budget, valid: Tensor | None, on_eval: EvalHook):
-    """z <- (1 - tau) z + tau f(z), per row until its residual < tol; at most max_iter - 1 evaluations."""
-    batch = z.shape[0]
-    rows = torch.arange(batch, device=z.device)
-    iterations = torch.zeros(batch, dtype=torch.long, device=z.device)
-    converged = torch.zeros(batch, dtype=torch.bool, device=z.device)
+def solve(f: RowMap, z0: Tensor, budget: Budget, context: Any = None, valid: Tensor | None = None,
+          keep: Iterable[int] = ()) -> Solution:
+    """Run budget.solver from z0 (B, ...). The solver's own arithmetic is autocast-safe (elementwise and reductions
+    in the iterate's dtype; Anderson's normal equations in float64, which autocast leaves alone)."""
+    keep = frozenset(keep)
+    if keep and budget.tol != 0:
+        raise ValueError("anytime outputs need tol == 0 (one trajectory for every row)")
+    batch = z0.shape[0]
+    z, solver = z0.clone(), SOLVERS[budget.solver](budget, z0)
+    iterations = torch.zeros(batch, dtype=torch.long, device=z0.device)
+    converged = torch.zeros(batch, dtype=torch.bool, device=z0.device)
+    rows: Tensor | None = None  # None: every row, in order (nothing gathered)
+    anytime = {}
     for k in range(1, budget.max_iter):
-        z_rows = z[rows]
-        fz = f(z_rows, rows)
-        r = relative_residual(fz, z_rows, _rows_valid(valid, rows))
-        on_eval(k, fz, rows, r)
-        z[rows] = (1 - budget.tau) * z_rows + budget.tau * fz
-        iterations.index_fill_(0, rows, k)  # no host-to-device copy: CUDA-graph capturable
-        rows = _drop_converged(rows, r, budget.tol, converged)
-        if rows.numel() == 0:
+        z_rows, v = take_rows(z, rows), take_rows(valid, rows)
+        fz, _ = f(z_rows, take_rows(context, rows))
+        residual = relative_residual(fz, z_rows, v)
+        if k in keep:  # tol == 0: rows is None here
+            anytime[k] = (fz, SolveStats(torch.full_like(iterations, k), residual, torch.zeros_like(converged)))
+        z_next = solver.update(rows, z_rows, fz, v, k)
+        if rows is None:
+            z = z_next
+            iterations.fill_(k)
+        else:
+            z[rows] = z_next
+            iterations.index_fill_(0, rows, k)  # no host-to-device copy: CUDA-graph capturable
+        rows = _still_running(rows, residual, budget.tol, converged, batch)
+        if rows is not None and rows.numel() == 0:
             break
-    return z, iterations, converged
+    fz, aux = f(z, context)
+    residual = relative_residual(fz, z, valid)
+    stats = SolveStats(iterations + 1, residual, converged | (residual < budget.tol))
+    if budget.max_iter in keep:
+        anytime[budget.max_iter] = (fz, stats)
+    return Solution(z, fz, aux, stats, anytime)
 
 
-def _drop_converged(rows: Tensor, r: Tensor, tol: float, converged: Tensor) -> Tensor:
+def _still_running(rows: Tensor | None, residual: Tensor, tol: float, converged: Tensor, batch: int) -> Tensor | None:
+    """The rows that keep iterating; marks the others converged. tol == 0 never stops a row (no host sync)."""
     if tol == 0:
         return rows
-    done = r.to(rows.device) < tol
+    if rows is None:
+        rows = torch.arange(batch, device=converged.device)
+    done = residual.to(rows.device) < tol
     converged[rows[done]] = True
     return rows[~done]
 
 
-def _anderson(f: RowMap, z: Tensor, budget: Budget, valid: Tensor | None, on_eval: EvalHook):
+@register_solver("fixed_point")
+class Damped:
+    """z <- (1 - tau) z + tau f(z): the reference code's damped iteration."""
+
+    def __init__(self, budget: Budget, z0: Tensor):
+        self.tau = budget.tau
+
+    def update(self, rows: Tensor | None, z: Tensor, fz: Tensor, valid: Tensor | None, k: int) -> Tensor:
+        return (1 - self.tau) * z + self.tau * fz
+
+
+@register_solver("anderson")
+class Anderson:
     """Anderson acceleration (type II) with history budget.anderson_m and mixing weight tau, per row.
 
-    Each row solves its own small least-squares problem min ||sum_i a_i g_i||, sum a_i = 1, over the
-    residuals g_i = f(x_i) - x_i of its history, through the normal equations regularised relative to the
-    smallest residual (relative to the largest, the newest small residuals would be drowned out).
+    Each row solves its own small least-squares problem min ||sum_i a_i g_i||, sum a_i = 1, over the residuals
+    g_i = f(x_i) - x_i of its history, through the normal equations regularised relative to the smallest residual
+    (relative to the largest, the newest small residuals would be drowned out). Padding is masked out of g.
     """
-    batch, m = z.shape[0], budget.anderson_m
-    rows = torch.arange(batch, device=z.device)
-    iterations = torch.zeros(batch, dtype=torch.long, device=z.device)
-    converged = torch.zeros(batch, dtype=torch.bool, device=z.device)
-    xs = torch.zeros(batch, m, *z.shape[1:], dtype=z.dtype, device=z.device)
-    fs = torch.zeros_like(xs)
-    for k in range(1, budget.max_iter):
-        z_rows = z[rows]
-        fz = f(z_rows, rows)
-        v = _rows_valid(valid, rows)
-        r = relative_residual(fz, z_rows, v)
-        on_eval(k, fz, rows, r)
-        slot = (k - 1) % m
-        xs[rows, slot], fs[rows, slot] = z_rows, fz
-        z[rows] = _anderson_mix(xs[rows, : min(k, m)], fs[rows, : min(k, m)], v, budget.tau)
-        iterations.index_fill_(0, rows, k)  # no host-to-device copy: CUDA-graph capturable
-        rows = _drop_converged(rows, r, budget.tol, converged)
-        if rows.numel() == 0:
-            break
-    return z, iterations, converged
+
+    def __init__(self, budget: Budget, z0: Tensor):
+        self.m, self.tau = budget.anderson_m, budget.tau
+        self.xs = torch.zeros(z0.shape[0], self.m, *z0.shape[1:], dtype=z0.dtype, device=z0.device)
+        self.fs = torch.zeros_like(self.xs)
+
+    def update(self, rows: Tensor | None, z: Tensor, fz: Tensor, valid: Tensor | None, k: int) -> Tensor:
+        slot, n = (k - 1) % self.m, min(k, self.m)
+        index = slice(None) if rows is None else rows
+        self.xs[index, slot], self.fs[index, slot] = z, fz
+        return _anderson_mix(self.xs[index, :n], self.fs[index, :n], valid, self.tau)
 
 
 def _anderson_mix(xs: Tensor, fs: Tensor, valid: Tensor | None, tau: float) -> Tensor:
     """xs, fs: (R, n, ...) histories -> the next iterate (R, ...)."""
     g = (fs - xs).double()
     if valid is not None:  # padding must not steer the mixing weights
-        g = g * expand_valid(valid, g[:, 0])[:, None]
+        g = g * broadcast_mask(valid, g[:, 0])[:, None]
     g = g.flatten(2)  # (R, n, D)
     gram = g @ g.transpose(1, 2)  # (R, n, n)
     n = gram.shape[-1]

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from .config import Budget
 from .convergence import ConvergenceLog
-from .models import ExplicitLM, ImplicitLM, select_state
+from .models import ExplicitLM, ImplicitLM
+from .tensors import NonFiniteError, take_rows
 
 
 def right_pad(seqs: list[list[int]], device: torch.device, pad: int = 0) -> tuple[Tensor, Tensor]:
@@ -54,15 +55,20 @@ class GraphedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.out = model.step(self.token, self.state, budget)
-            self.next_token = model.logits(self.out.hidden)[:, :vocab_size].argmax(-1)
+            self.next_token, self.finite = next_token(model.logits(self.out.hidden), vocab_size)
 
-    def __call__(self, token: Tensor, state) -> tuple[Tensor, list]:
+    def __call__(self, token: Tensor, state) -> tuple[Tensor, Tensor, list]:
         self.token.copy_(token)
         for static, live in zip(self.state, state):
             static.conv.copy_(live.conv)
             static.ssm.copy_(live.ssm)
         self.graph.replay()
-        return self.next_token, self.out.state
+        return self.next_token, self.finite, self.out.state
+
+
+def next_token(logits: Tensor, vocab_size: int) -> tuple[Tensor, Tensor]:
+    """Greedy tokens over the real vocabulary, and a device flag: were all logits finite (checked at flush)."""
+    return logits[:, :vocab_size].argmax(-1), torch.isfinite(logits).all()
 
 
 @torch.inference_mode()
@@ -74,9 +80,9 @@ def greedy_generate(model: ExplicitLM | ImplicitLM, prompts: list[list[int]], ma
     device = model.embedding.weight.device
     ids, lengths = right_pad(prompts, device)
     out = model(ids, budget, lengths=lengths)
-    _log(log, out, lengths)
+    _log(log, out)
     last = out.hidden[torch.arange(len(prompts), device=device), lengths - 1]
-    token = model.logits(last)[:, :vocab_size].argmax(-1)
+    token, finite = next_token(model.logits(last), vocab_size)
     state, rows = out.state, torch.arange(len(prompts), device=device)
     graphed = GraphedStep(model, len(prompts), budget, vocab_size) \
         if use_cuda_graphs(model, budget, cuda_graphs) and max_new_tokens > 1 else None
@@ -84,23 +90,27 @@ def greedy_generate(model: ExplicitLM | ImplicitLM, prompts: list[list[int]], ma
     pending = [token]
     for step in range(1, max_new_tokens + 1):
         if step % check_every == 0 or step == max_new_tokens:
+            if not bool(finite):
+                raise NonFiniteError("the model produced non-finite logits (NaN/inf) while generating; no token is "
+                                     "reported from them")
             rows, keep = _flush(pending, rows, generated, is_done)
             pending = []
             if rows.numel() == 0 or step == max_new_tokens:
                 break
             if graphed is None:  # a graph has a fixed batch: finished rows ride along, their tokens ignored
-                state, token = select_state(state, keep, token.shape[0]), token[keep]
+                state, token = take_rows(state, keep), token[keep]
         if graphed is not None:  # batch position == original row: keep the active rows' tokens
-            token, state = graphed(token, state)
+            token, ok, state = graphed(token, state)
+            finite = finite & ok
             pending.append(token[rows])
-            _log(log, graphed.out, None)
+            _log(log, graphed.out)
             continue
         out = model.step(token, state, budget)
-        _log(log, out, None)
-        state, token = out.state, model.logits(out.hidden)[:, :vocab_size].argmax(-1)
+        _log(log, out)
+        token, ok = next_token(model.logits(out.hidden), vocab_size)
+        state, finite = out.state, finite & ok
         pending.append(token)
     return generated
-
 
 
 def _flush(pending: list[Tensor], rows: Tensor, generated: list[list[int]], is_done) -> tuple[Tensor, Tensor]:
@@ -115,10 +125,6 @@ def _flush(pending: list[Tensor], rows: Tensor, generated: list[list[int]], is_d
     return rows[keep_t], keep_t
 
 
-def _log(log: ConvergenceLog | None, out, lengths: Tensor | None) -> None:
-    if log is None or out.stats is None:
-        return
-    valid = None
-    if lengths is not None and out.stats.iterations.dim() == 2:  # sequential prefill: per token
-        valid = torch.arange(out.stats.iterations.shape[1], device=lengths.device) < lengths[:, None]
-    log.add(out.stats, valid)
+def _log(log: ConvergenceLog | None, out) -> None:
+    if log is not None and out.stats is not None:
+        log.add(out.stats)

@@ -1,18 +1,23 @@
-"""Registers `implicit_ssm` and `explicit_ssm` with lm-eval the moment lm-eval's registry is imported.
+"""Plugs this project into lm-eval at import time: the two model names, and anytime budgets in the results.
 
-lm-eval 0.4.13 has no plugin discovery, so `pip install` drops a one-line .pth file
-(implicit_ssm_lm_eval.pth) that imports this module at interpreter start-up. It only appends a finder to
-sys.meta_path (no torch, no lm-eval import: well under a millisecond); the finder waits for
-`lm_eval.api.registry`, lets it load normally, and then registers the two names as lazy "module:Class"
-placeholders, so the adapters (and torch) are imported only when one of these models is used.
+lm-eval 0.4.13 has no plugin discovery, so `pip install` drops a one-line .pth file (implicit_ssm_lm_eval.pth)
+that imports this module at interpreter start-up. It only appends a finder to sys.meta_path (no torch, no lm-eval
+import: well under a millisecond). The finder lets two lm-eval modules load normally and then:
+- lm_eval.api.registry: registers `implicit_ssm` and `explicit_ssm` as lazy "module:Class" placeholders, so the
+  adapters (and torch) are imported only when one of these models is used;
+- lm_eval.evaluator: wraps `evaluate` so that a run of our adapter with anytime budgets also reports each budget's
+  metrics (anytime.py); for every other model the wrapper calls lm-eval's function unchanged;
+- lm_eval.utils: wraps `make_table` so that lm-eval's printed results of our adapter are followed by a short
+  convergence summary (budget, iterations, the share that hit max_iter unconverged); other results are unchanged.
 """
 
+import functools
 import sys
 
-TARGET = "lm_eval.api.registry"
+PACKAGE = "implicit_ssm_eval.model_adapters"
 MODELS = {
-    "implicit_ssm": "implicit_ssm_eval.model_adapters.lm_eval_models:ImplicitSSMLM",
-    "explicit_ssm": "implicit_ssm_eval.model_adapters.lm_eval_models:ExplicitSSMLM",
+    "implicit_ssm": f"{PACKAGE}.lm_eval_models:ImplicitSSMLM",
+    "explicit_ssm": f"{PACKAGE}.lm_eval_models:ExplicitSSMLM",
 }
 
 
@@ -26,20 +31,60 @@ def register(registry) -> None:
             registry.model_registry.register(name, target=target)
 
 
+def wrap_evaluator(module) -> None:
+    evaluate = module.evaluate
+    if getattr(evaluate, "_implicit_ssm_anytime", False):
+        return
+
+    @functools.wraps(evaluate)
+    def evaluate_with_anytime(lm, task_dict, *args, **kwargs):
+        if args or not getattr(lm, "budgets_scored", ())[1:]:  # not ours, or no anytime budgets
+            return evaluate(lm, task_dict, *args, **kwargs)
+        from implicit_ssm_eval.model_adapters.anytime import evaluate_with_anytime as run
+
+        return run(evaluate, lm, task_dict, **kwargs)
+
+    evaluate_with_anytime._implicit_ssm_anytime = True
+    module.evaluate = evaluate_with_anytime
+
+
+def wrap_make_table(module) -> None:
+    """lm-eval's printed results table, followed by our convergence summary when the results are ours."""
+    make_table = module.make_table
+    if getattr(make_table, "_implicit_ssm_block", False):
+        return
+
+    @functools.wraps(make_table)
+    def make_table_with_convergence(result_dict, column: str = "results", *args, **kwargs):
+        text = make_table(result_dict, column, *args, **kwargs)
+        info = (result_dict.get("config") or {}).get("ssm_model") if isinstance(result_dict, dict) else None
+        if column != "results" or not info or not info.get("budget"):
+            return text
+        from implicit_ssm_eval.model_adapters.convergence import convergence_block
+
+        return f"{text}\n{convergence_block(info)}"
+
+    make_table_with_convergence._implicit_ssm_block = True
+    module.make_table = make_table_with_convergence
+
+
+TARGETS = {"lm_eval.api.registry": register, "lm_eval.evaluator": wrap_evaluator, "lm_eval.utils": wrap_make_table}
+
+
 class RegistryHook:
-    """A meta-path finder that wraps the loader of lm-eval's registry module; finds nothing else."""
+    """A meta-path finder that wraps the loaders of the TARGETS modules; finds nothing else."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != TARGET:
+        if fullname not in TARGETS:
             return None
         spec = next((s for s in self._other_specs(fullname, path, target) if s is not None), None)
         if spec is None or spec.loader is None:
             return None
-        load = spec.loader.exec_module
+        load, after = spec.loader.exec_module, TARGETS[fullname]
 
         def exec_module(module):
             load(module)
-            register(module)
+            after(module)
 
         spec.loader.exec_module = exec_module
         return spec
@@ -51,10 +96,11 @@ class RegistryHook:
 
 
 def install() -> None:
-    if TARGET in sys.modules:  # imported before us (unusual): register right away
-        register(sys.modules[TARGET])
-    elif not any(isinstance(f, RegistryHook) for f in sys.meta_path):
-        sys.meta_path.insert(0, RegistryHook())  # ahead of the path finder that would load it unwrapped
+    for name, after in TARGETS.items():
+        if name in sys.modules:  # imported before us (unusual): patch right away
+            after(sys.modules[name])
+    if not any(isinstance(f, RegistryHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, RegistryHook())  # ahead of the path finder that would load them unwrapped
 
 
 install()

@@ -1,14 +1,17 @@
 """lm-evaluation-harness adapters: `--model implicit_ssm` and `--model explicit_ssm`.
 
-Built on lm-eval's TemplateLM (tokenisation and request plumbing) with our own batching:
-- loglikelihood: lm-eval's Collator sorts by length and groups requests that share context + continuation[:-1],
-  so multiple-choice over many one-token labels costs one forward pass; batches are right padded, which a
-  causal model cannot see, and scores are read at each sequence's own positions. Log-softmax runs over the
-  checkpoint's padded vocabulary, as lm-eval's HF and mamba_ssm models do (scores stay comparable).
-- loglikelihood_rolling: lm-eval's rolling windows, scored like loglikelihood.
-- generate_until: greedy decoding through the recurrent state (model_adapters/generation.py).
-The budget (implicit only) comes from the checkpoint and model_args; it and the convergence statistics of the
-whole run are written into lm-eval's results through get_model_info().
+Built on lm-eval's TemplateLM (tokenisation of context/continuation pairs, rolling windows) with our own batching:
+- loglikelihood: requests whose model input is the same token sequence (multiple choice over one-token answers)
+  share one forward pass; sequences are batched longest first and right padded, which a causal model cannot see;
+  each request is scored at its own positions. Log-softmax runs over the checkpoint's padded vocabulary, as
+  lm-eval's HF and mamba_ssm models do, so scores stay comparable.
+- loglikelihood_rolling: lm-eval's rolling windows, scored like loglikelihood and summed per document.
+- generate_until: greedy decoding through the recurrent state (generation.py).
+
+Scoring is typed (scores.py): every request gets an Answer at the run's budget and at each anytime budget read off
+the same trajectory; a BudgetRecord per budget holds answers and convergence statistics, a TaskRecord per task the
+fields its documents carry. get_model_info() writes budget, convergence and per-task records into lm-eval's results
+(`config.ssm_model`); at_budget(k) answers lm-eval at an anytime budget without model compute (anytime.py).
 """
 
 from __future__ import annotations
@@ -17,29 +20,41 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
-from lm_eval.models.utils import Collator
 from tqdm import tqdm
 
 from . import distributed
 from .backends import resolve_backend
 from .config import ConfigError
-from .convergence import ConvergenceLog
+from .convergence import ConvergenceLog, unconverged_tasks
 from .eval_args import DEFAULT_MAX_LENGTH, parse_model_args
 from .formats import load_checkpoint
 from .generation import greedy_generate, right_pad
+from .reading import ReadStats
+from .scores import Answer, BudgetRecord, RequestKey, TaskRecord
+from .tensors import NonFiniteError, valid_mask
 
 logger = logging.getLogger(__name__)
 GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature", "top_p", "top_k")
 DEFAULT_MAX_GEN_TOKS = 256
+UNREADABLE_FRACTION = 0.01  # a task with more unknown tokens than this is one the tokenizer cannot read
+UNITS = {"simultaneous": "sequence", "sequential": "token", "blockwise": "block"}
 
 
-class NonFiniteError(FloatingPointError):
-    """The model produced NaN or inf: no score may be computed from it."""
+@dataclass
+class Item:
+    """One continuation to score: its request key, task and doc (for records), and its tokens."""
+
+    key: RequestKey | None
+    task: str
+    doc_id: object
+    context: list[int]
+    continuation: list[int]
 
 
 class SSMLM(TemplateLM):
@@ -49,33 +64,40 @@ class SSMLM(TemplateLM):
         super().__init__()
         args = parse_model_args(self.KIND, kwargs)
         self._rank, self._world_size, self._device = distributed.init(args.device)
-        ckpt = load_checkpoint(args.pretrained, tokenizer=args.tokenizer, dtype=args.dtype, device=self._device)
+        ckpt = load_checkpoint(args.pretrained, tokenizer=args.tokenizer, dtype=args.dtype, device=self._device,
+                               eos_token=args.eos_token, prefix_token=args.prefix_token)
         _check_checkpoint(ckpt, self.KIND, args.pretrained)
         self.ckpt, self.model, self.tokenizer = ckpt, ckpt.model, ckpt.tokenizer
         self.budget = ckpt.default_budget.replace(**args.budget_overrides) if self.KIND == "implicit" else None
-        self.backend = resolve_backend(args.backend, self._device)
-        self.model.use_backend(self.backend)
+        self.kernels = resolve_backend(args.backend, self._device)  # not `backend`: TemplateLM's means "causal"
+        self.model.use_backend(self.kernels)
         self.args, self.max_length = args, args.max_length or DEFAULT_MAX_LENGTH
         self.vocab_size = ckpt.config.vocab_size
-        # This rank's statistics; scoring logs one entry per sequence (per token in sequential mode), decoding
-        # one per generated token. self.convergence / self.truncated hold the merged view over all ranks.
-        self._local = {"scoring": ConvergenceLog(), "generation": ConvergenceLog()}
+        # Budgets scored per request: the run's own first, then anytime budgets read off the same trajectory.
+        main = self.budget.max_iter if self.budget else 0
+        self.anytime = self.budget.anytime_budgets(args.anytime) if args.anytime else ()
+        self.budgets_scored = (main, *[k for k in self.anytime if k != main])
+        # This rank's records; self.records / self.tasks hold the view merged over all ranks after each call.
+        self._local = {k: BudgetRecord() for k in self.budgets_scored}
+        self._local_tasks: dict[str, TaskRecord] = {}
+        self._local_generation = ConvergenceLog()
         self._local_truncated, self._local_seconds = 0, 0.0
-        self.convergence, self.truncated, self.request_seconds = self._local, 0, 0.0
-        self._names: dict[tuple[str, str], str] = {}
+        self.records, self.tasks, self.generation = self._local, self._local_tasks, self._local_generation
+        self.truncated, self.request_seconds = 0, 0.0
         self._auto_batch: int | None = None
-        # Anytime budgets: scored from the one trajectory of the run's budget (simultaneous, tol = 0).
-        self.anytime = _check_anytime(args.anytime, self.budget)
-        self.budgets_scored = [self.budget.max_iter if self.budget else 0] + [k for k in self.anytime
-                                                                               if k != self.budget.max_iter]
-        self.anytime_records: dict[int, dict] = {k: {} for k in self.budgets_scored[1:]}
-        self._local_anytime = {k: ConvergenceLog() for k in self.budgets_scored[1:]}
-        self._last_anytime: dict[int, list] = {}
 
     # -- tokenisation -------------------------------------------------------------------------------
     @property
     def eot_token_id(self) -> int:
+        if self.tokenizer.eos_token_id is None:
+            raise ConfigError(f"{self.tokenizer.path} has no end-of-text token, which this request needs (generation "
+                              "stops, rolling windows, empty contexts); pass eos_token=<token> in model_args")
         return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        prefix = self.tokenizer.prefix_token_id
+        return prefix if prefix is not None else self.eot_token_id
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
         return self.tokenizer.encode(string)
@@ -99,124 +121,167 @@ class SSMLM(TemplateLM):
             torch.distributed.barrier()
 
     # -- loglikelihood ------------------------------------------------------------------------------
-    def loglikelihood(self, requests, disable_tqdm: bool = False):
-        self._call_started = time.perf_counter()
-        self._names = {req.args: _request_name(req) for req in requests}
-        results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-        for k, answers in self._last_anytime.items():  # same order as `requests`
-            self.anytime_records[k].update({("loglikelihood", req.args): a for req, a in zip(requests, answers)})
-        return self._finish_call(results)
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        started = time.perf_counter()
+        self._observe(requests)
+        items = [self._item(req) for req in requests]
+        answers = self._score_items(items, disable_tqdm)
+        for item, by_budget in zip(items, answers):
+            for k, answer in by_budget.items():
+                self._local[k].answers[item.key] = answer
+            self.cache_hook.add_partial("loglikelihood", item.key[1], by_budget[self.budgets_scored[0]].as_lm_eval())
+        return self._finish_call([a[self.budgets_scored[0]].as_lm_eval() for a in answers], started)
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, names: list[str] | None = None):
-        """requests: ((context, continuation) | None, context_enc, continuation_enc) -> [(logprob, is_greedy)]
-        at the budget; answers at the anytime budgets are left in self._last_anytime, in the same order."""
-        names = names or [self._names.get(r[0], "request") for r in requests]
-        # The first element carries (cache key, request name) through the Collator, which regroups by it.
-        items = [((r[0], name), r[1], r[2]) for r, name in zip(requests, names)]
-        collator = Collator(items, sort_fn=lambda x: (-len(x[1] + x[2]), tuple(x[1] + x[2])),
-                            group_by="contexts", group_fn=lambda x: x[1] + x[2][:-1])
-        answers: dict[int, list] = {k: [] for k in self.budgets_scored}
-        bar = tqdm(total=len(requests), disable=disable_tqdm or self._rank != 0, desc="loglikelihood")
-        for chunk in collator.get_batched(n=self._batch_size(items), batch_fn=None):
-            for (key, ctx, cont), logprobs in zip(chunk, self._score(chunk)):
-                # (positions, budgets, vocab) travels flattened: the Collator expands a (1, positions, *) tensor
-                for (req_str, _), cont_toks, lp in collator.get_cache(req_str=key, cxt_toks=ctx, cont_toks=cont,
-                                                                      logits=logprobs.flatten(1)[None]):
-                    lp = lp[0].unflatten(-1, (len(self.budgets_scored), -1))
-                    for b, k in enumerate(self.budgets_scored):
-                        answers[k].append(_answer(lp[:, b], cont_toks))
-                    if req_str is not None:
-                        self.cache_hook.add_partial("loglikelihood", req_str, answers[self.budgets_scored[0]][-1])
-                    bar.update(1)
+    def _item(self, req) -> Item:
+        context, continuation = req.args
+        if context == "":
+            context_enc, continuation_enc = [self.prefix_token_id], self.tok_encode(continuation)
+        else:
+            context_enc, continuation_enc = self._encode_pair(context, continuation)
+        return Item(("loglikelihood", req.args), _task_of(req), getattr(req, "doc_id", None), context_enc,
+                    continuation_enc)
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """TemplateLM's entry point: ((context, continuation) | None, context_enc, continuation_enc) tuples."""
+        items = [Item(None, "request", None, ctx, cont) for _, ctx, cont in requests]
+        return [a[self.budgets_scored[0]].as_lm_eval() for a in self._score_items(items, disable_tqdm)]
+
+    def _score_items(self, items: list[Item], disable_tqdm: bool = False) -> list[dict[int, Answer]]:
+        """Every item's Answer at every scored budget. Items whose model input is the same token sequence share
+        one forward; sequences run longest first in batches."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(self._model_input(item), []).append(i)
+        order = sorted(groups, key=lambda seq: (-len(seq), seq))
+        answers: list[dict[int, Answer]] = [{} for _ in items]
+        bar = self._progress(len(items), "loglikelihood", disable_tqdm)
+        size = self._batch_size(max((len(s) for s in order), default=1))
+        for start in range(0, len(order), size):
+            batch = order[start: start + size]
+            members = [[items[i] for i in groups[seq]] for seq in batch]
+            for seq, scored in zip(batch, self._score_batch(list(batch), members)):
+                for i, by_budget in zip(groups[seq], scored):
+                    answers[i] = by_budget
+                bar.update(len(groups[seq]))
         bar.close()
-        main, *extra = self.budgets_scored
-        self._last_anytime = {k: collator.get_original(answers[k]) for k in extra}
-        return collator.get_original(answers[main])
+        return answers
+
+    def _model_input(self, item: Item) -> tuple[int, ...]:
+        """The tokens the model reads for an item: context + continuation minus its last token, cut from the left
+        to max_length (so the continuation is predicted from at most max_length tokens)."""
+        if not item.continuation:
+            raise ConfigError(f"{item.task}: a request with an empty continuation cannot be scored")
+        if len(item.continuation) > self.max_length:
+            raise ConfigError(f"{item.task}: a continuation of {len(item.continuation)} tokens exceeds "
+                              f"max_length={self.max_length}")
+        full = item.context + item.continuation
+        self._local_truncated += len(full) - 1 > self.max_length
+        return tuple(full[-(self.max_length + 1):][:-1])
 
     @torch.inference_mode()
-    def _score(self, chunk) -> list[torch.Tensor]:
-        """Log-probabilities at each request's continuation positions, one row per scored budget: a list of
-        (positions, budgets, vocab) tensors."""
-        inputs, spans = [], []
-        for _, ctx, cont in chunk:
-            if len(cont) > self.max_length:
-                raise ConfigError(f"a continuation of {len(cont)} tokens exceeds max_length={self.max_length}")
-            full = ctx + cont
-            self._local_truncated += len(full) - 1 > self.max_length
-            inputs.append(full[-(self.max_length + 1):][:-1])
-            spans.append(len(cont))
-        ids, lengths = right_pad(inputs, self._device)
+    def _score_batch(self, sequences: list[tuple[int, ...]], members: list[list[Item]]
+                     ) -> list[list[dict[int, Answer]]]:
+        """One forward over `sequences`; per sequence, per member item, its Answer at every scored budget."""
+        ids, lengths = right_pad([list(s) for s in sequences], self._device)
         out = self.model(ids, self.budget, lengths=lengths, anytime=self.anytime)
-        hidden = {self.budgets_scored[0]: out.hidden, **out.anytime}
-        self._record(out.stats, lengths)
-        for k, log in self._local_anytime.items():
-            log.add(out.anytime_stats[k])
-        self._check_finite(out.hidden, lengths, [name for (_, name), _, _ in chunk])
+        hidden = {k: r.hidden for k, r in out.anytime.items()} or {self.budgets_scored[0]: out.hidden}
+        stats = {k: r.stats for k, r in out.anytime.items()} or {self.budgets_scored[0]: out.stats}
+        self._log_stats(stats, [m[0].task for m in members])
         if self.args.record_greedy:
-            self._write_greedy(inputs, hidden, out, lengths, [name for (_, name), _, _ in chunk])
-        rows = []
-        for i, (n, c) in enumerate(zip(lengths.tolist(), spans)):
-            stacked = torch.stack([hidden[k][i, n - c: n] for k in self.budgets_scored], 1)
-            # Over the embedding table's padded vocabulary, as lm-eval's own HF and mamba_ssm models score.
-            rows.append(F.log_softmax(self.model.logits(stacked), dim=-1))
-        return rows
+            self._write_greedy(sequences, members, hidden, stats)
+        results = []
+        for i, (n, group) in enumerate(zip(lengths.tolist(), members)):
+            span = max(len(item.continuation) for item in group)
+            logprobs = {k: self._logprobs(h[i, n - span: n], group[0], k) for k, h in hidden.items()}
+            results.append([{k: _answer(lp, item.continuation) for k, lp in logprobs.items()} for item in group])
+        return results
 
-    def _write_greedy(self, inputs, hidden, out, lengths, names: list[str]) -> None:
-        """One JSON line per scored sequence: its request, tokens and the greedy next token at every position, per
-        budget, with the iterations used (the raw material of agreement and iteration-distribution reports)."""
-        stats = {self.budgets_scored[0]: out.stats, **out.anytime_stats}
+    def _logprobs(self, hidden: torch.Tensor, item: Item, k: int) -> torch.Tensor:
+        """Log-softmax over the padded vocabulary (as lm-eval's own HF and mamba_ssm models score); never computed
+        from non-finite logits."""
+        logits = self.model.logits(hidden)
+        if not torch.isfinite(logits).all():
+            where = f"task {item.task} doc {item.doc_id}" if item.key else "a request"
+            raise NonFiniteError(f"{self.KIND}_ssm produced non-finite logits (NaN/inf) for {where}"
+                                 f"{f' at max_iter={k}' if self.budget else ''}; no score is reported from them")
+        return F.log_softmax(logits, dim=-1)
+
+    def _log_stats(self, stats: dict[int, ReadStats | None], tasks: list[str]) -> None:
+        if self.budget is None:
+            return
+        for k, s in stats.items():
+            for task in dict.fromkeys(tasks):  # each sequence's statistics go to the task of its first request
+                rows = torch.tensor([t == task for t in tasks], device=s.iterations.device)
+                self._local[k].log(task, ReadStats(*(getattr(s, f)[rows] for f in
+                                                     ("iterations", "residual", "converged", "tokens"))))
+
+    def _write_greedy(self, sequences, members, hidden, stats) -> None:
+        """One JSON line per scored sequence: its task and doc, tokens, and per budget the greedy next token at
+        every position and the iterations of each piece (the raw material of agreement and iteration reports)."""
         with open(self.args.record_greedy, "a") as fh:
-            for i, (tokens, n) in enumerate(zip(inputs, lengths.tolist())):
-                record = {"request": names[i], "input": tokens, "greedy": {}, "iterations": {}}
+            for i, (seq, group) in enumerate(zip(sequences, members)):
+                n = len(seq)
+                record = {"task": group[0].task, "doc_id": group[0].doc_id, "input": list(seq), "greedy": {},
+                          "iterations": {}, "piece_tokens": {}}
                 for k, h in hidden.items():
                     record["greedy"][str(k)] = self.model.logits(h[i, :n])[:, : self.vocab_size].argmax(-1).tolist()
                     if stats.get(k) is not None:
-                        its = stats[k].iterations[i]
-                        record["iterations"][str(k)] = its[:n].tolist() if its.dim() else int(its)
-                fh.write(json.dumps(record) + "\n")
+                        present = stats[k].present[i]
+                        record["iterations"][str(k)] = stats[k].iterations[i][present].tolist()
+                        record["piece_tokens"][str(k)] = stats[k].tokens[i][present].tolist()
+                fh.write(json.dumps(record, default=str) + "\n")
 
     # -- loglikelihood_rolling ----------------------------------------------------------------------
-    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
-        self._call_started = time.perf_counter()
-        windows, owners, names = [], [], []
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        started = time.perf_counter()
+        self._observe(requests)
+        items, owners = [], []
         for index, req in enumerate(requests):
             tokens = self.tok_encode(req.args[0])
             for ctx, cont in map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
                     token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.max_length,
                     context_len=1)):
-                windows.append((None, ctx, cont))
+                items.append(Item(("window", (index,)), _task_of(req), getattr(req, "doc_id", None), ctx, cont))
                 owners.append(index)
-                names.append(_request_name(req))
-        totals = _sum_by_owner(self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm, names=names), owners,
-                               len(requests))
-        for k, answers in self._last_anytime.items():
-            per_request = _sum_by_owner(answers, owners, len(requests))
-            self.anytime_records[k].update({("loglikelihood_rolling", req.args): t
-                                            for req, t in zip(requests, per_request)})
-        for req, total in zip(requests, totals):
+        answers = self._score_items(items, disable_tqdm)
+        totals = {k: [0.0] * len(requests) for k in self.budgets_scored}
+        for owner, by_budget in zip(owners, answers):
+            for k, answer in by_budget.items():
+                totals[k][owner] += answer.logprob
+        for k, values in totals.items():
+            self._local[k].answers.update({("loglikelihood_rolling", req.args): v for req, v in zip(requests, values)})
+        main = totals[self.budgets_scored[0]]
+        for req, total in zip(requests, main):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
-        return self._finish_call(totals)
+        return self._finish_call(main, started)
 
     # -- generate_until -----------------------------------------------------------------------------
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        self._call_started = time.perf_counter()
-        collator = Collator([req.args for req in requests], sort_fn=lambda x: (-len(self.tok_encode(x[0])), x[0]),
-                            group_by="gen_kwargs", group_fn=lambda x: x[1])
-        results = []
-        bar = tqdm(total=len(requests), disable=disable_tqdm or self._rank != 0, desc="generate_until")
-        for chunk in collator.get_batched(n=self._batch_size(None), batch_fn=None):
-            contexts, gen_kwargs = zip(*chunk)
-            for context, text in zip(contexts, self._generate(list(contexts), gen_kwargs[0])):
-                results.append(text)
-                self.cache_hook.add_partial("generate_until", (context, gen_kwargs[0]), text)
-                bar.update(1)
-        bar.close()
-        return self._finish_call(collator.get_original(results))
-
-    def _generate(self, contexts: list[str], gen_kwargs: dict) -> list[str]:
+        started = time.perf_counter()
         if self.anytime:
             raise ConfigError("anytime budgets score loglikelihood requests only; evaluate generation tasks with "
                               "one budget per run")
+        self._observe(requests)
+        order = sorted(range(len(requests)), key=lambda i: (-len(self.tok_encode(requests[i].args[0])),
+                                                             requests[i].args[0]))
+        by_kwargs: dict[str, list[int]] = {}
+        for i in order:
+            by_kwargs.setdefault(json.dumps(requests[i].args[1], sort_keys=True, default=str), []).append(i)
+        results: list[str | None] = [None] * len(requests)
+        bar = self._progress(len(requests), "generate_until", disable_tqdm)
+        size = self._batch_size(None)
+        for indices in by_kwargs.values():
+            for start in range(0, len(indices), size):
+                chunk = indices[start: start + size]
+                gen_kwargs = requests[chunk[0]].args[1]
+                for i, text in zip(chunk, self._generate([requests[i].args[0] for i in chunk], gen_kwargs)):
+                    results[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                bar.update(len(chunk))
+        bar.close()
+        return self._finish_call(results, started)
+
+    def _generate(self, contexts: list[str], gen_kwargs: dict) -> list[str]:
         until, max_new = _parse_gen_kwargs(gen_kwargs, self.tok_decode([self.eot_token_id]))
         budget_ctx = max(1, self.max_length - max_new)
         prompts = []
@@ -228,20 +293,41 @@ class SSMLM(TemplateLM):
         def is_done(row: int, tokens: list[int]) -> bool:
             return self.eot_token_id in tokens or any(s in self.tok_decode(tokens) for s in until)
 
-        log = ConvergenceLog()
-        generated = greedy_generate(self.model, prompts, max_new, self.budget, is_done, self.vocab_size, log=log,
-                                    cuda_graphs=self.args.cuda_graphs)
-        self._local["generation"].extend(log)
+        generated = greedy_generate(self.model, prompts, max_new, self.budget, is_done, self.vocab_size,
+                                    log=self._local_generation, cuda_graphs=self.args.cuda_graphs)
         return [_cut(self.tok_decode(_before_eot(toks, self.eot_token_id)), until) for toks in generated]
 
-    # -- batching, checks, statistics ---------------------------------------------------------------
-    def _batch_size(self, items) -> int:
+    # -- what the requests say about their tasks ----------------------------------------------------
+    def _observe(self, requests) -> None:
+        """Per task: the fields its documents carry and how many of its tokens the tokenizer does not know. A task
+        the tokenizer cannot read is refused before anything is scored (or flagged, with unknown_tokens=flag)."""
+        for req in requests:
+            text = "".join(a for a in req.args if isinstance(a, str))
+            tokens, unknown = self.tokenizer.encode_counting_unknown(text)
+            record = self._local_tasks.setdefault(_task_of(req), TaskRecord())
+            record.observe(getattr(req, "doc_id", None), getattr(req, "doc", None), tokens, unknown)
+        unreadable = {t: r for t, r in self._local_tasks.items() if r.unknown_fraction > UNREADABLE_FRACTION}
+        if not unreadable:
+            return
+        detail = "; ".join(f"{t}: {r.unknown_fraction:.0%} of {r.tokens} tokens unknown (e.g. "
+                           f"{', '.join(repr(w) for w in r.unknown_examples[:3])})"
+                           for t, r in sorted(unreadable.items()))
+        message = (f"the tokenizer of {self.ckpt.path} cannot read {len(unreadable)} task(s): {detail}. Evaluate these "
+                   "tasks with a checkpoint whose vocabulary covers them")
+        if self.args.unknown_tokens == "refuse":
+            raise ConfigError(message + ", or pass unknown_tokens=flag to score them anyway (the results mark them)")
+        logger.warning("%s; scoring anyway (unknown_tokens=flag): the results mark these tasks", message)
+
+    def _progress(self, total: int, desc: str, disable: bool):
+        """A progress bar on rank 0; otherwise tqdm's own defaults apply (TQDM_DISABLE=1 silences it)."""
+        return tqdm(total=total, desc=desc, **({"disable": True} if disable or self._rank != 0 else {}))
+
+    # -- batching -----------------------------------------------------------------------------------
+    def _batch_size(self, longest: int | None) -> int:
         if self.args.batch_size != "auto":
             return self.args.batch_size
         if self._auto_batch is None:
-            longest = max((len(x[1]) + len(x[2]) for x in items), default=self.max_length) if items else \
-                self.max_length
-            self._auto_batch = self._detect_batch_size(min(longest, self.max_length))
+            self._auto_batch = self._detect_batch_size(min(longest or self.max_length, self.max_length))
         return self._auto_batch
 
     @torch.inference_mode()
@@ -262,69 +348,77 @@ class SSMLM(TemplateLM):
         logger.info("batch_size=auto: %d sequences of %d tokens fit", size, length)
         return size
 
-    def _record(self, stats, lengths) -> None:
-        if stats is None:
-            return
-        valid = None
-        if stats.iterations.dim() == 2:
-            valid = torch.arange(stats.iterations.shape[1], device=lengths.device) < lengths[:, None]
-        self._local["scoring"].add(stats, valid)
-
-    def _check_finite(self, hidden: torch.Tensor, lengths: torch.Tensor, names: list[str]) -> None:
-        valid = torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]
-        bad = (~torch.isfinite(hidden) & valid[..., None]).flatten(1).any(1)
-        if bad.any():
-            which = [names[i] for i in bad.nonzero().flatten().tolist()]
-            raise NonFiniteError(f"{self.KIND}_ssm produced non-finite values (NaN/inf) for {which[0]}"
-                                 f"{f' and {len(which) - 1} more' if len(which) > 1 else ''}"
-                                 f" at budget {self.budget}; no score is reported from such values")
-
-    def _finish_call(self, results):
-        """After each request type: merge statistics across ranks, report truncation."""
-        self._local_seconds += time.perf_counter() - self._call_started
-        self.convergence, self.truncated = self._local, self._local_truncated
-        self._anytime_logs, self.request_seconds = self._local_anytime, self._local_seconds
+    def _finish_call(self, results: list, started: float) -> list:
+        """After each request type: merge records across ranks, report truncation."""
+        self._local_seconds += time.perf_counter() - started
+        self.records, self.tasks, self.generation = self._local, self._local_tasks, self._local_generation
+        self.truncated, self.request_seconds = self._local_truncated, self._local_seconds
         if self._world_size > 1:  # every rank runs each request type once, so this collective is matched
-            parts = distributed.all_gather_object((self._local, self._local_truncated, self._local_anytime,
-                                                   self._local_seconds))
-            self.truncated = sum(p[1] for p in parts)
-            self.convergence = _merge_logs([p[0] for p in parts])
-            self._anytime_logs = _merge_logs([p[2] for p in parts])
-            self.request_seconds = max(p[3] for p in parts)  # the slowest rank sets the pace
+            parts = distributed.all_gather_object((
+                {k: BudgetRecord(scoring=r.scoring, per_task=r.per_task) for k, r in self._local.items()},
+                self._local_tasks, self._local_generation, self._local_truncated, self._local_seconds))
+            self.records = _merge_records(self._local, [p[0] for p in parts])
+            self.tasks = _merge_tasks([p[1] for p in parts])
+            self.generation = ConvergenceLog()
+            for p in parts:
+                self.generation.extend(p[2])
+            self.truncated = sum(p[3] for p in parts)
+            self.request_seconds = max(p[4] for p in parts)  # the slowest rank sets the pace
         if self.truncated:
             logger.warning("%d request(s) longer than max_length=%d were truncated from the left", self.truncated,
                            self.max_length)
+        for task, share in unconverged_tasks(self.model_info()).items():
+            logger.warning("%s: %.0f%% of its %ss hit max_iter=%d unconverged: its score is that of an unconverged "
+                           "model (raise max_iter or tol)", task, 100 * share, UNITS[self.budget.mode],
+                           self.budget.max_iter)
         return results
 
     # -- results ------------------------------------------------------------------------------------
-    def fingerprint(self) -> str:
-        return model_fingerprint(self.ckpt.content_hash, self.budget, self.args.dtype_name, self.backend,
-                                 self.max_length)
+    def fingerprint(self, k: int | None = None) -> str:
+        budget = self.budget.replace(max_iter=k) if self.budget and k else self.budget
+        return model_fingerprint(self.ckpt.content_hash, budget, self.args.dtype_name, self.kernels, self.max_length)
 
-    def get_model_info(self) -> dict:
+    def model_info(self, k: int | None = None) -> dict:
+        """What results must say about this run at budget k (default: the run's own budget)."""
+        k = k or self.budgets_scored[0]
         info = {
             "checkpoint": str(self.ckpt.path), "content_hash": self.ckpt.content_hash, "kind": self.KIND,
-            "format": self.ckpt.format, "backend": self.backend, "dtype": self.args.dtype_name,
+            "format": self.ckpt.format, "backend": self.kernels, "dtype": self.args.dtype_name,
             "device": str(self._device), "world_size": self._world_size, "max_length": self.max_length,
-            "truncated_requests": self.truncated, "fingerprint": self.fingerprint(),
-            "request_seconds": round(self.request_seconds, 3),
+            "truncated_requests": self.truncated, "fingerprint": self.fingerprint(k),
+            "request_seconds": round(self.request_seconds, 3), "tasks": self._task_info(k),
         }
+        if self.args.record_greedy:
+            info["greedy_log"] = str(self.args.record_greedy)
         if self.budget is not None:
-            info["budget"] = self.budget.to_dict()
-            info["convergence"] = {k: log.summary(self.budget.max_iter) for k, log in self.convergence.items()}
+            budget = self.budget.replace(max_iter=k)
+            scoring = self.records[k].scoring.summary(k)
+            generation = self.generation.summary(k) if k == self.budgets_scored[0] else {"count": 0}
+            info.update(budget=budget.to_dict(), unit=UNITS[budget.mode],
+                        convergence={"scoring": scoring, "generation": generation})
         if self.anytime:
             info["anytime_budgets"] = list(self.budgets_scored)
-        return {"ssm_model": info}
+            if k != self.budgets_scored[0]:
+                info["anytime_of"] = self.budgets_scored[0]
+        return info
 
-    def anytime_info(self, k: int) -> dict:
-        """get_model_info() as a run at max_iter = k would report it (used to replay anytime budgets)."""
-        info = json.loads(json.dumps(self.get_model_info()["ssm_model"]))
-        info["budget"]["max_iter"] = k
-        info["convergence"] = {"scoring": self._anytime_logs[k].summary(k), "generation": {"count": 0}}
-        info["fingerprint"] = model_fingerprint(self.ckpt.content_hash, self.budget.replace(max_iter=k),
-                                                self.args.dtype_name, self.backend, self.max_length)
-        info["anytime_of"] = self.budget.max_iter
-        return {"ssm_model": info}
+    def _task_info(self, k: int) -> dict:
+        out = {}
+        for task, record in sorted(self.tasks.items()):
+            out[task] = record.summary()
+            log = self.records[k].per_task.get(task) if self.budget else None
+            if log is not None:
+                out[task]["convergence"] = log.summary(k)
+        return out
+
+    def get_model_info(self) -> dict:
+        return {"ssm_model": self.model_info()}
+
+    def at_budget(self, k: int):
+        """This run's answers at anytime budget k as an lm-eval model (no model compute): see anytime.py."""
+        from .anytime import BudgetView
+
+        return BudgetView(self, k)
 
     def set_cache_hook(self, cache_hook) -> None:
         path = getattr(getattr(cache_hook, "dbdict", None), "filename", None)
@@ -335,6 +429,14 @@ class SSMLM(TemplateLM):
                 f"fingerprint in the path, e.g. --use_cache cache/{self.fingerprint()} (implicit-eval run "
                 f"--use_cache DIR does this for you); got {path}")
         super().set_cache_hook(cache_hook)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        """lm-eval's --batch_size/--device flags join model_args; the same key in model_args wins (the README
+        documents device= and batch_size= there), instead of the TypeError of a key given twice."""
+        args = lm_utils.simple_parse_args_string(arg_string)
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
+        return cls(**args, **extra)
 
 
 class ImplicitSSMLM(SSMLM):
@@ -349,18 +451,6 @@ class ExplicitSSMLM(SSMLM):
     KIND = "explicit"
 
 
-def _check_anytime(anytime: tuple[int, ...], budget) -> tuple[int, ...]:
-    if not anytime:
-        return ()
-    if budget is None or budget.mode != "simultaneous" or budget.tol != 0:
-        raise ConfigError("anytime budgets need an implicit model with mode=simultaneous and tol=0 (only then does "
-                          f"one trajectory give every budget exactly); got {budget}")
-    bad = [k for k in anytime if not 1 <= k <= budget.max_iter]
-    if bad:
-        raise ConfigError(f"anytime budgets must lie in [1, max_iter={budget.max_iter}], got {bad}")
-    return tuple(sorted(set(anytime) | {budget.max_iter}))
-
-
 def model_fingerprint(content_hash: str, budget, dtype: str, backend: str, max_length: int) -> str:
     """What determines scores: weights + tokenizer, budget, dtype, backend, context window."""
     key = json.dumps([content_hash, budget.to_dict() if budget else None, dtype, backend, max_length])
@@ -372,39 +462,37 @@ def _check_checkpoint(ckpt, kind: str, path: str) -> None:
         raise ConfigError(f"{path} holds an {ckpt.config.kind} model; use --model {ckpt.config.kind}_ssm")
     if ckpt.tokenizer is None:
         raise ConfigError(f"{path} has no tokenizer.json; pass tokenizer=<path to a tokenizer.json>")
-    if ckpt.tokenizer.eos_token_id is None:
-        raise ConfigError(f"{ckpt.tokenizer.path}: no end-of-text token found (looked for '<eos>', "
-                          "'<|endoftext|>', '</s>'); lm-eval needs one")
     if ckpt.tokenizer.vocab_size > ckpt.config.padded_vocab_size:
         raise ConfigError(f"{ckpt.tokenizer.path} has {ckpt.tokenizer.vocab_size} tokens but the model only "
                           f"{ckpt.config.padded_vocab_size} embeddings: tokenizer and checkpoint do not match")
 
 
-def _merge_logs(parts: list[dict]) -> dict:
-    merged = {key: ConvergenceLog() for key in parts[0]}
-    for logs in parts:
-        for key, log in logs.items():
-            merged[key].extend(log)
+def _task_of(req) -> str:
+    return str(getattr(req, "task_name", None) or "request")
+
+
+def _merge_records(local: dict[int, BudgetRecord], parts: list[dict[int, BudgetRecord]]) -> dict[int, BudgetRecord]:
+    merged = {k: BudgetRecord(answers=r.answers) for k, r in local.items()}
+    for records in parts:
+        for k, record in records.items():
+            merged[k].extend(record)
     return merged
 
 
-def _sum_by_owner(answers: list[tuple[float, bool]], owners: list[int], n: int) -> list[float]:
-    totals = [0.0] * n
-    for owner, (logprob, _) in zip(owners, answers):
-        totals[owner] += logprob
-    return totals
+def _merge_tasks(parts: list[dict[str, TaskRecord]]) -> dict[str, TaskRecord]:
+    merged: dict[str, TaskRecord] = {}
+    for tasks in parts:
+        for task, record in tasks.items():
+            merged.setdefault(task, TaskRecord()).extend(record)
+    return merged
 
 
-def _request_name(req) -> str:
-    return f"task {getattr(req, 'task_name', '?')} doc {getattr(req, 'doc_id', '?')}"
-
-
-def _answer(logprobs: torch.Tensor, cont_toks: list[int]) -> tuple[float, bool]:
+def _answer(logprobs: torch.Tensor, cont_toks: list[int]) -> Answer:
     """logprobs (positions, vocab): the trailing len(cont_toks) positions score the continuation."""
     logprobs = logprobs[-len(cont_toks):]
     target = torch.tensor(cont_toks, device=logprobs.device)
     greedy = bool((logprobs.argmax(-1) == target).all())
-    return float(logprobs.gather(1, target[:, None]).sum()), greedy
+    return Answer(float(logprobs.gather(1, target[:, None]).sum()), greedy)
 
 
 def _parse_gen_kwargs(kwargs: dict, eot_text: str) -> tuple[list[str], int]:
@@ -432,3 +520,6 @@ def _cut(text: str, until: list[str]) -> str:
         if stop:
             text = text.split(stop)[0]
     return text
+
+
+__all__ = ["ExplicitSSMLM", "ImplicitSSMLM", "NonFiniteError", "SSMLM", "model_fingerprint", "valid_mask"]

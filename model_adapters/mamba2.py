@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .backends import torch_ops
 from .config import ModelConfig
-from .ssd import compute_dtype
+from .tensors import compute_dtype
 
 
 class MixerState(NamedTuple):
@@ -25,9 +25,6 @@ class MixerState(NamedTuple):
 
     conv: Tensor
     ssm: Tensor
-
-    def select(self, idx: Tensor) -> MixerState:
-        return MixerState(self.conv[idx], self.ssm[idx])
 
 
 class Mamba2(nn.Module):

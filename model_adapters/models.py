@@ -10,6 +10,8 @@ Both models share one interface, used by the lm-eval adapters and the harness:
     forward(input_ids, budget=None, lengths=None, state=None, anytime=()) -> LMOutput   (whole sequences)
     step(token_ids, state, budget=None) -> LMOutput                                  (one token, decoding)
     logits(hidden) -> float32 logits over the padded vocabulary
+An implicit model reads a sequence in the way its Budget's mode says (reading.py); step() is the reading of one
+token, so decoding and sequential scoring are the same computation.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from torch import Tensor, nn
 
 from .backends import get_ops
 from .config import Budget, ConfigError, ModelConfig
-from .fixed_point import SolveStats, solve
 from .mamba2 import Mamba2, MixerState
 from .norms import RMSNorm
-from .ssd import compute_dtype
+from .reading import Readout, ReadStats, read
+from .tensors import compute_dtype, valid_mask
 
 State = list[MixerState]  # one MixerState per layer
 
@@ -33,9 +35,8 @@ State = list[MixerState]  # one MixerState per layer
 class LMOutput:
     hidden: Tensor  # (B, L, d_model) after the final norm, float32; (B, d_model) from step()
     state: State  # recurrent state after each sequence's last valid token
-    stats: SolveStats | None = None  # implicit only: (B,) simultaneous and step, (B, L) sequential
-    anytime: dict[int, Tensor] = field(default_factory=dict)  # budget k -> hidden at max_iter = k
-    anytime_stats: dict[int, SolveStats] = field(default_factory=dict)  # budget k -> the stats of that run
+    stats: ReadStats | None = None  # implicit only: solver statistics per (sequence, piece), see reading.py
+    anytime: dict[int, Readout] = field(default_factory=dict)  # budget k -> the reading at max_iter = k
 
 
 class Block(nn.Module):
@@ -100,22 +101,6 @@ class _LM(nn.Module):
                              f"got ids in [{int(ids.min())}, {int(ids.max())}]: does the tokenizer match?")
 
 
-def lengths_to_valid(lengths: Tensor | None, length: int) -> Tensor | None:
-    if lengths is None:
-        return None
-    return torch.arange(length, device=lengths.device) < lengths[:, None]
-
-
-def select_state(state: State | None, rows: Tensor, batch: int) -> State | None:
-    if state is None or rows.numel() == batch:
-        return state
-    return [s.select(rows) for s in state]
-
-
-def _take(t: Tensor | None, rows: Tensor, batch: int) -> Tensor | None:
-    return t if t is None or rows.numel() == batch else t[rows]
-
-
 class ExplicitLM(_LM):
     kind = "explicit"
 
@@ -124,7 +109,7 @@ class ExplicitLM(_LM):
         """input_ids (B, L), right padded to `lengths` (B,) if given."""
         _no_budget(budget, anytime)
         self.check_ids(input_ids)
-        valid = lengths_to_valid(lengths, input_ids.shape[1])
+        valid = valid_mask(lengths, input_ids.shape[1])
         h = self.embed(input_ids).to(self.cd)
         new_state = []
         for i, layer in enumerate(self.layers):
@@ -182,108 +167,20 @@ class ImplicitLM(_LM):
                 state: State | None = None, anytime=()) -> LMOutput:
         """input_ids (B, L), right padded to `lengths` (B,) if given; `state` continues earlier tokens.
 
-        anytime: budgets k <= max_iter whose hidden states to return as well, read off the one trajectory
-        (simultaneous mode with tol = 0 only: that is when they equal separate runs at each k).
+        anytime: budgets k <= max_iter whose readings to return as well, read off the one trajectory (simultaneous
+        mode with tol = 0 only: that is when they equal separate runs at each k); max_iter is included.
         """
         budget = budget or self.cfg.default_budget()
-        anytime = _check_anytime(anytime, budget)
+        keep = budget.anytime_budgets(anytime)
         self.check_ids(input_ids)
-        u = self.inject(input_ids)
-        if budget.mode == "sequential":
-            return self._sequential(u, budget, lengths, state)
-        return self._simultaneous(u, budget, lengths, state, anytime)
-
-    def _simultaneous(self, u: Tensor, budget: Budget, lengths: Tensor | None, state: State | None,
-                      anytime: tuple[int, ...]) -> LMOutput:
-        batch, length = u.shape[:2]
-        valid = lengths_to_valid(lengths, length)
-
-        def f(z: Tensor, rows: Tensor) -> Tensor:
-            return self.f(z, _take(u, rows, batch), select_state(state, rows, batch),
-                          _take(valid, rows, batch))[0]
-
-        committed: list[State] = []
-
-        def final(z: Tensor) -> Tensor:
-            out, new_state = self.f(z, u, state, valid)
-            committed.append(new_state)
-            return out
-
-        seen: dict[int, Tensor] = {}
-        seen_stats: dict[int, SolveStats] = {}
-
-        def on_eval(k: int, fz: Tensor, rows: Tensor, residual: Tensor) -> None:
-            if k in anytime:  # tol = 0: every row is in `rows`, in order
-                seen[k] = fz
-                seen_stats[k] = SolveStats(torch.full_like(rows, k), residual, torch.zeros_like(rows, dtype=torch.bool))
-
-        z0 = torch.zeros(batch, length, self.cfg.d_model, dtype=self.cd, device=u.device)
-        _, out, stats = solve(f, z0, budget, valid, on_eval if anytime else None, final)
-        if budget.max_iter in anytime:
-            seen[budget.max_iter], seen_stats[budget.max_iter] = out, stats
-        return LMOutput(out, committed[0], stats, seen, seen_stats)
-
-    def _sequential(self, u: Tensor, budget: Budget, lengths: Tensor | None, state: State | None) -> LMOutput:
-        """Token by token: each token's latent is iterated with every layer's state frozen at the previous
-        token, then one final f commits the new states (the RNN reading of the model)."""
-        batch, length = u.shape[:2]
-        state = state if state is not None else self.empty_state(batch)
-        hidden = torch.zeros(batch, length, self.cfg.d_model, dtype=self.cd, device=u.device)
-        stats = SolveStats(torch.zeros(batch, length, dtype=torch.long, device=u.device),
-                           torch.zeros(batch, length, dtype=self.cd, device=u.device),
-                           torch.zeros(batch, length, dtype=torch.bool, device=u.device))
-        for t in range(length):
-            rows = torch.arange(batch, device=u.device)
-            if lengths is not None:
-                rows = rows[lengths.to(u.device) > t]
-            out = self._token(u[rows, t], select_state(state, rows, batch), budget)
-            hidden[rows, t] = out.hidden
-            state = _put_state(state, rows, out.state)
-            for name in ("iterations", "residual", "converged"):
-                getattr(stats, name)[rows, t] = getattr(out.stats, name)
-        return LMOutput(hidden, state, stats)
-
-    def _token(self, u: Tensor, state: State, budget: Budget) -> LMOutput:
-        """One sequential fixed-point step for one token per row: u (R, d_in_proj)."""
-        batch = u.shape[0]
-        committed: list[State] = []
-
-        def f(z: Tensor, rows: Tensor) -> Tensor:
-            return self.f_step(z, _take(u, rows, batch), select_state(state, rows, batch))[0]
-
-        def final(z: Tensor) -> Tensor:
-            out, new_state = self.f_step(z, u, state)
-            committed.append(new_state)
-            return out
-
-        z0 = torch.zeros(batch, self.cfg.d_model, dtype=self.cd, device=u.device)
-        _, out, stats = solve(f, z0, budget, None, None, final)
-        return LMOutput(out, committed[0], stats)
+        r = read(self, self.inject(input_ids), budget, lengths, state, keep)
+        return LMOutput(r.hidden, r.state, r.stats, r.anytime)
 
     def step(self, token_ids: Tensor, state: State, budget: Budget | None = None) -> LMOutput:
-        """token_ids (B,): the sequential fixed-point step for one token (the generation path)."""
+        """token_ids (B,) -> hidden (B, d_model): the reading of one more token (the generation path)."""
         budget = budget or self.cfg.default_budget()
-        return self._token(self.inject(token_ids), state, budget)
-
-
-def _put_state(state: State, rows: Tensor, new: State) -> State:
-    if rows.numel() == state[0].ssm.shape[0]:
-        return new
-    return [MixerState(s.conv.index_copy(0, rows, n.conv), s.ssm.index_copy(0, rows, n.ssm))
-            for s, n in zip(state, new)]
-
-
-def _check_anytime(anytime, budget: Budget) -> tuple[int, ...]:
-    anytime = tuple(sorted(set(int(k) for k in anytime)))
-    if not anytime:
-        return anytime
-    if budget.mode != "simultaneous" or budget.tol != 0:
-        raise ConfigError("anytime budgets need mode=simultaneous and tol=0 (only then is one trajectory "
-                          f"exact for every budget); got mode={budget.mode}, tol={budget.tol}")
-    bad = [k for k in anytime if not 1 <= k <= budget.max_iter]
-    if bad:
-        raise ConfigError(f"anytime budgets must lie in [1, max_iter={budget.max_iter}], got {bad}")
-    return anytime
+        r = read(self, self.inject(token_ids)[:, None], budget, None, state)
+        return LMOutput(r.hidden[:, 0], r.state, r.stats)
 
 
 def build_model(cfg: ModelConfig) -> ExplicitLM | ImplicitLM:

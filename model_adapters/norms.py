@@ -6,17 +6,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .tensors import compute_dtype
+
 
 def rmsnorm_ref(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """x / rms(x) * weight over the last dim, in float32 (float64 stays float64)."""
-    cd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cd = compute_dtype(x)
     x = x.to(cd)
     return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps) * weight.to(cd)
 
 
 def gated_rmsnorm_ref(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int) -> Tensor:
     """RMSNorm(x * SiLU(z)) per group of `group_size` channels (mamba_ssm's norm_before_gate=False)."""
-    cd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cd = compute_dtype(x)
     y = x.to(cd) * F.silu(z.to(cd))
     groups = y.unflatten(-1, (-1, group_size))
     groups = groups * torch.rsqrt(groups.square().mean(-1, keepdim=True) + eps)

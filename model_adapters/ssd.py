@@ -7,7 +7,9 @@ Per head h, with a scalar decay a_t = exp(dt_t * A_h):
 
 `ssd_chunked` computes this for a whole sequence with matrix products (the CPU path and the reference
 for the Triton kernel); `ssd_step` is one step of the recurrence (the decoding path) and `ssd_recurrent`
-loops it (the test oracle for both). All arithmetic runs in float32, or float64 when given float64.
+loops it (the test oracle for both). All arithmetic runs in float32, or float64 when given float64, also
+inside torch.autocast: autocast would run the einsums in bfloat16 (4e-3 relative error measured), so both forms
+switch it off for their own body.
 
 Shapes: x (B, L, H, P), dt (B, L, H) already softplus-ed, A (H,), B and C (B, L, G, N) with H a
 multiple of G, D (H,) or (H, P) or None, state (B, H, P, N).
@@ -15,13 +17,25 @@ multiple of G, D (H,) or (H, P) or None, state (B, H, P, N).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .tensors import compute_dtype
 
-def compute_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+def no_autocast(fn):
+    """Run fn with autocast off on the device of its first tensor argument (the scan is defined in float32)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        device = next(a.device.type for a in args if isinstance(a, Tensor))
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def _heads_from_groups(t: Tensor, nheads: int) -> Tensor:
@@ -44,6 +58,7 @@ def _segment_decay(a_cs: Tensor) -> Tensor:
     return torch.exp(diff.masked_fill(~causal, -torch.inf))
 
 
+@no_autocast
 def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
                 D: Tensor | None = None, initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Chunked SSD over a whole sequence of any length. Returns (y: (B, L, H, P), final_state)."""
@@ -87,6 +102,7 @@ def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_si
     return y + _skip(x, D), final_state
 
 
+@no_autocast
 def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
              D: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One recurrence step. x (B, H, P), dt (B, H), B and C (B, G, N). Returns (y (B, H, P), new_state).

@@ -13,9 +13,15 @@ class TokenizerError(ValueError):
 
 
 class Tokenizer:
-    """encode/decode without special tokens, plus the end-of-text id lm-eval needs."""
+    """encode/decode without special tokens, plus the ids of the special tokens lm-eval needs.
 
-    def __init__(self, path: str | Path, eos_token: str | None = None):
+    eos_token: the end-of-text token; default: tokenizer_config.json's, else the first of EOS_CANDIDATES in
+        the vocabulary, else none (eos_token_id None: a vocabulary need not have one).
+    prefix_token: a BOS-like token to put before a context (prefix_token_id; None if not given).
+    A token named here or in tokenizer_config.json must be in the vocabulary.
+    """
+
+    def __init__(self, path: str | Path, eos_token: str | None = None, prefix_token: str | None = None):
         from tokenizers import Tokenizer as HFTokenizer  # light, but only needed once a tokenizer is used
 
         self.path = Path(path)
@@ -25,10 +31,22 @@ class Tokenizer:
             self._tk = HFTokenizer.from_file(str(self.path))
         except Exception as exc:  # the library raises bare Exceptions on malformed files
             raise TokenizerError(f"{self.path}: not a valid tokenizer.json ({exc})") from exc
-        self.eos_token = eos_token or _eos_from_config(self.path.parent) or self._known_eos()
+        if eos_token is None:
+            named = _eos_from_config(self.path.parent)
+            self.eos_token = self._require(named, "eos token", " (named in tokenizer_config.json)") or self._known_eos()
+        else:
+            self.eos_token = self._require(eos_token, "eos token")
         self.eos_token_id = None if self.eos_token is None else self._tk.token_to_id(self.eos_token)
-        if eos_token is not None and self.eos_token_id is None:
-            raise TokenizerError(f"{self.path}: eos token {eos_token!r} is not in the vocabulary")
+        self.prefix_token = self._require(prefix_token, "prefix token")
+        self.prefix_token_id = None if prefix_token is None else self._tk.token_to_id(prefix_token)
+
+    def _require(self, token, what: str, source: str = "") -> str | None:
+        """A token someone named: a string in the vocabulary (None passes: nothing was named)."""
+        if token is None:
+            return None
+        if not isinstance(token, str) or self._tk.token_to_id(token) is None:
+            raise TokenizerError(f"{self.path}: {what} {token!r}{source} is not in the vocabulary")
+        return token
 
     def _known_eos(self) -> str | None:
         return next((t for t in EOS_CANDIDATES if self._tk.token_to_id(t) is not None), None)
@@ -43,16 +61,40 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tk.decode(list(ids), skip_special_tokens=False)
 
+    @property
+    def unk_token_id(self) -> int | None:
+        """The id every piece outside the vocabulary becomes (word-level models); None when there is none (BPE)."""
+        model = self._tk.model
+        token = getattr(model, "unk_token", None)
+        if token:
+            return self._tk.token_to_id(token)
+        return getattr(model, "unk_id", None)
+
+    def encode_counting_unknown(self, text: str) -> tuple[int, list[str]]:
+        """(number of tokens, the pieces of `text` that became the unknown token)."""
+        encoding = self._tk.encode(text, add_special_tokens=False)
+        unk = self.unk_token_id
+        if unk is None:
+            return len(encoding.ids), []
+        return len(encoding.ids), [text[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets) if i == unk]
+
     def token_to_id(self, token: str) -> int | None:
         return self._tk.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._tk.id_to_token(token_id)
 
 
 def _eos_from_config(directory: Path) -> str | None:
     """transformers directories name their eos token in tokenizer_config.json."""
-    cfg = directory / "tokenizer_config.json"
-    if not cfg.is_file():
+    path = directory / "tokenizer_config.json"
+    if not path.is_file():
         return None
-    eos = json.loads(cfg.read_text()).get("eos_token")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TokenizerError(f"{path}: not valid JSON ({exc})") from exc
+    eos = config.get("eos_token") if isinstance(config, dict) else None
     return eos.get("content") if isinstance(eos, dict) else eos
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,11 +156,17 @@ def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> Path:
     return path
 
 
-def yaml_task_and_bucket(options: Mapping[str, Any], prefix: str, buckets: Iterable[str]) -> tuple[str, str]:
-    """The ``<prefix>_task`` and ``<prefix>_bucket`` every task YAML sets through dataset_kwargs."""
+def yaml_task_and_bucket(options: Mapping[str, Any], prefix: str,
+                         buckets_of: Callable[[str], Sequence[str]]) -> tuple[str, str]:
+    """The ``<prefix>_task`` and ``<prefix>_bucket`` every task YAML sets through dataset_kwargs.
+
+    ``buckets_of(task)`` lists the task's buckets (and raises for an unknown task).
+    """
     task, bucket = options.get(f"{prefix}_task"), options.get(f"{prefix}_bucket")
-    if task is None or bucket not in buckets:
-        raise ValueError(f"the task YAML must set dataset_kwargs {prefix}_task and {prefix}_bucket "
-                         f"(one of {list(buckets)})")
+    if task is None:
+        raise ValueError(f"the task YAML must set dataset_kwargs {prefix}_task and {prefix}_bucket")
+    valid = list(buckets_of(task))
+    if bucket not in valid:
+        raise ValueError(f"the task YAML must set dataset_kwargs {prefix}_bucket to one of {valid}, got {bucket!r}")
     return task, bucket
 

@@ -1,9 +1,8 @@
-"""lm-eval hooks shared by the state-tracking and bAbI tasks: per-document metrics and their aggregations.
+"""The per-document metrics of the state-tracking and bAbI tasks.
 
-Each document carries its ``chance`` level and the ``data_hash`` of the whole generated split. Emitting
-the hash as a metric whose aggregation returns the string is what puts it into lm-eval's result table
-and results JSON with the stock CLI; groups aggregate only ``acc`` and ``scaled_acc``, so it never
-enters an average.
+Only scores are metrics. A document's ``chance`` and ``data_hash`` (and ``family``, ``task``, ``bucket``,
+``length``) stay fields of the document: lm-eval would print a constant reported as a metric as a table
+row with a meaningless ± column, while a model adapter reads the fields from each request's ``doc``.
 """
 
 from __future__ import annotations
@@ -17,22 +16,8 @@ def scaled_accuracy(acc: float, chance: float) -> float:
     return (acc - chance) / (1.0 - chance)
 
 
-def process_greedy_answer(doc: Mapping[str, Any], results: Sequence[tuple[float, bool]]) -> dict[str, Any]:
+def process_greedy_answer(doc: Mapping[str, Any], results: Sequence[tuple[float, bool]]) -> dict[str, float]:
     """Metrics of one ``loglikelihood`` document: acc is whether the answer is the model's greedy choice."""
     _, is_greedy = results[0]
     acc = float(is_greedy)
-    chance = float(doc["chance"])
-    return {
-        "acc": acc,
-        "scaled_acc": scaled_accuracy(acc, chance),
-        "chance": chance,
-        "data_hash": doc["data_hash"],
-    }
-
-
-def same_string(items: Sequence[str]) -> str:
-    """Aggregation of a per-document constant such as ``data_hash``: the value itself."""
-    distinct = sorted(set(items))
-    if len(distinct) != 1:
-        raise ValueError(f"expected one value shared by all documents, got {distinct[:3]}")
-    return distinct[0]
+    return {"acc": acc, "scaled_acc": scaled_accuracy(acc, float(doc["chance"]))}

@@ -1,7 +1,10 @@
 """Shared test set-up: offline hubs, deterministic CPU threads, the gpu mark skipping without CUDA."""
 
 import os
+import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))  # helper modules of the tests (e.g. lm_eval_adapters/by_hand.py)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -17,9 +17,18 @@ import torch
 
 from ..config import Budget, ModelConfig
 from ..models import ExplicitLM, ImplicitLM, build_model
-from ..tokenizer import Tokenizer, find_tokenizer
+from ..tokenizer import Tokenizer, TokenizerError, find_tokenizer
 from . import hf, mamba_ssm, native, reference
-from .common import CheckpointError, check_keys, content_hash, read_json, read_weights, weights_file
+from .common import (
+    CheckpointError,
+    check_state,
+    content_hash,
+    read_json,
+    read_shapes,
+    read_weights,
+    weight_files,
+    weights_file,
+)
 from .native import save
 
 FORMATS = (native, reference, mamba_ssm, hf)
@@ -57,22 +66,28 @@ def detect_format(directory: str | Path):
 
 
 def load_checkpoint(directory: str | Path, tokenizer: str | Path | None = None, dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu") -> LoadedCheckpoint:
+                    device: str | torch.device = "cpu", eos_token: str | None = None,
+                    prefix_token: str | None = None) -> LoadedCheckpoint:
     """Load any supported checkpoint directory. The tokenizer comes from `tokenizer` if given, else from the
-    directory's tokenizer.json if present (else None: callers that need one say so)."""
+    directory's tokenizer.json if present (else None: callers that need one say so). `eos_token` (overriding
+    the checkpoint's) and `prefix_token` name special tokens of that tokenizer (see Tokenizer)."""
     directory = Path(directory)
     fmt, config = detect_format(directory)
     wfile = weights_file(directory)
-    cfg, state, extras = fmt.to_native(config, read_weights(wfile), where=str(directory / "config.json"))
+    files = weight_files(wfile)
+    where = str(directory / "config.json")
+    # A dry run on shapes alone (headers, no tensor data) before the real model is built, so a config that
+    # disagrees with the weights, or implies a huge model, fails having allocated nothing.
+    cfg, shapes, _ = fmt.to_native(config, read_shapes(files), where)
+    check_state(cfg, _with_tied(shapes, cfg), str(wfile))
+    cfg, state, extras = fmt.to_native(config, read_weights(files), where)
     model = build_model(cfg)
-    state = _with_tied(state, cfg)
-    check_keys(model.state_dict(), state, where=str(wfile))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(_with_tied(state, cfg), strict=True)
     model = model.to(device=device, dtype=dtype).eval()
-    tok = _load_tokenizer(directory, tokenizer, extras)
-    files = [directory / "config.json", *_weight_files(wfile)] + ([tok.path] if tok else [])
+    tok = _load_tokenizer(directory, tokenizer, extras, eos_token, prefix_token)
+    hashed = [directory / "config.json", wfile, *files] + ([tok.path] if tok else [])
     logger.info("loaded %s checkpoint (%s model) from %s", fmt.NAME, cfg.kind, directory)
-    return LoadedCheckpoint(model, tok, fmt.NAME, directory, content_hash(directory, files), cfg)
+    return LoadedCheckpoint(model, tok, fmt.NAME, directory, content_hash(directory, hashed), cfg)
 
 
 def _with_tied(state: dict, cfg: ModelConfig) -> dict:
@@ -82,21 +97,20 @@ def _with_tied(state: dict, cfg: ModelConfig) -> dict:
     return state
 
 
-def _weight_files(wfile: Path) -> list[Path]:
-    if wfile.name.endswith(".index.json"):
-        shards = set(read_json(wfile).get("weight_map", {}).values())
-        return [wfile] + [wfile.parent / s for s in sorted(shards)]
-    return [wfile]
-
-
-def _load_tokenizer(directory: Path, explicit: str | Path | None, extras: dict) -> Tokenizer | None:
+def _load_tokenizer(directory: Path, explicit: str | Path | None, extras: dict, eos_token: str | None,
+                    prefix_token: str | None) -> Tokenizer | None:
     path = Path(explicit) if explicit is not None else find_tokenizer(directory)
     if path is None:
+        for name, token in (("eos_token", eos_token), ("prefix_token", prefix_token)):
+            if token is not None:
+                raise TokenizerError(f"{directory}: {name} {token!r} given but there is no tokenizer.json; pass "
+                                     "tokenizer=<path to a tokenizer.json>")
         return None
     if path.is_dir():
         path = path / "tokenizer.json"
-    tok = Tokenizer(path, eos_token=extras.get("eos_token"))
-    eos_id = extras.get("eos_token_id")
-    if tok.eos_token_id is None and eos_id is not None:
-        tok.eos_token_id = eos_id
+    eos_token = eos_token if eos_token is not None else extras.get("eos_token")
+    tok = Tokenizer(path, eos_token=eos_token, prefix_token=prefix_token)
+    eos_id = extras.get("eos_token_id")  # transformers configs give it by id: used only if this vocabulary has it
+    if tok.eos_token_id is None and eos_id is not None and tok.id_to_token(eos_id) is not None:
+        tok.eos_token, tok.eos_token_id = tok.id_to_token(eos_id), eos_id
     return tok

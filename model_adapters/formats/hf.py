@@ -5,9 +5,14 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..config import ConfigError, ModelConfig
-from .common import CheckpointError, rename, require
+from .common import CheckpointError, check_types, rename, require
 
 NAME = "transformers"
+# Mamba2Config's keys that are read here, with their JSON types.
+TYPES = {"hidden_size": int, "expand": int, "num_heads": int, "head_dim": int, "vocab_size": int,
+         "num_hidden_layers": int, "state_size": int, "conv_kernel": int, "n_groups": int, "chunk_size": int,
+         "use_conv_bias": bool, "use_bias": bool, "rms_norm": bool, "tie_word_embeddings": bool,
+         "layer_norm_epsilon": float, "time_step_limit": list}
 
 
 def matches(config: dict) -> bool:
@@ -15,11 +20,12 @@ def matches(config: dict) -> bool:
 
 
 def to_native(config: dict, state: dict[str, Tensor], where: str) -> tuple[ModelConfig, dict[str, Tensor], dict]:
+    check_types(config, TYPES, where)
     hidden, expand = config.get("hidden_size", 4096), config.get("expand", 2)
     heads, head_dim = config.get("num_heads", 128), config.get("head_dim", 64)
     require(hidden * expand == heads * head_dim, where,
             f"hidden_size*expand ({hidden * expand}) must equal num_heads*head_dim ({heads * head_dim})")
-    limit = [_number(v) for v in config.get("time_step_limit", [0.0, float("inf")])]
+    limit = [_number(v, where) for v in config.get("time_step_limit", [0.0, float("inf")])]
     require(limit == [0.0, float("inf")], where, f"time_step_limit={limit} is not supported (only [0.0, inf])")
     require(config.get("rms_norm", True), where, "rms_norm=false is not supported")
     eps = config.get("layer_norm_epsilon", 1e-5)
@@ -30,7 +36,7 @@ def to_native(config: dict, state: dict[str, Tensor], where: str) -> tuple[Model
                           headdim=head_dim, ngroups=config.get("n_groups", 8),
                           chunk_size=config.get("chunk_size", 256), conv_bias=config.get("use_conv_bias", True),
                           bias=config.get("use_bias", False), norm_eps=eps, mixer_norm_eps=eps,
-                          tie_embeddings=bool(config.get("tie_word_embeddings", False)))
+                          tie_embeddings=config.get("tie_word_embeddings", False))
     except ConfigError as exc:
         raise CheckpointError(f"{where}: {exc}") from exc
     state = rename(state, [("backbone.embeddings.", "embedding."), ("backbone.", "")])
@@ -40,8 +46,11 @@ def to_native(config: dict, state: dict[str, Tensor], where: str) -> tuple[Model
     return cfg, state, {"eos_token_id": eos_id if isinstance(eos_id, int) else None}
 
 
-def _number(value) -> float:
+def _number(value, where: str) -> float:
     """transformers >= 5 writes non-finite floats as {"__float__": "Infinity"}."""
-    if isinstance(value, dict) and "__float__" in value:
-        return float(value["__float__"])
-    return float(value)
+    if isinstance(value, dict) and isinstance(value.get("__float__"), str):
+        value = value["__float__"]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{where}: time_step_limit must hold two numbers, got an entry {value!r}") from None

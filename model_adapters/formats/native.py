@@ -35,14 +35,31 @@ def matches(config: dict) -> bool:
 
 
 def to_native(config: dict, state: dict[str, Tensor], where: str) -> tuple[ModelConfig, dict[str, Tensor], dict]:
+    section = f"{where} 'model'"
     try:
         reject_unknown_keys(where, config, TOP_LEVEL_KEYS)
-        if config.get("format_version") != 1:
-            raise ConfigError(f"format_version must be 1, got {config.get('format_version')!r}")
-        cfg = ModelConfig.from_dict(config.get("model", {}), where=f"{where} 'model'")
+        version = config.get("format_version")
+        if type(version) is not int or version != 1:
+            raise ConfigError(f"{where}: format_version must be 1, got {version!r}")
+        cfg = ModelConfig.from_dict(_model_section(config, section), where=section)
     except ConfigError as exc:
-        raise CheckpointError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from exc
-    return cfg, state, {"eos_token": config.get("eos_token")}
+        raise CheckpointError(str(exc) if str(exc).startswith(where) else f"{section}: {exc}") from exc
+    eos = config.get("eos_token")
+    if eos is not None and not isinstance(eos, str):
+        raise CheckpointError(f"{where}: eos_token must be a string (a token of tokenizer.json), got {eos!r}")
+    return cfg, state, {"eos_token": eos}
+
+
+def _model_section(config: dict, section: str) -> dict:
+    model = config.get("model", {})
+    if not isinstance(model, dict):
+        raise ConfigError(f"{section} must be a JSON object of model settings, got {model!r}")
+    # from_dict turns A_init_range into a tuple before validating it: anything but a list would fail there as a
+    # TypeError (or, for a string, split into characters), so its shape is checked here.
+    if not isinstance(model.get("A_init_range", []), list):
+        raise ConfigError(f"{section}: A_init_range must be a pair [low, high] of finite numbers with "
+                          f"0 < low <= high, got {model['A_init_range']!r}")
+    return model
 
 
 def save(model, directory: str | Path, tokenizer_path: str | Path | None = None, eos_token: str | None = None,

@@ -17,7 +17,7 @@ import logging
 from torch import Tensor
 
 from ..config import ConfigError, ModelConfig
-from .common import CheckpointError, fold_weight_norm, mixer_fields, rename, require
+from .common import CheckpointError, check_types, fold_weight_norm, mixer_fields, rename, require
 
 NAME = "reference"
 logger = logging.getLogger(__name__)
@@ -32,6 +32,17 @@ BLOCK_IGNORED = ("conv_init", "dt_min", "dt_max", "dt_init_floor", "A_init_range
 # block_cfg keys accepted only at their default value, with the default.
 BLOCK_FIXED = {"norm_before_gate": False, "dt_limit": [0.0, float("inf")], "allow_negative_A_EV": False,
                "d_ssm": None}
+# The keys read here, with their JSON types (block_cfg's are typed by mixer_fields), per section.
+TYPES = {"": {"backbone_config": dict, "deq_params": dict, "n_tokens": int, "vocab_size": int, "pad_vocab": bool,
+              "pad_vocab_size_multiple": int, "tie_embeddings": bool, "head_bias": bool},
+         "backbone_config.": {"n_layer": int, "d_model": int, "d_inner": int, "pre_norm": bool, "rms_norm": bool,
+                              "norm_epsilon": float, "residual_in_fp32": bool, "do_weight_norm": bool,
+                              "block_cfg": dict},
+         "deq_params.": {"solver": dict, "training": dict, "norm": dict},
+         "deq_params.solver.": {"f_max_iter": int, "eval_f_max_iter": int, "eval_factor": float, "f_tol": float},
+         "deq_params.training.": {"tau": float},
+         "deq_params.norm.": {"norm_no_scale": bool, "norm_clip": bool, "norm_clip_value": float,
+                              "norm_target_norm": float}}
 
 
 def matches(config: dict) -> bool:
@@ -39,6 +50,7 @@ def matches(config: dict) -> bool:
 
 
 def to_native(config: dict, state: dict[str, Tensor], where: str) -> tuple[ModelConfig, dict[str, Tensor], dict]:
+    _check_types(config, where)
     kind = config.get("backbone_type")
     require(kind in ("implicit", "explicit"), where, f"backbone_type must be 'implicit' or 'explicit', got {kind!r}")
     backbone = config.get("backbone_config") or {}
@@ -48,8 +60,7 @@ def to_native(config: dict, state: dict[str, Tensor], where: str) -> tuple[Model
     n_tokens = config.get("n_tokens", config.get("vocab_size"))
     fields.update(kind=kind, vocab_size=n_tokens, d_model=backbone.get("d_model"), n_layer=backbone.get("n_layer"),
                   pad_vocab_size_multiple=config.get("pad_vocab_size_multiple", 1) if config.get("pad_vocab") else 1,
-                  tie_embeddings=bool(config.get("tie_embeddings", True)),
-                  norm_eps=backbone.get("norm_epsilon", 1e-5))
+                  tie_embeddings=config.get("tie_embeddings", True), norm_eps=backbone.get("norm_epsilon", 1e-5))
     if kind == "implicit":
         fields["budget"] = eval_budget(config.get("deq_params") or {}, where)
         state = _fold(state, config.get("deq_params") or {}, backbone, where)
@@ -60,16 +71,24 @@ def to_native(config: dict, state: dict[str, Tensor], where: str) -> tuple[Model
     return cfg, _rename(state, cfg), {}
 
 
+def _check_types(config: dict, where: str) -> None:
+    """Section by section, outermost first, so each inner section is known to be an object (or absent)."""
+    for label, types in TYPES.items():
+        section = config
+        for name in label.split(".")[:-1]:
+            section = section.get(name) or {}
+        check_types(section, types, where, label)
+
+
 def eval_budget(deq: dict, where: str) -> dict:
     solver = deq.get("solver") or {}
     training = deq.get("training") or {}
-    try:
-        eval_max = int(solver.get("eval_f_max_iter", 0))
-        max_iter = eval_max if eval_max > 0 else int(solver["f_max_iter"] * solver.get("eval_factor", 1.0))
-        return {"max_iter": max_iter, "tol": float(solver.get("f_tol", 0.0)), "tau": float(training.get("tau", 1.0)),
-                "solver": "fixed_point", "mode": "simultaneous"}
-    except KeyError as exc:
-        raise CheckpointError(f"{where}: deq_params.solver lacks {exc} (needed for the evaluation budget)") from exc
+    eval_max = solver.get("eval_f_max_iter", 0)
+    if eval_max <= 0 and "f_max_iter" not in solver:
+        raise CheckpointError(f"{where}: deq_params.solver lacks 'f_max_iter' (needed for the evaluation budget)")
+    max_iter = eval_max if eval_max > 0 else int(solver["f_max_iter"] * solver.get("eval_factor", 1.0))
+    return {"max_iter": max_iter, "tol": float(solver.get("f_tol", 0.0)), "tau": float(training.get("tau", 1.0)),
+            "solver": "fixed_point", "mode": "simultaneous"}
 
 
 def _check_supported(config: dict, backbone: dict, where: str) -> None:
@@ -83,7 +102,7 @@ def _check_supported(config: dict, backbone: dict, where: str) -> None:
     require(backbone.get("d_inner", 0) == 0, where, "backbone_config.d_inner > 0 (an MLP per block) is not supported")
     require(backbone.get("pre_norm", True), where, "backbone_config.pre_norm=false is not supported")
     require(backbone.get("rms_norm", True), where, "backbone_config.rms_norm=false (LayerNorm) is not supported")
-    require(config.get("d_embed", backbone.get("d_model")) == backbone.get("d_model"), where,
+    require(config.get("d_embed") in (None, backbone.get("d_model")), where,  # null means d_model
             "d_embed != d_model (an embedding projection) is not supported")
     require(not config.get("head_bias", False), where, "head_bias=true is not supported")
     require(backbone.get("init_z_mode") in (None, "zeros"), where,
@@ -97,9 +116,9 @@ def _fold(state: dict[str, Tensor], deq: dict, backbone: dict, where: str) -> di
     require(norm.get("norm_type", "weight_norm") == "weight_norm", where,
             f"deq_params.norm.norm_type {norm.get('norm_type')!r} is not supported (weight_norm or none)")
     # torchdeq reads the clip value from 'norm_clip_value', so the configs' 'norm_clip_val' has no effect.
-    clip = float(norm.get("norm_clip_value", 1.0)) if norm.get("norm_clip", False) else None
+    clip = norm.get("norm_clip_value", 1.0) if norm.get("norm_clip", False) else None
     return fold_weight_norm(state, learn_scale=not norm.get("norm_no_scale", False),
-                            target_norm=float(norm.get("norm_target_norm", 1.0)), clip=clip, where=where)
+                            target_norm=norm.get("norm_target_norm", 1.0), clip=clip, where=where)
 
 
 def _rename(state: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:

@@ -6,7 +6,7 @@ Public API:
   bucket_lengths(task, train_max_len=None) -> {bucket: (min_len, max_len)}
   make_docs(task, bucket, *, seed, num_docs, lengths) -> evaluation documents
   training_examples(task, *, seed, min_len=None, max_len=None) -> Iterator[dict]
-  training_batches(task, *, batch_size, seed, min_len=None, max_len=None) -> Iterator[dict]
+  training_batches(task, *, batch_size, seed, min_len=None, max_len=None, start=0) -> Iterator[dict]
   tokenizer_for(task) -> tokenizers.Tokenizer (one vocabulary for all tasks);  write_tokenizer(task, path)
 """
 

@@ -31,6 +31,7 @@ from implicit_ssm_eval.tasks.common import (
 if TYPE_CHECKING:
     import torch
 
+FAMILY_NAME = "babi"
 BUCKETS = ("id", "ood2x", "ood4x")
 HASHED_FIELDS = ("input", "target", "length")
 
@@ -69,7 +70,7 @@ def make_docs(
     """Evaluation documents of one bucket; document i depends only on (task, bucket, seed, i, lengths).
 
     Each document: ``input`` (story and question), ``target`` (one-token answer), ``length``,
-    ``question_kind``, ``bucket``, ``task``, ``index``, ``chance`` and ``data_hash``.
+    ``question_kind``, ``family``, ``task``, ``bucket``, ``index``, ``chance`` and ``data_hash``.
     """
     if bucket not in BUCKETS:
         raise ValueError(f"unknown bucket {bucket!r}; valid buckets are {list(BUCKETS)}")
@@ -89,6 +90,7 @@ def make_docs(
 def _doc(task: BabiTask, bucket: str, index: int, length: int, rng: random.Random) -> dict[str, Any]:
     generated = generate(task, length, rng, split="eval")
     return {
+        "family": FAMILY_NAME,
         "task": task.name,
         "bucket": bucket,
         "index": index,
@@ -118,15 +120,18 @@ def write_tokenizer(task_name: str, path: str | Path) -> Path:
 
 
 def training_examples(
-    task_name: str, *, seed: int, min_len: int | None = None, max_len: int | None = None
+    task_name: str, *, seed: int, min_len: int | None = None, max_len: int | None = None, start: int = 0
 ) -> Iterator[dict[str, str]]:
-    """Endless training documents {"input", "target", "question_kind"}; lengths default to the id bucket."""
+    """Endless training documents {"input", "target", "question_kind"}; lengths default to the id bucket.
+
+    Example j depends only on (task, seed, j, lengths); the iterator begins at example ``start``.
+    """
     task = get_task(task_name)
     id_lo, id_hi = bucket_lengths(task_name)["id"]
     lo = as_int("min_len", id_lo if min_len is None else min_len, minimum=1)
     hi = as_int("max_len", id_hi if max_len is None else max_len, minimum=lo)
     check_lengths(task_name, lo, hi)
-    example = 0
+    example = as_int("start", start, minimum=0)
     while True:
         rng = random.Random(derive_seed("babi/train", task.name, seed, example))
         yield generate(task, rng.randint(lo, hi), rng, split="train")
@@ -140,15 +145,18 @@ def training_batches(
     seed: int,
     min_len: int | None = None,
     max_len: int | None = None,
+    start: int = 0,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless batches {"input_ids": (B, L), "labels": (B, L)} of story-and-question token ids.
 
     labels[b, t] is the answer's token id where token t is a "?" (the model answers right after the
     question mark; in ``cat`` that includes the inline answers), -100 elsewhere and on padding.
+    Batch j holds examples j*B ... (j+1)*B - 1; ``start`` skips to batch ``start`` at no cost.
     """
     batch_size = as_int("batch_size", batch_size, minimum=1)
+    start = as_int("start", start, minimum=0)
     vocab = tokenizer_for(task_name).get_vocab()
-    examples = training_examples(task_name, seed=seed, min_len=min_len, max_len=max_len)
+    examples = training_examples(task_name, seed=seed, min_len=min_len, max_len=max_len, start=start * batch_size)
     while True:
         yield _collate([next(examples) for _ in range(batch_size)], vocab)
 

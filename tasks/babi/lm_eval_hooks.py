@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from implicit_ssm_eval.tasks.babi.data import BUCKETS, bucket_lengths, make_docs
+from implicit_ssm_eval.tasks.babi.data import BUCKETS, bucket_lengths, get_task, make_docs
 from implicit_ssm_eval.tasks.common import as_int, parse_length_overrides, split_options, yaml_task_and_bucket
-from implicit_ssm_eval.tasks.scoring import process_greedy_answer, same_string
+from implicit_ssm_eval.tasks.scoring import process_greedy_answer
 
 if TYPE_CHECKING:
     import datasets
@@ -29,10 +29,9 @@ USER_OPTIONS = ("babi_seed", "babi_num_docs", "babi_train_max_len", "babi_length
 YAML_OPTIONS = ("babi_task", "babi_bucket")
 DEFAULT_NUM_DOCS = 100
 
-__all__ = ["make_dataset", "process_results", "aggregate_hash"]
+__all__ = ["make_dataset", "process_results"]
 
 process_results = process_greedy_answer
-aggregate_hash = same_string
 
 
 def make_dataset(**metadata: Any) -> datasets.DatasetDict:
@@ -40,7 +39,7 @@ def make_dataset(**metadata: Any) -> datasets.DatasetDict:
     import datasets
 
     options = split_options(metadata, "babi_", (*USER_OPTIONS, *YAML_OPTIONS), "bAbI")
-    task, bucket = yaml_task_and_bucket(options, "babi", BUCKETS)
+    task, bucket = yaml_task_and_bucket(options, "babi", _buckets_of)
     train_max_len = options.get("babi_train_max_len")
     if train_max_len is not None:
         train_max_len = as_int("babi_train_max_len", train_max_len, minimum=1)
@@ -55,3 +54,8 @@ def make_dataset(**metadata: Any) -> datasets.DatasetDict:
     )
     logger.info("babi_gen_%s_%s: %d documents, data hash %s", task, bucket, len(docs), docs[0]["data_hash"])
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
+
+
+def _buckets_of(task: str) -> tuple[str, ...]:
+    get_task(task)  # a clear error for an unknown task
+    return BUCKETS

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 from implicit_ssm_eval.tasks.babi.data import BUCKETS, HASHED_FIELDS, make_docs
+from implicit_ssm_eval.tasks.babi.family import FAMILY
 from implicit_ssm_eval.tasks.babi.stories import TASKS
-from implicit_ssm_eval.tasks.configs import family_fingerprints, family_yaml_files, make_yamls_main
+from implicit_ssm_eval.tasks.yaml_writer import family_fingerprints, family_yaml_files, make_yamls_main
 
 MODULE = "implicit_ssm_eval.tasks.babi.make_yamls"
 HERE = Path(__file__).parent
@@ -25,22 +26,17 @@ GROUP_VERSION = 1
 FINGERPRINT_DOCS = 8
 
 
-def task_name(task: str, bucket: str | None = None) -> str:
-    """lm-eval name of a task's group (``babi_gen_qa1``) or of one bucket (``babi_gen_qa1_ood2x``)."""
-    return f"babi_gen_{task}" if bucket is None else f"babi_gen_{task}_{bucket}"
-
-
 def _versions() -> dict[str, int]:
     return {task: spec.version for task, spec in TASKS.items()}
 
 
 def yaml_files() -> dict[str, str]:
-    return family_yaml_files(MODULE, "implicit_ssm_eval.tasks.babi.lm_eval_hooks", TEMPLATE, _versions(), BUCKETS,
-                             task_name, "babi", "babi_gen", GROUP_VERSION)
+    return family_yaml_files(MODULE, "implicit_ssm_eval.tasks.babi.lm_eval_hooks", TEMPLATE, FAMILY, _versions(),
+                             GROUP_VERSION)
 
 
 def fingerprints() -> dict[str, dict[str, object]]:
-    return family_fingerprints(_versions(), BUCKETS, make_docs, HASHED_FIELDS, FINGERPRINT_DOCS)
+    return family_fingerprints(_versions(), lambda task: BUCKETS, make_docs, HASHED_FIELDS, FINGERPRINT_DOCS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
     python -m implicit_ssm_eval.tasks.state_tracking.make_yamls          # rewrite
     python -m implicit_ssm_eval.tasks.state_tracking.make_yamls --check  # exit 1 if anything on disk is stale
 
-Tasks ``st_<task>_<bucket>``, groups ``st_<task>`` (its buckets) and ``state_tracking`` (all tasks).
+Tasks ``st_<task>_<bucket>`` (length and shifted buckets), groups ``st_<task>`` (its buckets) and
+``state_tracking`` (all tasks); names from the registry entry in ``family.py``.
 """
 
 from __future__ import annotations
@@ -11,22 +12,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from implicit_ssm_eval.tasks.configs import family_fingerprints, family_yaml_files, make_yamls_main
-from implicit_ssm_eval.tasks.state_tracking.data import BUCKETS, HASHED_FIELDS, make_docs
+from implicit_ssm_eval.tasks.state_tracking.data import HASHED_FIELDS, buckets_of, make_docs
+from implicit_ssm_eval.tasks.state_tracking.family import FAMILY
 from implicit_ssm_eval.tasks.state_tracking.specs import TASK_NAMES, get_spec
+from implicit_ssm_eval.tasks.yaml_writer import family_fingerprints, family_yaml_files, make_yamls_main
 
 MODULE = "implicit_ssm_eval.tasks.state_tracking.make_yamls"
 HERE = Path(__file__).parent
 YAML_DIR = HERE / "yaml"
 FINGERPRINTS = HERE / "fingerprints.json"
 TEMPLATE = "_st_template.yaml"
-GROUP_VERSION = 1
+GROUP_VERSION = 2  # 2: the task groups gained the shifted buckets
 FINGERPRINT_DOCS = 8  # documents per bucket in the version fingerprint: enough to see any change
-
-
-def task_name(task: str, bucket: str | None = None) -> str:
-    """lm-eval name of a task's group (``st_s5``) or of one of its buckets (``st_s5_ood2x``)."""
-    return f"st_{task}" if bucket is None else f"st_{task}_{bucket}"
 
 
 def _versions() -> dict[str, int]:
@@ -34,12 +31,12 @@ def _versions() -> dict[str, int]:
 
 
 def yaml_files() -> dict[str, str]:
-    return family_yaml_files(MODULE, "implicit_ssm_eval.tasks.state_tracking.lm_eval_hooks", TEMPLATE, _versions(),
-                             BUCKETS, task_name, "st", "state_tracking", GROUP_VERSION)
+    return family_yaml_files(MODULE, "implicit_ssm_eval.tasks.state_tracking.lm_eval_hooks", TEMPLATE, FAMILY,
+                             _versions(), GROUP_VERSION)
 
 
 def fingerprints() -> dict[str, dict[str, object]]:
-    return family_fingerprints(_versions(), BUCKETS, make_docs, HASHED_FIELDS, FINGERPRINT_DOCS)
+    return family_fingerprints(_versions(), buckets_of, make_docs, HASHED_FIELDS, FINGERPRINT_DOCS)
 
 
 def main(argv: list[str] | None = None) -> int:

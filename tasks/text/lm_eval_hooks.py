@@ -15,21 +15,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from implicit_ssm_eval.tasks.common import data_hash, split_options
-from implicit_ssm_eval.tasks.scoring import same_string
 
 if TYPE_CHECKING:
     import datasets
 
 logger = logging.getLogger(__name__)
 
+FAMILY_NAME, TASK = "text", "local_text"  # the registry's names: family "text", task ppl_local_text
 OPTIONS = ("ppl_text_path", "ppl_split")
 SPLITTERS = {
     "file": lambda text: [text],
     "paragraphs": lambda text: re.split(r"\n\s*\n", text),
     "lines": lambda text: text.splitlines(),
 }
-
-aggregate_hash = same_string
 
 
 def make_dataset(**metadata: Any) -> datasets.DatasetDict:
@@ -42,8 +40,12 @@ def make_dataset(**metadata: Any) -> datasets.DatasetDict:
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
-def read_docs(path: Any, split: str = "file") -> list[dict[str, str]]:
-    """Documents {"text", "data_hash"} of a text file cut by ``split``."""
+def read_docs(path: Any, split: str = "file") -> list[dict[str, Any]]:
+    """Documents of a text file cut by ``split``.
+
+    Each: ``text``, ``family`` ("text"), ``task`` ("local_text"), ``bucket`` (None: no buckets), ``length``
+    (UTF-8 bytes, the unit of bits_per_byte), ``chance`` (None: no accuracy) and ``data_hash`` (of the texts).
+    """
     if path is None:
         raise ValueError('ppl_local_text needs a file: pass --metadata \'{"ppl_text_path": "/path/to/file.txt"}\'')
     if split not in SPLITTERS:
@@ -54,16 +56,16 @@ def read_docs(path: Any, split: str = "file") -> list[dict[str, str]]:
     texts = [t for t in SPLITTERS[split](file.read_text(encoding="utf-8")) if t.strip()]
     if not texts:
         raise ValueError(f"ppl_text_path {str(path)!r} holds no text")
-    docs = [{"text": t} for t in texts]
-    fingerprint = data_hash(docs, ("text",))
-    return [{**doc, "data_hash": fingerprint} for doc in docs]
+    fingerprint = data_hash([{"text": t} for t in texts], ("text",))
+    return [{"text": t, "family": FAMILY_NAME, "task": TASK, "bucket": None, "length": len(t.encode("utf-8")),
+             "chance": None, "data_hash": fingerprint} for t in texts]  # fmt: skip
 
 
-def doc_to_target(doc: dict[str, str]) -> str:
+def doc_to_target(doc: dict[str, Any]) -> str:
     return doc["text"]
 
 
-def process_results(doc: dict[str, str], results: tuple[float]) -> dict[str, Any]:
+def process_results(doc: dict[str, Any], results: tuple[float]) -> dict[str, tuple[float, int]]:
     """Per-document sums lm-eval's weighted aggregations turn into perplexities and bits per byte."""
     (loglikelihood,) = results
     text = doc["text"]
@@ -73,5 +75,4 @@ def process_results(doc: dict[str, str], results: tuple[float]) -> dict[str, Any
         "word_perplexity": (loglikelihood, words),
         "byte_perplexity": (loglikelihood, n_bytes),
         "bits_per_byte": (loglikelihood, n_bytes),
-        "data_hash": doc["data_hash"],
     }

@@ -1,18 +1,21 @@
 """The training recipe: it learns, it resumes exactly, and its phantom gradient is the right gradient."""
 
 import csv
+import json
+import re
 
 import pytest
 import torch
 
-from implicit_ssm_eval.harness.train import TrainConfig, Trainer, phantom_steps, run
-from implicit_ssm_eval.model_adapters.config import Budget
+from implicit_ssm_eval.harness.train import TrainConfig, Trainer, finish, phantom_steps, run
+from implicit_ssm_eval.model_adapters.config import Budget, ConfigError
 from implicit_ssm_eval.model_adapters.fixed_point import solve
 from implicit_ssm_eval.model_adapters.formats import load_checkpoint
 from implicit_ssm_eval.model_adapters.testing import rel_err, tiny_model
 
-TINY = dict(task="parity", min_len=1, max_len=6, batch_size=32, d_model=32, d_state=8, headdim=8, lr=5e-3,
-            warmup_steps=10, train_max_iter=8, grad_steps=3, save_every=1000, log_every=5, eval_max_iter=16)
+TINY = dict(task="parity", min_len=1, max_len=6, batch_size=32, arch=dict(d_model=32, d_state=8, headdim=8), lr=5e-3,
+            warmup_steps=10, train_budget=Budget(max_iter=8, tau=0.8), grad_steps=3, save_every=1000, log_every=5,
+            eval_budget=Budget(max_iter=16, tol=0.05, tau=0.8))
 
 
 def log_rows(out):
@@ -40,8 +43,10 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
     cfg = TrainConfig(kind="implicit", steps=12, unroll_steps=4, **TINY)
     straight = run(cfg, tmp_path / "a", progress=False)
     assert run(cfg, tmp_path / "b", progress=False, stop_after=7) is None
-    with pytest.raises(Exception, match="pass --resume"):
+    with pytest.raises(ConfigError, match="pass --resume"):
         run(cfg, tmp_path / "b", progress=False)
+    with pytest.raises(ConfigError, match="holds no saved training state"):
+        run(cfg, tmp_path / "c", resume=True, progress=False)
     resumed = run(cfg, tmp_path / "b", resume=True, progress=False)
     a, b = load_checkpoint(straight).model.state_dict(), load_checkpoint(resumed).model.state_dict()
     for name in a:
@@ -51,7 +56,7 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
 
 def test_resume_refuses_changed_settings(tmp_path):
     run(TrainConfig(kind="explicit", steps=6, **TINY), tmp_path, progress=False, stop_after=3)
-    with pytest.raises(Exception, match=r"\['lr'\] differ from the saved run"):
+    with pytest.raises(ConfigError, match=r"\['lr'\] differ from the saved run"):
         run(TrainConfig(kind="explicit", steps=6, **{**TINY, "lr": 1e-3}), tmp_path, resume=True, progress=False)
 
 
@@ -60,8 +65,8 @@ def ift_gradient(model, ids, loss_fn, tau):
     g = dL/dz* + J^T g by iteration with vector-Jacobian products, then contract with df/dtheta."""
     u = model.inject(ids)
     with torch.no_grad():
-        z, _, _ = solve(lambda z, rows: model.f(z, u[rows])[0], torch.zeros(*ids.shape, 32, dtype=torch.float64),
-                        Budget(max_iter=400, tol=1e-13, tau=tau))
+        z = solve(lambda z, u_rows: model.f(z, u_rows), torch.zeros(*ids.shape, 32, dtype=torch.float64),
+                  Budget(max_iter=400, tol=1e-13, tau=tau), context=u).z
     z = z.requires_grad_()
     fz = model.f(z, u)[0]
     v = torch.autograd.grad(loss_fn(fz), fz, retain_graph=True)[0]
@@ -75,8 +80,8 @@ def ift_gradient(model, ids, loss_fn, tau):
 def phantom_gradient(model, ids, loss_fn, steps, tau):
     u = model.inject(ids)
     with torch.no_grad():
-        z, _, _ = solve(lambda z, rows: model.f(z, u[rows])[0], torch.zeros(*ids.shape, 32, dtype=torch.float64),
-                        Budget(max_iter=400, tol=1e-13, tau=tau))
+        z = solve(lambda z, u_rows: model.f(z, u_rows), torch.zeros(*ids.shape, 32, dtype=torch.float64),
+                  Budget(max_iter=400, tol=1e-13, tau=tau), context=u).z
     out = phantom_steps(model, z.detach(), u, None, steps, tau)
     return torch.autograd.grad(loss_fn(out), list(model.parameters()), allow_unused=True)
 
@@ -117,12 +122,50 @@ def test_phantom_gradient_matches_autograd_and_approaches_the_exact_gradient():
 
 
 def test_train_config_validation():
-    with pytest.raises(Exception, match="kind must be"):
+    with pytest.raises(ConfigError, match="kind must be"):
         TrainConfig(kind="hybrid")
-    with pytest.raises(Exception, match=r"max_len \(2\) must be >= min_len \(5\)"):
+    with pytest.raises(ConfigError, match=r"max_len \(2\) must be >= min_len \(5\)"):
         TrainConfig(min_len=5, max_len=2)
-    with pytest.raises(Exception, match=r"unknown key\(s\) \['stpes'\]"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['stpes'\]"):
         TrainConfig.from_dict({"stpes": 3})
+    with pytest.raises(ConfigError, match=r"arch: unknown key\(s\) \['d_modle'\]"):
+        TrainConfig(arch={"d_modle": 8})
+    with pytest.raises(ConfigError, match="headdim"):
+        TrainConfig(arch={"d_model": 30, "headdim": 16})
+    cfg = TrainConfig(**TINY)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_weight_decay_spares_decay_rates_steps_skips_norms_and_biases(tmp_path):
+    """AdamW decays projection, convolution and embedding weights only: decaying A_log would pull every decay rate
+    towards A = -1 (mamba_ssm marks A_log, D and dt_bias _no_weight_decay)."""
+    trainer = Trainer(TrainConfig(kind="implicit", **TINY), tmp_path)
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    decayed, kept = ({names[id(p)] for p in g["params"]} for g in trainer.optimizer.param_groups)
+    assert trainer.optimizer.param_groups[0]["weight_decay"] == 0.01 and trainer.optimizer.param_groups[1][
+        "weight_decay"] == 0.0
+    for name in ("layers.0.mixer.A_log", "layers.0.mixer.dt_bias", "layers.0.mixer.D", "layers.0.norm.weight",
+                 "layers.0.mixer.norm.weight", "norm_f.weight", "injection_norm.weight",
+                 "layers.0.mixer.in_proj.parametrizations.weight.original0", "layers.0.mixer.conv1d.bias",
+                 "injection.bias"):
+        assert name in kept, name
+    for name in ("embedding.weight", "layers.0.mixer.in_proj.parametrizations.weight.original1",
+                 "layers.0.mixer.out_proj.parametrizations.weight.original1",
+                 "layers.0.mixer.conv1d.parametrizations.weight.original1"):
+        assert name in decayed, name
+    assert decayed | kept == set(names.values())
+
+
+def test_the_trained_model_is_saved_with_weight_norm_folded_exactly(tmp_path):
+    cfg = TrainConfig(kind="implicit", steps=3, **TINY)
+    trainer = Trainer(cfg, tmp_path)
+    ids = torch.randint(3, 5, (2, 6))
+    with torch.no_grad():
+        expected = trainer.model(ids, Budget(max_iter=5)).hidden
+    ckpt = load_checkpoint(finish(trainer, tmp_path))
+    with torch.no_grad():
+        got = ckpt.model(ids, Budget(max_iter=5)).hidden
+    assert rel_err(got, expected) < 1e-6
 
 
 def test_trainer_uses_weight_norm_for_implicit_only(tmp_path):
@@ -144,8 +187,11 @@ def test_model_card_from_a_run_and_a_sweep(tmp_path):
                       "implicit-eval train --steps 6"]) == 0
     text = (target / "README.md").read_text()
     for needle in ("# parity-implicit", "parameters: ", "command: `implicit-eval train --steps 6`", "6 steps",
-                   "phantom-gradient", "| budget", "tol=0.05 (≤32), simultaneous", "(4 it)"):
+                   "phantom-gradient", "| budget", "tol=0.05 (≤32), simultaneous", "Robustness", "10% '1' (80)"):
         assert needle in text, needle
+    adaptive = json.loads((sweep / "parity-implicit/k32_tol0.05_tau0.8_sequential_fixed_point/results.json")
+                          .read_text())["results"]["st_parity_ood4x"]["acc,none"]
+    assert re.search(rf"\| tol=0.05 \(≤32\), sequential +\|.*\| {adaptive:.3f} \(\d+ it\)", text)
     assert (target / "training_curve.png").stat().st_size > 0
     assert (target / "accuracy_vs_budget.png").stat().st_size > 0
     assert load_checkpoint(target).format == "native"

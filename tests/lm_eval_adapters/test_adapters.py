@@ -2,9 +2,11 @@
 results metadata, generation, errors."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from lm_eval_adapters.by_hand import direct_logprobs, expected_ll_acc, expected_mc_acc, tiny_docs  # tests/ on sys.path
 
 from implicit_ssm_eval.model_adapters.config import Budget, ConfigError
 from implicit_ssm_eval.model_adapters.formats import load_checkpoint
@@ -18,24 +20,31 @@ def metric(results, task, name):
 
 
 @pytest.mark.parametrize("kind", ["implicit", "explicit"])
-def test_all_request_types_run_and_are_sane(checkpoints, evaluate, kind):
+def test_all_request_types_give_the_scores_of_direct_forwards(checkpoints, evaluate, kind):
     args = {"pretrained": str(checkpoints[kind])}
     if kind == "implicit":
         args.update(max_iter=6, tol=0.0)
     res = evaluate(f"{kind}_ssm", args, ALL_TASKS)
-    for task, name in [("tiny_ll", "acc"), ("tiny_mc", "acc"), ("tiny_gen", "exact_match")]:
-        assert 0.0 <= metric(res, task, name) <= 1.0
-    bpb = metric(res, "tiny_roll", "bits_per_byte")
-    assert math.isfinite(bpb) and bpb > 0
+    lm = (ImplicitSSMLM if kind == "implicit" else ExplicitSSMLM)(**args)
+    docs = tiny_docs()
+    assert metric(res, "tiny_ll", "acc") == pytest.approx(expected_ll_acc(lm, docs))
+    assert metric(res, "tiny_mc", "acc") == pytest.approx(expected_mc_acc(lm, docs))
+    assert 0 < expected_ll_acc(lm, docs) < 1 or 0 < expected_mc_acc(lm, docs) < 1  # the checks can tell apart
+    nats = sum(float(direct_logprobs(lm, "<eos> " + d["text"])[:-1].gather(
+        1, torch.tensor(lm.tok_encode(d["text"]))[:, None]).sum()) for d in docs)
+    chars = sum(len(d["text"].encode()) for d in docs)
+    assert metric(res, "tiny_roll", "bits_per_byte") == pytest.approx(-nats / chars / math.log(2), rel=1e-5)
     info = res["config"]["ssm_model"]
     assert info["kind"] == kind and info["format"] == "native" and len(info["content_hash"]) == 64
     assert info["backend"] == "torch" and info["dtype"] == "float32" and info["device"] == "cpu"
+    assert info["tasks"]["tiny_ll"]["documents"] == 20 and info["tasks"]["tiny_ll"]["unknown_tokens"] == 0
     if kind == "implicit":
-        assert info["budget"] == Budget(max_iter=6, tol=0.0, tau=0.8).to_dict()
+        assert info["budget"] == Budget(max_iter=6, tol=0.0, tau=0.8).to_dict() and info["unit"] == "sequence"
         scoring = info["convergence"]["scoring"]
         assert scoring["count"] > 0 and scoring["iterations_max"] == 6 and scoring["iterations_mean"] == 6.0
         assert scoring["fraction_hit_max_iter_unconverged"] == 1.0
         assert info["convergence"]["generation"]["count"] > 0
+        assert info["tasks"]["tiny_ll"]["convergence"]["count"] == 20  # one sequence per document
     else:
         assert "budget" not in info
 
@@ -107,35 +116,6 @@ def test_generation_equals_recomputing_the_full_forward(checkpoints):
             assert text == lm.tok_decode(ids[len(lm.tok_encode(prompt)):]), (kind, prompt)
 
 
-def test_generation_honours_stop_sequences_and_max_tokens(checkpoints):
-    lm = ExplicitSSMLM(pretrained=str(checkpoints["explicit"]))
-    free = lm._generate(["a b c a"], {"until": ["zzz"], "max_gen_toks": 7})[0]
-    assert len(free.split()) <= 7
-    if free.split():
-        stop = free.split()[0]
-        cut = lm._generate(["a b c a"], {"until": [stop], "max_gen_toks": 7})[0]
-        assert stop not in cut and free.startswith(cut)
-    with pytest.raises(ConfigError, match="only greedy decoding"):
-        lm._generate(["a"], {"do_sample": True})
-    with pytest.raises(ConfigError, match=r"generation_kwargs \['beams'\] are not supported"):
-        lm._generate(["a"], {"beams": 2})
-
-
-def test_truncation_is_counted_and_reported(checkpoints, evaluate):
-    res = evaluate("explicit_ssm", {"pretrained": str(checkpoints["explicit"]), "max_length": 8}, ["tiny_ll"])
-    info = res["config"]["ssm_model"]
-    assert info["max_length"] == 8 and info["truncated_requests"] > 0
-
-
-def test_non_finite_outputs_fail_naming_the_request(checkpoints):
-    lm = ExplicitSSMLM(pretrained=str(checkpoints["explicit"]))
-    with torch.no_grad():
-        lm.model.layers[0].mixer.out_proj.weight.fill_(float("nan"))
-    requests = [(("a b", " c"), lm.tok_encode("a b"), lm.tok_encode("c"))]
-    with pytest.raises(NonFiniteError, match=r"non-finite values \(NaN/inf\) for request"):
-        lm._loglikelihood_tokens(requests, names=None)
-
-
 def test_device_cuda_falls_back_to_cpu_with_a_notice(checkpoints, caplog):
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
@@ -162,6 +142,11 @@ def test_defaults_come_from_the_checkpoint(checkpoints):
     (ImplicitSSMLM, {"backend": "cuda"}, "backend must be one of"),
     (ImplicitSSMLM, {"backend": "triton"}, "backend=triton needs a CUDA device"),
     (ImplicitSSMLM, {"device": "gpu7"}, "device must be a torch device"),
+    (ImplicitSSMLM, {"mode": "blockwise"}, "mode=blockwise needs block_size"),
+    (ImplicitSSMLM, {"anytime": "1;x"}, "anytime must be integers"),
+    (ImplicitSSMLM, {"anytime": "9", "max_iter": 4, "tol": 0}, r"anytime budgets must be integers in \[1, max_iter="),
+    (ImplicitSSMLM, {"anytime": "2", "mode": "sequential"}, "anytime budgets need mode=simultaneous"),
+    (ImplicitSSMLM, {"unknown_tokens": "ignore"}, r"unknown_tokens must be one of \['refuse', 'flag'\]"),
 ])
 def test_bad_model_args(checkpoints, cls, args, match):
     if args.get("backend") == "triton" and torch.cuda.is_available():
@@ -193,3 +178,170 @@ def test_auto_batch_size_on_cpu_uses_max_batch_size(checkpoints, evaluate):
     res = evaluate("explicit_ssm", {"pretrained": str(checkpoints["explicit"])}, ["tiny_ll"], batch_size="auto",
                    max_batch_size=5)
     assert 0 <= metric(res, "tiny_ll", "acc") <= 1
+
+
+def test_left_truncation_keeps_exactly_the_last_max_length_tokens(checkpoints, evaluate):
+    """A request longer than max_length is cut from the left: the continuation is predicted from exactly the
+    max_length tokens before it."""
+    lm = ExplicitSSMLM(pretrained=str(checkpoints["explicit"]), max_length=5)
+    context, target = "a b c a b c a", "b"
+    ctx, cont = lm.tok_encode(context), lm.tok_encode(target)
+    (logprob, greedy), = lm._loglikelihood_tokens([((context, " b"), ctx, cont)])
+    window = (ctx + cont)[-6:-1]  # the 5 tokens before the target
+    expected = direct_logprobs(lm, lm.tok_decode(window))[-1, cont[0]]
+    assert logprob == pytest.approx(float(expected), abs=1e-6)
+    assert logprob != pytest.approx(float(direct_logprobs(lm, lm.tok_decode(window[1:]))[-1, cont[0]]), abs=1e-6)
+    assert lm.truncated == 0 and lm._local_truncated == 1
+    res = evaluate("explicit_ssm", {"pretrained": str(checkpoints["explicit"]), "max_length": 8}, ["tiny_ll"])
+    long_docs = sum(len(lm.tok_encode(d["text"])) + 1 > 9 for d in tiny_docs())
+    assert res["config"]["ssm_model"]["truncated_requests"] == long_docs > 0
+
+
+def overflowing_checkpoint(tmp_path, checkpoints) -> Path:
+    """An untied head scaled so that finite hidden states give infinite logits."""
+    from implicit_ssm_eval.model_adapters.formats import save
+    from implicit_ssm_eval.model_adapters.testing import tiny_model
+
+    model = tiny_model("explicit", vocab_size=6, pad_vocab_size_multiple=8, tie_embeddings=False)
+    with torch.no_grad():
+        model.lm_head.weight.fill_(3e38)  # each weight finite, the products overflow
+    return save(model, tmp_path / "overflow", tokenizer_path=checkpoints["explicit"] / "tokenizer.json")
+
+
+def test_non_finite_logits_never_become_scores(checkpoints, tmp_path):
+    lm = ExplicitSSMLM(pretrained=str(overflowing_checkpoint(tmp_path, checkpoints)))
+    with torch.no_grad():
+        assert torch.isfinite(lm.model(torch.tensor([[3, 4]])).hidden).all()  # the hidden states are finite
+    requests = [(("a b", " c"), lm.tok_encode("a b"), lm.tok_encode("c"))]
+    with pytest.raises(NonFiniteError, match=r"non-finite logits \(NaN/inf\)"):
+        lm._loglikelihood_tokens(requests)
+    with pytest.raises(NonFiniteError, match="while generating"):
+        lm._generate(["a b"], {"until": ["never"], "max_gen_toks": 3})
+
+
+def test_non_finite_anytime_budgets_are_refused_too(checkpoints):
+    lm = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=4, tol=0, anytime="1;2")
+    original = lm.model.f
+
+    def blows_up_early(z, u, state=None, valid=None):  # the first evaluation is NaN, later ones are finite
+        out, new_state = original(z, u, state, valid)
+        return (out * float("nan") if not z.abs().sum() else out), new_state
+
+    lm.model.f = blows_up_early
+    with pytest.raises(NonFiniteError, match="at max_iter=1"):
+        lm._loglikelihood_tokens([(("a b", " c"), lm.tok_encode("a b"), lm.tok_encode("c"))])
+
+
+def successor_checkpoint(tmp_path, checkpoints) -> Path:
+    """An explicit model that always predicts the successor of its input token: a -> b -> c -> a (blocks silenced,
+    an untied head that maps each embedding to its successor's row)."""
+    from implicit_ssm_eval.model_adapters.formats import save
+    from implicit_ssm_eval.model_adapters.testing import tiny_model
+
+    model = tiny_model("explicit", vocab_size=6, pad_vocab_size_multiple=8, tie_embeddings=False)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.mixer.out_proj.weight.zero_()
+        emb = model.embedding.weight
+        model.lm_head.weight.zero_()
+        for token, successor in ((3, 4), (4, 5), (5, 3)):
+            model.lm_head.weight[successor] = 10 * emb[token] / emb[token].norm()
+    return save(model, tmp_path / "successor", tokenizer_path=checkpoints["explicit"] / "tokenizer.json")
+
+
+def test_generation_honours_stop_sequences_and_max_tokens(checkpoints, tmp_path):
+    lm = ExplicitSSMLM(pretrained=str(successor_checkpoint(tmp_path, checkpoints)))
+    assert lm._generate(["c a"], {"until": ["zzz"], "max_gen_toks": 7}) == ["b c a b c a b"]
+    assert lm._generate(["c a"], {"until": ["a"], "max_gen_toks": 7}) == ["b c "]  # cut before the stop
+    assert lm._generate(["b", "c a"], {"until": ["zzz"], "max_gen_toks": 2}) == ["c a", "b c"]
+    with pytest.raises(ConfigError, match="only greedy decoding"):
+        lm._generate(["a"], {"do_sample": True})
+    with pytest.raises(ConfigError, match=r"generation_kwargs \['beams'\] are not supported"):
+        lm._generate(["a"], {"beams": 2})
+
+
+def test_anytime_answers_equal_separate_runs_request_by_request(checkpoints):
+    """Every anytime budget's answers are the answers of a run at that budget, not the largest budget's."""
+    docs = tiny_docs()
+    run = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=6, tol=0, anytime="1;2;4")
+    requests = [lm_request(run, d["text"], d["target"]) for d in docs]
+    run.loglikelihood(requests)
+    by_budget = {}
+    for k in (1, 2, 4, 6):
+        alone = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=k, tol=0)
+        expected = alone.loglikelihood(requests)
+        got = run.at_budget(k).loglikelihood(requests)
+        for (a, ga), (b, gb) in zip(got, expected):
+            assert a == pytest.approx(b, abs=1e-6) and ga == gb, k
+        by_budget[k] = [a for a, _ in got]
+        info = run.at_budget(k).get_model_info()["ssm_model"]
+        assert info["budget"]["max_iter"] == k and info["convergence"]["scoring"]["iterations_mean"] == k
+        assert info["fingerprint"] == alone.fingerprint()
+    assert by_budget[1] != pytest.approx(by_budget[6], abs=1e-3)  # budgets do differ: the check has teeth
+
+
+def lm_request(lm, context: str, target: str):
+    from lm_eval.api.instance import Instance
+
+    return Instance(request_type="loglikelihood", doc={}, arguments=(context + " ", target), idx=0,
+                    metadata=("tiny_ll", 0, 1))
+
+
+def test_a_task_the_tokenizer_cannot_read_is_refused_or_flagged(checkpoints):
+    requests = [lm_request(None, "a b zz yy", "c"), lm_request(None, "a b", "q")]
+    lm = ExplicitSSMLM(pretrained=str(checkpoints["explicit"]))
+    with pytest.raises(ConfigError, match=r"cannot read 1 task\(s\): tiny_ll: 38% of 8 tokens unknown \(e.g. 'zz', "
+                                          r"'yy', 'q'\).*unknown_tokens=flag"):
+        lm.loglikelihood(requests)
+    flagged = ExplicitSSMLM(pretrained=str(checkpoints["explicit"]), unknown_tokens="flag")
+    assert len(flagged.loglikelihood(requests)) == 2
+    task = flagged.get_model_info()["ssm_model"]["tasks"]["tiny_ll"]
+    assert task["unknown_tokens"] == 3 and task["tokens"] == 8
+
+
+def test_a_tokenizer_without_end_of_text_scores_and_fails_only_what_needs_it(checkpoints, tmp_path):
+    import json
+    import shutil
+
+    bare = tmp_path / "no_eos"
+    shutil.copytree(checkpoints["explicit"], bare)
+    tok = json.loads((bare / "tokenizer.json").read_text())
+    tok["model"]["vocab"] = {("<end>" if w == "<eos>" else w): i for w, i in tok["model"]["vocab"].items()}
+    (bare / "tokenizer.json").write_text(json.dumps(tok))
+    config = json.loads((bare / "config.json").read_text())
+    config.pop("eos_token", None)
+    (bare / "config.json").write_text(json.dumps(config))
+    lm = ExplicitSSMLM(pretrained=str(bare))
+    assert lm.tokenizer.eos_token_id is None
+    (score, _), = lm.loglikelihood([lm_request(lm, "a b", "c")])
+    assert math.isfinite(score)
+    with pytest.raises(ConfigError, match="has no end-of-text token.*pass eos_token=<token>"):
+        lm._generate(["a"], {"max_gen_toks": 2})
+    named = ExplicitSSMLM(pretrained=str(bare), eos_token="<end>", prefix_token="c")
+    assert named.eot_token_id == 2 and named.prefix_token_id == 5
+    with pytest.raises(Exception, match="eos token '<nope>' is not in the vocabulary"):
+        ExplicitSSMLM(pretrained=str(bare), eos_token="<nope>")
+
+
+def test_device_and_batch_size_in_model_args_win_over_the_cli_flags(checkpoints):
+    lm = ExplicitSSMLM.create_from_arg_string(f"pretrained={checkpoints['explicit']},batch_size=3,device=cpu",
+                                              {"batch_size": 1, "device": "cuda:0", "max_batch_size": None})
+    assert lm.args.batch_size == 3 and lm.device.type == "cpu"
+
+
+def test_record_greedy_into_a_missing_folder_fails_before_scoring(checkpoints, tmp_path):
+    with pytest.raises(ConfigError, match=r"record_greedy=.*folder .*missing does not exist"):
+        ExplicitSSMLM(pretrained=str(checkpoints["explicit"]), record_greedy=str(tmp_path / "missing" / "g.jsonl"))
+
+
+def test_an_oscillating_model_is_warned_about(checkpoints, caplog):
+    """f(z) = -z + 1 has no fixed point damped iteration at tau = 1 reaches: every sequence hits max_iter."""
+    import logging
+
+    lm = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=12, tol=1e-4, tau=1.0)
+    lm.model.f = lambda z, u, state=None, valid=None: (-z + 1.0, state)
+    with caplog.at_level(logging.WARNING):
+        lm.loglikelihood([lm_request(lm, "a b", "c")])
+    assert "tiny_ll: 100% of its sequences hit max_iter=12 unconverged" in caplog.text
+    info = lm.get_model_info()["ssm_model"]
+    assert info["convergence"]["scoring"]["fraction_hit_max_iter_unconverged"] == 1.0

@@ -1,6 +1,7 @@
 """The stock `lm_eval` CLI, the registration hook and its start-up cost, the project's `implicit-eval run`,
 cache safety, and a 2-process (gloo) data-parallel run."""
 
+import csv
 import json
 import os
 import re
@@ -11,8 +12,9 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from lm_eval_adapters.by_hand import expected_ll_acc, tiny_docs  # tests/ is on sys.path (tests/conftest.py)
 
-from implicit_ssm_eval.model_adapters.lm_eval_models import ImplicitSSMLM
+from implicit_ssm_eval.model_adapters.lm_eval_models import ExplicitSSMLM, ImplicitSSMLM
 
 TASKS = Path(__file__).parent / "tasks"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -56,6 +58,13 @@ def test_entry_points_for_newer_lm_eval_are_declared():
     assert names["explicit_ssm"] == "implicit_ssm_eval.model_adapters.lm_eval_models:ExplicitSSMLM"
 
 
+def model_for(kind: str, checkpoints, args: str):
+    from lm_eval.utils import simple_parse_args_string
+
+    cls = ImplicitSSMLM if kind == "implicit" else ExplicitSSMLM
+    return cls(pretrained=str(checkpoints[kind]), **simple_parse_args_string(args.strip(",")))
+
+
 def test_stock_lm_eval_cli_runs_both_models(checkpoints, tmp_path):
     for kind, args in (("implicit", ",max_iter=4,tol=0"), ("explicit", "")):
         out = run(["lm_eval", "--model", f"{kind}_ssm", "--model_args", f"pretrained={checkpoints[kind]}{args}",
@@ -64,9 +73,52 @@ def test_stock_lm_eval_cli_runs_both_models(checkpoints, tmp_path):
         assert out.returncode == 0, out.stderr[-3000:]
         res = results_json(tmp_path / kind)
         assert res["config"]["ssm_model"]["kind"] == kind
-        assert 0 <= res["results"]["tiny_ll"]["acc,none"] <= 1
+        assert res["results"]["tiny_ll"]["acc,none"] == pytest.approx(
+            expected_ll_acc(model_for(kind, checkpoints, args), tiny_docs()))
         if kind == "implicit":
             assert res["config"]["ssm_model"]["budget"]["max_iter"] == 4
+
+
+def test_stock_cli_reports_every_anytime_budget_and_the_reporter_reads_its_output(checkpoints, tmp_path, evaluate):
+    """anytime=1;2 through the stock CLI: each budget's metrics in the results JSON and in the printed table, equal to
+    runs at that budget; a convergence block after the table; `implicit-eval report` on the plain output folder."""
+    out = run(["lm_eval", "--model", "implicit_ssm", "--model_args",
+               f"pretrained={checkpoints['implicit']},max_iter=6,tol=0,anytime=1;2", "--tasks", "tiny_ll,tiny_mc",
+               "--include_path", str(TASKS), "--output_path", str(tmp_path / "out"), "--device", "cpu"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = results_json(tmp_path / "out")
+    for k in (1, 2):
+        alone = evaluate("implicit_ssm", {"pretrained": str(checkpoints["implicit"]), "max_iter": k, "tol": 0.0},
+                         ["tiny_ll", "tiny_mc"])
+        for task in ("tiny_ll", "tiny_mc"):
+            assert res["anytime"][str(k)]["results"][task]["acc,none"] == alone["results"][task]["acc,none"]
+            assert res["results"][task][f"acc@k={k},none"] == alone["results"][task]["acc,none"]
+        assert res["anytime"][str(k)]["ssm_model"]["budget"]["max_iter"] == k
+        assert re.search(rf"\|\s*acc@k={k}\s*\|", out.stdout), out.stdout
+    assert "implicit_ssm convergence: max_iter=6, tol=0, tau=0.8, fixed_point, simultaneous" in out.stdout
+    assert re.search(r"\| tiny_ll \| 6\.0 \| 6 \| 6\.0 \| 100\.0% \|", out.stdout), out.stdout
+    report = run(["implicit-eval", "report", str(tmp_path / "out"), "--out", str(tmp_path / "report")], tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "3 runs" in report.stderr
+    with open(tmp_path / "report" / "results.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["task"] == "tiny_ll" and r["metric"] == "acc"]
+    assert sorted(int(r["max_iter"]) for r in rows) == [1, 2, 6]
+
+
+def test_lm_eval_runs_from_a_folder_with_its_own_tasks_package(tmp_path):
+    """A user's own tasks/ package in the working folder shadows nothing of ours (and ours nothing of theirs)."""
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "__init__.py").write_text("MINE = True\n")
+    repo = Path(__file__).parents[2]
+    out = run([sys.executable, "-m", "lm_eval", "--model", "implicit_ssm", "--model_args",
+               f"pretrained={repo / 'checkpoints' / 'parity-implicit'},max_iter=2,tol=0", "--tasks", "st_parity_id",
+               "--include_path", str(repo / "tasks"), "--metadata", '{"st_num_docs": 3}', "--device", "cpu",
+               "--output_path", str(tmp_path / "out")], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert results_json(tmp_path / "out")["results"]["st_parity_id"]["acc,none"] is not None
+    code = "import tasks, implicit_ssm_eval.tasks as ours; print(tasks.MINE, ours.__name__)"
+    mine = run([sys.executable, "-c", code], tmp_path)
+    assert mine.stdout.split() == ["True", "implicit_ssm_eval.tasks"], mine.stderr
 
 
 def test_stock_cli_bad_argument_fails_with_the_valid_list(checkpoints, tmp_path):

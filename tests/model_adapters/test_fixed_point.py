@@ -1,11 +1,11 @@
 """The fixed-point engine: reference semantics counted exactly, per-sequence stopping, anytime outputs,
-Anderson, simultaneous vs sequential, and the Budget's validation."""
+Anderson, the solver contract and registry, and the Budget's validation (readings: test_reading.py)."""
 
 import pytest
 import torch
 
 from implicit_ssm_eval.model_adapters.config import Budget, ConfigError
-from implicit_ssm_eval.model_adapters.fixed_point import solve
+from implicit_ssm_eval.model_adapters.fixed_point import SOLVERS, Damped, register_solver, solve
 from implicit_ssm_eval.model_adapters.testing import assert_close, tiny_model
 
 
@@ -63,7 +63,7 @@ def test_simultaneous_equals_reference_f_thres_and_counts_evaluations(k):
     model.f = counter
     out = model(ids, Budget(max_iter=k, tol=0.0, tau=0.8))
     assert counter.calls == k == calls
-    assert torch.equal(out.stats.iterations, torch.full((3,), k))
+    assert torch.equal(out.stats.iterations, torch.full((3, 1), k))
     assert_close(out.hidden, expected, 1e-12, "hidden")
 
 
@@ -86,7 +86,7 @@ def test_per_sequence_stopping_batch_of_8_equals_8_batches_of_1():
         expected, calls = reference_eval(model, ids[i : i + 1], 40, 0.8, 1e-3)
         assert_close(batched.hidden[i], alone.hidden[0], 1e-10, f"sequence {i}")
         assert_close(alone.hidden, expected, 1e-12, f"sequence {i} vs reference")
-        assert int(batched.stats.iterations[i]) == int(alone.stats.iterations[0]) == calls
+        assert int(batched.stats.iterations[i, 0]) == int(alone.stats.iterations[0, 0]) == calls
     assert batched.stats.converged.all()
 
 
@@ -112,8 +112,9 @@ def test_padding_does_not_change_stopping():
     for i, n in enumerate(lengths.tolist()):
         alone = model(ids[i : i + 1, :n], budget)
         assert_close(out.hidden[i, :n], alone.hidden[0], 1e-10, f"sequence {i}")
-        assert int(out.stats.iterations[i]) == int(alone.stats.iterations[0])
+        assert int(out.stats.iterations[i, 0]) == int(alone.stats.iterations[0, 0])
         assert_close(out.state[0].ssm[i], alone.state[0].ssm[0], 1e-10, f"state {i}")
+        assert_close(out.state[1].conv[i], alone.state[1].conv[0], 1e-10, f"conv state {i}")
 
 
 def test_anytime_outputs_equal_separate_runs():
@@ -121,16 +122,20 @@ def test_anytime_outputs_equal_separate_runs():
     ids = torch.randint(0, 37, (2, 9))
     counter = CountingF(model)
     model.f = counter
-    run = model(ids, Budget(max_iter=8, tol=0), anytime=[1, 2, 4, 8])
+    run = model(ids, Budget(max_iter=8, tol=0), anytime=[1, 2, 4])
     assert counter.calls == 8  # one trajectory, no recomputation
-    assert sorted(run.anytime) == [1, 2, 4, 8]
-    for k, hidden in run.anytime.items():
-        assert_close(hidden, model(ids, Budget(max_iter=k, tol=0)).hidden, 1e-12, f"budget {k}")
+    assert sorted(run.anytime) == [1, 2, 4, 8]  # the run's own budget is one of them
+    for k, readout in run.anytime.items():
+        alone = model(ids, Budget(max_iter=k, tol=0))
+        assert_close(readout.hidden, alone.hidden, 1e-12, f"budget {k}")
+        assert torch.equal(readout.stats.iterations, alone.stats.iterations)
+        assert torch.equal(readout.stats.residual, alone.stats.residual)
 
 
 @pytest.mark.parametrize("budget,match", [
     (Budget(max_iter=8, tol=0.1), "tol=0"),
     (Budget(max_iter=8, mode="sequential"), "mode=simultaneous"),
+    (Budget(max_iter=8, mode="blockwise", block_size=64), "mode=simultaneous"),
     (Budget(max_iter=4), r"\[1, max_iter=4\]"),
 ])
 def test_anytime_rejects_what_it_cannot_do_exactly(budget, match):
@@ -157,13 +162,15 @@ def test_anderson_on_a_linear_contraction():
     W = Q @ torch.diag(eigenvalues) @ Q.transpose(1, 2)
     b = torch.randn(3, 20, dtype=torch.float64)
 
-    def f(z, rows):
-        return torch.einsum("rij,rj->ri", W[rows], z) + b[rows]
+    def f(z, ctx):
+        W_rows, b_rows = ctx  # the solver hands over the context of the rows it still iterates
+        return torch.einsum("rij,rj->ri", W_rows, z) + b_rows, None
 
     exact = torch.linalg.solve(torch.eye(20, dtype=torch.float64) - W, b)
     z0 = torch.zeros(3, 20, dtype=torch.float64)
-    _, fz_a, st_a = solve(f, z0, Budget(max_iter=3000, tol=1e-10, tau=1.0, solver="anderson", anderson_m=8))
-    _, _, st_d = solve(f, z0, Budget(max_iter=3000, tol=1e-10, tau=1.0))
+    a = solve(f, z0, Budget(max_iter=3000, tol=1e-10, tau=1.0, solver="anderson", anderson_m=8), context=(W, b))
+    d = solve(f, z0, Budget(max_iter=3000, tol=1e-10, tau=1.0), context=(W, b))
+    fz_a, st_a, st_d = a.fz, a.stats, d.stats
     assert_close(fz_a, exact, 1e-8, "anderson solution")
     assert st_a.converged.all() and st_d.converged.all()
     assert (st_a.iterations * 5 < st_d.iterations).all(), (st_a.iterations, st_d.iterations)
@@ -187,6 +194,7 @@ def test_sequential_stats_are_per_token_and_stop_per_token():
     its = out.stats.iterations
     assert its.shape == (3, 8)
     assert (its[1, 3:] == 0).all() and (its[2, 5:] == 0).all()  # padding costs nothing
+    assert out.stats.tokens.tolist() == [[1] * 8, [1] * 3 + [0] * 5, [1] * 5 + [0] * 3]
     assert (its[0] > 1).all() and (its[0] < 50).all() and out.stats.converged[0].all()
 
 
@@ -194,6 +202,7 @@ def test_stats_semantics():
     model = tiny_model("implicit", contractive=True, dtype=torch.float64)
     ids = torch.randint(0, 37, (2, 6))
     out = model(ids, Budget(max_iter=3, tol=0))
+    assert out.stats.iterations.shape == (2, 1) and out.stats.tokens.tolist() == [[6], [6]]
     assert (out.stats.iterations == 3).all() and not out.stats.converged.any()
     assert (out.stats.residual > 0).all() and torch.isfinite(out.stats.residual).all()
     out = model(ids, Budget(max_iter=1, tol=0))
@@ -223,6 +232,11 @@ def test_implicit_step_equals_sequential_forward():
     (dict(tau=1.5), "tau must be"),
     (dict(solver="broyden"), "solver must be one of"),
     (dict(mode="parallel"), "mode must be one of"),
+    (dict(mode="blockwise"), "mode=blockwise needs block_size"),
+    (dict(mode="blockwise", block_size=0), "mode=blockwise needs block_size"),
+    (dict(mode="blockwise", block_size=2.0), "mode=blockwise needs block_size"),
+    (dict(mode="sequential", block_size=4), "block_size applies to mode=blockwise only"),
+    (dict(anderson_m=0), "anderson_m must be"),
 ])
 def test_budget_validation(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -232,3 +246,73 @@ def test_budget_validation(kwargs, match):
 def test_budget_rejects_unknown_keys():
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['max_iters'\]; valid keys are"):
         Budget.from_dict({"max_iters": 3})
+
+
+def test_anderson_ignores_padding():
+    """Anderson's mixing weights come from each row's valid positions only: padded rows equal single runs."""
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    lengths = torch.tensor([3, 12, 8])
+    ids = torch.randint(0, 37, (3, 12))
+    budget = Budget(max_iter=60, tol=1e-9, solver="anderson", anderson_m=4)
+    out = model(ids, budget, lengths=lengths)
+    for i, n in enumerate(lengths.tolist()):
+        alone = model(ids[i : i + 1, :n], budget)
+        assert_close(out.hidden[i, :n], alone.hidden[0], 1e-9, f"sequence {i}")
+        assert int(out.stats.iterations[i, 0]) == int(alone.stats.iterations[0, 0])
+
+
+def test_solve_returns_the_final_evaluations_aux_and_hands_f_only_running_rows():
+    """f(z, ctx) -> (fz, aux): the solver gathers the context of the rows still iterating, and returns the aux of
+    the final evaluation (all rows)."""
+    targets = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
+    speed = torch.tensor([0.9, 0.1, 0.5], dtype=torch.float64)  # row 1 converges slowest, row 0 fastest
+    seen = []
+
+    def f(z, ctx):
+        t, s = ctx
+        seen.append(t[:, 0].tolist())
+        return z + s[:, None] * (t - z), {"calls": len(seen), "rows": t[:, 0].clone()}
+
+    sol = solve(f, torch.zeros(3, 1, dtype=torch.float64), Budget(max_iter=50, tol=1e-3, tau=1.0),
+                context=(targets, speed))
+    assert sol.aux["calls"] == len(seen) and sol.aux["rows"].tolist() == [1.0, 2.0, 3.0]
+    assert seen[0] == [1.0, 2.0, 3.0] and seen[-2] == [2.0]  # the fast rows left the loop early
+    its = sol.stats.iterations.tolist()
+    assert its[1] > its[2] > its[0] > 1 and sol.stats.converged.all()
+    assert len(seen) == max(its)  # the longest row sets the number of calls; every call covered only running rows
+    assert sum(len(rows) for rows in seen[:-1]) == sum(k - 1 for k in its)
+
+
+def test_a_solver_registered_in_one_place_is_usable_everywhere():
+    @register_solver("half_step")
+    class HalfStep(Damped):
+        def update(self, rows, z, fz, valid, k):
+            return 0.5 * (z + fz)
+
+    try:
+        model = tiny_model("implicit", dtype=torch.float64)
+        ids = torch.randint(0, 37, (2, 5))
+        out = model(ids, Budget(max_iter=3, solver="half_step"))
+        assert_close(out.hidden, model(ids, Budget(max_iter=3, tau=0.5)).hidden, 1e-12, "half step = tau 0.5")
+        from implicit_ssm_eval.harness.sweep_cli import sweep_parser
+
+        action = next(a for a in sweep_parser()._actions if a.dest == "solver")
+        assert "half_step" in action.choices
+    finally:
+        del SOLVERS["half_step"]
+    with pytest.raises(ConfigError, match="solver must be one of"):
+        Budget(solver="half_step")
+
+
+def test_scan_stays_float32_under_autocast():
+    """autocast would run the scan's einsums in bfloat16; the scan switches it off (training runs under it)."""
+    from implicit_ssm_eval.model_adapters.ssd import ssd_chunked
+
+    torch.manual_seed(0)
+    x, dt = torch.randn(2, 40, 4, 8), torch.rand(2, 40, 4) * 0.5
+    A, B, C = -torch.rand(4) - 0.5, torch.randn(2, 40, 2, 8), torch.randn(2, 40, 2, 8)
+    plain, _ = ssd_chunked(x, dt, A, B, C, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto, _ = ssd_chunked(x, dt, A, B, C, 16)
+    assert auto.dtype == torch.float32
+    assert_close(auto, plain, 1e-6, "scan under autocast")

@@ -1,10 +1,14 @@
-"""Fixtures of the task tests: an independent bAbI reader that parses the text and replays the world.
+"""Fixtures of the task tests: independent answers computed without the generators' code.
 
-The reader shares no code with the generator (only the surface grammar), so agreement checks the simulator.
+* an independent bAbI reader that parses the text and replays the world; it shares no code with the
+  generator (only the surface grammar), so agreement checks the simulator;
+* brute-force state-tracking states: permutations applied point by point, sums, counts, Python's ``eval``,
+  and the reference code's Cayley table of M written out; no Cayley table or automaton of ``tasks/``.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import deque
 
@@ -89,7 +93,7 @@ class Reader:
 
 def replay(text: str) -> tuple[str, list[tuple[str, str]]]:
     """(answer to the final question, [(inline answer given, answer replayed)] for earlier questions)."""
-    reader, words, inline = Reader(), text.split(" "), []
+    reader, words, inline = Reader(), text.split(), []
     sentence: list[str] = []
     i = 0
     while i < len(words):
@@ -114,3 +118,58 @@ def replay(text: str) -> tuple[str, list[tuple[str, str]]]:
 def babi_replay():
     """``replay(text) -> (final answer, [(inline answer given, answer replayed)])``."""
     return replay
+
+
+# --- state tracking ------------------------------------------------------------------------------------
+
+M_REFERENCE = {"E": "EABX", "A": "AXXX", "B": "BABX", "X": "XXXX"}  # rows = left operand, columns E A B X
+
+
+def apply_permutations(names: list[str]) -> list[str]:
+    """Track where every point goes, applying each permutation in reading order (no Cayley table)."""
+    points, states = list(range(len(names[0]))), []
+    for name in names:
+        points = [int(name[p]) for p in points]
+        states.append("".join(map(str, points)))
+    return states
+
+
+def monoid_prefixes(names: list[str]) -> list[str]:
+    state, states = "E", []
+    for name in names:
+        state = M_REFERENCE[state]["EABX".index(name)]
+        states.append(state)
+    return states
+
+
+def brute_force_states(task: str, symbols: list[str]) -> list[str]:
+    prefixes = [symbols[: t + 1] for t in range(len(symbols))]
+    if task in ("s5", "a5", "s3"):
+        return apply_permutations(symbols)
+    if task == "z60":
+        return [str(sum(map(int, p)) % 60) for p in prefixes]
+    if task in ("a4xz5", "a5xm"):
+        perms = apply_permutations([s.split("_")[0] for s in symbols])
+        seconds = [s.split("_")[1] for s in symbols]
+        if task == "a4xz5":
+            other = [str(sum(int(s) for s in seconds[: t + 1]) % 5) for t in range(len(seconds))]
+        else:
+            other = monoid_prefixes(seconds)
+        return [f"{g}_{x}" for g, x in zip(perms, other, strict=True)]
+    if task == "parity":
+        return ["even" if p.count("1") % 2 == 0 else "odd" for p in prefixes]
+    if task == "even_pairs":
+        pairs = [sum(a != b for a, b in itertools.pairwise(p)) for p in prefixes]
+        return ["even" if n % 2 == 0 else "odd" for n in pairs]
+    if task == "cycle_nav":
+        return [str(sum(int(s) for s in p) % 5) for p in prefixes]
+    if task == "mod_arith":
+        # after an operator the state is the value without it; Python's eval has the usual precedence
+        return [str(eval(" ".join(p if len(p) % 2 else p[:-1])) % 5) for p in prefixes]
+    raise AssertionError(task)
+
+
+@pytest.fixture(name="brute_force_states")
+def brute_force_states_fixture():
+    """``brute_force_states(task, symbols) -> states after every prefix``, computed without tasks/ code."""
+    return brute_force_states

@@ -37,6 +37,7 @@ def test_doc_format_and_lengths(task):
             assert lo <= doc["length"] <= hi
             assert doc["input"].endswith(" ?") and doc["target"] in ANSWERS[doc["question_kind"]]
             assert doc["chance"] == 1 / len(ANSWERS[doc["question_kind"]])
+            assert (doc["family"], doc["task"], doc["bucket"]) == ("babi", task, bucket)
             words = doc["input"].split(" ")
             assert (words.count("?") if task == "cat" else words.count(".")) == doc["length"]
             assert 1 not in tokenizer.encode(doc["input"]).ids  # no <unk>

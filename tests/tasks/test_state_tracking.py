@@ -14,6 +14,7 @@ from implicit_ssm_eval.tasks.state_tracking import (
     BUCKETS,
     TASKS,
     bucket_lengths,
+    buckets_of,
     make_docs,
     tokenizer_for,
     training_batches,
@@ -93,16 +94,7 @@ def test_composition_convention_applies_the_first_symbol_first():
     assert TASKS["s5"].states_of(["02134", "10234"]) == ["02134", "12034"]
 
 
-# --- brute-force states --------------------------------------------------------------------------------
-
-
-def _apply_permutations(names: list[str]) -> list[str]:
-    """Track where every point goes, applying each permutation in reading order (no Cayley table)."""
-    points, states = list(range(len(names[0]))), []
-    for name in names:
-        points = [int(name[p]) for p in points]
-        states.append("".join(map(str, points)))
-    return states
+# --- states against brute force (conftest) ------------------------------------------------------------
 
 
 def _tree_product(m: FiniteMonoid, word: list[int]) -> int:
@@ -113,42 +105,14 @@ def _tree_product(m: FiniteMonoid, word: list[int]) -> int:
     return m.multiply(_tree_product(m, word[:mid]), _tree_product(m, word[mid:]))
 
 
-def _brute_force_states(task: str, symbols: list[str]) -> list[str]:
-    prefixes = [symbols[: t + 1] for t in range(len(symbols))]
-    if task in ("s5", "a5", "s3"):
-        return _apply_permutations(symbols)
-    if task == "z60":
-        return [str(sum(map(int, p)) % 60) for p in prefixes]
-    if task == "a4xz5":
-        perms = _apply_permutations([s.split("_")[0] for s in symbols])
-        sums = [sum(int(s.split("_")[1]) for s in p) % 5 for p in prefixes]
-        return [f"{g}_{z}" for g, z in zip(perms, sums, strict=True)]
-    if task == "a5xm":
-        perms = _apply_permutations([s.split("_")[0] for s in symbols])
-        m = named_algebra("m")
-        monoid = [m.elements[_tree_product(m, [m.index(s.split("_")[1]) for s in p])] for p in prefixes]
-        return [f"{g}_{x}" for g, x in zip(perms, monoid, strict=True)]
-    if task == "parity":
-        return ["even" if p.count("1") % 2 == 0 else "odd" for p in prefixes]
-    if task == "even_pairs":
-        pairs = [sum(a != b for a, b in itertools.pairwise(p)) for p in prefixes]
-        return ["even" if n % 2 == 0 else "odd" for n in pairs]
-    if task == "cycle_nav":
-        return [str(sum(int(s) for s in p) % 5) for p in prefixes]
-    if task == "mod_arith":
-        # after an operator the state is the value without it; Python's eval has the usual precedence
-        return [str(eval(" ".join(p if len(p) % 2 else p[:-1])) % 5) for p in prefixes]
-    raise AssertionError(task)
-
-
 @pytest.mark.parametrize("task", list(TASKS))
-def test_states_match_brute_force(task):
+def test_states_match_brute_force(task, brute_force_states):
     spec, rng = TASKS[task], random.Random(1)
     for length in (1, 2, 3, 12, 13, 40, 101):
         for _ in range(5):
             symbols, states = spec.sample(length, rng)
             assert len(symbols) == len(states) == spec.effective_length(length)
-            assert states == _brute_force_states(task, symbols)
+            assert states == brute_force_states(task, symbols)
 
 
 @pytest.mark.parametrize("task", ["s5", "a5xm", "z60"])
@@ -211,7 +175,7 @@ def test_docs_are_the_same_in_another_process():
 @pytest.mark.parametrize("task", list(TASKS))
 def test_doc_format(task):
     spec = TASKS[task]
-    for bucket in BUCKETS:
+    for bucket in buckets_of(task):
         lo, hi = bucket_lengths(task)[bucket]
         for doc in make_docs(task, bucket, num_docs=3):
             symbols = doc["input"].split(" ")
@@ -219,20 +183,26 @@ def test_doc_format(task):
             assert doc["length"] == len(symbols) == len(doc["states"])
             assert spec.effective_length(lo) <= doc["length"] <= hi
             assert doc["chance"] == spec.chance and doc["bucket"] == bucket
+            assert doc["family"] == "state_tracking" and doc["task"] == task
 
 
 def test_default_buckets():
+    assert BUCKETS == ("id", "ood2x", "ood4x", "ood8x")
     assert bucket_lengths("parity") == {
         "id": (1, 40),
         "ood2x": (80, 80),
         "ood4x": (160, 160),
         "ood8x": (320, 320),
+        "ones10": (80, 80),
+        "ones90": (80, 80),
     }
     assert bucket_lengths("s5")["id"] == (1, 32) and bucket_lengths("s5")["ood4x"] == (128, 128)
     assert bucket_lengths("a5xm")["id"] == (256, 256) and bucket_lengths("a5xm")["ood4x"] == (1024, 1024)
     assert bucket_lengths("a5xm", train_max_len=64)["id"] == (64, 64)
+    assert bucket_lengths("a5xm")["ident50"] == (512, 512)
     assert bucket_lengths("s5", train_max_len=16) == {"id": (1, 16), "ood2x": (32, 32), "ood4x": (64, 64),
-                                                      "ood8x": (128, 128)}  # fmt: skip
+                                                      "ood8x": (128, 128), "ident50": (32, 32), "identrun16": (32, 32),
+                                                      "genclass": (32, 32), "gen2": (32, 32)}  # fmt: skip
 
 
 @pytest.mark.parametrize("task", list(TASKS))

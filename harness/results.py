@@ -1,0 +1,139 @@
+"""Reading lm-eval results: any results JSON (a sweep's, or a plain `lm_eval --output_path` run's), into runs.
+
+A run is one (checkpoint, budget) evaluation: a results JSON of `implicit_ssm`/`explicit_ssm` carries what it needs
+under config.ssm_model (checkpoint, content hash, budget, convergence, and per task the fields its documents carry);
+a results JSON with anytime budgets holds several runs. Files of other models, non-results JSON and duplicates are
+skipped, each with its reason; failed sweep jobs (failed.json) become failed runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from implicit_ssm_eval.model_adapters.anytime import split_anytime
+from implicit_ssm_eval.model_adapters.config import ConfigError
+
+FAILED = "failed.json"
+
+
+@dataclass
+class Run:
+    source: Path  # the results file
+    checkpoint: str  # a label, unique among the runs read together (see label_checkpoints)
+    content_hash: str
+    kind: str  # "implicit" | "explicit"
+    budget: dict | None
+    info: dict  # config.ssm_model
+    results: dict  # lm-eval's "results" section: task -> {"metric,filter": value}
+    configs: dict = field(default_factory=dict)  # lm-eval's "configs" section
+    date: float | None = None
+    git_hash: str | None = None
+    wall_s: float | None = None
+    error: str | None = None  # a failed run: the message
+
+    @property
+    def greedy_log(self) -> Path | None:
+        path = self.info.get("greedy_log")
+        if not path:
+            return None
+        path = Path(path)
+        return path if path.is_absolute() else self.source.parent / path
+
+
+@dataclass
+class Loaded:
+    runs: list[Run]
+    skipped: list[tuple[Path, str]]  # (file, why)
+
+
+def load_runs(paths: Iterable[str | Path]) -> Loaded:
+    """Every run in the given results files and folders (searched recursively for *.json)."""
+    files, skipped = [], []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise ConfigError(f"{path}: no such file or folder")
+        files += sorted(path.rglob("*.json")) if path.is_dir() else [path]
+    runs = []
+    for file in files:
+        found, why = _runs_of(file)
+        runs += found
+        if why:
+            skipped.append((file, why))
+    runs, dropped = _deduplicate(runs)
+    skipped += dropped
+    label_checkpoints(runs)
+    if not runs:
+        raise ConfigError(f"no results of implicit_ssm or explicit_ssm found in {', '.join(map(str, paths))}"
+                          + "".join(f"\n  skipped {f}: {why}" for f, why in skipped[:10]))
+    return Loaded(runs, skipped)
+
+
+def _runs_of(file: Path) -> tuple[list[Run], str | None]:
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return [], f"not valid JSON ({exc})"
+    if isinstance(data, list) or file.name == "sweep.json":  # a report's tidy table, a sweep's spec
+        return [], None
+    if not isinstance(data, dict):
+        return [], "not an lm-eval results file"
+    if file.name == FAILED and "error" in data:
+        return [_failed_run(file, data)], None
+    if "results" not in data or "config" not in data:
+        return [], "not an lm-eval results file (no 'results' and 'config')"
+    if "ssm_model" not in data["config"]:
+        return [], f"results of model {data['config'].get('model')!r}, not implicit_ssm/explicit_ssm"
+    return [_run(file, part) for part in split_anytime(data).values()], None
+
+
+def _run(file: Path, data: dict) -> Run:
+    info = data["config"]["ssm_model"]
+    sweep = data.get("sweep") or {}
+    return Run(source=file, checkpoint=Path(info["checkpoint"]).name, content_hash=info.get("content_hash", ""),
+               kind=info.get("kind", "?"), budget=info.get("budget"), info=info, results=data.get("results", {}),
+               configs=data.get("configs", {}), date=data.get("date"), git_hash=data.get("git_hash"),
+               wall_s=sweep.get("wall_s", info.get("request_seconds")))
+
+
+def _failed_run(file: Path, data: dict) -> Run:
+    info = {"checkpoint": data.get("checkpoint_path", data.get("checkpoint", "?")),
+            "tasks": {task: {} for task in data.get("tasks", [])}}
+    return Run(source=file, checkpoint=Path(info["checkpoint"]).name, content_hash=data.get("content_hash", ""),
+               kind=data.get("kind", "?"), budget=data.get("budget"), info=info, results={},
+               date=data.get("date"), error=data.get("error", "failed"))
+
+
+def run_key(run: Run) -> tuple:
+    return (run.content_hash, json.dumps(run.budget, sort_keys=True), run.info.get("dtype"),
+            run.info.get("backend"), tuple(sorted(run.results)))
+
+
+def _deduplicate(runs: list[Run]) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """The same checkpoint, budget, dtype, backend and tasks read twice (a file copied, a rerun): keep the newest."""
+    newest: dict[tuple, Run] = {}
+    dropped = []
+    for run in runs:
+        key = run_key(run)
+        other = newest.get(key)
+        if other is not None and run.error is None and other.error is None:
+            older, newer = sorted((other, run), key=lambda r: r.date or 0)
+            dropped.append((older.source, f"the same run as {newer.source} (newer), kept once"))
+            newest[key] = newer
+        else:
+            newest.setdefault(key, run)
+    return list(newest.values()), dropped
+
+
+def label_checkpoints(runs: list[Run]) -> None:
+    """Checkpoints are named by their folder; two different checkpoints with the same folder name keep both rows,
+    told apart by their content hash."""
+    hashes: dict[str, set[str]] = {}
+    for run in runs:
+        if run.error is None:
+            hashes.setdefault(run.checkpoint, set()).add(run.content_hash)
+    for run in runs:
+        if len(hashes.get(run.checkpoint, ())) > 1:
+            run.checkpoint = f"{run.checkpoint}@{run.content_hash[:8]}"

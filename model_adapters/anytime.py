@@ -1,0 +1,122 @@
+"""Anytime budgets: the metrics of every budget of one trajectory, through lm-eval's own evaluation.
+
+`anytime=1;4;16` (simultaneous mode, tol 0) makes the adapter score every request at each of those budgets from the
+one trajectory of its run (scores.py keeps the answers). lm-eval computes metrics for the run's own budget; for the
+others, `evaluate_with_anytime` evaluates the same tasks once more per budget with a BudgetView, an lm-eval model
+that answers from those scores (no model compute), and puts the metrics into the results:
+
+    results["anytime"][str(k)] = {"results": ..., "groups": ..., "ssm_model": model info at budget k}
+    results["results"][task]["acc@k=4,none"] = ...      (so lm-eval's printed table shows every budget)
+
+The sweep calls it directly; for the stock `lm_eval` CLI the registration hook (lm_eval_hook.py) installs it in
+place of lm_eval.evaluator.evaluate. It changes nothing for any other model or without anytime budgets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lm_eval.api.model import LM
+
+from .config import ConfigError
+
+
+class BudgetView(LM):
+    """A run's answers at one of its anytime budgets, as an lm-eval model. Rank, world size and the collectives are
+    the source's, so a data-parallel run replays each rank's own shard."""
+
+    def __init__(self, source, k: int):
+        super().__init__()
+        if k not in source.budgets_scored:
+            raise ConfigError(f"budget {k} was not scored by this run (it scored {list(source.budgets_scored)})")
+        self.source, self.k = source, k
+        self.record = source.records[k]
+
+    def _answers(self, kind: str, requests) -> list:
+        try:
+            answers = [self.record.answers[(kind, req.args)] for req in requests]
+        except KeyError:
+            raise ConfigError(f"anytime budget {self.k}: a {kind} request was not scored by the run it replays; "
+                              "replay the same tasks, limit and metadata") from None
+        return [a.as_lm_eval() if hasattr(a, "as_lm_eval") else a for a in answers]
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        return self._answers("loglikelihood", requests)
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        return self._answers("loglikelihood_rolling", requests)
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        raise ConfigError("anytime budgets cover loglikelihood requests only")
+
+    def get_model_info(self) -> dict:
+        return {"ssm_model": self.source.model_info(self.k)}
+
+    @property
+    def rank(self):
+        return self.source.rank
+
+    @property
+    def world_size(self):
+        return self.source.world_size
+
+    def all_gather(self, tensor):
+        return self.source.all_gather(tensor)
+
+    def gather_object(self, obj, dst=0):
+        return self.source.gather_object(obj, dst)
+
+    def barrier(self) -> None:
+        self.source.barrier()
+
+
+def extra_budgets(lm) -> tuple[int, ...]:
+    """The anytime budgets of an SSM adapter other than its own; () for any other model."""
+    return tuple(getattr(lm, "budgets_scored", ())[1:])
+
+
+def evaluate_with_anytime(evaluate, lm, task_dict, **kwargs) -> Any:
+    """lm-eval's evaluate(lm, task_dict, **kwargs), plus one replay per anytime budget merged into its results."""
+    results = evaluate(lm=lm, task_dict=task_dict, **kwargs)
+    budgets = extra_budgets(lm)
+    if not budgets:
+        return results
+    replay_kwargs = {**kwargs, "log_samples": False, "write_out": False}
+    per_budget = {k: evaluate(lm=lm.at_budget(k), task_dict=task_dict, **replay_kwargs) for k in budgets}
+    if results is not None:  # rank 0
+        add_anytime(results, per_budget, lm.at_budget)
+    return results
+
+
+def add_anytime(results: dict, per_budget: dict[int, dict], view) -> None:
+    results["anytime"] = {}
+    for k, replay in per_budget.items():
+        results["anytime"][str(k)] = {"results": replay.get("results", {}), "groups": replay.get("groups", {}),
+                                      "ssm_model": view(k).get_model_info()["ssm_model"]}
+        for section in ("results", "groups"):
+            for task, metrics in replay.get(section, {}).items():
+                target = results.setdefault(section, {}).setdefault(task, {})
+                for name, value in metrics.items():
+                    metric, sep, rest = name.partition(",")
+                    if sep and metric not in ("alias", "samples") and not metric.endswith("_stderr"):
+                        target[f"{metric}@k={k},{rest}"] = value
+                        stderr = metrics.get(f"{metric}_stderr,{rest}")
+                        if stderr is not None:
+                            target[f"{metric}@k={k}_stderr,{rest}"] = stderr
+
+
+def split_anytime(results: dict) -> dict[int | None, dict]:
+    """One standalone results dict per budget of a run: its own (keyed by its max_iter; None for an explicit model)
+    and each anytime budget's, as if that budget had been run alone. Used by the sweep (a file per budget) and by
+    the report (plain lm-eval results of a run with anytime budgets)."""
+    info = results.get("config", {}).get("ssm_model", {})
+    own = {k: v for k, v in results.items() if k != "anytime"}
+    for section in ("results", "groups"):
+        if section in own:
+            own[section] = {task: {m: v for m, v in metrics.items() if "@k=" not in m}
+                            for task, metrics in own[section].items()}
+    out = {(info.get("budget") or {}).get("max_iter"): own}
+    for k, part in (results.get("anytime") or {}).items():
+        out[int(k)] = {**own, "results": part["results"], "groups": part["groups"],
+                       "config": {**own.get("config", {}), "ssm_model": part["ssm_model"]}}
+    return out

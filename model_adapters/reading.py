@@ -1,0 +1,164 @@
+"""How an implicit model reads a sequence: in pieces, solved one after another.
+
+A reading cuts the L tokens into consecutive pieces. Each piece is iterated to its fixed point with every layer's
+recurrent state frozen where the previous piece left it; the solver's final evaluation commits the piece's state
+(its auxiliary output), which the next piece starts from. Budget.mode picks the cut:
+
+    simultaneous   one piece of L tokens: each f is one parallel scan over the whole sequence
+    sequential     L pieces of one token: the RNN reading, and the generation path
+    blockwise      pieces of budget.block_size tokens: each f is a parallel scan over one block
+
+A one-token piece is evaluated in the recurrent (step) form, a longer one in the parallel form. So block_size = 1
+is the sequential reading and block_size >= L the simultaneous one, by construction: one code path.
+
+Every (sequence, piece) stops on its own residual, measured over its own valid tokens; a sequence that ended
+before a piece takes no part in it. ReadStats keeps the solver statistics per (sequence, piece).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import Tensor
+
+from .fixed_point import SolveStats, solve
+from .tensors import put_rows, take_rows, valid_mask
+
+if TYPE_CHECKING:
+    from .config import Budget
+    from .models import ImplicitLM, State
+
+
+@dataclass
+class ReadStats:
+    """Solver statistics per (sequence, piece), all (B, P): iterations (f evaluations, the final one included),
+    residual, converged, and tokens (the piece's valid tokens; 0 where the sequence ended before the piece)."""
+
+    iterations: Tensor
+    residual: Tensor
+    converged: Tensor
+    tokens: Tensor
+
+    @property
+    def present(self) -> Tensor:
+        """(B, P) bool: the (sequence, piece) entries that were solved."""
+        return self.tokens > 0
+
+
+@dataclass
+class Readout:
+    hidden: Tensor  # (B, L, d_model) after the final norm, float32
+    stats: ReadStats
+
+
+@dataclass
+class Reading:
+    hidden: Tensor  # (B, L, d_model)
+    state: State  # each layer's recurrent state after each sequence's last valid token
+    stats: ReadStats
+    anytime: dict[int, Readout] = field(default_factory=dict)  # budget k -> the reading at max_iter = k
+
+
+class PieceContext(NamedTuple):
+    """What the map needs per row of a piece (gathered by the solver for the rows still iterating)."""
+
+    u: Tensor  # the injection: (R, T, d_in_proj), or (R, d_in_proj) for a one-token piece
+    state: State  # the frozen recurrent state the piece starts from
+    valid: Tensor | None  # (R, T) valid tokens of a longer piece; None when all are valid
+
+
+def pieces(length: int, budget: Budget) -> list[tuple[int, int]]:
+    """[start, end) of each piece of a `length`-token sequence."""
+    size = budget.piece_size(length)
+    return [(start, min(start + size, length)) for start in range(0, length, size)]
+
+
+def read(model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor | None = None, state: State | None = None,
+         keep: tuple[int, ...] = ()) -> Reading:
+    """u (B, L, d_in_proj): the injection of a right-padded batch with `lengths` (B,); `state` continues earlier
+    tokens. keep: anytime budgets (a single simultaneous piece at tol = 0, see Budget.anytime_budgets)."""
+    batch, length = u.shape[:2]
+    cuts = pieces(length, budget)
+    if keep and len(cuts) != 1:
+        raise ValueError("anytime budgets need the whole sequence in one piece")
+    state = state if state is not None else model.empty_state(batch)
+    ends = lengths.tolist() if lengths is not None else [length] * batch  # one host copy, not one per piece
+    valid = valid_mask(lengths, length)
+    hidden = torch.zeros(batch, length, model.cfg.d_model, dtype=model.cd, device=u.device)
+    full = torch.full((batch,), length, dtype=torch.long, device=u.device) if lengths is None else lengths
+    stats = _empty_stats(length, budget.piece_size(length), full.to(u.device), model.cd)
+    anytime: dict[int, Readout] = {}
+    for p, (start, end) in enumerate(cuts):
+        rows = _rows_alive(ends, start, u.device)
+        solution = _solve_piece(model, u, budget, take_rows(state, rows), rows, start, end, valid, ends, keep)
+        out = solution.fz if end - start > 1 else solution.fz[:, None]
+        hidden = _put_piece(hidden, rows, start, end, out)
+        state = put_rows(state, rows, solution.aux)
+        _put_stats(stats, rows, p, solution.stats)
+        for k, (fz_k, stats_k) in solution.anytime.items():  # one piece: every row, in order
+            anytime[k] = Readout(fz_k if fz_k.dim() == 3 else fz_k[:, None], _single_piece(stats_k, stats.tokens))
+    return Reading(hidden, state, stats, anytime)
+
+
+def _solve_piece(model: ImplicitLM, u: Tensor, budget: Budget, state: State, rows: Tensor | None, start: int,
+                 end: int, valid: Tensor | None, ends: list[int], keep: tuple[int, ...]):
+    u_piece = take_rows(u[:, start:end], rows)
+    if end - start == 1:  # the step form: the recurrent update of one token
+        context = PieceContext(u_piece[:, 0], state, None)
+        z0 = torch.zeros(u_piece.shape[0], model.cfg.d_model, dtype=model.cd, device=u.device)
+        return solve(_step_map(model), z0, budget, context, None, keep)
+    piece_valid = None
+    if any(e < end for e in ends if e > start):  # some sequence ends inside the piece: mask its padding
+        piece_valid = take_rows(valid[:, start:end], rows)
+    context = PieceContext(u_piece, state, piece_valid)
+    z0 = torch.zeros(*u_piece.shape[:2], model.cfg.d_model, dtype=model.cd, device=u.device)
+    return solve(_parallel_map(model), z0, budget, context, piece_valid, keep)
+
+
+def _step_map(model: ImplicitLM):
+    def f(z: Tensor, ctx: PieceContext):
+        return model.f_step(z, ctx.u, ctx.state)
+
+    return f
+
+
+def _parallel_map(model: ImplicitLM):
+    def f(z: Tensor, ctx: PieceContext):
+        return model.f(z, ctx.u, ctx.state, ctx.valid)
+
+    return f
+
+
+def _rows_alive(ends: list[int], start: int, device) -> Tensor | None:
+    """The sequences with tokens at or after `start`; None when that is every sequence."""
+    alive = [b for b, e in enumerate(ends) if e > start]
+    return None if len(alive) == len(ends) else torch.tensor(alive, dtype=torch.long, device=device)
+
+
+def _put_piece(hidden: Tensor, rows: Tensor | None, start: int, end: int, out: Tensor) -> Tensor:
+    if rows is None:
+        hidden[:, start:end] = out
+    else:
+        hidden[rows, start:end] = out
+    return hidden
+
+
+def _empty_stats(length: int, size: int, lengths: Tensor, dtype) -> ReadStats:
+    """Zeroed statistics and each piece's valid tokens, from device ops only (capturable in a CUDA graph)."""
+    starts = torch.arange(0, length, size, device=lengths.device)
+    tokens = (torch.minimum(lengths[:, None], (starts + size)[None]) - starts[None]).clamp_min(0)
+    zeros = torch.zeros(tokens.shape, dtype=torch.long, device=tokens.device)
+    return ReadStats(zeros, zeros.to(dtype), zeros.bool(), tokens)
+
+
+def _put_stats(stats: ReadStats, rows: Tensor | None, p: int, solved: SolveStats) -> None:
+    index = slice(None) if rows is None else rows
+    stats.iterations[index, p] = solved.iterations
+    stats.residual[index, p] = solved.residual.to(stats.residual.dtype)
+    stats.converged[index, p] = solved.converged
+
+
+def _single_piece(solved: SolveStats, tokens: Tensor) -> ReadStats:
+    return ReadStats(solved.iterations[:, None], solved.residual[:, None], solved.converged[:, None], tokens)

@@ -1,0 +1,81 @@
+"""Readings: simultaneous, sequential and blockwise are one code path cut into pieces of different sizes."""
+
+import pytest
+import torch
+
+from implicit_ssm_eval.model_adapters.config import Budget
+from implicit_ssm_eval.model_adapters.reading import pieces
+from implicit_ssm_eval.model_adapters.testing import assert_close, tiny_model
+
+LENGTHS = torch.tensor([13, 5, 9, 1])
+
+
+def padded_batch(seed=0):
+    torch.manual_seed(seed)
+    return torch.randint(0, 37, (4, 13)), LENGTHS
+
+
+def assert_same_reading(a, b, lengths):
+    for i, n in enumerate(lengths.tolist()):
+        assert torch.equal(a.hidden[i, :n], b.hidden[i, :n]), f"hidden of sequence {i}"
+    for layer, (x, y) in enumerate(zip(a.state, b.state)):
+        assert torch.equal(x.ssm, y.ssm) and torch.equal(x.conv, y.conv), f"state of layer {layer}"
+    for name in ("iterations", "residual", "converged", "tokens"):
+        assert torch.equal(getattr(a.stats, name), getattr(b.stats, name)), name
+
+
+@pytest.mark.parametrize("tol", [0.0, 1e-4])
+def test_block_size_1_is_exactly_the_sequential_reading(tol):
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids, lengths = padded_batch()
+    budget = Budget(max_iter=20, tol=tol, mode="sequential")
+    assert_same_reading(model(ids, budget.replace(mode="blockwise", block_size=1), lengths=lengths),
+                        model(ids, budget, lengths=lengths), lengths)
+
+
+@pytest.mark.parametrize("block_size", [13, 64])
+def test_a_block_as_long_as_the_input_is_exactly_the_simultaneous_reading(block_size):
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids, lengths = padded_batch(1)
+    budget = Budget(max_iter=25, tol=1e-5)
+    assert_same_reading(model(ids, budget.replace(mode="blockwise", block_size=block_size), lengths=lengths),
+                        model(ids, budget, lengths=lengths), lengths)
+
+
+def test_blockwise_is_simultaneous_blocks_carrying_the_state():
+    """An independent transcription: each block read simultaneously from the state the previous block left."""
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids = torch.randint(0, 37, (2, 11))
+    budget = Budget(max_iter=12, tol=0.0)
+    out = model(ids, budget.replace(mode="blockwise", block_size=4))
+    state, hidden = None, []
+    for start in range(0, 11, 4):
+        part = model(ids[:, start: start + 4], budget, state=state)
+        state, hidden = part.state, hidden + [part.hidden]
+    assert_close(out.hidden, torch.cat(hidden, 1), 1e-12, "hidden")
+    for a, b in zip(out.state, state):
+        assert_close(a.ssm, b.ssm, 1e-12, "ssm state")
+        assert_close(a.conv, b.conv, 1e-12, "conv state")
+    assert out.stats.iterations.shape == (2, 3) and out.stats.tokens.tolist() == [[4, 4, 3]] * 2
+
+
+def test_blockwise_stops_per_sequence_and_block_and_padding_changes_nothing():
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids, lengths = padded_batch(2)
+    budget = Budget(max_iter=40, tol=1e-4, mode="blockwise", block_size=4)
+    out = model(ids, budget, lengths=lengths)
+    assert out.stats.tokens.tolist() == [[4, 4, 4, 1], [4, 1, 0, 0], [4, 4, 1, 0], [1, 0, 0, 0]]
+    assert (out.stats.iterations[out.stats.tokens == 0] == 0).all()  # blocks after a sequence's end cost nothing
+    for i, n in enumerate(lengths.tolist()):
+        alone = model(ids[i: i + 1, :n], budget)
+        assert_close(out.hidden[i, :n], alone.hidden[0], 1e-10, f"sequence {i}")
+        present = out.stats.tokens[i] > 0
+        assert torch.equal(out.stats.iterations[i][present], alone.stats.iterations[0]), f"iterations {i}"
+        assert_close(out.state[0].ssm[i], alone.state[0].ssm[0], 1e-10, f"state {i}")
+    assert len(set(out.stats.iterations[0].tolist())) > 1  # blocks do stop on their own residuals
+
+
+def test_pieces():
+    assert pieces(10, Budget(mode="blockwise", block_size=4)) == [(0, 4), (4, 8), (8, 10)]
+    assert pieces(3, Budget(mode="sequential")) == [(0, 1), (1, 2), (2, 3)]
+    assert pieces(7, Budget()) == [(0, 7)]
