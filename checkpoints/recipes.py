@@ -17,8 +17,11 @@ from pathlib import Path
 
 PARITY = dict(task="parity", min_len=1, max_len=40, steps=1500, batch_size=64, lr=3e-3, d_model=64, n_layer=1,
               d_state=16, headdim=16, log_every=50)
+# The A5 pair trains on a mixture over identity shares and with identity runs, so that it meets the
+# distribution-shift buckets (identity share 0.5, runs of identities) as well as uniform words.
 WORD = dict(task="a5", min_len=1, max_len=32, steps=8000, batch_size=64, lr=1e-3, clip=0.25, warmup_steps=300,
-            d_model=128, n_layer=1, d_state=32, headdim=32, expand=2, log_every=50, save_every=500)
+            d_model=128, n_layer=1, d_state=32, headdim=32, expand=2, log_every=50, save_every=250,
+            p_identity_mix=(0.0, 0.25, 0.5, 0.75), p_identity_run=0.25)
 RECIPES = {
     "parity-implicit": dict(PARITY, kind="implicit"),
     "parity-explicit": dict(PARITY, kind="explicit"),
@@ -34,7 +37,8 @@ RECIPES = {
 def command(name: str, runs: Path, device: str, time_limit: float, resume: bool) -> list[str]:
     args = [sys.executable, "-m", "implicit_ssm_eval.harness", "train", "--out", str(runs / name), "--device", device, "--no-progress"]
     for key, value in RECIPES[name].items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+        values = [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+        args += [f"--{key.replace('_', '-')}", *values]
     if time_limit:
         args += ["--time-limit", str(time_limit)]
     return args + (["--resume"] if resume else [])

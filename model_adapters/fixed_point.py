@@ -72,10 +72,10 @@ class Solution:
 
 def row_norms(t: Tensor, valid: Tensor | None) -> Tensor:
     """Frobenius norm of each batch row of t (B, ...), counting only valid (B, L) positions."""
-    sq = t.to(compute_dtype(t)).square()
+    t = t.to(compute_dtype(t))
     if valid is not None:
-        sq = sq * broadcast_mask(valid, t)
-    return sq.flatten(1).sum(1).sqrt()
+        t = t * broadcast_mask(valid, t)
+    return torch.linalg.vector_norm(t.flatten(1), dim=1)
 
 
 def relative_residual(fz: Tensor, z: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -90,27 +90,30 @@ def solve(f: RowMap, z0: Tensor, budget: Budget, context: Any = None, valid: Ten
     if keep and budget.tol != 0:
         raise ValueError("anytime outputs need tol == 0 (one trajectory for every row)")
     batch = z0.shape[0]
-    z, solver = z0.clone(), SOLVERS[budget.solver](budget, z0)
+    solver = SOLVERS[budget.solver](budget, z0)
+    z = z0.clone()  # every row's iterate; a row's is written back when it leaves the working set
+    work = _Working(None, z0.clone(), context, valid)
     iterations = torch.zeros(batch, dtype=torch.long, device=z0.device)
     converged = torch.zeros(batch, dtype=torch.bool, device=z0.device)
-    rows: Tensor | None = None  # None: every row, in order (nothing gathered)
     anytime = {}
     for k in range(1, budget.max_iter):
-        z_rows, v = take_rows(z, rows), take_rows(valid, rows)
-        fz, _ = f(z_rows, take_rows(context, rows))
-        residual = relative_residual(fz, z_rows, v)
-        if k in keep:  # tol == 0: rows is None here
+        fz, _ = f(work.z, work.context)
+        residual = relative_residual(fz, work.z, work.valid)
+        if k in keep:  # tol == 0: the working set is every row, in order
             anytime[k] = (fz, SolveStats(torch.full_like(iterations, k), residual, torch.zeros_like(converged)))
-        z_next = solver.update(rows, z_rows, fz, v, k)
-        if rows is None:
-            z = z_next
+        work.z = solver.update(work.rows, work.z, fz, work.valid, k)
+        if work.rows is None:
             iterations.fill_(k)
         else:
-            z[rows] = z_next
-            iterations.index_fill_(0, rows, k)  # no host-to-device copy: CUDA-graph capturable
-        rows = _still_running(rows, residual, budget.tol, converged, batch)
-        if rows is not None and rows.numel() == 0:
-            break
+            iterations.index_fill_(0, work.rows, k)  # no host-to-device copy: CUDA-graph capturable
+        if budget.tol == 0:  # never stops early: no host synchronisation
+            continue
+        done = residual < budget.tol
+        if bool(done.any()):
+            work = work.leave(done, z, converged)
+            if work.z.shape[0] == 0:
+                break
+    work.write_back(z)
     fz, aux = f(z, context)
     residual = relative_residual(fz, z, valid)
     stats = SolveStats(iterations + 1, residual, converged | (residual < budget.tol))
@@ -119,15 +122,29 @@ def solve(f: RowMap, z0: Tensor, budget: Budget, context: Any = None, valid: Ten
     return Solution(z, fz, aux, stats, anytime)
 
 
-def _still_running(rows: Tensor | None, residual: Tensor, tol: float, converged: Tensor, batch: int) -> Tensor | None:
-    """The rows that keep iterating; marks the others converged. tol == 0 never stops a row (no host sync)."""
-    if tol == 0:
-        return rows
-    if rows is None:
-        rows = torch.arange(batch, device=converged.device)
-    done = residual.to(rows.device) < tol
-    converged[rows[done]] = True
-    return rows[~done]
+@dataclass
+class _Working:
+    """The rows still iterating, kept compact: their iterates and their context, gathered once per change of the
+    set (not once per iteration). rows None: every row, in order."""
+
+    rows: Tensor | None
+    z: Tensor
+    context: Any
+    valid: Tensor | None
+
+    def leave(self, done: Tensor, z: Tensor, converged: Tensor) -> _Working:
+        """Rows `done` (a mask over the working set) leave: their iterates go back to z, they count as converged."""
+        rows = self.rows if self.rows is not None else torch.arange(z.shape[0], device=z.device)
+        z[rows[done]] = self.z[done]
+        converged[rows[done]] = True
+        stay = (~done).nonzero().flatten()
+        return _Working(rows[stay], self.z[stay], take_rows(self.context, stay), take_rows(self.valid, stay))
+
+    def write_back(self, z: Tensor) -> None:
+        if self.rows is None:
+            z.copy_(self.z)
+        elif self.rows.numel():
+            z[self.rows] = self.z
 
 
 @register_solver("fixed_point")

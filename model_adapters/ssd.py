@@ -38,11 +38,6 @@ def no_autocast(fn):
     return wrapped
 
 
-def _heads_from_groups(t: Tensor, nheads: int) -> Tensor:
-    """(B, L, G, N) -> (B, L, H, N): each group's B or C is shared by H/G consecutive heads."""
-    return t.repeat_interleave(nheads // t.shape[2], dim=2)
-
-
 def _skip(x: Tensor, D: Tensor | None) -> Tensor:
     if D is None:
         return torch.zeros_like(x)
@@ -61,45 +56,52 @@ def _segment_decay(a_cs: Tensor) -> Tensor:
 @no_autocast
 def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
                 D: Tensor | None = None, initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Chunked SSD over a whole sequence of any length. Returns (y: (B, L, H, P), final_state)."""
-    batch, length, nheads, _ = x.shape
+    """Chunked SSD over a whole sequence of any length. Returns (y: (B, L, H, P), final_state).
+
+    Layout (b, c, g, k, ...): c chunks of T tokens, g groups of k heads each, so that B and C are never copied
+    per head and every product is one batched matrix product. A sequence shorter than chunk_size is one chunk of
+    its own length: padding it to a full chunk would make a short block cost what a long one does.
+    """
+    batch, length, nheads, headdim = x.shape
+    groups, dstate = B.shape[2], B.shape[3]
     cd = compute_dtype(x)
-    x, dt, A = x.to(cd), dt.to(cd), A.to(cd)
-    B, C = _heads_from_groups(B.to(cd), nheads), _heads_from_groups(C.to(cd), nheads)
+    T = min(chunk_size, length)
+    pad = (-length) % T
+    n = (length + pad) // T
 
-    # 1. Pad to whole chunks. Padded steps have dt = 0: no decay and no input, so states pass unchanged.
-    pad = (-length) % chunk_size
-    xdt = F.pad(x * dt[..., None], (0, 0, 0, 0, 0, pad))
-    a = F.pad(dt * A, (0, 0, 0, pad))
-    B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
-    n_chunks = (length + pad) // chunk_size
+    # 1. Pad to whole chunks (padded steps have dt = 0: no decay and no input, states pass unchanged) and split.
+    def chunks(t: Tensor, *inner: int) -> Tensor:
+        t = F.pad(t.to(cd), (0, 0) * (t.dim() - 2) + (0, pad))
+        return t.reshape(batch, n, T, *inner)
 
-    def chunks(t: Tensor) -> Tensor:
-        return t.reshape(batch, n_chunks, chunk_size, *t.shape[2:])
+    xdt = chunks(x * dt[..., None].to(x.dtype), groups, nheads // groups, headdim).permute(0, 1, 3, 4, 2, 5)
+    a_cs = chunks(dt.to(cd) * A.to(cd), groups, nheads // groups).permute(0, 1, 3, 4, 2).cumsum(-1)  # (b,c,g,k,T)
+    Bc = chunks(B, groups, dstate).permute(0, 1, 3, 2, 4)  # (b, c, g, T, N)
+    Cc = chunks(C, groups, dstate).permute(0, 1, 3, 2, 4)
 
-    xdt, B, C = chunks(xdt), chunks(B), chunks(C)
-    a_cs = torch.cumsum(chunks(a).permute(0, 3, 1, 2), dim=-1)  # (B, H, c, T)
+    # 2. Within each chunk, the quadratic (attention-like) form: (C B^T * decay) @ (x dt).
+    scores = (Cc @ Bc.transpose(-1, -2))[:, :, :, None] * _segment_decay(a_cs)  # (b, c, g, k, T, T)
+    y = scores @ xdt  # (b, c, g, k, T, P)
 
-    # 2. Within each chunk: the quadratic (attention-like) form.
-    decay = _segment_decay(a_cs)  # (B, H, c, T, T)
-    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", C, B, decay, xdt)
+    # 3. The state each chunk contributes at its end: sum_s exp(a_end - a_s) (x dt)_s B_s^T.
+    to_end = torch.exp(a_cs[..., -1:] - a_cs)  # (b, c, g, k, T)
+    chunk_states = (xdt * to_end[..., None]).transpose(-1, -2) @ Bc[:, :, :, None]  # (b, c, g, k, P, N)
 
-    # 3. State contributed by each chunk alone, at its end.
-    decay_to_end = torch.exp(a_cs[..., -1:] - a_cs)  # (B, H, c, T)
-    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, decay_to_end, xdt)
-
-    # 4. Pass states across chunks (a short recurrence over chunk boundaries).
+    # 4. Pass states across chunk boundaries: a short recurrence, state <- exp(a_end) state + chunk state.
     if initial_state is None:
-        initial_state = torch.zeros_like(chunk_states[:, 0])
-    states = torch.cat([initial_state.to(cd)[:, None], chunk_states], dim=1)  # (B, c+1, H, P, N)
-    chunk_decay = _segment_decay(torch.cumsum(F.pad(a_cs[..., -1], (1, 0)), dim=-1))  # (B, H, c+1, c+1)
-    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
-    states_in, final_state = states[:, :-1], states[:, -1]
+        initial_state = torch.zeros(batch, nheads, headdim, dstate, dtype=cd, device=x.device)
+    state = initial_state.to(cd).reshape(batch, groups, nheads // groups, headdim, dstate)
+    chunk_decay = torch.exp(a_cs[..., -1])[..., None, None]  # (b, c, g, k, 1, 1)
+    entering = []
+    for c in range(n):
+        entering.append(state)
+        state = chunk_decay[:, c] * state + chunk_states[:, c]
+    states_in, final_state = torch.stack(entering, 1), state.reshape(batch, nheads, headdim, dstate)
 
-    # 5. Output contributed by the state entering each chunk.
-    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states_in, torch.exp(a_cs))
-    y = (y_diag + y_off).reshape(batch, n_chunks * chunk_size, nheads, -1)[:, :length]
-    return y + _skip(x, D), final_state
+    # 5. What the state entering each chunk contributes: exp(a_t) C_t state_in.
+    y = y + (Cc[:, :, :, None] @ states_in.transpose(-1, -2)) * torch.exp(a_cs)[..., None]
+    y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, n * T, nheads, headdim)[:, :length]
+    return y + _skip(x.to(cd), D), final_state
 
 
 @no_autocast
@@ -111,14 +113,15 @@ def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
     the same frozen state.
     """
     cd = compute_dtype(x)
-    nheads = x.shape[1]
+    batch, nheads, headdim = x.shape
+    groups, dstate = B.shape[1:]
     x, dt, A = x.to(cd), dt.to(cd), A.to(cd)
-    B = B.to(cd).repeat_interleave(nheads // B.shape[1], dim=1)
-    C = C.to(cd).repeat_interleave(nheads // C.shape[1], dim=1)
-    decay = torch.exp(dt * A)[..., None, None]
-    new_state = decay * state.to(cd) + (dt[..., None] * x)[..., None] * B[:, :, None, :]
-    y = torch.einsum("bhpn,bhn->bhp", new_state, C)
-    return y + _skip(x, D), new_state
+    # Heads of a group share B and C: broadcast over (b, g, k, P, N) views, never copied per head.
+    decay = torch.exp(dt * A).view(batch, groups, -1, 1, 1)
+    xdt = (dt[..., None] * x).view(batch, groups, -1, headdim, 1)
+    new_state = decay * state.to(cd).view(batch, groups, -1, headdim, dstate) + xdt * B.to(cd)[:, :, None, None]
+    y = (new_state @ C.to(cd)[:, :, None, :, None]).view(batch, nheads, headdim)
+    return y + _skip(x, D), new_state.view(batch, nheads, headdim, dstate)
 
 
 def ssd_recurrent(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,

@@ -1,0 +1,121 @@
+"""The readings side by side: sequential, blockwise at several block sizes, simultaneous, on one bucket.
+
+    python bench/readings.py --checkpoint checkpoints/a5-implicit --bucket ood8x --docs 40 --out readings.json
+
+For each reading, on the same documents, in one process: accuracy of the final answer, agreement of the final
+answer with the sequential reading, f evaluations per piece and per token, sequential f evaluations (the f calls
+made one after another: the latency of the reading), and wall time (median of --repeats after a warm-up).
+Prints a table; --plot writes the trade-off (block size vs accuracy, iterations per token and time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from implicit_ssm_eval.model_adapters.config import Budget
+from implicit_ssm_eval.model_adapters.formats import load_checkpoint
+
+
+def documents(task: str, bucket: str, num_docs: int, seed: int):
+    from implicit_ssm_eval.tasks.state_tracking import make_docs
+
+    return make_docs(task, bucket, num_docs=num_docs, seed=seed)
+
+
+def read(model, ids, budget: Budget, device) -> tuple[torch.Tensor, dict, float]:
+    """Final-position greedy answers, statistics, and the wall time of one reading."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = model(ids, budget)
+    answers = model.logits(out.hidden[:, -1]).argmax(-1)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    s = out.stats
+    its, tokens = s.iterations.double(), s.tokens.double()
+    stats = {"pieces": int(s.iterations.shape[1]), "iterations_per_piece": float(its.mean()),
+             "iterations_per_token": float((its * tokens).sum() / tokens.sum()),
+             "sequential_f_evaluations": int(s.iterations.max(0).values.sum()),
+             "converged": float(s.converged.double().mean())}
+    return answers, stats, seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=Path("checkpoints/a5-implicit"))
+    p.add_argument("--task", default="a5")
+    p.add_argument("--bucket", default="ood8x")
+    p.add_argument("--docs", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tol", type=float, default=0.01)
+    p.add_argument("--max-iter", type=int, default=256)
+    p.add_argument("--block-sizes", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    p.add_argument("--simultaneous", action="store_true", help="also the simultaneous reading (slow at 8x)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--plot", type=Path, default=None)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, dtype=getattr(torch, args.dtype), device=device)
+    ckpt.model.use_backend(args.backend)
+    docs = documents(args.task, args.bucket, args.docs, args.seed)
+    ids = torch.tensor([ckpt.tokenizer.encode(d["input"]) for d in docs], device=device)
+    targets = torch.tensor([ckpt.tokenizer.encode(d["target"])[0] for d in docs], device=device)
+    base = Budget(max_iter=args.max_iter, tol=args.tol, tau=ckpt.default_budget.tau)
+    readings = {"sequential": base.replace(mode="sequential"),
+                **{f"blockwise {c}": base.replace(mode="blockwise", block_size=c) for c in args.block_sizes}}
+    if args.simultaneous:
+        readings["simultaneous"] = base
+    rows, reference = [], None
+    with torch.inference_mode():
+        for name, budget in readings.items():
+            answers, stats, _ = read(ckpt.model, ids, budget, device)  # warm-up (and Triton compilation)
+            times = [read(ckpt.model, ids, budget, device)[2] for _ in range(args.repeats)]
+            reference = answers if reference is None else reference
+            rows.append({"reading": name, "block_size": budget.block_size, "accuracy": float(
+                (answers == targets).double().mean()), "agrees_with_sequential": float(
+                (answers == reference).double().mean()), **stats, "seconds": statistics.median(times)})
+            args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                            "threads": torch.get_num_threads(), "rows": rows}, indent=2))
+    seq = rows[0]["seconds"]
+    print(f"{'reading':14s} {'acc':>6s} {'agree':>6s} {'it/piece':>9s} {'it/token':>9s} {'seq f':>7s} "
+          f"{'seconds':>8s} {'speed-up':>8s}")
+    for r in rows:
+        print(f"{r['reading']:14s} {r['accuracy']:6.3f} {r['agrees_with_sequential']:6.3f} "
+              f"{r['iterations_per_piece']:9.1f} {r['iterations_per_token']:9.1f} {r['sequential_f_evaluations']:7d} "
+              f"{r['seconds']:8.3f} {seq / r['seconds']:7.2f}x")
+    if args.plot:
+        plot(rows, args.plot, f"{args.checkpoint.name}, st_{args.task}_{args.bucket}, tol {args.tol:g}, {args.device}")
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    from implicit_ssm_eval.harness.plots import pyplot, save_figure
+
+    plt = pyplot()
+    blocks = [r for r in rows if r["block_size"]]
+    x = [r["block_size"] for r in blocks]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for ax, key, label in zip(axes, ("accuracy", "iterations_per_token", "seconds"),
+                              ("accuracy of the final answer", "f evaluations per token", "seconds")):
+        ax.plot(x, [r[key] for r in blocks], marker="^", ls="-.", label="blockwise")
+        ax.axhline(rows[0][key], color="tab:orange", ls="--", label="sequential")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("block size (tokens)")
+        ax.set_title(label, fontsize=9)
+    axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    main()
