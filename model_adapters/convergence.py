@@ -14,51 +14,48 @@ from .reading import ReadStats
 
 class ConvergenceLog:
     def __init__(self):
-        self._iterations: list[torch.Tensor] = []
-        self._residuals: list[torch.Tensor] = []
-        self._converged: list[torch.Tensor] = []
-        self._tokens: list[torch.Tensor] = []
+        self._parts: list[ReadStats] = []
 
     def add(self, stats: ReadStats) -> None:
-        """Copies stay on the device until summary(), so logging a decoding step costs no host synchronisation."""
-        present = stats.present
-        self._iterations.append(stats.iterations[present].detach().clone())
-        self._residuals.append(stats.residual[present].detach().double())
-        self._converged.append(stats.converged[present].detach().clone())
-        self._tokens.append(stats.tokens[present].detach().clone())
+        """Keeps copies on the device, masked only at summary(): logging a decoding step costs no host sync."""
+        self._parts.append(ReadStats(*(getattr(stats, f).detach().clone() for f in FIELDS)))
 
     def __getstate__(self):  # gathered across ranks as CPU tensors
-        return {k: [t.cpu() for t in v] for k, v in self.__dict__.items()}
+        return {"_parts": [ReadStats(*(getattr(p, f).cpu() for f in FIELDS)) for p in self._parts]}
 
     def extend(self, other: ConvergenceLog) -> None:
-        for name in ("_iterations", "_residuals", "_converged", "_tokens"):
-            getattr(self, name).extend(getattr(other, name))
+        self._parts.extend(other._parts)
 
     def __len__(self) -> int:
-        return sum(t.numel() for t in self._iterations)
+        return sum(int(p.present.sum()) for p in self._parts)
 
     def summary(self, max_iter: int) -> dict:
-        if not len(self):
+        present = [p.present.cpu().flatten() for p in self._parts]
+        if not present or not torch.cat(present).any():
             return {"count": 0}
-        its = _cat(self._iterations).double()
-        tokens = _cat(self._tokens).double()
-        converged = _cat(self._converged)
+        its, res, conv, tokens = (_cat([getattr(p, f).cpu().flatten()[m] for p, m in zip(self._parts, present)])
+                                  for f in FIELDS)
+        its, tokens = its.double(), tokens.double()
+        ordered = its.sort().values  # (torch.quantile refuses inputs over 16M entries)
         return {
             "count": int(its.numel()),
             "tokens": int(tokens.sum()),
             "iterations_mean": float(its.mean()),
             "iterations_per_token": float((its * tokens).sum() / tokens.sum()),
-            "iterations_p50": float(its.quantile(0.5)),
-            "iterations_p90": float(its.quantile(0.9)),
+            "iterations_p50": float(ordered[(its.numel() - 1) // 2]),
+            "iterations_p90": float(ordered[int(0.9 * (its.numel() - 1))]),
             "iterations_max": int(its.max()),
-            "fraction_hit_max_iter_unconverged": float(((its >= max_iter) & ~converged).double().mean()),
-            "fraction_converged": float(converged.double().mean()),
-            "residual_mean": float(_cat(self._residuals).mean()),
+            "fraction_hit_max_iter_unconverged": float(((its >= max_iter) & ~conv).double().mean()),
+            "fraction_converged": float(conv.double().mean()),
+            "residual_mean": float(res.double().mean()),
         }
 
 
+FIELDS = ("iterations", "residual", "converged", "tokens")
+
+
 def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.cpu().flatten() for t in parts])
+    return torch.cat(parts)
 
 
 UNCONVERGED_WARN = 0.1  # above this share of pieces at the cap unconverged, a score is flagged as unconverged

@@ -1,12 +1,16 @@
-"""Greedy decoding with the recurrent state: the prompt is processed once, then one step per token.
+"""Greedy decoding with the recurrent state: the prompt is read once, then one step per token.
 
-For an explicit model a step is O(1) work; for an implicit model it is the sequential fixed-point step at
-the given budget. The host looks at the generated tokens only every `check_every` tokens (to test stop
-sequences); tokens produced past a stop are discarded, which cannot change greedy output before it.
+For an explicit model a step is O(1) work; for an implicit model it is the reading of one more token at the
+budget (reading.py): the same computation as the sequential reading. The host looks at the generated tokens only
+every `check_every` tokens (to test stop sequences); tokens produced past a stop are discarded, which cannot change
+greedy output before it.
 
-On CUDA the step can be captured once as a CUDA graph and replayed (`GraphedStep`): that removes the launch
-overhead that dominates small-batch decoding. Capture needs a step whose work does not depend on the data,
-so it is used for explicit models and for implicit ones at tol = 0; `use_cuda_graphs` decides, in one place.
+A stepper owns the recurrent state and turns a token into the next one:
+    EagerStep      model.step op by op (the CPU path; rows that finished leave the batch)
+    GraphedStep    CUDA: the whole step, logits and argmax captured in one CUDA graph, the state updated in place
+                   in the graph (explicit models, implicit ones at tol = 0: data-independent work)
+    SolvedStep     CUDA, implicit at tol > 0: the token's solve in captured segments (graphs.PieceSolve)
+`make_stepper` chooses, in one place.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from torch import Tensor
 
 from .config import Budget
 from .convergence import ConvergenceLog
+from .graphs import can_capture
+from .mamba2 import MixerState
 from .models import ExplicitLM, ImplicitLM
+from .reading import ReadStats
 from .tensors import NonFiniteError, take_rows
 
 
@@ -31,44 +38,94 @@ def right_pad(seqs: list[list[int]], device: torch.device, pad: int = 0) -> tupl
     return ids, lengths
 
 
-def use_cuda_graphs(model: ExplicitLM | ImplicitLM, budget: Budget | None, requested: bool | None) -> bool:
-    """Graphs need CUDA and a data-independent step (explicit, or implicit at tol = 0). None = when possible."""
-    possible = model.embedding.weight.is_cuda and (budget is None or budget.tol == 0)
-    if requested and not possible:
-        raise ValueError("cuda_graphs needs a CUDA device and, for implicit models, tol=0 (early stopping "
-                         "depends on the data)")
-    return possible if requested is None else requested
+def next_token(logits: Tensor, vocab_size: int) -> tuple[Tensor, Tensor]:
+    """Greedy tokens over the real vocabulary, and a device flag: were all logits finite (checked at flush)."""
+    return logits[:, :vocab_size].argmax(-1), torch.isfinite(logits).all()
+
+
+class EagerStep:
+    def __init__(self, model, state, budget: Budget | None, vocab_size: int):
+        self.model, self.state, self.budget, self.vocab_size = model, state, budget, vocab_size
+
+    def __call__(self, token: Tensor) -> tuple[Tensor, Tensor, ReadStats | None]:
+        out = self.model.step(token, self.state, self.budget)
+        self.state = out.state
+        return (*next_token(self.model.logits(out.hidden), self.vocab_size), out.stats)
+
+    def keep(self, positions: Tensor) -> None:
+        """Rows that finished leave the batch (a fixed-batch stepper keeps them, their tokens ignored)."""
+        self.state = take_rows(self.state, positions)
 
 
 class GraphedStep:
-    """model.step for one batch size, captured as a CUDA graph over static input and state buffers."""
+    """model.step, logits and argmax for one batch size, captured as one CUDA graph. The state lives in static
+    buffers that the graph itself advances, so a replay copies in nothing but the token."""
 
-    def __init__(self, model: ExplicitLM | ImplicitLM, batch: int, budget: Budget | None, vocab_size: int):
-        self.token = torch.zeros(batch, dtype=torch.long, device=model.embedding.weight.device)
-        self.state = model.empty_state(batch)
+    def __init__(self, model, state, budget: Budget | None, vocab_size: int):
+        self.token = torch.zeros(state[0].ssm.shape[0], dtype=torch.long, device=model.embedding.weight.device)
+        self.state = [MixerState(s.conv.clone(), s.ssm.clone()) for s in state]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up: compile kernels, settle the allocator
+        with torch.cuda.stream(stream):  # warm-up: compile and autotune kernels, settle the allocator
             for _ in range(2):
                 model.step(self.token, self.state, budget)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.out = model.step(self.token, self.state, budget)
-            self.next_token, self.finite = next_token(model.logits(self.out.hidden), vocab_size)
+            out = model.step(self.token, self.state, budget)
+            self.next_token, self.finite = next_token(model.logits(out.hidden), vocab_size)
+            self.stats = out.stats
+            for static, new in zip(self.state, out.state):
+                static.conv.copy_(new.conv)
+                static.ssm.copy_(new.ssm)
 
-    def __call__(self, token: Tensor, state) -> tuple[Tensor, Tensor, list]:
+    def __call__(self, token: Tensor) -> tuple[Tensor, Tensor, ReadStats | None]:
         self.token.copy_(token)
-        for static, live in zip(self.state, state):
-            static.conv.copy_(live.conv)
-            static.ssm.copy_(live.ssm)
         self.graph.replay()
-        return self.next_token, self.finite, self.out.state
+        return self.next_token, self.finite, self.stats
+
+    def keep(self, positions: Tensor) -> None:
+        pass
 
 
-def next_token(logits: Tensor, vocab_size: int) -> tuple[Tensor, Tensor]:
-    """Greedy tokens over the real vocabulary, and a device flag: were all logits finite (checked at flush)."""
-    return logits[:, :vocab_size].argmax(-1), torch.isfinite(logits).all()
+class SolvedStep:
+    """An implicit model's step at tol > 0 on CUDA: the token's solve replayed in captured segments."""
+
+    def __init__(self, model: ImplicitLM, state, budget: Budget, vocab_size: int):
+        from .reading import piece_solve
+
+        self.model, self.vocab_size = model, vocab_size
+        self.tokens = torch.ones(state[0].ssm.shape[0], 1, dtype=torch.long, device=state[0].ssm.device)
+        u = model.inject(self.tokens[:, 0])
+        self.solve = piece_solve(model, budget, u, state)
+        self.solve.load_state(state)
+        self.alive = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
+
+    def __call__(self, token: Tensor) -> tuple[Tensor, Tensor, ReadStats]:
+        hidden, solved = self.solve(self.model.inject(token), self.alive, None)
+        stats = ReadStats(solved.iterations[:, None].clone(), solved.residual[:, None].clone(),
+                          solved.converged[:, None].clone(), self.tokens)
+        return (*next_token(self.model.logits(hidden), self.vocab_size), stats)
+
+    def keep(self, positions: Tensor) -> None:
+        pass
+
+
+def make_stepper(model, state, budget: Budget | None, vocab_size: int, cuda_graphs: bool | None):
+    """Graphs need CUDA; None = whenever possible. Explicit models and implicit ones at tol = 0 capture the whole
+    step; implicit ones at tol > 0 capture the solve in segments (damped iteration only)."""
+    on_cuda = model.embedding.weight.is_cuda
+    if cuda_graphs and not on_cuda:
+        raise ValueError("cuda_graphs needs a CUDA device")
+    if cuda_graphs is False or not on_cuda:
+        return EagerStep(model, state, budget, vocab_size)
+    if budget is None or budget.tol == 0:
+        return GraphedStep(model, state, budget, vocab_size)
+    if can_capture(budget):
+        return SolvedStep(model, state, budget, vocab_size)
+    if cuda_graphs:
+        raise ValueError(f"cuda_graphs at tol > 0 needs solver=fixed_point, got {budget.solver}")
+    return EagerStep(model, state, budget, vocab_size)
 
 
 @torch.inference_mode()
@@ -80,12 +137,12 @@ def greedy_generate(model: ExplicitLM | ImplicitLM, prompts: list[list[int]], ma
     device = model.embedding.weight.device
     ids, lengths = right_pad(prompts, device)
     out = model(ids, budget, lengths=lengths)
-    _log(log, out)
+    _log(log, out.stats)
     last = out.hidden[torch.arange(len(prompts), device=device), lengths - 1]
     token, finite = next_token(model.logits(last), vocab_size)
-    state, rows = out.state, torch.arange(len(prompts), device=device)
-    graphed = GraphedStep(model, len(prompts), budget, vocab_size) \
-        if use_cuda_graphs(model, budget, cuda_graphs) and max_new_tokens > 1 else None
+    rows = torch.arange(len(prompts), device=device)
+    stepper = make_stepper(model, out.state, budget, vocab_size, cuda_graphs) if max_new_tokens > 1 else None
+    fixed_batch = not isinstance(stepper, EagerStep)
     generated: list[list[int]] = [[] for _ in prompts]
     pending = [token]
     for step in range(1, max_new_tokens + 1):
@@ -97,19 +154,13 @@ def greedy_generate(model: ExplicitLM | ImplicitLM, prompts: list[list[int]], ma
             pending = []
             if rows.numel() == 0 or step == max_new_tokens:
                 break
-            if graphed is None:  # a graph has a fixed batch: finished rows ride along, their tokens ignored
-                state, token = take_rows(state, keep), token[keep]
-        if graphed is not None:  # batch position == original row: keep the active rows' tokens
-            token, ok, state = graphed(token, state)
-            finite = finite & ok
-            pending.append(token[rows])
-            _log(log, graphed.out)
-            continue
-        out = model.step(token, state, budget)
-        _log(log, out)
-        token, ok = next_token(model.logits(out.hidden), vocab_size)
-        state, finite = out.state, finite & ok
-        pending.append(token)
+            if not fixed_batch:
+                stepper.keep(keep)
+                token = token[keep]
+        token, ok, stats = stepper(token)
+        finite = finite & ok
+        pending.append(token[rows] if fixed_batch else token)
+        _log(log, stats)
     return generated
 
 
@@ -125,6 +176,6 @@ def _flush(pending: list[Tensor], rows: Tensor, generated: list[list[int]], is_d
     return rows[keep_t], keep_t
 
 
-def _log(log: ConvergenceLog | None, out) -> None:
-    if log is not None and out.stats is not None:
-        log.add(out.stats)
+def _log(log: ConvergenceLog | None, stats: ReadStats | None) -> None:
+    if log is not None and stats is not None:
+        log.add(stats)

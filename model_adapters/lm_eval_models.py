@@ -71,6 +71,7 @@ class SSMLM(TemplateLM):
         self.budget = ckpt.default_budget.replace(**args.budget_overrides) if self.KIND == "implicit" else None
         self.kernels = resolve_backend(args.backend, self._device)  # not `backend`: TemplateLM's means "causal"
         self.model.use_backend(self.kernels)
+        self.model.use_graphs(_graph_mode(args.cuda_graphs, self._device))
         self.args, self.max_length = args, args.max_length or DEFAULT_MAX_LENGTH
         self.vocab_size = ckpt.config.vocab_size
         # Budgets scored per request: the run's own first, then anytime budgets read off the same trajectory.
@@ -465,6 +466,13 @@ def _check_checkpoint(ckpt, kind: str, path: str) -> None:
     if ckpt.tokenizer.vocab_size > ckpt.config.padded_vocab_size:
         raise ConfigError(f"{ckpt.tokenizer.path} has {ckpt.tokenizer.vocab_size} tokens but the model only "
                           f"{ckpt.config.padded_vocab_size} embeddings: tokenizer and checkpoint do not match")
+
+
+def _graph_mode(requested: bool | None, device: torch.device) -> str:
+    """cuda_graphs=auto captures the readings' piece solves on CUDA (same numbers, no per-op launches)."""
+    if requested and device.type != "cuda":
+        raise ConfigError(f"cuda_graphs=true needs a CUDA device, got device={device}")
+    return "capture" if device.type == "cuda" and requested is not False else "off"
 
 
 def _task_of(req) -> str:

@@ -19,6 +19,14 @@ from .config import ModelConfig
 from .tensors import compute_dtype
 
 
+class Derived(NamedTuple):
+    """Parameters in the form the scan takes them (see Mamba2._derived)."""
+
+    A: Tensor  # (H,) -exp(A_log), compute dtype
+    dt_bias: Tensor  # (H,) compute dtype
+    D: Tensor  # (H,) or (H, P)
+
+
 class MixerState(NamedTuple):
     """Recurrent state of one mixer. conv: the last d_conv-1 pre-conv inputs (B, conv_dim, d_conv-1) in the
     model dtype; ssm: (B, H, P, N) in float32 (float64 for a float64 model)."""
@@ -58,14 +66,30 @@ class Mamba2(nn.Module):
         """Compute dtype of scans, convs and norms: float32, or float64 for a float64 model."""
         return compute_dtype(self.in_proj.weight)
 
-    def _discretise(self, dt: Tensor) -> Tensor:
-        return F.softplus(dt.to(self.cd) + self.dt_bias.to(self.cd))
+    def _derived(self) -> Derived:
+        """A = -exp(A_log) and the dt bias in the compute dtype, and D per head or channel. Computed once per weight
+        version at inference (no autograd), every call while training (autograd must see them)."""
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in (self.A_log, self.dt_bias, self.D))
+        cache = self.__dict__.get("_derived_cache")
+        if torch.is_grad_enabled() or cache is None or cache[0] != key:
+            cd = self.cd
+            D = self.D.view(self.cfg.nheads, self.cfg.headdim) if self.cfg.D_has_hdim else self.D
+            cache = (key, Derived(-torch.exp(self.A_log.to(cd)), self.dt_bias.to(cd), D))
+            if not torch.is_grad_enabled():
+                self.__dict__["_derived_cache"] = cache
+        return cache[1]
 
-    def _A(self) -> Tensor:
-        return -torch.exp(self.A_log.to(self.cd))
+    def _discretise(self, dt: Tensor, dt_bias: Tensor) -> Tensor:
+        return F.softplus(dt.to(dt_bias.dtype) + dt_bias)
 
-    def _D(self) -> Tensor:
-        return self.D.view(self.cfg.nheads, self.cfg.headdim) if self.cfg.D_has_hdim else self.D
+    def _project(self, u: Tensor, inject: Tensor | None) -> Tensor:
+        """in_proj(u) + inject, the add folded into the matrix product (one GEMM, no extra pass over the output)."""
+        if inject is None:
+            return self.in_proj(u)
+        if self.in_proj.bias is not None:
+            return self.in_proj(u) + inject
+        out = torch.addmm(inject.reshape(-1, inject.shape[-1]), u.reshape(-1, u.shape[-1]), self.in_proj.weight.t())
+        return out.view(*u.shape[:-1], out.shape[-1])
 
     def _gate_and_project(self, y: Tensor, z: Tensor) -> Tensor:
         """y (..., d_inner) float32 -> out (..., d_model) in the model dtype."""
@@ -93,27 +117,24 @@ class Mamba2(nn.Module):
         batch, length, _ = u.shape
         if state is None:
             state = self.empty_state(batch, u.device)
-        zxbcdt = self.in_proj(u)
-        if inject is not None:
-            zxbcdt = zxbcdt + inject
-        z, xbc, dt = self._split(zxbcdt)
+        derived = self._derived()
+        z, xbc, dt = self._split(self._project(u, inject))
         xbc, conv_state = self._conv(xbc, state.conv, valid)
         x, B, C = self._split_xbc(xbc)
-        dt = self._discretise(dt)
+        dt = self._discretise(dt, derived.dt_bias)
         if valid is not None:
             dt = dt * valid[..., None]
-        y, ssm_state = self.ops.chunk_scan(x, dt, self._A(), B, C, self.cfg.chunk_size, self._D(), state.ssm)
+        y, ssm_state = self.ops.chunk_scan(x, dt, derived.A, B, C, self.cfg.chunk_size, derived.D, state.ssm)
         out = self._gate_and_project(y.flatten(-2), z)
         return out, MixerState(conv_state, ssm_state.to(self.cd))
 
     def _conv(self, xbc: Tensor, conv_state: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Causal depthwise conv + SiLU over (B, L, conv_dim), continuing from `conv_state`."""
+        """Causal depthwise conv + SiLU over (B, L, conv_dim), continuing from `conv_state`, in the parameter dtype
+        (as mamba_ssm does: the convolution accumulates in float32 itself, no round trip through float32 copies)."""
         k = self.cfg.d_conv
         window = torch.cat([conv_state.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)  # (B, C, k-1+L)
-        cd = self.cd
-        bias = None if self.conv1d.bias is None else self.conv1d.bias.to(cd)
-        out = F.conv1d(window.to(cd), self.conv1d.weight.to(cd), bias, groups=self.cfg.conv_dim)
-        out = F.silu(out).transpose(1, 2).to(xbc.dtype)
+        out = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.cfg.conv_dim)
+        out = F.silu(out).transpose(1, 2)
         if valid is None:
             new_state = window[..., window.shape[-1] - (k - 1):]
         else:  # window index of a sequence's last k-1 real tokens: length .. length+k-2
@@ -125,16 +146,12 @@ class Mamba2(nn.Module):
     # -- recurrent form ------------------------------------------------------------------------------
     def step(self, u: Tensor, state: MixerState, inject: Tensor | None = None) -> tuple[Tensor, MixerState]:
         """u (B, d_model) -> (out (B, d_model), new state). `state` is left untouched."""
-        zxbcdt = self.in_proj(u)
-        if inject is not None:
-            zxbcdt = zxbcdt + inject
-        z, xbc, dt = self._split(zxbcdt)
+        derived = self._derived()
+        z, xbc, dt = self._split(self._project(u, inject))
         window = torch.cat([state.conv.to(xbc.dtype), xbc[..., None]], dim=-1)  # (B, C, k)
-        xbc = (window.to(self.cd) * self.conv1d.weight[:, 0].to(self.cd)).sum(-1)
-        if self.conv1d.bias is not None:
-            xbc = xbc + self.conv1d.bias.to(self.cd)
-        x, B, C = self._split_xbc(F.silu(xbc).to(z.dtype))
-        y, ssm = self.ops.state_step(state.ssm, x, self._discretise(dt), self._A(), B, C, self._D())
+        xbc = F.silu(F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.cfg.conv_dim)[..., 0])
+        x, B, C = self._split_xbc(xbc)
+        y, ssm = self.ops.state_step(state.ssm, x, dt, derived.dt_bias, derived.A, B, C, derived.D)
         return self._gate_and_project(y.flatten(-2), z), MixerState(window[..., 1:], ssm.to(self.cd))
 
 

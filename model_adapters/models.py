@@ -29,6 +29,7 @@ from .reading import Readout, ReadStats, read
 from .tensors import compute_dtype, valid_mask
 
 State = list[MixerState]  # one MixerState per layer
+GRAPH_MODES = ("off", "capture", "masked")
 
 
 @dataclass
@@ -40,21 +41,13 @@ class LMOutput:
 
 
 class Block(nn.Module):
-    """h -> h + Mixer(RMSNorm(h)); h stays in the residual dtype (float32)."""
+    """h -> h + Mixer(RMSNorm(h)): a pre-norm residual block. The stack (_LM.stack) runs it, fusing each residual
+    add with the next block's norm."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mixer = Mamba2(cfg)
-
-    def forward(self, h: Tensor, inject: Tensor | None = None, state: MixerState | None = None,
-                valid: Tensor | None = None) -> tuple[Tensor, MixerState]:
-        out, state = self.mixer(self.norm(h).to(self.mixer.in_proj.weight.dtype), inject, state, valid)
-        return h + out.to(h.dtype), state
-
-    def step(self, h: Tensor, state: MixerState, inject: Tensor | None = None) -> tuple[Tensor, MixerState]:
-        out, state = self.mixer.step(self.norm(h).to(self.mixer.in_proj.weight.dtype), state, inject)
-        return h + out.to(h.dtype), state
 
 
 class _LM(nn.Module):
@@ -62,6 +55,8 @@ class _LM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backend = "torch"
+        self.ops = get_ops("torch")
+        self.graphs = "off"  # see use_graphs
         self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -83,7 +78,30 @@ class _LM(nn.Module):
         ops = get_ops(resolved)
         for layer in self.layers:
             layer.mixer.ops = ops
-        self.backend = resolved
+        self.ops, self.backend = ops, resolved
+
+    def use_graphs(self, mode: str) -> None:
+        """How an implicit model solves the pieces of sequential and blockwise readings (reading.py, graphs.py):
+        "off" (eagerly, gathering the rows still iterating), "capture" (masked, in CUDA graphs: the GPU path) or
+        "masked" (masked without capture: the same arithmetic on any device, for the tests). Numbers are the same."""
+        if mode not in GRAPH_MODES:
+            raise ConfigError(f"graphs must be one of {GRAPH_MODES}, got {mode!r}")
+        self.graphs = mode
+        self.__dict__.pop("_piece_solves", None)
+
+    def stack(self, h: Tensor, inject: Tensor | None = None, state: State | None = None, valid: Tensor | None = None,
+              step: bool = False) -> tuple[Tensor, State]:
+        """RMSNorm_f(h_L) with h_l = h_{l-1} + Mixer_l(RMSNorm_l(h_{l-1}); inject), h_0 = h, and each layer's new
+        recurrent state. h: (B, L, D) (or (B, D) with step=True, against `state`). The residual stays in float32;
+        each residual add is fused with the next norm (backend add_rmsnorm: one kernel on the GPU)."""
+        out, residual, new_state = None, h.to(self.cd), []
+        for i, layer in enumerate(self.layers):
+            normed, residual = self.ops.add_rmsnorm(out, residual, layer.norm.weight, layer.norm.eps, self.dtype)
+            s = None if state is None else state[i]
+            out, s = layer.mixer.step(normed, s, inject) if step else layer.mixer(normed, inject, s, valid)
+            new_state.append(s)
+        final, _ = self.ops.add_rmsnorm(out, residual, self.norm_f.weight, self.norm_f.eps, self.cd)
+        return final, new_state
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
@@ -109,23 +127,14 @@ class ExplicitLM(_LM):
         """input_ids (B, L), right padded to `lengths` (B,) if given."""
         _no_budget(budget, anytime)
         self.check_ids(input_ids)
-        valid = valid_mask(lengths, input_ids.shape[1])
-        h = self.embed(input_ids).to(self.cd)
-        new_state = []
-        for i, layer in enumerate(self.layers):
-            h, s = layer(h, None, None if state is None else state[i], valid)
-            new_state.append(s)
-        return LMOutput(self.norm_f(h), new_state)
+        hidden, new_state = self.stack(self.embed(input_ids), None, state, valid_mask(lengths, input_ids.shape[1]))
+        return LMOutput(hidden, new_state)
 
     def step(self, token_ids: Tensor, state: State, budget: Budget | None = None) -> LMOutput:
         """token_ids (B,) -> hidden (B, d_model): O(1) work per token."""
         _no_budget(budget, ())
-        h = self.embed(token_ids).to(self.cd)
-        new_state = []
-        for layer, s in zip(self.layers, state):
-            h, s = layer.step(h, s)
-            new_state.append(s)
-        return LMOutput(self.norm_f(h), new_state)
+        hidden, new_state = self.stack(self.embed(token_ids), None, state, step=True)
+        return LMOutput(hidden, new_state)
 
 
 def _no_budget(budget, anytime) -> None:
@@ -149,19 +158,11 @@ class ImplicitLM(_LM):
     def f(self, z: Tensor, u: Tensor, state: State | None = None, valid: Tensor | None = None
           ) -> tuple[Tensor, State]:
         """The map over whole sequences: z (B, L, D) -> RMSNorm_f(blocks(z; u)), one parallel scan per layer."""
-        new_state = []
-        for i, layer in enumerate(self.layers):
-            z, s = layer(z, u, None if state is None else state[i], valid)
-            new_state.append(s)
-        return self.norm_f(z), new_state
+        return self.stack(z, u, state, valid)
 
     def f_step(self, z: Tensor, u: Tensor, state: State) -> tuple[Tensor, State]:
         """The map for one token: z (B, D) against the recurrent states of the previous token."""
-        new_state = []
-        for layer, s in zip(self.layers, state):
-            z, s = layer.step(z, s, u)
-            new_state.append(s)
-        return self.norm_f(z), new_state
+        return self.stack(z, u, state, step=True)
 
     def forward(self, input_ids: Tensor, budget: Budget | None = None, lengths: Tensor | None = None,
                 state: State | None = None, anytime=()) -> LMOutput:

@@ -25,6 +25,14 @@ def gated_rmsnorm_ref(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_si
     return groups.flatten(-2) * weight.to(cd)
 
 
+def add_rmsnorm_ref(x: Tensor | None, residual: Tensor, weight: Tensor, eps: float,
+                    out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The residual add of one block fused with the norm of the next: residual <- residual + x (x None: nothing to
+    add), returns (RMSNorm(residual) in out_dtype, residual). The residual keeps its own dtype (float32)."""
+    residual = residual if x is None else residual + x.to(residual.dtype)
+    return rmsnorm_ref(residual, weight, eps).to(out_dtype), residual
+
+
 class RMSNorm(nn.Module):
     """Returns float32 (or float64); callers cast to the compute dtype they need."""
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .fixed_point import SolveStats, solve
+from .graphs import PieceSolve, can_capture
 from .tensors import put_rows, take_rows, valid_mask
 
 if TYPE_CHECKING:
@@ -78,12 +79,17 @@ def pieces(length: int, budget: Budget) -> list[tuple[int, int]]:
 def read(model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor | None = None, state: State | None = None,
          keep: tuple[int, ...] = ()) -> Reading:
     """u (B, L, d_in_proj): the injection of a right-padded batch with `lengths` (B,); `state` continues earlier
-    tokens. keep: anytime budgets (a single simultaneous piece at tol = 0, see Budget.anytime_budgets)."""
+    tokens. keep: anytime budgets (a single simultaneous piece at tol = 0, see Budget.anytime_budgets).
+
+    With model.graphs "capture" (CUDA) or "masked" (any device), pieces after the first size are solved by
+    PieceSolve (graphs.py): every row, masked, captured in CUDA graphs; the numbers are those of the eager solver."""
     batch, length = u.shape[:2]
     cuts = pieces(length, budget)
     if keep and len(cuts) != 1:
         raise ValueError("anytime budgets need the whole sequence in one piece")
     state = state if state is not None else model.empty_state(batch)
+    if _use_piece_solves(model, budget, cuts, keep, u):
+        return _read_with_piece_solves(model, u, budget, lengths, state, cuts)
     ends = lengths.tolist() if lengths is not None else [length] * batch  # one host copy, not one per piece
     valid = valid_mask(lengths, length)
     hidden = torch.zeros(batch, length, model.cfg.d_model, dtype=model.cd, device=u.device)
@@ -102,9 +108,52 @@ def read(model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor | None = 
     return Reading(hidden, state, stats, anytime)
 
 
+def _use_piece_solves(model: ImplicitLM, budget: Budget, cuts: list, keep: tuple, u: Tensor) -> bool:
+    mode = getattr(model, "graphs", "off")
+    if mode == "off" or keep or len(cuts) == 1 or not can_capture(budget):
+        return False
+    capturing = u.is_cuda and torch.cuda.is_current_stream_capturing()  # inside a caller's graph: stay eager
+    return not capturing and (mode == "masked" or u.is_cuda)
+
+
+def _read_with_piece_solves(model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor | None, state: State,
+                            cuts: list[tuple[int, int]]) -> Reading:
+    """Every piece solved for every row by a PieceSolve of its size (one for the blocks, one for a shorter last
+    block), alive rows masked; solves are kept on the model and reused by later readings of the same shape."""
+    batch, length = u.shape[:2]
+    lengths = lengths if lengths is not None else torch.full((batch,), length, dtype=torch.long, device=u.device)
+    valid = valid_mask(lengths, length)
+    hidden = torch.zeros(batch, length, model.cfg.d_model, dtype=model.cd, device=u.device)
+    stats = _empty_stats(length, budget.piece_size(length), lengths, model.cd)
+    solver = None
+    for p, (start, end) in enumerate(cuts):
+        u_piece = u[:, start] if end - start == 1 else u[:, start:end]
+        if solver is None or tuple(solver.u.shape) != tuple(u_piece.shape):
+            state = solver.current_state() if solver is not None else state
+            solver = piece_solve(model, budget, u_piece, state)
+            solver.load_state(state)
+        out, solved = solver(u_piece, lengths > start, None if end - start == 1 else valid[:, start:end])
+        hidden[:, start:end] = out if end - start > 1 else out[:, None]
+        _put_stats(stats, None, p, solved)
+    hidden = hidden * valid[..., None]  # padding: zeros, as the eager reading leaves it
+    return Reading(hidden, solver.current_state(), stats)
+
+
+def piece_solve(model: ImplicitLM, budget: Budget, u_like: Tensor, state: State) -> PieceSolve:
+    """The model's PieceSolve for this shape and budget, made (and captured, on CUDA) on first use."""
+    cache = model.__dict__.setdefault("_piece_solves", {})
+    key = (tuple(u_like.shape), u_like.dtype, str(u_like.device), budget)
+    if key not in cache:
+        if len(cache) >= 8:  # a few shapes per run (the batch size, a shorter last batch, a last block)
+            cache.pop(next(iter(cache)))
+        capture = getattr(model, "graphs", "off") == "capture" and u_like.is_cuda
+        cache[key] = PieceSolve(model, budget, u_like, state, capture)
+    return cache[key]
+
+
 def _solve_piece(model: ImplicitLM, u: Tensor, budget: Budget, state: State, rows: Tensor | None, start: int,
                  end: int, valid: Tensor | None, ends: list[int], keep: tuple[int, ...]):
-    u_piece = take_rows(u[:, start:end], rows)
+    u_piece = take_rows(u[:, start:end], rows).contiguous()  # once per piece, not once per f evaluation
     if end - start == 1:  # the step form: the recurrent update of one token
         context = PieceContext(u_piece[:, 0], state, None)
         z0 = torch.zeros(u_piece.shape[0], model.cfg.d_model, dtype=model.cd, device=u.device)

@@ -6,9 +6,11 @@ dt arrives already discretised (softplus(dt + dt_bias), zero on padding), in flo
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..norms import gated_rmsnorm_ref
+from ..norms import add_rmsnorm_ref, gated_rmsnorm_ref
 from ..ssd import ssd_chunked, ssd_step
 
 NAME = "torch"
@@ -20,11 +22,18 @@ def chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_siz
     return ssd_chunked(x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state)
 
 
-def state_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor,
                D: Tensor | None) -> tuple[Tensor, Tensor]:
-    """x (B, H, P), dt (B, H), B/C (B, G, N), state (B, H, P, N) -> y, new state. Does not mutate `state`."""
-    return ssd_step(state, x, dt, A, B, C, D)
+    """x (B, H, P), dt (B, H) raw (discretised here: softplus(dt + dt_bias)), B/C (B, G, N), state (B, H, P, N)
+    -> y, new state. Does not mutate `state`."""
+    return ssd_step(state, x, F.softplus(dt.to(dt_bias.dtype) + dt_bias), A, B, C, D)
 
 
 def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int) -> Tensor:
     return gated_rmsnorm_ref(x, z, weight, eps, group_size)
+
+
+def add_rmsnorm(x: Tensor | None, residual: Tensor, weight: Tensor, eps: float,
+                out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """residual + x, and its RMSNorm in out_dtype (see norms.add_rmsnorm_ref)."""
+    return add_rmsnorm_ref(x, residual, weight, eps, out_dtype)

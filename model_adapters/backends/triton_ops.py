@@ -14,6 +14,7 @@ import os
 os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # read when a kernel is compiled, so before any is
 
 import torch  # noqa: E402
+from mamba_ssm.ops.triton.layer_norm import _layer_norm_fwd  # noqa: E402
 from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn  # noqa: E402
 from mamba_ssm.ops.triton.selective_state_update import selective_state_update  # noqa: E402
 from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: E402
@@ -32,7 +33,7 @@ def chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_siz
     return y, final
 
 
-def state_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor,
                D: Tensor | None) -> tuple[Tensor, Tensor]:
     """x (B, H, P), dt (B, H), B/C (B, G, N), state (B, H, P, N) -> y, new state; `state` is not mutated
     (the kernel updates in place, so it works on a copy: the implicit model re-evaluates frozen states)."""
@@ -41,11 +42,23 @@ def state_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Te
     # Stride-0 expansions over headdim let the kernel take its per-head ("tied") fast path.
     A_full = A[:, None, None].expand(nheads, headdim, dstate)
     dt_full = dt[..., None].expand(-1, -1, headdim)
-    dt_bias = torch.zeros(nheads, 1, device=dt.device, dtype=dt.dtype).expand(nheads, headdim)  # dt is final
+    bias_full = dt_bias[:, None].expand(nheads, headdim)  # the kernel discretises: softplus(dt + dt_bias)
     D_full = None if D is None else (D[:, None].expand(nheads, headdim) if D.dim() == 1 else D)
-    y = selective_state_update(new_state, x, dt_full, A_full, B, C, D=D_full, dt_bias=dt_bias, dt_softplus=False)
+    y = selective_state_update(new_state, x, dt_full, A_full, B, C, D=D_full, dt_bias=bias_full, dt_softplus=True)
     return y, new_state
 
 
 def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int) -> Tensor:
     return rmsnorm_fn(x, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=False)
+
+
+def add_rmsnorm(x: Tensor | None, residual: Tensor, weight: Tensor, eps: float,
+                out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """One kernel for residual + x and RMSNorm (mamba_ssm's fused layer norm, forward only: inference)."""
+    shape, width = residual.shape, residual.shape[-1]
+    source = (residual if x is None else x).reshape(-1, width)
+    y, _, _, _, new_residual, *_ = _layer_norm_fwd(
+        source.contiguous(), weight.contiguous(), None, eps,
+        residual=None if x is None else residual.reshape(-1, width), out_dtype=out_dtype,
+        residual_dtype=residual.dtype, is_rms_norm=True)
+    return y.view(shape), (residual if x is None else new_residual.view(shape))

@@ -1,0 +1,156 @@
+"""CUDA graphs for the readings: a piece's whole fixed-point solve, captured once and replayed.
+
+Sequential scoring and decoding run one small computation thousands of times: the solve of a one-token piece (or
+of a block), a few f evaluations of the whole stack. Launched op by op, the host is the bottleneck. A PieceSolve
+holds static buffers for one piece shape (rows, piece length) and budget, and the solve captured as CUDA graphs:
+
+    tol = 0   one graph: max_iter - 1 updates, the final evaluation, the commit of the state (no host involvement)
+    tol > 0   a start graph, a segment graph of SEGMENT masked updates, a finish graph; the host replays segments
+              until no row is active (one synchronisation per segment, none per iteration)
+
+Masked updates give exactly what the gathering solver (fixed_point.solve) gives: a row that converges keeps its
+iterate and its count, and stops at max_iter - 1 updates; rows outside the piece (a sequence that has ended) take
+no part and keep their state. Only damped iteration (solver "fixed_point") is captured; Anderson runs eagerly.
+The same code runs without capture (capture=False), on any device: that is what the CPU tests hold to the eager
+solver, and what the GPU tests hold the captured graphs to.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .fixed_point import SolveStats, relative_residual
+from .mamba2 import MixerState
+from .tensors import broadcast_mask
+
+if TYPE_CHECKING:
+    from .config import Budget
+    from .models import ImplicitLM, State
+
+SEGMENT = 8  # tol > 0: masked updates per captured segment; the host looks for convergence between segments
+
+
+def can_capture(budget: Budget) -> bool:
+    return budget.solver == "fixed_point"
+
+
+class PieceSolve:
+    """The solve of pieces of one shape: u (R, d_in_proj) for one token, (R, T, d_in_proj) for a block."""
+
+    def __init__(self, model: ImplicitLM, budget: Budget, u_like: Tensor, state_like: State, capture: bool):
+        self.model, self.budget, self.capture = model, budget, capture
+        rows, dev = u_like.shape[0], u_like.device
+        self.step = u_like.dim() == 2
+        self.u = torch.zeros_like(u_like)
+        self.alive = torch.ones(rows, dtype=torch.bool, device=dev)
+        self.valid = None if self.step else torch.ones(u_like.shape[:2], dtype=torch.bool, device=dev)
+        self.state = [MixerState(s.conv.clone(), s.ssm.clone()) for s in state_like]
+        shape = (rows, model.cfg.d_model) if self.step else (*u_like.shape[:2], model.cfg.d_model)
+        self.z = torch.zeros(shape, dtype=model.cd, device=dev)
+        self.iterations = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.converged = torch.zeros(rows, dtype=torch.bool, device=dev)
+        self.active = torch.zeros(rows, dtype=torch.bool, device=dev)
+        self.segments = math.ceil(max(budget.max_iter - 1, 0) / SEGMENT) if budget.tol else 0
+        self.graphs = self._capture() if capture else None
+
+    # -- what is captured ------------------------------------------------------------------------------
+    def _f(self, z: Tensor):
+        if self.step:
+            return self.model.f_step(z, self.u, self.state)
+        return self.model.f(z, self.u, self.state, self.valid)
+
+    def _start(self) -> None:
+        self.z.zero_()
+        self.iterations.zero_()
+        self.converged.zero_()
+        self.active.copy_(self.alive & (self.budget.max_iter > 1))
+
+    def _update(self) -> None:
+        """One damped update of the active rows; a row whose residual meets tol is converged and leaves."""
+        b = self.budget
+        fz, _ = self._f(self.z)
+        residual = relative_residual(fz, self.z, self.valid)
+        moved = (1 - b.tau) * self.z + b.tau * fz
+        self.z.copy_(torch.where(broadcast_mask(self.active, self.z), moved, self.z))
+        self.iterations.add_(self.active.long())
+        done = self.active & (residual < b.tol)
+        self.converged.logical_or_(done)
+        self.active.logical_and_(~done & (self.iterations < b.max_iter - 1))
+
+    def _finish(self) -> None:
+        """The final evaluation (every row), the statistics, and the commit of the alive rows' new states."""
+        fz, new_state = self._f(self.z)
+        residual = relative_residual(fz, self.z, self.valid)
+        self.out = fz
+        self.stats = SolveStats((self.iterations + 1) * self.alive.long(), residual * self.alive,
+                                (self.converged | (residual < self.budget.tol)) & self.alive)
+        for s, n in zip(self.state, new_state):
+            s.conv.copy_(torch.where(broadcast_mask(self.alive, s.conv), n.conv, s.conv))
+            s.ssm.copy_(torch.where(broadcast_mask(self.alive, s.ssm), n.ssm.to(s.ssm.dtype), s.ssm))
+
+    def _whole(self) -> None:  # tol = 0: fixed work, nothing to look at on the host
+        self._start()
+        for _ in range(self.budget.max_iter - 1):
+            self._update()
+        self._finish()
+
+    def _segment(self) -> None:
+        for _ in range(SEGMENT):
+            self._update()
+
+    # -- capture and replay ----------------------------------------------------------------------------
+    def _capture(self) -> dict[str, torch.cuda.CUDAGraph]:
+        parts = {"whole": self._whole} if not self.budget.tol else \
+            {"start": self._start, "segment": self._segment, "finish": self._finish}
+        snapshot = [MixerState(s.conv.clone(), s.ssm.clone()) for s in self.state]
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up: compile and autotune kernels, settle the allocator
+            for fn in parts.values():
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graphs = {}
+        for name, fn in parts.items():
+            graphs[name] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graphs[name]):
+                fn()
+        for s, saved in zip(self.state, snapshot):  # the warm-up committed states: put the originals back
+            s.conv.copy_(saved.conv)
+            s.ssm.copy_(saved.ssm)
+        return graphs
+
+    def __call__(self, u: Tensor, alive: Tensor, valid: Tensor | None) -> tuple[Tensor, SolveStats]:
+        """Solve one piece: u like u_like, alive (R,) the rows that have this piece, valid (R, T) for a block.
+        The state buffers advance for the alive rows. Returns the final evaluation (R, [T,] D) and statistics."""
+        self.u.copy_(u)
+        self.alive.copy_(alive)
+        if self.valid is not None:
+            self.valid.copy_(valid if valid is not None else alive[:, None].expand_as(self.valid))
+        if not self.budget.tol:
+            self._run("whole", self._whole)
+        else:
+            self._run("start", self._start)
+            for _ in range(self.segments):
+                self._run("segment", self._segment)
+                if not bool(self.active.any()):  # the one host synchronisation per segment
+                    break
+            self._run("finish", self._finish)
+        return self.out, self.stats
+
+    def _run(self, name: str, fn) -> None:
+        if self.graphs is None:
+            fn()
+        else:
+            self.graphs[name].replay()
+
+    def load_state(self, state: State) -> None:
+        for s, live in zip(self.state, state):
+            s.conv.copy_(live.conv)
+            s.ssm.copy_(live.ssm)
+
+    def current_state(self) -> State:
+        return [MixerState(s.conv.clone(), s.ssm.clone()) for s in self.state]
