@@ -25,8 +25,9 @@ def make_checkpoint(root: Path) -> Path:
                           bos_token_id=0, pad_token_id=0)
     model = Mamba2ForCausalLM(config).eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(1 + 0.2 * torch.randn_like(p) if "norm" in name or name.endswith(".D") else 0.3 * torch.randn_like(p))
+        for name, p in model.named_parameters():  # perturbed so that every term counts
+            scale = "norm" in name or name.endswith(".D")
+            p.copy_(1 + 0.2 * torch.randn_like(p) if scale else 0.3 * torch.randn_like(p))
     model.save_pretrained(root)
     vocab = {"<eos>": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
