@@ -1,10 +1,19 @@
-"""GPU benchmarks of the paper's 130M configuration (24 layers, d_model 768, d_state 128, headdim 64, expand 2)
-at random initialisation in bfloat16. Run on the device machine (see BENCHMARKS.md for the command):
+"""GPU benchmarks, side by side in one process, of the paper's 130M configuration (24 layers, d_model 768,
+d_state 128, headdim 64, expand 2) at random initialisation in bfloat16, against mamba_ssm's MambaLMHeadModel on
+the same weights (a mamba_ssm checkpoint written by save_pretrained and loaded by our load_checkpoint):
 
-    python bench/gpu_bench.py --out $OUT/bench.json [--sections ceilings,forward,...]
+    python bench/gpu_bench.py --out $OUT/bench.json [--sections ceilings,forward,profile,overhead,sequential,decode]
 
-Every figure is a median of CUDA-event timings after warm-up, measured in one process so ratios compare
-like with like. Prints a table at the end.
+forward     explicit forward with logits, batch 16 x 2048: ours vs mamba_ssm (use_mem_eff_path=False)
+profile     the share of our forward's GPU time per kind of kernel (projections, scan, conv, norms, ...)
+overhead    implicit forward at a forced k / (k x explicit forward)
+sequential  implicit scoring in the sequential reading, k = 4, tol 0, batch 16 x 128: graphs vs eager, and the
+            simultaneous reading of the same work
+decode      greedy decoding tokens/s, batch 1 and 16: our explicit model (CUDA graph) vs mamba_ssm
+            generate(cg=True), and our implicit model at k = 4; steady state (prefill and capture excluded: the
+            rate between a 64- and a 320-token generation)
+
+Every time is the median of CUDA-event timings after warm-up (Triton compiles on first use). Prints a table.
 """
 
 from __future__ import annotations
@@ -12,16 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from implicit_ssm_eval.model_adapters.config import Budget, ModelConfig
+from implicit_ssm_eval.model_adapters.formats import load_checkpoint
 from implicit_ssm_eval.model_adapters.models import build_model
 
-CFG_130M = dict(vocab_size=50277, pad_vocab_size_multiple=16, d_model=768, n_layer=24, d_state=128, headdim=64,
-                expand=2, ngroups=1, chunk_size=256)
+VOCAB = 50277
 RESULTS: dict = {}
 
 
@@ -41,147 +51,179 @@ def timed(fn, warmup: int = 3, reps: int = 10) -> float:
     return statistics.median(times)
 
 
-def peak_mb(fn) -> float:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**20
+def mamba_pair(root: Path):
+    """(mamba_ssm's model, ours) on the same random 130M weights, bfloat16, on the GPU."""
+    from mamba_ssm.models.config_mamba import MambaConfig
+    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 
-
-def models(backend: str = "triton"):
     torch.manual_seed(0)
-    explicit = build_model(ModelConfig(kind="explicit", **CFG_130M)).to("cuda", torch.bfloat16).eval()
-    implicit = build_model(ModelConfig(kind="implicit", budget={"max_iter": 8}, **CFG_130M)).to("cuda", torch.bfloat16)
-    implicit.load_state_dict(explicit.state_dict(), strict=False)  # same stack; the injection is its own
-    for m in (explicit, implicit.eval()):
-        m.use_backend(backend)
-    return explicit, implicit
+    cfg = MambaConfig(d_model=768, n_layer=24, d_intermediate=0, vocab_size=VOCAB, pad_vocab_size_multiple=16,
+                      ssm_cfg={"layer": "Mamba2", "use_mem_eff_path": False}, rms_norm=True, residual_in_fp32=True,
+                      fused_add_norm=True, tie_embeddings=True)
+    theirs = MambaLMHeadModel(cfg, device="cuda", dtype=torch.float32)
+    theirs.save_pretrained(str(root))
+    theirs = theirs.to(torch.bfloat16).eval()
+    ours = load_checkpoint(root, dtype=torch.bfloat16, device="cuda").model
+    ours.use_backend("triton")
+    return theirs, ours
 
 
-def section_ceilings(args) -> None:
+def implicit_twin(explicit):
+    cfg = ModelConfig.from_dict({**explicit.cfg.to_dict(), "kind": "implicit", "budget": {"max_iter": 4}})
+    model = build_model(cfg).to("cuda", torch.bfloat16).eval()
+    model.load_state_dict(explicit.state_dict(), strict=False)  # the same stack; the injection is its own
+    model.use_backend("triton")
+    return model
+
+
+def section_ceilings(args, pair) -> None:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    ms = timed(lambda: a @ b)
-    RESULTS["bf16_matmul_tflops"] = 2 * 8192**3 / ms / 1e9
-    x = torch.empty(2**30, device="cuda", dtype=torch.uint8)
+    RESULTS["bf16_matmul_tflops"] = 2 * 8192**3 / timed(lambda: a @ b) / 1e9
+    x = torch.randn(2**28, device="cuda")
     y = torch.empty_like(x)
-    ms = timed(lambda: y.copy_(x))
-    RESULTS["copy_tb_s"] = 2 * 2**30 / ms / 1e9
+    RESULTS["copy_tb_s"] = 2 * x.numel() * 4 / timed(lambda: y.copy_(x)) / 1e9
 
 
-def layer_flops_per_token(cfg: ModelConfig) -> float:
-    """Matrix-unit FLOPs of one Mamba2 layer per token: in/out projections plus the SSD products at chunk T
-    (intra-chunk C B^T and its product with x, chunk states, state readout)."""
-    T, N, P, H, G = cfg.chunk_size, cfg.d_state, cfg.headdim, cfg.nheads, cfg.ngroups
-    proj = 2 * cfg.d_model * cfg.d_in_proj + 2 * cfg.d_inner * cfg.d_model
-    ssd = 2 * G * T * N + 2 * H * T * P + 2 * H * N * P * 2
-    return proj + ssd
-
-
-def section_forward(args) -> None:
-    explicit, implicit = models()
-    B, L = args.batch, args.length
-    ids = torch.randint(0, 50277, (B, L), device="cuda")
+def section_forward(args, pair) -> None:
+    theirs, ours = pair
+    ids = torch.randint(0, VOCAB, (args.batch, args.length), device="cuda")
     with torch.inference_mode():
-        ms = timed(lambda: explicit(ids))
-        RESULTS["explicit_forward_ms"] = ms
-        RESULTS["explicit_tokens_per_s"] = B * L / ms * 1e3
-        flops = layer_flops_per_token(explicit.cfg) * explicit.cfg.n_layer * B * L
-        RESULTS["explicit_tflops"] = flops / ms / 1e9
-        RESULTS["explicit_peak_mb"] = peak_mb(lambda: explicit(ids))
-        for k in (1, 2, 4, 8, 16, 32):
-            budget = Budget(max_iter=k, tol=0.0)
-            ms_k = timed(lambda budget=budget: implicit(ids, budget), warmup=1, reps=3 if k >= 16 else 5)
-            RESULTS[f"implicit_k{k}_ms"] = ms_k
-            RESULTS[f"implicit_k{k}_overhead"] = ms_k / (k * ms)
-        RESULTS["implicit_k32_peak_mb"] = peak_mb(lambda: implicit(ids, Budget(max_iter=32, tol=0.0)))
+        for _ in range(2):  # interleaved rounds: the machine is shared
+            RESULTS.setdefault("forward_mamba_ssm_ms", []).append(timed(lambda: theirs(ids).logits))
+            RESULTS.setdefault("forward_ours_ms", []).append(
+                timed(lambda: ours.lm_head(ours(ids).hidden.to(torch.bfloat16))))
+            RESULTS.setdefault("forward_ours_fp32_logits_ms", []).append(timed(lambda: ours.logits(ours(ids).hidden)))
+    for key in ("forward_mamba_ssm_ms", "forward_ours_ms", "forward_ours_fp32_logits_ms"):
+        RESULTS[key] = min(RESULTS[key])
+    RESULTS["forward_speed_vs_mamba_ssm"] = RESULTS["forward_mamba_ssm_ms"] / RESULTS["forward_ours_ms"]
+    params = sum(p.numel() for p in ours.parameters())
+    RESULTS["forward_ours_fraction_of_790_tflops"] = 2 * params * ids.numel() / RESULTS["forward_ours_ms"] / 1e9 / 790
 
 
-def section_anytime(args) -> None:
-    """A sweep over {1,...,32}: one run with anytime outputs (scored at the last position of each sequence, as
-    lm-eval scores continuations) vs separate runs."""
-    _, implicit = models()
-    B, L = args.batch, args.length
-    ids = torch.randint(0, 50277, (B, L), device="cuda")
-    budgets = (1, 2, 4, 8, 16, 32)
+KINDS = (("gemm", ("gemm", "cutlass", "sm90_xmma", "ampere", "cublas")), ("scan", ("chunk", "state", "bmm")),
+         ("conv", ("conv",)), ("norms", ("layer_norm", "rmsnorm", "_layer_norm")),
+         ("copies and casts", ("copy", "cast", "to_copy", "cat")))
 
-    def one_run():
-        out = implicit(ids, Budget(max_iter=32, tol=0.0), anytime=budgets)
-        return [implicit.logits(h[:, -1]) for h in out.anytime.values()]
 
-    def separate():
-        return [implicit.logits(implicit(ids, Budget(max_iter=k, tol=0.0)).hidden[:, -1]) for k in budgets]
+def section_profile(args, pair) -> None:
+    from torch.profiler import ProfilerActivity, profile
 
+    _, ours = pair
+    ids = torch.randint(0, VOCAB, (args.batch, args.length), device="cuda")
     with torch.inference_mode():
-        single = timed(lambda: implicit.logits(implicit(ids, Budget(max_iter=32, tol=0.0)).hidden[:, -1]), 1, 3)
-        RESULTS["anytime_sweep_ratio"] = timed(one_run, 1, 3) / single
-        RESULTS["separate_sweep_ratio"] = timed(separate, 1, 3) / single
+        ours.lm_head(ours(ids).hidden.to(torch.bfloat16))
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                ours.lm_head(ours(ids).hidden.to(torch.bfloat16))
+            torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        name = event.key.lower()
+        kind = next((k for k, needles in KINDS if any(n in name for n in needles)), "elementwise and other")
+        totals[kind] = totals.get(kind, 0.0) + getattr(event, "device_time_total", 0.0)
+    whole = sum(totals.values())
+    RESULTS["profile_share"] = {k: round(v / whole, 4) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    RESULTS["profile_ms_per_forward"] = whole / 3 / 1e3
+    (args.out.parent / "profile.txt").write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
 
 
-def section_backends(args) -> None:
-    ids = torch.randint(0, 50277, (args.batch, args.length), device="cuda")
-    for backend in ("torch", "triton"):
-        RESULTS[f"{backend}_forward_ms"], RESULTS[f"{backend}_peak_mb"] = forward_cost(models(backend)[0], ids)
-        torch.cuda.empty_cache()
+def section_overhead(args, pair) -> None:
+    _, ours = pair
+    implicit = implicit_twin(ours)
+    ids = torch.randint(0, VOCAB, (args.batch, args.length), device="cuda")
+    with torch.inference_mode():
+        explicit_ms = timed(lambda: ours(ids))
+        for k in (1, 4):
+            ms = timed(lambda k=k: implicit(ids, Budget(max_iter=k)), warmup=1, reps=5)
+            RESULTS[f"implicit_k{k}_overhead"] = ms / (k * explicit_ms)
 
 
-@torch.inference_mode()
-def forward_cost(model, ids) -> tuple[float, float]:
-    return timed(lambda: model(ids), 2, 5), peak_mb(lambda: model(ids))
+def section_sequential(args, pair) -> None:
+    _, ours = pair
+    implicit = implicit_twin(ours)
+    ids = torch.randint(0, VOCAB, (16, 128), device="cuda")
+    budget = Budget(max_iter=4, tol=0.0, mode="sequential")
+    with torch.inference_mode():
+        for mode in ("capture", "off"):
+            implicit.use_graphs(mode)
+            ms = timed(lambda: implicit(ids, budget), warmup=1, reps=3)
+            RESULTS[f"sequential_k4_{mode}_tokens_per_s"] = ids.numel() / ms * 1e3
+            args.out.write_text(json.dumps(RESULTS, indent=2))
+        RESULTS["simultaneous_k4_tokens_per_s"] = ids.numel() / timed(lambda: implicit(ids, budget.replace(
+            mode="simultaneous")), 1, 3) * 1e3
 
 
-def section_decode(args) -> None:
-    """Generation tokens/s: explicit steps and implicit sequential steps (k = 4), eager vs CUDA graph."""
+def decode_rate(generate, prompts, short: int = 64, long: int = 320) -> float:
+    """Steady-state generated tokens/s: (long - short) tokens over the time between a short and a long run."""
+    def run(n):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        generate(prompts, n)
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    run(short)  # warm-up: compilation and capture
+    t_short, t_long = min(run(short) for _ in range(2)), min(run(long) for _ in range(2))
+    return prompts.shape[0] * (long - short) / (t_long - t_short)
+
+
+def section_decode(args, pair) -> None:
     from implicit_ssm_eval.model_adapters.generation import greedy_generate
 
-    explicit, implicit = models()
+    theirs, ours = pair
+    implicit = implicit_twin(ours)
+
+    def mamba(prompts, n):
+        theirs.generate(prompts, max_length=prompts.shape[1] + n, cg=True, top_k=1)
+
+    def ours_fn(model, budget):
+        def run(prompts, n):
+            greedy_generate(model, prompts.tolist(), n, budget, lambda r, t: False, VOCAB, check_every=64,
+                            cuda_graphs=True)
+        return run
+
     for batch in (1, 16):
-        prompts = [[int(t) for t in torch.randint(0, 50277, (64,))] for _ in range(batch)]
-        for name, model, budget in (("explicit", explicit, None),
-                                    ("implicit_k4", implicit, Budget(max_iter=4, tol=0.0, mode="sequential"))):
-            for graphs in (False, True):
-                RESULTS[f"decode_{name}_b{batch}_{'graph' if graphs else 'eager'}_tok_s"] = \
-                    decode_rate(greedy_generate, model, prompts, budget, graphs, args.new_tokens)
-                args.out.write_text(json.dumps(RESULTS, indent=2))  # keep what is measured if cut short
+        prompts = torch.randint(0, VOCAB, (batch, 64), device="cuda")
+        with torch.inference_mode():
+            RESULTS[f"decode_b{batch}_mamba_ssm_tok_s"] = decode_rate(mamba, prompts)
+            RESULTS[f"decode_b{batch}_ours_tok_s"] = decode_rate(ours_fn(ours, None), prompts)
+            if batch == 16:
+                budget = Budget(max_iter=4, tol=0.0, mode="sequential")
+                RESULTS["decode_b16_implicit_k4_tok_s"] = decode_rate(ours_fn(implicit, budget), prompts, 32, 96)
+        RESULTS[f"decode_b{batch}_speed_vs_mamba_ssm"] = (RESULTS[f"decode_b{batch}_ours_tok_s"]
+                                                          / RESULTS[f"decode_b{batch}_mamba_ssm_tok_s"])
+        args.out.write_text(json.dumps(RESULTS, indent=2))
+    RESULTS["decode_b16_implicit_k4_vs_explicit_over_5"] = RESULTS["decode_b16_implicit_k4_tok_s"] / (
+        RESULTS["decode_b16_ours_tok_s"] / 5)
 
 
-def decode_rate(generate, model, prompts, budget, graphs: bool, new_tokens: int = 128) -> float:
-    """Generated tokens per second (the prompt's prefill included), after a warm-up run that also captures."""
-    def run():
-        return generate(model, prompts, new_tokens, budget, lambda r, t: False, 50277, check_every=64,
-                        cuda_graphs=graphs)
-
-    run()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    run()
-    torch.cuda.synchronize()
-    return len(prompts) * new_tokens / (time.perf_counter() - start)
-
-
-SECTIONS = {"ceilings": section_ceilings, "forward": section_forward, "anytime": section_anytime,
-            "backends": section_backends, "decode": section_decode}
+SECTIONS = {"ceilings": section_ceilings, "forward": section_forward, "profile": section_profile,
+            "overhead": section_overhead, "sequential": section_sequential, "decode": section_decode}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--sections", default=",".join(SECTIONS))
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--length", type=int, default=2048)
-    p.add_argument("--new-tokens", type=int, default=128, help="tokens generated per decoding measurement")
     args = p.parse_args()
     RESULTS.update(device=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bfloat16",
-                   batch=args.batch, length=args.length, config="130M: 24 layers, d_model 768, d_state 128")
+                   config="130M: 24 layers, d_model 768, d_state 128, headdim 64")
+    pair = mamba_pair(Path(tempfile.mkdtemp()))
     for name in args.sections.split(","):
         started = time.perf_counter()
-        SECTIONS[name](args)
-        RESULTS[f"section_{name}_s"] = time.perf_counter() - started
+        try:
+            SECTIONS[name](args, pair)
+        except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others' figures
+            RESULTS[f"section_{name}_error"] = f"{type(exc).__name__}: {exc}"
+        RESULTS[f"section_{name}_s"] = round(time.perf_counter() - started, 1)
         args.out.write_text(json.dumps(RESULTS, indent=2))
         print(f"[{name} done in {RESULTS[f'section_{name}_s']:.0f}s]", flush=True)
     for key, value in RESULTS.items():
-        print(f"{key:42s} {value:.4g}" if isinstance(value, float) else f"{key:42s} {value}")
+        print(f"{key:44s} {value:.4g}" if isinstance(value, float) else f"{key:44s} {value}")
 
 
 if __name__ == "__main__":
