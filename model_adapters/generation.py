@@ -77,7 +77,8 @@ class GraphedStep:
             self.stats = out.stats
             for static, new in zip(self.state, out.state):
                 static.conv.copy_(new.conv)
-                static.ssm.copy_(new.ssm)
+                if new.ssm.data_ptr() != static.ssm.data_ptr():  # an in-place step already advanced it
+                    static.ssm.copy_(new.ssm)
 
     def __call__(self, token: Tensor) -> tuple[Tensor, Tensor, ReadStats | None]:
         self.token.copy_(token)

@@ -130,29 +130,34 @@ class Mamba2(nn.Module):
 
     def _conv(self, xbc: Tensor, conv_state: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
         """Causal depthwise conv + SiLU over (B, L, conv_dim), continuing from `conv_state`, in the parameter dtype
-        (as mamba_ssm does: the convolution accumulates in float32 itself, no round trip through float32 copies)."""
-        k = self.cfg.d_conv
-        window = torch.cat([conv_state.to(xbc.dtype), xbc.transpose(1, 2)], dim=-1)  # (B, C, k-1+L)
-        out = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.cfg.conv_dim)
-        out = F.silu(out).transpose(1, 2)
-        if valid is None:
-            new_state = window[..., window.shape[-1] - (k - 1):]
-        else:  # window index of a sequence's last k-1 real tokens: length .. length+k-2
-            ends = valid.sum(1)
-            idx = ends[:, None] + torch.arange(k - 1, device=xbc.device)
-            new_state = window.gather(2, idx[:, None, :].expand(-1, window.shape[1], -1))
-        return out, new_state
+        (float32 accumulation inside the backend's op), and the new conv state."""
+        out = self.ops.causal_conv_silu(xbc, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias)
+        return out, _last_inputs(xbc, conv_state, valid)
 
     # -- recurrent form ------------------------------------------------------------------------------
-    def step(self, u: Tensor, state: MixerState, inject: Tensor | None = None) -> tuple[Tensor, MixerState]:
-        """u (B, d_model) -> (out (B, d_model), new state). `state` is left untouched."""
+    def step(self, u: Tensor, state: MixerState, inject: Tensor | None = None,
+             in_place: bool = False) -> tuple[Tensor, MixerState]:
+        """u (B, d_model) -> (out (B, d_model), new state). `state` is left untouched unless in_place, where the
+        backend may advance its SSM state in place (decoding, which owns the state)."""
         derived = self._derived()
         z, xbc, dt = self._split(self._project(u, inject))
-        window = torch.cat([state.conv.to(xbc.dtype), xbc[..., None]], dim=-1)  # (B, C, k)
-        xbc = F.silu(F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.cfg.conv_dim)[..., 0])
-        x, B, C = self._split_xbc(xbc)
-        y, ssm = self.ops.state_step(state.ssm, x, dt, derived.dt_bias, derived.A, B, C, derived.D)
+        conv = self.ops.causal_conv_silu(xbc[:, None], state.conv, self.conv1d.weight[:, 0], self.conv1d.bias)[:, 0]
+        window = torch.cat([state.conv.to(xbc.dtype), xbc[..., None]], dim=-1)  # (B, C, k): the next conv state
+        x, B, C = self._split_xbc(conv)
+        y, ssm = self.ops.state_step(state.ssm, x, dt, derived.dt_bias, derived.A, B, C, derived.D, in_place)
         return self._gate_and_project(y.flatten(-2), z), MixerState(window[..., 1:], ssm.to(self.cd))
+
+
+def _last_inputs(xbc: Tensor, conv_state: Tensor, valid: Tensor | None) -> Tensor:
+    """The conv state after each sequence's last valid token: its last k-1 inputs, (B, C, k-1), reaching back into
+    the previous state when the sequence is shorter than that."""
+    batch, length, channels = xbc.shape
+    n = conv_state.shape[-1]
+    ends = valid.sum(1) if valid is not None else torch.full((batch,), length, device=xbc.device)
+    idx = ends[:, None] - n + torch.arange(n, device=xbc.device)  # (B, n) positions in xbc; < 0: in the state
+    from_x = xbc.gather(1, idx.clamp(min=0)[:, :, None].expand(-1, -1, channels)).transpose(1, 2)
+    from_state = conv_state.gather(2, (idx + n).clamp(0, n - 1)[:, None, :].expand(-1, channels, -1))
+    return torch.where((idx < 0)[:, None, :], from_state, from_x.to(conv_state.dtype))
 
 
 class _GatedNormWeight(nn.Module):

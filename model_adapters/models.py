@@ -90,7 +90,7 @@ class _LM(nn.Module):
         self.__dict__.pop("_piece_solves", None)
 
     def stack(self, h: Tensor, inject: Tensor | None = None, state: State | None = None, valid: Tensor | None = None,
-              step: bool = False) -> tuple[Tensor, State]:
+              step: bool = False, in_place: bool = False) -> tuple[Tensor, State]:
         """RMSNorm_f(h_L) with h_l = h_{l-1} + Mixer_l(RMSNorm_l(h_{l-1}); inject), h_0 = h, and each layer's new
         recurrent state. h: (B, L, D) (or (B, D) with step=True, against `state`). The residual stays in float32;
         each residual add is fused with the next norm (backend add_rmsnorm: one kernel on the GPU)."""
@@ -98,7 +98,7 @@ class _LM(nn.Module):
         for i, layer in enumerate(self.layers):
             normed, residual = self.ops.add_rmsnorm(out, residual, layer.norm.weight, layer.norm.eps, self.dtype)
             s = None if state is None else state[i]
-            out, s = layer.mixer.step(normed, s, inject) if step else layer.mixer(normed, inject, s, valid)
+            out, s = layer.mixer.step(normed, s, inject, in_place) if step else layer.mixer(normed, inject, s, valid)
             new_state.append(s)
         final, _ = self.ops.add_rmsnorm(out, residual, self.norm_f.weight, self.norm_f.eps, self.cd)
         return final, new_state
@@ -131,9 +131,10 @@ class ExplicitLM(_LM):
         return LMOutput(hidden, new_state)
 
     def step(self, token_ids: Tensor, state: State, budget: Budget | None = None) -> LMOutput:
-        """token_ids (B,) -> hidden (B, d_model): O(1) work per token."""
+        """token_ids (B,) -> hidden (B, d_model): O(1) work per token. `state` may be advanced in place (decoding
+        owns it): use the returned state."""
         _no_budget(budget, ())
-        hidden, new_state = self.stack(self.embed(token_ids), None, state, step=True)
+        hidden, new_state = self.stack(self.embed(token_ids), None, state, step=True, in_place=True)
         return LMOutput(hidden, new_state)
 
 

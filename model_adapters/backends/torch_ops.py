@@ -23,10 +23,23 @@ def chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_siz
 
 
 def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor,
-               D: Tensor | None) -> tuple[Tensor, Tensor]:
+               D: Tensor | None, in_place: bool = False) -> tuple[Tensor, Tensor]:
     """x (B, H, P), dt (B, H) raw (discretised here: softplus(dt + dt_bias)), B/C (B, G, N), state (B, H, P, N)
-    -> y, new state. Does not mutate `state`."""
+    -> y, new state. With in_place=False `state` is not mutated; with True a backend may advance it in place (this
+    one never does: it is the functional reference)."""
     return ssd_step(state, x, F.softplus(dt.to(dt_bias.dtype) + dt_bias), A, B, C, D)
+
+
+def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """SiLU(causal depthwise conv): x (B, L, C) continuing from state (B, C, k-1) (None: zeros), weight (C, k)
+    -> (B, L, C), in x's dtype (the convolution accumulates in float32 itself)."""
+    batch, _, channels = x.shape
+    k = weight.shape[-1]
+    if state is None:
+        state = torch.zeros(batch, channels, k - 1, dtype=x.dtype, device=x.device)
+    window = torch.cat([state.to(x.dtype), x.transpose(1, 2)], dim=-1)  # (B, C, k-1+L)
+    out = F.conv1d(window, weight[:, None, :].to(x.dtype), None if bias is None else bias.to(x.dtype), groups=channels)
+    return F.silu(out).transpose(1, 2)
 
 
 def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int) -> Tensor:

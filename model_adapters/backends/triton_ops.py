@@ -20,25 +20,28 @@ from mamba_ssm.ops.triton.selective_state_update import selective_state_update  
 from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from . import triton_conv  # noqa: E402
+
 NAME = "triton"
 
 
 def chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
                D: Tensor | None, initial_state: Tensor | None) -> tuple[Tensor, Tensor]:
     """x (B, L, H, P), dt (B, L, H) discretised, B/C (B, L, G, N) -> y (B, L, H, P), final state (B, H, P, N)."""
+    # No copies here: the kernels take any layout whose last dimension is contiguous (they copy otherwise).
     y, final = mamba_chunk_scan_combined(
-        x.contiguous(), dt.contiguous(), A, B.contiguous(), C.contiguous(), chunk_size, D=D,
-        initial_states=None if initial_state is None else initial_state.contiguous(),
+        x, dt, A, B, C, chunk_size, D=D, initial_states=None if initial_state is None else initial_state.contiguous(),
         dt_softplus=False, return_final_states=True)
     return y, final
 
 
 def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor,
-               D: Tensor | None) -> tuple[Tensor, Tensor]:
+               D: Tensor | None, in_place: bool = False) -> tuple[Tensor, Tensor]:
     """x (B, H, P), dt (B, H), B/C (B, G, N), state (B, H, P, N) -> y, new state; `state` is not mutated
-    (the kernel updates in place, so it works on a copy: the implicit model re-evaluates frozen states)."""
+    (the kernel updates in place, so it works on a copy: the implicit model re-evaluates frozen states), unless
+    in_place: decoding an explicit model owns its state and saves the copy."""
     nheads, headdim, dstate = state.shape[1:]
-    new_state = state.clone()
+    new_state = state if in_place else state.clone()
     # Stride-0 expansions over headdim let the kernel take its per-head ("tied") fast path.
     A_full = A[:, None, None].expand(nheads, headdim, dstate)
     dt_full = dt[..., None].expand(-1, -1, headdim)
@@ -46,6 +49,10 @@ def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor,
     D_full = None if D is None else (D[:, None].expand(nheads, headdim) if D.dim() == 1 else D)
     y = selective_state_update(new_state, x, dt_full, A_full, B, C, D=D_full, dt_bias=bias_full, dt_softplus=True)
     return y, new_state
+
+
+def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return triton_conv.causal_conv_silu(x, state, weight, bias)
 
 
 def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int) -> Tensor:

@@ -1,0 +1,25 @@
+"""The Triton causal conv + SiLU kernel against its torch twin (tests/triton_conv_check.py): natively on CUDA, under
+Triton's interpreter on the CPU where triton is installed (it is the GPU extra's)."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+
+
+def test_causal_conv_silu_matches_its_twin():
+    if torch.cuda.is_available():
+        from triton_conv_check import check
+
+        assert check("cuda") == []
+        return
+    script = Path(__file__).parents[1] / "triton_conv_check.py"
+    out = subprocess.run([sys.executable, str(script)], env={**os.environ, "TRITON_INTERPRET": "1"},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout[-2000:] + out.stderr[-2000:]
