@@ -73,6 +73,7 @@ def implicit_twin(explicit):
     model = build_model(cfg).to("cuda", torch.bfloat16).eval()
     model.load_state_dict(explicit.state_dict(), strict=False)  # the same stack; the injection is its own
     model.use_backend("triton")
+    model.use_graphs("capture")  # sequential readings (the decoding prefill) in CUDA graphs
     return model
 
 

@@ -56,11 +56,17 @@ class SweepSpec:
     dtype: str = "float32"
     backend: str = "auto"
     anytime: bool = True
+    workers: int = 1  # processes sharing the jobs (one per GPU on CUDA); the numbers do not depend on it
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["checkpoints"] = [str(p) for p in self.checkpoints]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SweepSpec:
+        d = {**d, "checkpoints": tuple(Path(p) for p in d["checkpoints"])}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 @dataclass(frozen=True)
@@ -190,14 +196,16 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)  # job dir -> message
 
 
-def run_sweep(spec: SweepSpec, out: Path, progress: bool = True) -> Outcome:
-    """Run every job not done yet with these settings."""
+def run_sweep(spec: SweepSpec, out: Path, progress: bool = True, worker: bool = False) -> Outcome:
+    """Run every job not done yet with these settings. With spec.workers > 1, worker processes (one per GPU, each
+    seeing its own) take the groups of jobs from a shared pool; a worker (worker=True) runs the groups it claims."""
     from tqdm import tqdm
 
     jobs = plan(spec)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "sweep.json", {"spec": spec.to_dict(), "commit": git_commit(),
-                                           "jobs": [str(j.dir(out).relative_to(out)) for j in jobs]})
+    if not worker:
+        write_json_atomic(out / "sweep.json", {"spec": spec.to_dict(), "commit": git_commit(),
+                                               "jobs": [str(j.dir(out).relative_to(out)) for j in jobs]})
     outcome = Outcome(jobs)
     pending = []
     for group in anytime_groups(jobs, spec):
@@ -205,13 +213,63 @@ def run_sweep(spec: SweepSpec, out: Path, progress: bool = True) -> Outcome:
         outcome.skipped += [j for j in group if j not in todo]
         if todo:
             pending.append(todo)
+    if spec.workers > 1 and not worker:
+        return _run_workers(spec, out, outcome, pending)
     bar = tqdm(total=sum(len(g) for g in pending), disable=not progress, desc="sweep", unit="job")
     for group in pending:
+        if worker and not _claim(out, group):
+            continue
         bar.set_postfix_str(f"{group[0].label}/{group[-1].key}")
         for job, error in run_group(group, spec, out):
             (outcome.failed.__setitem__(str(job.dir(out)), error) if error else outcome.ran.append(job))
             bar.update(1)
     bar.close()
+    return outcome
+
+
+CLAIMS = ".claims"
+
+
+def _claim(out: Path, group: list[Job]) -> bool:
+    """Atomically take a group for this worker (the first to create its claim file runs it)."""
+    name = hashlib.sha256(str(group[-1].dir(out)).encode()).hexdigest()[:16]
+    try:
+        os.close(os.open(out / CLAIMS / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _run_workers(spec: SweepSpec, out: Path, outcome: Outcome, pending: list[list[Job]]) -> Outcome:
+    """spec.workers processes share the pending groups; on CUDA worker i sees GPU i only. Each job's numbers are
+    what one process would compute (a job never spans workers); results are keyed and atomic as ever."""
+    import shutil
+    import sys
+
+    claims = out / CLAIMS
+    shutil.rmtree(claims, ignore_errors=True)  # claims of an interrupted sweep: their jobs are not done
+    claims.mkdir(parents=True)
+    write_json_atomic(claims / "spec.json", spec.to_dict())
+    on_cuda = str(spec.device).startswith("cuda")
+    threads = str(max(1, (os.cpu_count() or 1) // spec.workers))
+    procs = []
+    for i in range(spec.workers):
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+        if on_cuda:
+            env["CUDA_VISIBLE_DEVICES"] = str(i)
+        cmd = [sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", "--worker-spec", str(claims / "spec.json"),
+               "--out", str(out), "--quiet"]
+        procs.append(subprocess.Popen(cmd, env=env))
+    codes = [p.wait() for p in procs]
+    shutil.rmtree(claims, ignore_errors=True)
+    for group in pending:
+        for job in group:
+            if job.status(out, spec) == "done":
+                outcome.ran.append(job)
+            else:
+                failure = job.dir(out) / FAILED
+                outcome.failed[str(job.dir(out))] = (json.loads(failure.read_text())["error"] if failure.exists()
+                                                     else f"worker exit codes {codes}: no result")
     return outcome
 
 

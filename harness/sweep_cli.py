@@ -66,10 +66,19 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--backend", default="auto", choices=list(BACKENDS))
     p.add_argument("--no-anytime", action="store_true", help="run every budget separately (for timing comparisons)")
+    p.add_argument("--workers", type=positive_int, default=None, help="processes sharing the jobs (default: one "
+                   "per visible GPU with --device cuda, else 1); each job runs whole on one of them")
+    p.add_argument("--worker-spec", type=Path, default=None, help=argparse.SUPPRESS)  # a worker of --workers N
     p.add_argument("--out", type=Path, default=Path("results/sweep"))
     p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines; the leaderboard and "
                    "where it was written are still printed")
     return p
+
+
+def default_workers(device: str) -> int:
+    import torch
+
+    return torch.cuda.device_count() if device.startswith("cuda") and torch.cuda.device_count() > 1 else 1
 
 
 def json_object(text: str) -> dict:
@@ -97,11 +106,16 @@ def spec_from(args) -> SweepSpec:
                      solver=args.solver, tau=args.tau, adaptive_max_iter=args.adaptive_max_iter,
                      metadata={**num_docs, **args.metadata}, limit=args.limit,
                      batch_size=int(batch) if batch.isdigit() else batch, device=args.device, dtype=args.dtype,
-                     backend=args.backend, anytime=not args.no_anytime)
+                     backend=args.backend, anytime=not args.no_anytime,
+                     workers=args.workers or default_workers(args.device))
 
 
 def sweep_main(argv: list[str]) -> int:
     args = sweep_parser().parse_args(argv)
+    if args.worker_spec:  # one of --workers N: run the groups it claims, no report
+        spec = SweepSpec.from_dict({**json.loads(args.worker_spec.read_text()), "workers": 1})
+        outcome = run_sweep(spec, args.out, progress=False, worker=True)
+        return 1 if outcome.failed else 0
     outcome = run_sweep(spec_from(args), args.out, progress=not args.quiet)
     print(write_report([args.out], args.out / "report", command=f"implicit-eval report {args.out}"))
     print(summary_line(outcome, args.out, args.out / "report"), file=sys.stderr)

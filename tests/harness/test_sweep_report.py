@@ -260,3 +260,18 @@ def test_every_figure_keeps_its_legend_outside_the_data(tmp_path):
             for ax in fig.axes:
                 assert not box.overlaps(ax.get_window_extent()), (draw.__name__, ax.get_title())
             plt.close(fig)
+
+
+def test_two_workers_compute_what_one_does(parity_checkpoints, tmp_path):
+    """--workers N: processes (one per GPU on CUDA) take whole groups of jobs from a shared pool."""
+    ckpts = list(parity_checkpoints.values())
+    one = run_sweep(spec(ckpts, tols=(0.0, 0.05), modes=("simultaneous", "sequential")), tmp_path / "one",
+                    progress=False)
+    two = run_sweep(spec(ckpts, tols=(0.0, 0.05), modes=("simultaneous", "sequential"), workers=2), tmp_path / "two",
+                    progress=False)
+    assert len(one.ran) == len(two.ran) == 9 and not two.failed
+    assert metrics(tmp_path / "one") == metrics(tmp_path / "two")
+    assert not (tmp_path / "two" / ".claims").exists()
+    again = run_sweep(spec(ckpts, tols=(0.0, 0.05), modes=("simultaneous", "sequential"), workers=2),
+                      tmp_path / "two", progress=False)
+    assert not again.ran and len(again.skipped) == 9  # resumable as ever

@@ -1,0 +1,95 @@
+"""Sweeps on several GPUs: `implicit-eval sweep --workers N` against one GPU, same jobs, fresh output folders.
+
+    python bench/multi_gpu_sweep.py --out $OUT/multi_gpu_sweep.json --workers 2
+
+Two workloads: the bundled checkpoints' default sweep (many small jobs), and a 130M-configuration implicit model
+(random init, bfloat16) over k = 1, 2, 4 in the simultaneous and sequential readings on a local text (rolling
+log-likelihood of random words). Reports wall times, the speed-up, and whether every metric is identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from implicit_ssm_eval.model_adapters.config import ModelConfig
+from implicit_ssm_eval.model_adapters.formats import save
+from implicit_ssm_eval.model_adapters.models import build_model
+
+VOCAB = 50277
+
+
+def checkpoint_130m(root: Path) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="implicit", vocab_size=VOCAB, pad_vocab_size_multiple=16, d_model=768, n_layer=24,
+                      d_state=128, headdim=64, expand=2, chunk_size=256, budget={"max_iter": 4})
+    vocab = {"<unk>": 0, "<eos>": 1, **{f"w{i}": i for i in range(2, VOCAB)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(root / "tokenizer.json"))
+    return save(build_model(cfg), root / "implicit-130m", tokenizer_path=root / "tokenizer.json", eos_token="<eos>")
+
+
+def sweep(args: list[str], out: Path, workers: int) -> float:
+    cmd = [sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", *args, "--device", "cuda", "--workers",
+           str(workers), "--out", str(out), "--quiet"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return time.perf_counter() - start
+
+
+def metrics(out: Path) -> dict:
+    found = {}
+    for path in sorted(out.glob("*/*/results.json")):
+        data = json.loads(path.read_text())
+        found[str(path.relative_to(out))] = {t: {k: v for k, v in m.items() if not k.endswith("_stderr,none")
+                                                 and isinstance(v, float)} for t, m in data["results"].items()}
+    return found
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    root = Path(tempfile.mkdtemp())
+    text = root / "words.txt"
+    rng = random.Random(0)
+    text.write_text("\n\n".join(" ".join(f"w{rng.randrange(2, VOCAB)}" for _ in range(500)) for _ in range(16)))
+    ckpt = checkpoint_130m(root)
+    workloads = {
+        "bundled": ["--num-docs", "10"],
+        "130m": [str(ckpt), "--tasks", "ppl_local_text", "--max-iter", "1", "2", "4", "--tol", "0", "--modes",
+                 "simultaneous", "sequential", "--dtype", "bfloat16", "--batch-size", "8", "--metadata",
+                 json.dumps({"ppl_text_path": str(text), "ppl_split": "paragraphs"})],
+    }
+    results = {"device": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count(), "workers": args.workers}
+    for name, sweep_args in workloads.items():
+        sweep([*sweep_args, "--modes", "simultaneous", "sequential", "--max-iter", "1", "--tol", "0"],
+              root / f"warm-{name}", 1)  # warm-up: Triton compiles into its cache (shared by later processes)
+        one = sweep(sweep_args, root / f"{name}-1", 1)
+        many = sweep(sweep_args, root / f"{name}-{args.workers}", args.workers)
+        same = metrics(root / f"{name}-1") == metrics(root / f"{name}-{args.workers}")
+        results[name] = {"one_gpu_s": round(one, 1), f"{args.workers}_gpus_s": round(many, 1),
+                         "speedup": round(one / many, 2), "identical_metrics": same,
+                         "jobs": len(metrics(root / f"{name}-1"))}
+        args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
