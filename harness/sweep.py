@@ -404,10 +404,16 @@ def save_failure(job: Job, out: Path, spec: SweepSpec, message: str) -> None:
 
 
 def write_json_atomic(path: Path, data, default=None) -> None:
+    """Written to a temporary name and renamed: a reader sees the old file or the new one, never a part; a failed
+    write (a full disk) leaves nothing behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=default) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=default) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def git_commit() -> str:

@@ -8,15 +8,22 @@ contiguous: no concatenated window, no transposed copies, and x, B and C come ou
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+# Tile shapes tried on first use per channel count (and separately for one-token steps): the best is device- and
+# size-dependent, and the first call happens during warm-up, before any CUDA graph is captured.
+CONFIGS = [triton.Config({"BLOCK_L": bl, "BLOCK_C": bc}, num_warps=w)
+           for bl, bc, w in ((16, 256, 4), (32, 128, 4), (64, 128, 8), (32, 256, 8), (8, 512, 4), (128, 64, 4))]
+
 
 @triton.jit
 def _causal_conv_silu_kernel(X, INIT, W, BIAS, OUT, L, C, sxb, sxl, sxc, sib, sic, sik, sob, sol,
-                             K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+                             K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, IS_STEP: tl.constexpr,
                              BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
     b, pl, pc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_l = pl * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -40,6 +47,11 @@ def _causal_conv_silu_kernel(X, INIT, W, BIAS, OUT, L, C, sxb, sxl, sxc, sib, si
     tl.store(OUT + b * sob + offs_l[:, None] * sol + offs_c[None, :], acc.to(OUT.dtype.element_ty), mask=keep)
 
 
+# The interpreter (TRITON_INTERPRET=1, the CPU tests) cannot time configurations: it runs one fixed tile.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+_tuned = None if _INTERPRETED else triton.autotune(configs=CONFIGS, key=["C", "IS_STEP"])(_causal_conv_silu_kernel)
+
+
 def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None) -> Tensor:
     """x (B, L, C) with x.stride(-1) == 1, state (B, C, k-1) or None (zeros), weight (C, k) -> SiLU(conv) (B, L, C)."""
     batch, length, channels = x.shape
@@ -48,12 +60,17 @@ def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tens
         x = x.contiguous()
     weight = weight.contiguous()
     out = torch.empty(batch, length, channels, dtype=x.dtype, device=x.device)
-    block_l, block_c = min(64, triton.next_power_of_2(length)), 128
-    grid = (batch, triton.cdiv(length, block_l), triton.cdiv(channels, block_c))
+
+    def grid(meta):
+        return batch, triton.cdiv(length, meta["BLOCK_L"]), triton.cdiv(channels, meta["BLOCK_C"])
+
     init = state if state is not None else x  # a placeholder pointer when there is no state
-    _causal_conv_silu_kernel[grid](
-        x, init, weight, bias if bias is not None else weight, out, length, channels,
-        x.stride(0), x.stride(1), x.stride(2), init.stride(0), init.stride(1) if state is not None else 0,
-        init.stride(2) if state is not None else 0, out.stride(0), out.stride(1),
-        K=k, HAS_BIAS=bias is not None, HAS_INIT=state is not None, BLOCK_L=block_l, BLOCK_C=block_c)
+    args = (x, init, weight, bias if bias is not None else weight, out, length, channels,
+            x.stride(0), x.stride(1), x.stride(2), init.stride(0), init.stride(1) if state is not None else 0,
+            init.stride(2) if state is not None else 0, out.stride(0), out.stride(1))
+    flags = dict(K=k, HAS_BIAS=bias is not None, HAS_INIT=state is not None, IS_STEP=length == 1)
+    if _tuned is None:
+        _causal_conv_silu_kernel[grid](*args, **flags, BLOCK_L=16, BLOCK_C=128)
+    else:
+        _tuned[grid](*args, **flags)
     return out

@@ -105,3 +105,20 @@ def test_debug_shows_the_traceback(tmp_path):
 ])
 def test_faults_and_mistakes_are_told_apart(exc, code, text):
     assert classify(exc) == (code, text)
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    from implicit_ssm_eval.harness.sweep import write_json_atomic
+
+    target = tmp_path / "results.json"
+    write_json_atomic(target, {"old": 1})
+
+    def full_disk(self, text):
+        self.open("w").write(text[:10])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(type(target), "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_json_atomic(target, {"new": 2})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"old": 1} and not list(tmp_path.glob("*.tmp"))
