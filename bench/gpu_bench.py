@@ -102,7 +102,7 @@ def section_forward(args, pair) -> None:
     RESULTS["forward_ours_fraction_of_790_tflops"] = 2 * params * ids.numel() / RESULTS["forward_ours_ms"] / 1e9 / 790
 
 
-KINDS = (("gemm", ("gemm", "cutlass", "sm90_xmma", "ampere", "cublas")), ("scan", ("chunk", "state", "bmm")),
+KINDS = (("gemm", ("gemm", "nvjet", "cutlass", "sm90_xmma", "ampere", "cublas")), ("scan", ("chunk", "state", "bmm")),
          ("conv", ("conv",)), ("norms", ("layer_norm", "rmsnorm", "_layer_norm")),
          ("copies and casts", ("copy", "cast", "to_copy", "cat")))
 

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = "--quiet" in argv
     logging.basicConfig(level=logging.ERROR if quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lm_eval").addFilter(OncePerMessage())
     if quiet:
         _silence()
     return _dispatch(argv[0], argv[1:], debug)
@@ -95,6 +96,23 @@ def classify(exc: Exception) -> tuple[int, str]:
         user = exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES)
         return (USER_ERROR if user else FAULT), f"{where}{exc.strerror or exc}"
     return FAULT, f"{type(exc).__name__}: {exc}"
+
+
+class OncePerMessage(logging.Filter):
+    """lm-eval repeats some warnings for every task ("st_s5_id: Custom kwargs can be passed to --metadata ..."): let
+    each one through once, whatever task it names."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        key = text.split(": ", 1)[-1] if ": " in text[:80] else text
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
 
 
 def _silence() -> None:

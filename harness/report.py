@@ -21,7 +21,8 @@ METRICS = ("acc", "scaled_acc", "acc_norm", "exact_match", "bits_per_byte", "byt
 COLUMNS = ("checkpoint", "kind", "family", "group", "task", "bucket", "shift", "multiplier", "length_min",
            "length_max", "max_iter", "tol", "tau", "solver", "mode", "block_size", "metric", "value", "stderr",
            "chance", "iters_mean", "iters_per_token", "unit", "run_iters_mean", "fraction_converged",
-           "fraction_unconverged", "unknown_tokens", "wall_s", "data_hash", "status", "error", "source")
+           "fraction_unconverged", "unknown_tokens", "data_hash", "status", "error")
+# Rows also carry wall_s and source (the results file): machine-dependent, so not in the written table (timings.md).
 
 
 def tidy_rows(runs: Iterable[Run]) -> list[dict]:
@@ -103,7 +104,7 @@ def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
         writer.writeheader()
         writer.writerows([{k: r.get(k) for k in COLUMNS} for r in rows])
     tmp.replace(csv_path)
-    write_json_atomic(json_path, [{k: r.get(k) for k in COLUMNS if k != "source"} for r in rows])
+    write_json_atomic(json_path, [{k: r.get(k) for k in COLUMNS} for r in rows])
     return csv_path, json_path
 
 

@@ -24,7 +24,7 @@ def lm_eval_argv(args: list[str]) -> list[str]:
     if "--use_cache" in args and _model_of(args) in SSM_MODELS:
         i = args.index("--use_cache") + 1
         args[i] = str(Path(args[i]) / cache_fingerprint(_model_of(args), _value_of(args, "--model_args") or ""))
-    return ["lm-eval", "run", *args]
+    return ["implicit-eval", "run", *args]  # argv[0] names the program in lm-eval's help and errors
 
 
 def _with_tasks_dir(args: list[str]) -> list[str]:

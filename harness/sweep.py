@@ -215,7 +215,7 @@ def run_sweep(spec: SweepSpec, out: Path, progress: bool = True, worker: bool = 
             pending.append(todo)
     if spec.workers > 1 and not worker:
         return _run_workers(spec, out, outcome, pending)
-    bar = tqdm(total=sum(len(g) for g in pending), disable=not progress, desc="sweep", unit="job")
+    bar = tqdm(total=sum(len(g) for g in pending), disable=not progress, desc="sweep", unit="job", smoothing=0)
     for group in pending:
         if worker and not _claim(out, group):
             continue
@@ -335,6 +335,7 @@ def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int]) -> di
     greedy.unlink(missing_ok=True)
     args = model_args(job, spec, greedy, anytime)
     lm = (ImplicitSSMLM if job.kind == "implicit" else ExplicitSSMLM)(**args)
+    lm.show_progress = False  # the sweep's own bar counts jobs
     results = evaluate_loaded(lm, load_tasks(spec, job.tasks), spec, args)
     if greedy.exists():
         os.replace(greedy, target / GREEDY)

@@ -134,13 +134,17 @@ def summary_line(outcome: Outcome, out: Path, report_dir: Path) -> str:
             f"leaderboard: {report_dir}")
 
 
-def write_report(paths: list[Path], out: Path, command: str, sweep_meta: dict | None = None) -> str:
+def write_report(paths: list[Path], out: Path, command: str, sweep_meta: dict | None = None,
+                 timings_dir: Path | None = None) -> str:
     """Table, plots, leaderboard.md and timings.md of the runs found in `paths`; returns the leaderboard."""
     loaded = load_runs(paths)
-    return render_report(loaded, out, command, sweep_meta if sweep_meta is not None else _sweep_meta(paths))
+    meta = sweep_meta if sweep_meta is not None else _sweep_meta(paths)
+    return render_report(loaded, out, command, meta, timings_dir)
 
 
-def render_report(loaded: Loaded, out: Path, command: str, sweep_meta: dict) -> str:
+def render_report(loaded: Loaded, out: Path, command: str, sweep_meta: dict, timings_dir: Path | None = None) -> str:
+    """Everything a report writes; wall times go to timings_dir (default: out), so that a committed leaderboard
+    folder holds only what the results determine."""
     rows = report.tidy_rows(loaded.runs)
     report.write_table(rows, out)
     agreement = report.mode_agreement(loaded.runs)
@@ -151,7 +155,8 @@ def render_report(loaded: Loaded, out: Path, command: str, sweep_meta: dict) -> 
     plots.agreement(agreement, out)
     text = leaderboard.render(rows, loaded.runs, sweep_meta, command, agreement=agreement)
     (out / "leaderboard.md").write_text(text)
-    (out / "timings.md").write_text(leaderboard.timings(rows))
+    (timings_dir or out).mkdir(parents=True, exist_ok=True)
+    (timings_dir or out).joinpath("timings.md").write_text(leaderboard.timings(rows))
     return text
 
 
@@ -184,7 +189,7 @@ def leaderboard_main(argv: list[str]) -> int:
                                             "0.01", "--num-docs", str(args.num_docs), "--out", str(args.results),
                                             "--batch-size", "64"])
     outcome = run_sweep(spec_from(sweep_args), args.results, progress=not args.quiet)
-    print(write_report([args.results], args.out, command=LEADERBOARD_COMMAND))
+    print(write_report([args.results], args.out, command=LEADERBOARD_COMMAND, timings_dir=args.results))
     print(summary_line(outcome, args.results, args.out), file=sys.stderr)
     return 1 if outcome.failed else 0
 

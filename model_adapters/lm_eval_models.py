@@ -86,6 +86,7 @@ class SSMLM(TemplateLM):
         self.records, self.tasks, self.generation = self._local, self._local_tasks, self._local_generation
         self.truncated, self.request_seconds = 0, 0.0
         self._auto_batch: int | None = None
+        self.show_progress = True
 
     # -- tokenisation -------------------------------------------------------------------------------
     @property
@@ -320,8 +321,10 @@ class SSMLM(TemplateLM):
         logger.warning("%s; scoring anyway (unknown_tokens=flag): the results mark these tasks", message)
 
     def _progress(self, total: int, desc: str, disable: bool):
-        """A progress bar on rank 0; otherwise tqdm's own defaults apply (TQDM_DISABLE=1 silences it)."""
-        return tqdm(total=total, desc=desc, **({"disable": True} if disable or self._rank != 0 else {}))
+        """A progress bar on rank 0 (unless show_progress is off: a sweep shows its own); otherwise tqdm's own
+        defaults apply (TQDM_DISABLE=1 silences it)."""
+        off = disable or self._rank != 0 or not self.show_progress
+        return tqdm(total=total, desc=desc, **({"disable": True} if off else {}))
 
     # -- batching -----------------------------------------------------------------------------------
     def _batch_size(self, longest: int | None) -> int:

@@ -25,7 +25,6 @@ def log_rows(out):
 
 @pytest.mark.parametrize("kind", ["implicit", "explicit"])
 def test_tiny_training_learns_parity_of_short_strings(tmp_path, kind):
-    torch.set_num_threads(2)
     cfg = TrainConfig(kind=kind, steps=120 if kind == "implicit" else 200, **TINY)
     ckpt_dir = run(cfg, tmp_path, progress=False)
     rows = log_rows(tmp_path)
