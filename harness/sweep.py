@@ -45,7 +45,7 @@ class SweepSpec:
     max_iters: tuple[int, ...] = DEFAULT_MAX_ITERS
     tols: tuple[float, ...] = DEFAULT_TOLS
     modes: tuple[str, ...] = DEFAULT_MODES
-    block_sizes: tuple[int, ...] = (16,)  # blockwise mode: one budget per block size
+    block_sizes: tuple[int, ...] = (8,)  # blockwise mode: one budget per block size (8: see BENCHMARKS.md)
     solver: str = "fixed_point"
     tau: float | None = None  # None: each checkpoint's own
     adaptive_max_iter: int = 256  # the cap of tol > 0 budgets

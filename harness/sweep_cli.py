@@ -54,7 +54,7 @@ def sweep_parser() -> argparse.ArgumentParser:
                    help="tolerances; 0 = the fixed budgets, > 0 = adaptive budgets capped at --adaptive-max-iter")
     p.add_argument("--adaptive-max-iter", type=positive_int, default=256)
     p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=list(MODES), help="readings")
-    p.add_argument("--block-size", type=positive_int, nargs="+", default=[16], help="blockwise mode: block sizes")
+    p.add_argument("--block-size", type=positive_int, nargs="+", default=[8], help="blockwise mode: block sizes")
     p.add_argument("--solver", default="fixed_point", choices=sorted(SOLVERS))
     p.add_argument("--tau", type=float, default=None, help="damping in (0, 1] (default: each checkpoint's)")
     p.add_argument("--num-docs", type=positive_int, default=25, help="documents per bucket of every task family "
