@@ -27,19 +27,15 @@ VOCAB = 50277
 def make_checkpoint(root: Path) -> Path:
     from mamba_ssm.models.config_mamba import MambaConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
-    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from implicit_ssm_eval.model_adapters.testing import write_word_tokenizer
 
     torch.manual_seed(0)
     cfg = MambaConfig(d_model=768, n_layer=24, d_intermediate=0, vocab_size=VOCAB, pad_vocab_size_multiple=16,
                       ssm_cfg={"layer": "Mamba2", "use_mem_eff_path": False}, rms_norm=True, residual_in_fp32=True,
                       fused_add_norm=True, tie_embeddings=True)
     MambaLMHeadModel(cfg, device="cuda", dtype=torch.float32).save_pretrained(str(root))
-    vocab = {"<eos>": 0, **{f"w{i}": i for i in range(1, VOCAB)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.save(str(root / "tokenizer.json"))
-    (root / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<eos>", "model_max_length": 4096}))
+    write_word_tokenizer(root, ["<eos>", *(f"w{i}" for i in range(1, VOCAB))])
     return root
 
 

@@ -48,3 +48,19 @@ def tiny_model(kind: str = "explicit", seed: int = 0, dtype=torch.float32, contr
     if contractive:
         make_contractive(model)
     return model.to(dtype).eval()
+
+
+def write_word_tokenizer(root, words: list[str], eos: str = "<eos>", unk: str | None = None) -> None:
+    """A word-level tokenizer.json over `words` (ids in order) with its tokenizer_config.json, as transformers and
+    lm-eval's HF-based models read them (for tests and benchmarks: no hub)."""
+    import json
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    root = Path(root)
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=unk or eos))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(root / "tokenizer.json"))
+    (root / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "model_max_length": 4096}))

@@ -6,7 +6,6 @@ last context word with the first answer word, and our adapter used to encode the
 `backend` attribute was shadowed). Both now read what a causal LM reads; a task written that way is also caught by
 our unknown-token check."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,9 @@ WORDS = [f"w{i}" for i in range(1, 40)]
 
 
 def make_checkpoint(root: Path) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    from implicit_ssm_eval.model_adapters.testing import write_word_tokenizer
 
     torch.manual_seed(0)
     config = Mamba2Config(num_heads=8, head_dim=8, vocab_size=48, hidden_size=32, state_size=8, num_hidden_layers=2,
@@ -29,12 +29,7 @@ def make_checkpoint(root: Path) -> Path:
             scale = "norm" in name or name.endswith(".D")
             p.copy_(1 + 0.2 * torch.randn_like(p) if scale else 0.3 * torch.randn_like(p))
     model.save_pretrained(root)
-    vocab = {"<eos>": 0, **{w: i + 1 for i, w in enumerate(WORDS)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer.save(str(root / "tokenizer.json"))
-    (root / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
-                                                            "eos_token": "<eos>", "model_max_length": 4096}))
+    write_word_tokenizer(root, ["<eos>", *WORDS])
     return root
 
 
