@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet = "--quiet" in argv
     logging.basicConfig(level=logging.ERROR if quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("lm_eval").addFilter(OncePerMessage())
+    once = OncePerMessage()
+    for handler in logging.getLogger().handlers:  # on the handler: a logger's filter misses its children's records
+        handler.addFilter(once)
     if quiet:
         _silence()
     return _dispatch(argv[0], argv[1:], debug)

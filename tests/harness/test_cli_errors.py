@@ -122,3 +122,18 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
         write_json_atomic(target, {"new": 2})
     monkeypatch.undo()
     assert json.loads(target.read_text()) == {"old": 1} and not list(tmp_path.glob("*.tmp"))
+
+
+def test_repeated_lm_eval_warnings_are_shown_once():
+    import logging
+
+    from implicit_ssm_eval.harness.cli import OncePerMessage
+
+    once = OncePerMessage()
+
+    def record(text):
+        return logging.LogRecord("lm_eval.api.task", logging.WARNING, __file__, 1, text, (), None)
+
+    assert once.filter(record("st_s5_id: Custom kwargs can be passed to `--metadata`"))
+    assert not once.filter(record("st_a5_ood2x: Custom kwargs can be passed to `--metadata`"))
+    assert once.filter(record("st_a5_ood2x: something else"))
