@@ -27,6 +27,10 @@ RECIPES = {
     "parity-explicit": dict(PARITY, kind="explicit"),
     "a5-implicit": dict(WORD, kind="implicit", unroll_steps=1000, unroll_iters=4, train_max_iter=16),
     "a5-explicit": dict(WORD, kind="explicit"),
+    # Fine-tuning the first bundled a5-implicit (uniform words only; `git show 3395cb0:checkpoints/a5-implicit/...`,
+    # copied to runs/a5-implicit-v1) on the mixture: it keeps its skill on uniform words while learning the shifts.
+    "a5-implicit-ft": dict(WORD, kind="implicit", init_from="runs/a5-implicit-v1", steps=3000, lr=5e-4,
+                           warmup_steps=100, train_max_iter=16),
     # Parameter-matched twins: the injection gives the implicit models ~1.65x the parameters of a same-shape
     # explicit model; two explicit layers give 1.18x the implicit count, so these comparisons favour explicit.
     "parity-explicit-2l": dict(PARITY, kind="explicit", n_layer=2),

@@ -77,6 +77,8 @@ class TrainConfig:
     save_every: int = _help("save the training state every this many steps (and on SIGINT/SIGTERM)", default=50)
     log_every: int = _help("log a row every this many steps", default=10)
     time_limit: float = _help("seconds per call (0: none); the state is saved when it runs out", default=0.0)
+    init_from: str = _help("start from this checkpoint's weights (fine-tuning; its architecture must match)",
+                           default="")
     device: str = _help("cpu, cuda, cuda:1, ...", default="cpu")
 
     def __post_init__(self):
@@ -130,10 +132,24 @@ class Trainer:
         self.family = family_for_task(self.cfg.task)
         self.tokenizer = self.family.tokenizer_for(self.cfg.task)
         self.model = build_model(self.cfg.model_config(self.tokenizer.get_vocab_size())).to(self.device)
+        if self.cfg.init_from:
+            self._load_weights(Path(self.cfg.init_from))
         if self.cfg.kind == "implicit" and self.cfg.weight_norm:
             apply_weight_norm(self.model)
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr,
                                            betas=(0.9, 0.95))
+
+    def _load_weights(self, directory: Path) -> None:
+        """Weights of a checkpoint of the same architecture (weight norm is applied afterwards, from them)."""
+        from implicit_ssm_eval.model_adapters.formats import load_checkpoint
+
+        ckpt = load_checkpoint(directory)
+        ours = {k: v for k, v in self.model.cfg.to_dict().items() if k != "budget"}
+        theirs = {k: v for k, v in ckpt.config.to_dict().items() if k != "budget"}
+        changed = sorted(k for k in ours if ours[k] != theirs.get(k))
+        if changed:
+            raise ConfigError(f"init_from={directory}: its architecture differs in {changed}")
+        self.model.load_state_dict(ckpt.model.state_dict())
 
     # -- one optimisation step ------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:

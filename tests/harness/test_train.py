@@ -194,3 +194,15 @@ def test_model_card_from_a_run_and_a_sweep(tmp_path):
     assert (target / "training_curve.png").stat().st_size > 0
     assert (target / "accuracy_vs_budget.png").stat().st_size > 0
     assert load_checkpoint(target).format == "native"
+
+
+def test_fine_tuning_starts_from_the_checkpoints_weights(tmp_path):
+    first = run(TrainConfig(kind="implicit", steps=3, **TINY), tmp_path / "a", progress=False)
+    tuned = Trainer(TrainConfig(kind="implicit", init_from=str(first), **TINY), tmp_path / "b")
+    ids = torch.randint(3, 5, (2, 6))
+    with torch.no_grad():
+        expected = load_checkpoint(first).model(ids, Budget(max_iter=5)).hidden
+        assert rel_err(tuned.model(ids, Budget(max_iter=5)).hidden, expected) < 1e-6
+    with pytest.raises(ConfigError, match=r"architecture differs in \['d_model'"):
+        Trainer(TrainConfig(kind="implicit", init_from=str(first), **{**TINY, "arch": dict(d_model=16, d_state=8,
+                                                                                          headdim=8)}), tmp_path / "c")
