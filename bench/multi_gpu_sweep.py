@@ -71,10 +71,10 @@ def main() -> None:
     text.write_text("\n\n".join(" ".join(f"w{rng.randrange(2, VOCAB)}" for _ in range(500)) for _ in range(16)))
     ckpt = checkpoint_130m(root)
     workloads = {
-        "bundled": ["--num-docs", "10"],
         "130m": [str(ckpt), "--tasks", "ppl_local_text", "--max-iter", "1", "2", "4", "--tol", "0", "--modes",
                  "simultaneous", "sequential", "--dtype", "bfloat16", "--batch-size", "8", "--metadata",
                  json.dumps({"ppl_text_path": str(text), "ppl_split": "paragraphs"})],
+        "bundled": ["--num-docs", "5"],
     }
     results = {"device": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count(), "workers": args.workers}
     for name, sweep_args in workloads.items():
