@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
 # Rebuild the bundled checkpoints from finished training runs, the committed leaderboard, and the model cards.
-#   python checkpoints/recipes.py parity-implicit parity-explicit parity-explicit-2l a5-implicit a5-explicit a5-explicit-2l --runs runs
+#   python checkpoints/recipes.py parity-implicit parity-explicit parity-explicit-2l --runs runs
+#   python checkpoints/recipes.py a5-implicit-v1 a5-explicit-v1 a5-explicit-2l-v1 --runs runs
+#   python checkpoints/recipes.py a5-implicit-ft a5-explicit-ft a5-explicit-2l-ft --runs runs
 #   bash checkpoints/build_bundle.sh runs
+# Each entry is bundle-name:recipe-name; checkpoints/notes/<bundle-name>.md, where present, becomes the card's
+# "What was tried" section. A bundle whose run is not under RUNS keeps its weights and card as they are.
 set -euo pipefail
 RUNS=${1:-runs}
-NAMES="parity-implicit parity-explicit parity-explicit-2l a5-implicit a5-explicit a5-explicit-2l"
-for n in $NAMES; do
-  python -c "from pathlib import Path; from implicit_ssm_eval.harness.model_card import copy_model; copy_model(Path('$RUNS/$n'), Path('checkpoints/$n'))"
+PAIRS="parity-implicit:parity-implicit parity-explicit:parity-explicit parity-explicit-2l:parity-explicit-2l
+a5-implicit:a5-implicit-ft a5-explicit:a5-explicit-ft a5-explicit-2l:a5-explicit-2l-ft"
+for pair in $PAIRS; do
+  n=${pair%%:*} r=${pair##*:}
+  [[ -d $RUNS/$r/model ]] || { echo "$n: no run $RUNS/$r, kept as bundled" >&2; continue; }
+  python -c "from pathlib import Path; from implicit_ssm_eval.harness.model_card import copy_model; copy_model(Path('$RUNS/$r'), Path('checkpoints/$n'))"
 done
 implicit-eval leaderboard --results results/leaderboard --out leaderboards --quiet > /dev/null
-for n in $NAMES; do
+for pair in $PAIRS; do
+  n=${pair%%:*} r=${pair##*:}
+  [[ -d $RUNS/$r/model ]] || continue
   cmd=$(python -c "import sys; sys.path.insert(0, 'checkpoints'); from recipes import command; from pathlib import Path; \
-print(' '.join(['implicit-eval', *command('$n', Path('runs'), 'cpu', 0, False)[3:]]))")
-  python -m implicit_ssm_eval.harness.model_card "$RUNS/$n" "checkpoints/$n" --sweep results/leaderboard --command "$cmd"
+print(' '.join(['implicit-eval', *command('$r', Path('runs'), 'cpu', 0, False)[3:]]))")
+  notes=()
+  [[ -f checkpoints/notes/$n.md ]] && notes=(--notes "checkpoints/notes/$n.md")
+  python -m implicit_ssm_eval.harness.model_card "$RUNS/$r" "checkpoints/$n" --sweep results/leaderboard \
+    --command "$cmd" --recipe "$r" "${notes[@]}"
 done

@@ -8,9 +8,12 @@ one line and exit code 1; never a traceback, unless --debug is given (anywhere o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
+import os
 import sys
+import warnings
 
 COMMANDS = {
     "run": "lm-eval's CLI with this project's tasks included (all lm-eval run arguments pass through)",
@@ -39,15 +42,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"implicit-eval: error: unknown command {argv[0]!r}; valid commands are {list(COMMANDS)}",
               file=sys.stderr)
         return USER_ERROR
-    quiet = "--quiet" in argv
-    logging.basicConfig(level=logging.ERROR if quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    with _logging("--quiet" in argv):
+        return _dispatch(argv[0], argv[1:], debug)
+
+
+@contextlib.contextmanager
+def _logging(quiet: bool):
+    """Log lines (or none with --quiet) for this command only: levels, filters, warning filters and environment come
+    back as they were, so a caller in the same process (a test, a notebook) keeps its own logging."""
+    root = logging.getLogger()
+    saved_levels = {name: logging.getLogger(name).level for name in ("", *QUIET_LOGGERS)}
+    saved_env = {key: os.environ.get(key) for key in QUIET_ENV}
+    had_handlers = bool(root.handlers)
+    logging.basicConfig(level=logging.ERROR if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     once = OncePerMessage()
-    for handler in logging.getLogger().handlers:  # on the handler: a logger's filter misses its children's records
+    handlers = list(root.handlers)
+    for handler in handlers:  # on the handler: a logger's filter misses its children's records
         handler.addFilter(once)
-    if quiet:
-        _silence()
-    return _dispatch(argv[0], argv[1:], debug)
+    try:
+        with warnings.catch_warnings():
+            if quiet:
+                _silence()
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(once)
+        if not had_handlers:
+            for handler in handlers:
+                root.removeHandler(handler)
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _dispatch(command: str, rest: list[str], debug: bool) -> int:
@@ -117,17 +146,17 @@ class OncePerMessage(logging.Filter):
         return True
 
 
+QUIET_LOGGERS = ("lm_eval", "lm-eval", "datasets", "implicit_ssm_eval", "absl")
+QUIET_ENV = ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+
+
 def _silence() -> None:
     """--quiet: no warnings, no lm-eval or datasets chatter (their loggers and warnings go to stderr)."""
-    import os
-    import warnings
-
     warnings.filterwarnings("ignore")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    for name in ("lm_eval", "lm-eval", "datasets", "implicit_ssm_eval", "absl"):
+    for key in QUIET_ENV:
+        os.environ.setdefault(key, "1")
+    for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-
 
 if __name__ == "__main__":
     sys.exit(main())

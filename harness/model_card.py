@@ -58,7 +58,7 @@ def parameter_count(ckpt_dir: Path) -> int:
     return sum(t.numel() for t in load_file(str(ckpt_dir / "model.safetensors")).values())
 
 
-def card(run: Path, ckpt: Path, sweep: Path, command: str) -> str:
+def card(run: Path, ckpt: Path, sweep: Path, command: str, recipe: str | None = None, notes: str = "") -> str:
     config = json.loads((ckpt / "config.json").read_text())
     training, model = config["training"], config["model"]
     tc = training["config"]
@@ -84,7 +84,7 @@ def card(run: Path, ckpt: Path, sweep: Path, command: str) -> str:
         f"- parameters: {parameter_count(ckpt):,}",
         f"- default evaluation budget: {model.get('budget') or 'none (explicit)'}",
         "", "## Training", "",
-        f"- command: `{command}` (recipe `{ckpt.name}` in `checkpoints/recipes.py`)",
+        f"- command: `{command}` (recipe `{recipe or ckpt.name}` in `checkpoints/recipes.py`)",
         f"- data: the family's `training_batches('{tc['task']}', seed={tc['data_seed']}"
         + "".join(f", {k}={v}" for k, v in (tc.get("data_options") or {}).items())
         + f")`, lengths uniform in [{tc['min_len']}, {tc['max_len']}], batch {tc['batch_size']}; evaluation "
@@ -93,6 +93,10 @@ def card(run: Path, ckpt: Path, sweep: Path, command: str) -> str:
         f"cosine to {tc['min_lr_ratio']}x), clip {tc['clip']}, weight decay {tc['weight_decay']} on projection, "
         "convolution and embedding weights only",
     ]
+    if tc.get("init_from"):
+        lines.append(f"- fine-tuned: the weights start from the finished run `{tc['init_from']}` (its recipe and "
+                     "history are under *What was tried* below); the steps, schedule and curve here are the "
+                     "fine-tuning's")
     if model["kind"] == "implicit":
         train = tc["train_budget"]
         lines.append(f"- implicit: fixed point without gradients at {train['max_iter']} iterations (tau "
@@ -109,6 +113,8 @@ def card(run: Path, ckpt: Path, sweep: Path, command: str) -> str:
         lines += ["Robustness: accuracy under distribution shift (adaptive budgets):", "",
                   evaluation_table(adaptive, shifted), ""]
     lines += ["![accuracy vs budget](accuracy_vs_budget.png)", ""]
+    if notes:
+        lines += ["## What was tried", "", notes.strip(), ""]
     return "\n".join(lines)
 
 
@@ -118,11 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--sweep", type=Path, required=True)
     p.add_argument("--command", required=True, help="the exact training command, for the card")
+    p.add_argument("--recipe", help="the recipe's name in checkpoints/recipes.py (default: the checkpoint's name)")
+    p.add_argument("--notes", type=Path, help="a markdown file for the card's 'What was tried' section")
     p.add_argument("--copy", action="store_true", help="copy RUN/model into CHECKPOINT first")
     args = p.parse_args(argv)
     if args.copy:
         copy_model(args.run, args.checkpoint)
-    (args.checkpoint / "README.md").write_text(card(args.run, args.checkpoint, args.sweep, args.command))
+    notes = args.notes.read_text() if args.notes else ""
+    text = card(args.run, args.checkpoint, args.sweep, args.command, args.recipe, notes)
+    (args.checkpoint / "README.md").write_text(text)
     return 0
 
 

@@ -66,19 +66,14 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--backend", default="auto", choices=list(BACKENDS))
     p.add_argument("--no-anytime", action="store_true", help="run every budget separately (for timing comparisons)")
-    p.add_argument("--workers", type=positive_int, default=None, help="processes sharing the jobs (default: one "
-                   "per visible GPU with --device cuda, else 1); each job runs whole on one of them")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes sharing the jobs, one per GPU with "
+                   "--device cuda; each job runs whole on one of them (opt-in: on a sweep of 6 short jobs two H200s "
+                   "were slower than one, see BENCHMARKS.md)")
     p.add_argument("--worker-spec", type=Path, default=None, help=argparse.SUPPRESS)  # a worker of --workers N
     p.add_argument("--out", type=Path, default=Path("results/sweep"))
     p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines; the leaderboard and "
                    "where it was written are still printed")
     return p
-
-
-def default_workers(device: str) -> int:
-    import torch
-
-    return torch.cuda.device_count() if device.startswith("cuda") and torch.cuda.device_count() > 1 else 1
 
 
 def json_object(text: str) -> dict:
@@ -107,7 +102,7 @@ def spec_from(args) -> SweepSpec:
                      metadata={**num_docs, **args.metadata}, limit=args.limit,
                      batch_size=int(batch) if batch.isdigit() else batch, device=args.device, dtype=args.dtype,
                      backend=args.backend, anytime=not args.no_anytime,
-                     workers=args.workers or default_workers(args.device))
+                     workers=args.workers)
 
 
 def sweep_main(argv: list[str]) -> int:

@@ -244,7 +244,7 @@ def phantom_forward(model: ImplicitLM, ids: torch.Tensor, lengths: torch.Tensor,
     with torch.no_grad():
         z0 = torch.zeros(*ids.shape, model.cfg.d_model, device=ids.device)
         budget = cfg.train_budget.replace(mode="simultaneous")
-        sol = solve(lambda z, ctx: model.f(z, ctx[0], None, ctx[1]), z0, budget, (u, valid), valid)
+        sol = solve(lambda z, ctx, commit: model.f(z, ctx[0], None, ctx[1], commit), z0, budget, (u, valid), valid)
     mean_iters = float(sol.stats.iterations.float().mean())
     return phantom_steps(model, sol.z.detach(), u, valid, cfg.grad_steps, budget.tau), mean_iters
 

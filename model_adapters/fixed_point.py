@@ -2,11 +2,12 @@
 
     solve(f, z0, budget, context=None, valid=None, keep=()) -> Solution
 
-f(z, context) -> (fz, aux) evaluates the map on some batch rows. `context` is whatever f needs per row (the
-input injection, the frozen recurrent state, the valid mask): a tensor or a nesting of tuples, lists, dicts and
-NamedTuples of tensors, batch first. solve() hands f only the rows still iterating, with their context rows, so a
-converged row stops costing compute and f never gathers rows itself. `aux` is f's auxiliary output (for the
-models: the recurrent state an evaluation commits); solve() returns the final evaluation's.
+f(z, context, commit) -> (fz, aux) evaluates the map on some batch rows. `context` is whatever f needs per row
+(the input injection, the frozen recurrent state, the valid mask): a tensor or a nesting of tuples, lists, dicts
+and NamedTuples of tensors, batch first. solve() hands f only the rows still iterating, with their context rows,
+so a converged row stops costing compute and f never gathers rows itself. `aux` is f's auxiliary output (for the
+models: the recurrent state an evaluation commits). Only the final evaluation is called with commit=True, and
+solve() returns its aux; the others may return None and skip the work (a block's final conv window and SSM state).
 
 Semantics (the reference code's evaluation, for f_thres = max_iter): from z0, at most max_iter - 1 solver
 updates, a row stopping once its relative residual ||f(z) - z|| / (1e-6 + ||z||), measured over its own valid
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 EPS = 1e-6  # the reference's denominator guard in the relative residual
 
-RowMap = Callable[[Tensor, Any], tuple[Tensor, Any]]
+RowMap = Callable[[Tensor, Any, bool], tuple[Tensor, Any]]
 SOLVERS: dict[str, Callable] = {}
 
 
@@ -97,7 +98,7 @@ def solve(f: RowMap, z0: Tensor, budget: Budget, context: Any = None, valid: Ten
     converged = torch.zeros(batch, dtype=torch.bool, device=z0.device)
     anytime = {}
     for k in range(1, budget.max_iter):
-        fz, _ = f(work.z, work.context)
+        fz, _ = f(work.z, work.context, False)
         residual = relative_residual(fz, work.z, work.valid)
         if k in keep:  # tol == 0: the working set is every row, in order
             anytime[k] = (fz, SolveStats(torch.full_like(iterations, k), residual, torch.zeros_like(converged)))
@@ -114,7 +115,7 @@ def solve(f: RowMap, z0: Tensor, budget: Budget, context: Any = None, valid: Ten
             if work.z.shape[0] == 0:
                 break
     work.write_back(z)
-    fz, aux = f(z, context)
+    fz, aux = f(z, context, True)
     residual = relative_residual(fz, z, valid)
     stats = SolveStats(iterations + 1, residual, converged | (residual < budget.tol))
     if budget.max_iter in keep:

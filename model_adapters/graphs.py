@@ -58,10 +58,10 @@ class PieceSolve:
         self.graphs = self._capture() if capture else None
 
     # -- what is captured ------------------------------------------------------------------------------
-    def _f(self, z: Tensor):
+    def _f(self, z: Tensor, commit: bool):
         if self.step:
-            return self.model.f_step(z, self.u, self.state)
-        return self.model.f(z, self.u, self.state, self.valid)
+            return self.model.f_step(z, self.u, self.state, commit)
+        return self.model.f(z, self.u, self.state, self.valid, commit)
 
     def _start(self) -> None:
         self.z.zero_()
@@ -72,7 +72,7 @@ class PieceSolve:
     def _update(self) -> None:
         """One damped update of the active rows; a row whose residual meets tol is converged and leaves."""
         b = self.budget
-        fz, _ = self._f(self.z)
+        fz, _ = self._f(self.z, commit=False)
         residual = relative_residual(fz, self.z, self.valid)
         moved = (1 - b.tau) * self.z + b.tau * fz
         self.z.copy_(torch.where(broadcast_mask(self.active, self.z), moved, self.z))
@@ -83,7 +83,7 @@ class PieceSolve:
 
     def _finish(self) -> None:
         """The final evaluation (every row), the statistics, and the commit of the alive rows' new states."""
-        fz, new_state = self._f(self.z)
+        fz, new_state = self._f(self.z, commit=True)
         residual = relative_residual(fz, self.z, self.valid)
         self.out = fz
         self.stats = SolveStats((self.iterations + 1) * self.alive.long(), residual * self.alive,

@@ -108,8 +108,9 @@ class Mamba2(nn.Module):
 
     # -- parallel form -------------------------------------------------------------------------------
     def forward(self, u: Tensor, inject: Tensor | None = None, state: MixerState | None = None,
-                valid: Tensor | None = None) -> tuple[Tensor, MixerState]:
-        """u (B, L, d_model) -> (out (B, L, d_model), state after each sequence's last valid token).
+                valid: Tensor | None = None, commit: bool = True) -> tuple[Tensor, MixerState | None]:
+        """u (B, L, d_model) -> (out (B, L, d_model), state after each sequence's last valid token; None unless
+        commit: the iterations of a fixed-point solve before its final evaluation need no state).
 
         valid (B, L) bool marks real tokens of a right-padded batch: padded steps get dt = 0, so they
         leave the SSM state unchanged, and the conv window is read at each sequence's own end.
@@ -119,33 +120,32 @@ class Mamba2(nn.Module):
             state = self.empty_state(batch, u.device)
         derived = self._derived()
         z, xbc, dt = self._split(self._project(u, inject))
-        xbc, conv_state = self._conv(xbc, state.conv, valid)
+        conv_state = _last_inputs(xbc, state.conv, valid) if commit else None
+        xbc = self.ops.causal_conv_silu(xbc, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias)
         x, B, C = self._split_xbc(xbc)
         dt = self._discretise(dt, derived.dt_bias)
         if valid is not None:
             dt = dt * valid[..., None]
-        y, ssm_state = self.ops.chunk_scan(x, dt, derived.A, B, C, self.cfg.chunk_size, derived.D, state.ssm)
+        y, ssm_state = self.ops.chunk_scan(x, dt, derived.A, B, C, self.cfg.chunk_size, derived.D, state.ssm,
+                                           final_state=commit)
         out = self._gate_and_project(y.flatten(-2), z)
-        return out, MixerState(conv_state, ssm_state.to(self.cd))
-
-    def _conv(self, xbc: Tensor, conv_state: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Causal depthwise conv + SiLU over (B, L, conv_dim), continuing from `conv_state`, in the parameter dtype
-        (float32 accumulation inside the backend's op), and the new conv state."""
-        out = self.ops.causal_conv_silu(xbc, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias)
-        return out, _last_inputs(xbc, conv_state, valid)
+        return out, MixerState(conv_state, ssm_state.to(self.cd)) if commit else None
 
     # -- recurrent form ------------------------------------------------------------------------------
     def step(self, u: Tensor, state: MixerState, inject: Tensor | None = None,
-             in_place: bool = False) -> tuple[Tensor, MixerState]:
-        """u (B, d_model) -> (out (B, d_model), new state). `state` is left untouched unless in_place, where the
-        backend may advance its SSM state in place (decoding, which owns the state)."""
+             in_place: bool = False, commit: bool = True) -> tuple[Tensor, MixerState | None]:
+        """u (B, d_model) -> (out (B, d_model), new state, or None unless commit). `state` is left untouched
+        unless in_place, where the backend may advance its SSM state in place (decoding, which owns the state)."""
         derived = self._derived()
         z, xbc, dt = self._split(self._project(u, inject))
         conv = self.ops.causal_conv_silu(xbc[:, None], state.conv, self.conv1d.weight[:, 0], self.conv1d.bias)[:, 0]
-        window = torch.cat([state.conv.to(xbc.dtype), xbc[..., None]], dim=-1)  # (B, C, k): the next conv state
         x, B, C = self._split_xbc(conv)
-        y, ssm = self.ops.state_step(state.ssm, x, dt, derived.dt_bias, derived.A, B, C, derived.D, in_place)
-        return self._gate_and_project(y.flatten(-2), z), MixerState(window[..., 1:], ssm.to(self.cd))
+        y, ssm = self.ops.state_step(state.ssm, x, dt, derived.dt_bias, derived.A, B, C, derived.D, in_place, commit)
+        out = self._gate_and_project(y.flatten(-2), z)
+        if not commit:
+            return out, None
+        window = torch.cat([state.conv.to(xbc.dtype), xbc[..., None]], dim=-1)  # (B, C, k): the next conv state
+        return out, MixerState(window[..., 1:], ssm.to(self.cd))
 
 
 def _last_inputs(xbc: Tensor, conv_state: Tensor, valid: Tensor | None) -> Tensor:

@@ -90,18 +90,22 @@ class _LM(nn.Module):
         self.__dict__.pop("_piece_solves", None)
 
     def stack(self, h: Tensor, inject: Tensor | None = None, state: State | None = None, valid: Tensor | None = None,
-              step: bool = False, in_place: bool = False) -> tuple[Tensor, State]:
+              step: bool = False, in_place: bool = False, commit: bool = True) -> tuple[Tensor, State | None]:
         """RMSNorm_f(h_L) with h_l = h_{l-1} + Mixer_l(RMSNorm_l(h_{l-1}); inject), h_0 = h, and each layer's new
-        recurrent state. h: (B, L, D) (or (B, D) with step=True, against `state`). The residual stays in float32;
-        each residual add is fused with the next norm (backend add_rmsnorm: one kernel on the GPU)."""
+        recurrent state (None unless commit). h: (B, L, D) (or (B, D) with step=True, against `state`). The residual
+        stays in float32; each residual add is fused with the next norm (backend add_rmsnorm: one kernel on the
+        GPU)."""
         out, residual, new_state = None, h.to(self.cd), []
         for i, layer in enumerate(self.layers):
             normed, residual = self.ops.add_rmsnorm(out, residual, layer.norm.weight, layer.norm.eps, self.dtype)
             s = None if state is None else state[i]
-            out, s = layer.mixer.step(normed, s, inject, in_place) if step else layer.mixer(normed, inject, s, valid)
+            if step:
+                out, s = layer.mixer.step(normed, s, inject, in_place, commit)
+            else:
+                out, s = layer.mixer(normed, inject, s, valid, commit)
             new_state.append(s)
         final, _ = self.ops.add_rmsnorm(out, residual, self.norm_f.weight, self.norm_f.eps, self.cd)
-        return final, new_state
+        return final, new_state if commit else None
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
@@ -156,14 +160,15 @@ class ImplicitLM(_LM):
         x = self.injection_norm(self.embed(ids)).to(self.injection.weight.dtype)
         return self.injection(x)
 
-    def f(self, z: Tensor, u: Tensor, state: State | None = None, valid: Tensor | None = None
-          ) -> tuple[Tensor, State]:
-        """The map over whole sequences: z (B, L, D) -> RMSNorm_f(blocks(z; u)), one parallel scan per layer."""
-        return self.stack(z, u, state, valid)
+    def f(self, z: Tensor, u: Tensor, state: State | None = None, valid: Tensor | None = None,
+          commit: bool = True) -> tuple[Tensor, State | None]:
+        """The map over whole sequences: z (B, L, D) -> RMSNorm_f(blocks(z; u)), one parallel scan per layer, and
+        the recurrent states it ends in (None unless commit)."""
+        return self.stack(z, u, state, valid, commit=commit)
 
-    def f_step(self, z: Tensor, u: Tensor, state: State) -> tuple[Tensor, State]:
+    def f_step(self, z: Tensor, u: Tensor, state: State, commit: bool = True) -> tuple[Tensor, State | None]:
         """The map for one token: z (B, D) against the recurrent states of the previous token."""
-        return self.stack(z, u, state, step=True)
+        return self.stack(z, u, state, step=True, commit=commit)
 
     def forward(self, input_ids: Tensor, budget: Budget | None = None, lengths: Tensor | None = None,
                 state: State | None = None, anytime=()) -> LMOutput:

@@ -167,15 +167,15 @@ def _solve_piece(model: ImplicitLM, u: Tensor, budget: Budget, state: State, row
 
 
 def _step_map(model: ImplicitLM):
-    def f(z: Tensor, ctx: PieceContext):
-        return model.f_step(z, ctx.u, ctx.state)
+    def f(z: Tensor, ctx: PieceContext, commit: bool):
+        return model.f_step(z, ctx.u, ctx.state, commit)
 
     return f
 
 
 def _parallel_map(model: ImplicitLM):
-    def f(z: Tensor, ctx: PieceContext):
-        return model.f(z, ctx.u, ctx.state, ctx.valid)
+    def f(z: Tensor, ctx: PieceContext, commit: bool):
+        return model.f(z, ctx.u, ctx.state, ctx.valid, commit)
 
     return f
 

@@ -55,8 +55,10 @@ def _segment_decay(a_cs: Tensor) -> Tensor:
 
 @no_autocast
 def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
-                D: Tensor | None = None, initial_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Chunked SSD over a whole sequence of any length. Returns (y: (B, L, H, P), final_state).
+                D: Tensor | None = None, initial_state: Tensor | None = None,
+                final_state: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Chunked SSD over a whole sequence of any length. Returns (y: (B, L, H, P), final state, or None when
+    final_state is False: a fixed-point iteration that does not commit its state skips that work).
 
     Layout (b, c, g, k, ...): c chunks of T tokens, g groups of k heads each, so that B and C are never copied
     per head and every product is one batched matrix product. A sequence shorter than chunk_size is one chunk of
@@ -83,34 +85,46 @@ def ssd_chunked(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_si
     scores = (Cc @ Bc.transpose(-1, -2))[:, :, :, None] * _segment_decay(a_cs)  # (b, c, g, k, T, T)
     y = scores @ xdt  # (b, c, g, k, T, P)
 
-    # 3. The state each chunk contributes at its end: sum_s exp(a_end - a_s) (x dt)_s B_s^T.
-    to_end = torch.exp(a_cs[..., -1:] - a_cs)  # (b, c, g, k, T)
-    chunk_states = (xdt * to_end[..., None]).transpose(-1, -2) @ Bc[:, :, :, None]  # (b, c, g, k, P, N)
-
-    # 4. Pass states across chunk boundaries: a short recurrence, state <- exp(a_end) state + chunk state.
+    # 3. The states entering each chunk, and the final one: the recurrence state <- exp(a_end) state + chunk
+    # state, where a chunk contributes sum_s exp(a_end - a_s) (x dt)_s B_s^T at its end.
     if initial_state is None:
         initial_state = torch.zeros(batch, nheads, headdim, dstate, dtype=cd, device=x.device)
     state = initial_state.to(cd).reshape(batch, groups, nheads // groups, headdim, dstate)
+    states_in, final = _pass_states(state, xdt, a_cs, Bc, final_state)
+
+    # 4. What the state entering each chunk contributes: exp(a_t) C_t state_in.
+    y = y + (Cc[:, :, :, None] @ states_in.transpose(-1, -2)) * torch.exp(a_cs)[..., None]
+    y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, n * T, nheads, headdim)[:, :length]
+    return y + _skip(x.to(cd), D), None if final is None else final.reshape(batch, nheads, headdim, dstate)
+
+
+def _pass_states(state: Tensor, xdt: Tensor, a_cs: Tensor, Bc: Tensor, final: bool) -> tuple[Tensor, Tensor | None]:
+    """state (b, g, k, P, N) entering the first chunk -> (states entering each chunk (b, c, g, k, P, N), the state
+    after the last or None). One chunk without a final state (a short block's iteration) needs neither the chunk
+    state nor a copy."""
+    n = a_cs.shape[1]
+    if n == 1 and not final:
+        return state[:, None], None
+    to_end = torch.exp(a_cs[..., -1:] - a_cs)  # (b, c, g, k, T)
+    chunk_states = (xdt * to_end[..., None]).transpose(-1, -2) @ Bc[:, :, :, None]  # (b, c, g, k, P, N)
     chunk_decay = torch.exp(a_cs[..., -1])[..., None, None]  # (b, c, g, k, 1, 1)
     entering = []
     for c in range(n):
         entering.append(state)
         state = chunk_decay[:, c] * state + chunk_states[:, c]
-    states_in, final_state = torch.stack(entering, 1), state.reshape(batch, nheads, headdim, dstate)
-
-    # 5. What the state entering each chunk contributes: exp(a_t) C_t state_in.
-    y = y + (Cc[:, :, :, None] @ states_in.transpose(-1, -2)) * torch.exp(a_cs)[..., None]
-    y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, n * T, nheads, headdim)[:, :length]
-    return y + _skip(x.to(cd), D), final_state
+    states_in = entering[0][:, None] if n == 1 else torch.stack(entering, 1)
+    return states_in, state if final else None
 
 
 @no_autocast
 def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-             D: Tensor | None = None) -> tuple[Tensor, Tensor]:
+             D: Tensor | None = None, new_state: bool = True) -> tuple[Tensor, Tensor | None]:
     """One recurrence step. x (B, H, P), dt (B, H), B and C (B, G, N). Returns (y (B, H, P), new_state).
 
     Functional: `state` is not modified, so the implicit model can evaluate a step many times against
-    the same frozen state.
+    the same frozen state. new_state=False (a fixed-point iteration that commits nothing) returns None for it and
+    never forms it: y = a (S C) + (x dt)(B . C) reads the state once, where forming a S + (x dt) B^T first writes a
+    state-sized tensor (the state is H*P*N per row, far larger than the token's activations).
     """
     cd = compute_dtype(x)
     batch, nheads, headdim = x.shape
@@ -119,8 +133,14 @@ def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
     # Heads of a group share B and C: broadcast over (b, g, k, P, N) views, never copied per head.
     decay = torch.exp(dt * A).view(batch, groups, -1, 1, 1)
     xdt = (dt[..., None] * x).view(batch, groups, -1, headdim, 1)
+    Cc = C.to(cd)[..., None]  # (b, g, N, 1): one matrix-vector product per (row, group), its heads stacked
+    if not new_state:
+        read = (state.to(cd).reshape(batch, groups, -1, dstate) @ Cc).view(batch, groups, -1, headdim, 1)
+        bc = (B.to(cd) * C.to(cd)).sum(-1)[:, :, None, None, None]
+        y = (decay * read + xdt * bc).view(batch, nheads, headdim)
+        return y + _skip(x, D), None
     new_state = decay * state.to(cd).view(batch, groups, -1, headdim, dstate) + xdt * B.to(cd)[:, :, None, None]
-    y = (new_state @ C.to(cd)[:, :, None, :, None]).view(batch, nheads, headdim)
+    y = (new_state.view(batch, groups, -1, dstate) @ Cc).view(batch, nheads, headdim)
     return y + _skip(x, D), new_state.view(batch, nheads, headdim, dstate)
 
 

@@ -17,26 +17,32 @@ NAME = "torch"
 
 
 def chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
-               D: Tensor | None, initial_state: Tensor | None) -> tuple[Tensor, Tensor]:
-    """x (B, L, H, P), dt (B, L, H), B/C (B, L, G, N) -> y (B, L, H, P) float32, final state (B, H, P, N)."""
-    return ssd_chunked(x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state)
+               D: Tensor | None, initial_state: Tensor | None,
+               final_state: bool = True) -> tuple[Tensor, Tensor | None]:
+    """x (B, L, H, P), dt (B, L, H), B/C (B, L, G, N) -> y (B, L, H, P) float32, final state (B, H, P, N) (None
+    unless final_state)."""
+    return ssd_chunked(x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state, final_state=final_state)
 
 
 def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor,
-               D: Tensor | None, in_place: bool = False) -> tuple[Tensor, Tensor]:
+               D: Tensor | None, in_place: bool = False, new_state: bool = True) -> tuple[Tensor, Tensor | None]:
     """x (B, H, P), dt (B, H) raw (discretised here: softplus(dt + dt_bias)), B/C (B, G, N), state (B, H, P, N)
-    -> y, new state. With in_place=False `state` is not mutated; with True a backend may advance it in place (this
-    one never does: it is the functional reference)."""
-    return ssd_step(state, x, F.softplus(dt.to(dt_bias.dtype) + dt_bias), A, B, C, D)
+    -> y, new state (None when new_state is False: y alone is cheaper). With in_place=False `state` is not mutated;
+    with True a backend may advance it in place (this one never does: it is the functional reference)."""
+    return ssd_step(state, x, F.softplus(dt.to(dt_bias.dtype) + dt_bias), A, B, C, D, new_state)
 
 
 def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None) -> Tensor:
     """SiLU(causal depthwise conv): x (B, L, C) continuing from state (B, C, k-1) (None: zeros), weight (C, k)
     -> (B, L, C), in x's dtype (the convolution accumulates in float32 itself)."""
-    batch, _, channels = x.shape
+    batch, length, channels = x.shape
     k = weight.shape[-1]
     if state is None:
         state = torch.zeros(batch, channels, k - 1, dtype=x.dtype, device=x.device)
+    if length == 1:  # a step: k multiply-adds per channel; F.conv1d costs about twice as much on a CPU
+        w = weight.to(x.dtype)
+        out = (state.to(x.dtype) * w[:, :-1]).sum(-1) + x[:, 0] * w[:, -1]
+        return F.silu(out if bias is None else out + bias.to(x.dtype))[:, None]
     window = torch.cat([state.to(x.dtype), x.transpose(1, 2)], dim=-1)  # (B, C, k-1+L)
     out = F.conv1d(window, weight[:, None, :].to(x.dtype), None if bias is None else bias.to(x.dtype), groups=channels)
     return F.silu(out).transpose(1, 2)

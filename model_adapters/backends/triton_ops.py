@@ -26,20 +26,23 @@ NAME = "triton"
 
 
 def chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
-               D: Tensor | None, initial_state: Tensor | None) -> tuple[Tensor, Tensor]:
-    """x (B, L, H, P), dt (B, L, H) discretised, B/C (B, L, G, N) -> y (B, L, H, P), final state (B, H, P, N)."""
+               D: Tensor | None, initial_state: Tensor | None,
+               final_state: bool = True) -> tuple[Tensor, Tensor | None]:
+    """x (B, L, H, P), dt (B, L, H) discretised, B/C (B, L, G, N) -> y (B, L, H, P), final state (B, H, P, N) (None
+    unless final_state)."""
     # No copies here: the kernels take any layout whose last dimension is contiguous (they copy otherwise).
-    y, final = mamba_chunk_scan_combined(
+    out = mamba_chunk_scan_combined(
         x, dt, A, B, C, chunk_size, D=D, initial_states=None if initial_state is None else initial_state.contiguous(),
-        dt_softplus=False, return_final_states=True)
-    return y, final
+        dt_softplus=False, return_final_states=final_state)
+    return out if final_state else (out, None)
 
 
 def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor,
-               D: Tensor | None, in_place: bool = False) -> tuple[Tensor, Tensor]:
+               D: Tensor | None, in_place: bool = False, new_state: bool = True) -> tuple[Tensor, Tensor]:
     """x (B, H, P), dt (B, H), B/C (B, G, N), state (B, H, P, N) -> y, new state; `state` is not mutated
     (the kernel updates in place, so it works on a copy: the implicit model re-evaluates frozen states), unless
-    in_place: decoding an explicit model owns its state and saves the copy."""
+    in_place: decoding an explicit model owns its state and saves the copy. The kernel writes the new state
+    whether or not the caller wants it (new_state is accepted for the ops' common signature)."""
     nheads, headdim, dstate = state.shape[1:]
     new_state = state if in_place else state.clone()
     # Stride-0 expansions over headdim let the kernel take its per-head ("tied") fast path.

@@ -137,3 +137,20 @@ def test_repeated_lm_eval_warnings_are_shown_once():
     assert once.filter(record("st_s5_id: Custom kwargs can be passed to `--metadata`"))
     assert not once.filter(record("st_a5_ood2x: Custom kwargs can be passed to `--metadata`"))
     assert once.filter(record("st_a5_ood2x: something else"))
+
+
+def test_quiet_leaves_the_callers_logging_as_it_was(capsys, caplog, ckpt, tmp_path):
+    """--quiet silences this command only: a later warning in the same process (a test, a notebook) still shows."""
+    import logging
+    import os
+
+    before = {name: logging.getLogger(name).level for name in ("", "implicit_ssm_eval", "lm_eval")}
+    filters = [list(h.filters) for h in logging.getLogger().handlers]
+    env = {key: os.environ.get(key) for key in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS")}
+    one_line_error(capsys, ["sweep", ckpt, "--quiet", "--tasks", "no_such_task", "--out", str(tmp_path)], 2,
+                   "--tasks: unknown task(s)")
+    assert {name: logging.getLogger(name).level for name in before} == before
+    assert [list(h.filters) for h in logging.getLogger().handlers] == filters
+    assert {key: os.environ.get(key) for key in env} == env
+    logging.getLogger("implicit_ssm_eval.model_adapters.lm_eval_models").warning("still heard")
+    assert "still heard" in caplog.text

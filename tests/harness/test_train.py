@@ -64,7 +64,7 @@ def ift_gradient(model, ids, loss_fn, tau):
     g = dL/dz* + J^T g by iteration with vector-Jacobian products, then contract with df/dtheta."""
     u = model.inject(ids)
     with torch.no_grad():
-        z = solve(lambda z, u_rows: model.f(z, u_rows), torch.zeros(*ids.shape, 32, dtype=torch.float64),
+        z = solve(lambda z, u_rows, commit: model.f(z, u_rows), torch.zeros(*ids.shape, 32, dtype=torch.float64),
                   Budget(max_iter=400, tol=1e-13, tau=tau), context=u).z
     z = z.requires_grad_()
     fz = model.f(z, u)[0]
@@ -79,7 +79,7 @@ def ift_gradient(model, ids, loss_fn, tau):
 def phantom_gradient(model, ids, loss_fn, steps, tau):
     u = model.inject(ids)
     with torch.no_grad():
-        z = solve(lambda z, u_rows: model.f(z, u_rows), torch.zeros(*ids.shape, 32, dtype=torch.float64),
+        z = solve(lambda z, u_rows, commit: model.f(z, u_rows), torch.zeros(*ids.shape, 32, dtype=torch.float64),
                   Budget(max_iter=400, tol=1e-13, tau=tau), context=u).z
     out = phantom_steps(model, z.detach(), u, None, steps, tau)
     return torch.autograd.grad(loss_fn(out), list(model.parameters()), allow_unused=True)
@@ -206,3 +206,50 @@ def test_fine_tuning_starts_from_the_checkpoints_weights(tmp_path):
     with pytest.raises(ConfigError, match=r"architecture differs in \['d_model'"):
         Trainer(TrainConfig(kind="implicit", init_from=str(first), **{**TINY, "arch": dict(d_model=16, d_state=8,
                                                                                           headdim=8)}), tmp_path / "c")
+
+
+def test_model_card_of_a_fine_tuned_run_names_its_base_recipe_and_notes(tmp_path):
+    from pathlib import Path
+
+    from implicit_ssm_eval.harness.model_card import main as card_main
+
+    base = run(TrainConfig(kind="implicit", steps=2, **TINY), tmp_path / "base", progress=False)
+    run(TrainConfig(kind="implicit", steps=2, init_from=str(base), **TINY), tmp_path / "ft", progress=False)
+    (tmp_path / "notes.md").write_text("Training from scratch on the mixture reached 0.48.")
+    target = tmp_path / "parity-implicit"
+    sweep = Path(__file__).parents[1] / "fixtures" / "sweep_small"
+    assert card_main([str(tmp_path / "ft"), str(target), "--sweep", str(sweep), "--copy", "--command", "x",
+                      "--recipe", "parity-implicit-ft", "--notes", str(tmp_path / "notes.md")]) == 0
+    text = (target / "README.md").read_text()
+    assert "(recipe `parity-implicit-ft` in" in text
+    assert f"start from the finished run `{base}`" in text
+    assert text.index("## What was tried") > text.index("## Evaluation")
+    assert "from scratch on the mixture reached 0.48." in text
+
+
+
+# The parity pair predates the nested TrainConfig (its config.json keeps the flat fields of its time).
+BUNDLED_A5 = {"a5-implicit": "a5-implicit-ft", "a5-explicit": "a5-explicit-ft", "a5-explicit-2l": "a5-explicit-2l-ft"}
+
+
+@pytest.mark.parametrize("bundled", sorted(BUNDLED_A5))
+def test_bundled_checkpoints_were_trained_by_their_recipe(bundled):
+    """The model cards print recipes.py's command: it must give the configuration each checkpoint records."""
+    import sys
+    from pathlib import Path
+
+    from implicit_ssm_eval.harness.train_cli import build_parser, config_from
+
+    root = Path(__file__).parents[2]
+    sys.path.insert(0, str(root / "checkpoints"))
+    try:
+        from recipes import command
+    finally:
+        sys.path.remove(str(root / "checkpoints"))
+    args = vars(build_parser().parse_args(command(BUNDLED_A5[bundled], Path("runs"), "cpu", 0, False)[4:]))
+    for key in ("out", "resume", "no_progress", "export"):
+        args.pop(key)
+    made = json.loads(json.dumps(config_from(args).to_dict()))
+    recorded = json.loads((root / "checkpoints" / bundled / "config.json").read_text())["training"]["config"]
+    assert {k: v for k, v in made.items() if k != "time_limit"} == {k: v for k, v in recorded.items()
+                                                                    if k != "time_limit"}

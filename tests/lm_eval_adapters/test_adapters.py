@@ -223,8 +223,8 @@ def test_non_finite_anytime_budgets_are_refused_too(checkpoints):
     lm = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=4, tol=0, anytime="1;2")
     original = lm.model.f
 
-    def blows_up_early(z, u, state=None, valid=None):  # the first evaluation is NaN, later ones are finite
-        out, new_state = original(z, u, state, valid)
+    def blows_up_early(z, u, state=None, valid=None, commit=True):  # the first evaluation is NaN, later finite
+        out, new_state = original(z, u, state, valid, commit)
         return (out * float("nan") if not z.abs().sum() else out), new_state
 
     lm.model.f = blows_up_early
@@ -339,7 +339,7 @@ def test_an_oscillating_model_is_warned_about(checkpoints, caplog):
     import logging
 
     lm = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=12, tol=1e-4, tau=1.0)
-    lm.model.f = lambda z, u, state=None, valid=None: (-z + 1.0, state)
+    lm.model.f = lambda z, u, state=None, valid=None, commit=True: (-z + 1.0, state)
     with caplog.at_level(logging.WARNING):
         lm.loglikelihood([lm_request(lm, "a b", "c")])
     assert "tiny_ll: 100% of its sequences hit max_iter=12 unconverged" in caplog.text

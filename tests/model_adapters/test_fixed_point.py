@@ -16,10 +16,10 @@ class CountingF:
         self.model, self.calls, self.rows = model, 0, 0
         self.inner = model.f
 
-    def __call__(self, z, u, state=None, valid=None):
+    def __call__(self, z, u, state=None, valid=None, commit=True):
         self.calls += 1
         self.rows += z.shape[0]
-        return self.inner(z, u, state, valid)
+        return self.inner(z, u, state, valid, commit)
 
 
 def reference_eval(model, ids, k, tau, tol):
@@ -162,7 +162,7 @@ def test_anderson_on_a_linear_contraction():
     W = Q @ torch.diag(eigenvalues) @ Q.transpose(1, 2)
     b = torch.randn(3, 20, dtype=torch.float64)
 
-    def f(z, ctx):
+    def f(z, ctx, commit):
         W_rows, b_rows = ctx  # the solver hands over the context of the rows it still iterates
         return torch.einsum("rij,rj->ri", W_rows, z) + b_rows, None
 
@@ -262,20 +262,22 @@ def test_anderson_ignores_padding():
 
 
 def test_solve_returns_the_final_evaluations_aux_and_hands_f_only_running_rows():
-    """f(z, ctx) -> (fz, aux): the solver gathers the context of the rows still iterating, and returns the aux of
-    the final evaluation (all rows)."""
+    """f(z, ctx, commit) -> (fz, aux): the solver gathers the context of the rows still iterating, asks for the
+    commit on the final evaluation only (all rows), and returns that evaluation's aux."""
     targets = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
     speed = torch.tensor([0.9, 0.1, 0.5], dtype=torch.float64)  # row 1 converges slowest, row 0 fastest
-    seen = []
+    seen, commits = [], []
 
-    def f(z, ctx):
+    def f(z, ctx, commit):
         t, s = ctx
         seen.append(t[:, 0].tolist())
-        return z + s[:, None] * (t - z), {"calls": len(seen), "rows": t[:, 0].clone()}
+        commits.append(commit)
+        return z + s[:, None] * (t - z), {"calls": len(seen), "rows": t[:, 0].clone()} if commit else None
 
     sol = solve(f, torch.zeros(3, 1, dtype=torch.float64), Budget(max_iter=50, tol=1e-3, tau=1.0),
                 context=(targets, speed))
     assert sol.aux["calls"] == len(seen) and sol.aux["rows"].tolist() == [1.0, 2.0, 3.0]
+    assert commits == [False] * (len(seen) - 1) + [True]
     assert seen[0] == [1.0, 2.0, 3.0] and seen[-2] == [2.0]  # the fast rows left the loop early
     its = sol.stats.iterations.tolist()
     assert its[1] > its[2] > its[0] > 1 and sol.stats.converged.all()

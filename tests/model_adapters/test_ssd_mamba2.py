@@ -83,6 +83,28 @@ def test_mixer_forward_matches_step_loop(overrides, length):
     assert_close(step_state.conv, state.conv, 1e-6, "conv state")
 
 
+@pytest.mark.parametrize("length", [1, 7, 63])
+def test_an_evaluation_that_does_not_commit_gives_the_same_output_and_no_state(length):
+    """commit=False (a fixed-point iteration before the final evaluation) skips the state, never the output: in the
+    parallel form from a non-zero state (one chunk and several; bit for bit), and in the step form (which then
+    computes y without forming the new state)."""
+    mixer, cfg = make_mixer(ngroups=2)
+    state = mixer(torch.randn(3, 5, cfg.d_model, dtype=torch.float64))[1]
+    u = torch.randn(3, length, cfg.d_model, dtype=torch.float64)
+    inject = torch.randn(3, length, cfg.d_in_proj, dtype=torch.float64)
+    valid = torch.arange(length)[None] < torch.tensor([length, max(length - 2, 1), 1])[:, None]
+    committed, new_state = mixer(u, inject, state, valid)
+    iterated, none = mixer(u, inject, state, valid, commit=False)
+    assert none is None and new_state is not None
+    assert torch.equal(iterated, committed)
+    stepped, none = mixer.step(u[:, 0], state, inject[:, 0], commit=False)  # y = a (S C) + (x dt)(B . C): rounding
+    assert none is None
+    assert_close(stepped, mixer.step(u[:, 0], state, inject[:, 0])[0], 1e-12, "step output")
+    x, dt, A, B, C, D, s0 = random_ssd_inputs(2, length, 4, 3, 2, 5, seed=length)
+    y, final = ssd_chunked(x, dt, A, B, C, 16, D=D, initial_state=s0, final_state=False)
+    assert final is None and torch.equal(y, ssd_chunked(x, dt, A, B, C, 16, D=D, initial_state=s0)[0])
+
+
 def test_step_does_not_mutate_state():
     mixer, cfg = make_mixer()
     state = mixer(torch.randn(2, 5, cfg.d_model, dtype=torch.float64))[1]
