@@ -171,7 +171,7 @@ LEADERBOARD_COMMAND = "implicit-eval leaderboard"
 
 def leaderboard_main(argv: list[str]) -> int:
     """Sweep the bundled checkpoints in all readings and regenerate leaderboards/ (markdown, plots, tables).
-    From scratch this evaluates 100 documents per bucket at every budget: about 15 minutes on 2 CPU cores."""
+    From scratch this evaluates 100 documents per bucket at every budget: about 10 minutes on 2 CPU cores."""
     p = argparse.ArgumentParser(prog=LEADERBOARD_COMMAND, description=leaderboard_main.__doc__)
     p.add_argument("--results", type=Path, default=PROJECT / "results" / "leaderboard")
     p.add_argument("--out", type=Path, default=PROJECT / "leaderboards")
@@ -179,7 +179,7 @@ def leaderboard_main(argv: list[str]) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     print(f"{LEADERBOARD_COMMAND}: sweeping the bundled checkpoints into {args.results} (resumable; from scratch "
-          "about 15 minutes on 2 CPU cores)", file=sys.stderr)
+          "about 10 minutes on 2 CPU cores)", file=sys.stderr)
     common = ["--num-docs", str(args.num_docs), "--out", str(args.results), "--batch-size", "64"]
     grids = (["--modes", "simultaneous", "sequential", "--tol", "0", "0.05", "0.01"],  # every budget
              ["--modes", "blockwise", "--block-size", "8", "--tol", "0.05", "0.01"])  # the adaptive ones
