@@ -117,6 +117,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         ax.plot(x, [r[key] for r in blocks], marker="^", ls="-.", label="blockwise")
         ax.axhline(rows[0][key], color="tab:orange", ls="--", label="sequential")
         ax.set_xscale("log", base=2)
+        ax.set_xticks(x, [str(v) for v in x])  # block sizes as people write them, not 2^n
         ax.set_xlabel("block size (tokens)")
         ax.set_title(label, fontsize=9)
     axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
