@@ -158,5 +158,6 @@ def _silence() -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
 
+
 if __name__ == "__main__":
     sys.exit(main())

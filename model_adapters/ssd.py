@@ -118,11 +118,11 @@ def _pass_states(state: Tensor, xdt: Tensor, a_cs: Tensor, Bc: Tensor, final: bo
 
 @no_autocast
 def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
-             D: Tensor | None = None, new_state: bool = True) -> tuple[Tensor, Tensor | None]:
+             D: Tensor | None = None, want_state: bool = True) -> tuple[Tensor, Tensor | None]:
     """One recurrence step. x (B, H, P), dt (B, H), B and C (B, G, N). Returns (y (B, H, P), new_state).
 
     Functional: `state` is not modified, so the implicit model can evaluate a step many times against
-    the same frozen state. new_state=False (a fixed-point iteration that commits nothing) returns None for it and
+    the same frozen state. want_state=False (a fixed-point iteration that commits nothing) returns None for it and
     never forms it: y = a (S C) + (x dt)(B . C) reads the state once, where forming a S + (x dt) B^T first writes a
     state-sized tensor (the state is H*P*N per row, far larger than the token's activations).
     """
@@ -133,13 +133,14 @@ def ssd_step(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
     # Heads of a group share B and C: broadcast over (b, g, k, P, N) views, never copied per head.
     decay = torch.exp(dt * A).view(batch, groups, -1, 1, 1)
     xdt = (dt[..., None] * x).view(batch, groups, -1, headdim, 1)
-    Cc = C.to(cd)[..., None]  # (b, g, N, 1): one matrix-vector product per (row, group), its heads stacked
-    if not new_state:
+    B, C = B.to(cd), C.to(cd)
+    Cc = C[..., None]  # (b, g, N, 1): one matrix-vector product per (row, group), its heads stacked
+    if not want_state:
         read = (state.to(cd).reshape(batch, groups, -1, dstate) @ Cc).view(batch, groups, -1, headdim, 1)
-        bc = (B.to(cd) * C.to(cd)).sum(-1)[:, :, None, None, None]
+        bc = (B * C).sum(-1)[:, :, None, None, None]
         y = (decay * read + xdt * bc).view(batch, nheads, headdim)
         return y + _skip(x, D), None
-    new_state = decay * state.to(cd).view(batch, groups, -1, headdim, dstate) + xdt * B.to(cd)[:, :, None, None]
+    new_state = decay * state.to(cd).view(batch, groups, -1, headdim, dstate) + xdt * B[:, :, None, None]
     y = (new_state.view(batch, groups, -1, dstate) @ Cc).view(batch, nheads, headdim)
     return y + _skip(x, D), new_state.view(batch, nheads, headdim, dstate)
 

@@ -25,11 +25,11 @@ def chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_siz
 
 
 def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor,
-               D: Tensor | None, in_place: bool = False, new_state: bool = True) -> tuple[Tensor, Tensor | None]:
+               D: Tensor | None, in_place: bool = False, want_state: bool = True) -> tuple[Tensor, Tensor | None]:
     """x (B, H, P), dt (B, H) raw (discretised here: softplus(dt + dt_bias)), B/C (B, G, N), state (B, H, P, N)
-    -> y, new state (None when new_state is False: y alone is cheaper). With in_place=False `state` is not mutated;
+    -> y, new state (None when want_state is False: y alone is cheaper). With in_place=False `state` is not mutated;
     with True a backend may advance it in place (this one never does: it is the functional reference)."""
-    return ssd_step(state, x, F.softplus(dt.to(dt_bias.dtype) + dt_bias), A, B, C, D, new_state)
+    return ssd_step(state, x, F.softplus(dt.to(dt_bias.dtype) + dt_bias), A, B, C, D, want_state)
 
 
 def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -38,11 +38,11 @@ def chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_siz
 
 
 def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor,
-               D: Tensor | None, in_place: bool = False, new_state: bool = True) -> tuple[Tensor, Tensor]:
+               D: Tensor | None, in_place: bool = False, want_state: bool = True) -> tuple[Tensor, Tensor]:
     """x (B, H, P), dt (B, H), B/C (B, G, N), state (B, H, P, N) -> y, new state; `state` is not mutated
     (the kernel updates in place, so it works on a copy: the implicit model re-evaluates frozen states), unless
     in_place: decoding an explicit model owns its state and saves the copy. The kernel writes the new state
-    whether or not the caller wants it (new_state is accepted for the ops' common signature)."""
+    whether or not the caller wants it (want_state is accepted for the ops' common signature)."""
     nheads, headdim, dstate = state.shape[1:]
     new_state = state if in_place else state.clone()
     # Stride-0 expansions over headdim let the kernel take its per-head ("tied") fast path.

@@ -227,7 +227,6 @@ def test_model_card_of_a_fine_tuned_run_names_its_base_recipe_and_notes(tmp_path
     assert "from scratch on the mixture reached 0.48." in text
 
 
-
 # The parity pair predates the nested TrainConfig (its config.json keeps the flat fields of its time).
 BUNDLED_A5 = {"a5-implicit": "a5-implicit-ft", "a5-explicit": "a5-explicit-ft", "a5-explicit-2l": "a5-explicit-2l-ft"}
 
