@@ -60,6 +60,17 @@ def metrics(out: Path) -> dict:
     return found
 
 
+def differences(a: dict, b: dict) -> list[str]:
+    """'job task metric: a vs b' for every metric that differs (or is missing on one side)."""
+    out = []
+    for job in sorted(set(a) | set(b)):
+        for task in sorted(set(a.get(job, {})) | set(b.get(job, {}))):
+            ma, mb = a.get(job, {}).get(task, {}), b.get(job, {}).get(task, {})
+            out += [f"{job} {task} {k}: {ma.get(k)!r} vs {mb.get(k)!r}" for k in sorted(set(ma) | set(mb))
+                    if ma.get(k) != mb.get(k)]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
@@ -82,10 +93,10 @@ def main() -> None:
               root / f"warm-{name}", 1)  # warm-up: Triton compiles into its cache (shared by later processes)
         one = sweep(sweep_args, root / f"{name}-1", 1)
         many = sweep(sweep_args, root / f"{name}-{args.workers}", args.workers)
-        same = metrics(root / f"{name}-1") == metrics(root / f"{name}-{args.workers}")
+        first, second = metrics(root / f"{name}-1"), metrics(root / f"{name}-{args.workers}")
         results[name] = {"one_gpu_s": round(one, 1), f"{args.workers}_gpus_s": round(many, 1),
-                         "speedup": round(one / many, 2), "identical_metrics": same,
-                         "jobs": len(metrics(root / f"{name}-1"))}
+                         "speedup": round(one / many, 2), "identical_metrics": first == second,
+                         "jobs": len(first), "differences": differences(first, second)[:10]}
         args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 

@@ -252,13 +252,15 @@ def _run_workers(spec: SweepSpec, out: Path, outcome: Outcome, pending: list[lis
     write_json_atomic(claims / "spec.json", spec.to_dict())
     on_cuda = str(spec.device).startswith("cuda")
     threads = str(max(1, (os.cpu_count() or 1) // spec.workers))
+    cmd = [sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", "--worker-spec", str(claims / "spec.json"),
+           "--out", str(out), "--quiet"]
+    if on_cuda:  # one process tunes the kernels first, so that every worker reads the same choices (warm_kernels)
+        subprocess.run([*cmd, "--warm-kernels"], env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"}, check=True)
     procs = []
     for i in range(spec.workers):
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
         if on_cuda:
             env["CUDA_VISIBLE_DEVICES"] = str(i)
-        cmd = [sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", "--worker-spec", str(claims / "spec.json"),
-               "--out", str(out), "--quiet"]
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     shutil.rmtree(claims, ignore_errors=True)
@@ -271,6 +273,41 @@ def _run_workers(spec: SweepSpec, out: Path, outcome: Outcome, pending: list[lis
                 outcome.failed[str(job.dir(out))] = (json.loads(failure.read_text())["error"] if failure.exists()
                                                      else f"worker exit codes {codes}: no result")
     return outcome
+
+
+def warm_kernels(spec: SweepSpec) -> list[tuple[str, str]]:
+    """Run each checkpoint of the sweep once, on a few tokens, in every reading its jobs use (and a decoding step):
+    Triton compiles and autotunes the kernels and stores its choices on disk (the triton backend turns that cache
+    on). Workers started afterwards read those choices. Started together without it, each would time the
+    configurations itself, and they would choose differently and disagree in the last bits. Returns the
+    (checkpoint, reading) pairs run."""
+    import torch
+
+    from implicit_ssm_eval.model_adapters.backends import resolve_backend
+    from implicit_ssm_eval.model_adapters.eval_args import DTYPES
+    from implicit_ssm_eval.model_adapters.formats import load_checkpoint
+
+    readings: dict[Path, dict[str, Budget | None]] = {}
+    for job in plan(spec):
+        b = job.budget
+        name = "explicit" if b is None else b.mode + (str(b.block_size) if b.mode == "blockwise" else "")
+        readings.setdefault(job.checkpoint, {})[name] = job.budget
+    ran = []
+    device = torch.device(spec.device)
+    for path, budgets in readings.items():
+        model = load_checkpoint(path, dtype=DTYPES[spec.dtype], device=device).model
+        model.use_backend(resolve_backend(spec.backend, device))
+        with torch.inference_mode():
+            for name, budget in budgets.items():
+                length = budget.block_size + 1 if budget is not None and budget.mode == "blockwise" else 2
+                ids = torch.zeros(1, length, dtype=torch.long, device=device)
+                if budget is None:
+                    out = model(ids)
+                    model.step(ids[:, 0], out.state)
+                else:
+                    model(ids, budget.replace(max_iter=1, tol=0.0))
+                ran.append((str(path), name))
+    return ran
 
 
 def _status(job: Job, out: Path, spec: SweepSpec) -> str:

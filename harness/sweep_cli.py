@@ -14,7 +14,7 @@ from implicit_ssm_eval.model_adapters.fixed_point import SOLVERS
 
 from . import leaderboard, plots, report
 from .results import Loaded, load_runs
-from .sweep import DEFAULT_MAX_ITERS, DEFAULT_MODES, DEFAULT_TOLS, Outcome, SweepSpec, run_sweep
+from .sweep import DEFAULT_MAX_ITERS, DEFAULT_MODES, DEFAULT_TOLS, Outcome, SweepSpec, run_sweep, warm_kernels
 
 PROJECT = Path(__file__).resolve().parents[1]
 BUNDLED = PROJECT / "checkpoints"
@@ -67,9 +67,10 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=list(BACKENDS))
     p.add_argument("--no-anytime", action="store_true", help="run every budget separately (for timing comparisons)")
     p.add_argument("--workers", type=positive_int, default=1, help="processes sharing the jobs, one per GPU with "
-                   "--device cuda; each job runs whole on one of them (opt-in: on a sweep of 6 short jobs two H200s "
-                   "were slower than one, see BENCHMARKS.md)")
+                   "--device cuda; each job runs whole on one of them, with the same numbers as on one GPU (opt-in: "
+                   "on a sweep of 6 short jobs two H200s were slower than one, see BENCHMARKS.md)")
     p.add_argument("--worker-spec", type=Path, default=None, help=argparse.SUPPRESS)  # a worker of --workers N
+    p.add_argument("--warm-kernels", action="store_true", help=argparse.SUPPRESS)  # before the workers start
     p.add_argument("--out", type=Path, default=Path("results/sweep"))
     p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines; the leaderboard and "
                    "where it was written are still printed")
@@ -109,6 +110,9 @@ def sweep_main(argv: list[str]) -> int:
     args = sweep_parser().parse_args(argv)
     if args.worker_spec:  # one of --workers N: run the groups it claims, no report
         spec = SweepSpec.from_dict({**json.loads(args.worker_spec.read_text()), "workers": 1})
+        if args.warm_kernels:
+            warm_kernels(spec)
+            return 0
         outcome = run_sweep(spec, args.out, progress=False, worker=True)
         return 1 if outcome.failed else 0
     outcome = run_sweep(spec_from(args), args.out, progress=not args.quiet)

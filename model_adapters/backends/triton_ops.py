@@ -12,6 +12,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # read when a kernel is compiled, so before any is
+# Autotuned kernels time their configurations in each new process and take the fastest, and timings are noisy: two
+# processes can choose different tiles, which sum in another order and disagree in the last bits (measured on an
+# H200: bench/cross_process.py). Cached on disk, the first choice made on a machine is every later process's
+# choice. Read when a kernel is decorated, so before mamba_ssm's modules and ours are imported.
+os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
 
 import torch  # noqa: E402
 from mamba_ssm.ops.triton.layer_norm import _layer_norm_fwd  # noqa: E402
@@ -20,7 +25,7 @@ from mamba_ssm.ops.triton.selective_state_update import selective_state_update  
 from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from . import triton_conv  # noqa: E402
+from . import triton_conv, triton_ssd  # noqa: E402
 
 NAME = "triton"
 
@@ -29,7 +34,10 @@ def chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_siz
                D: Tensor | None, initial_state: Tensor | None,
                final_state: bool = True) -> tuple[Tensor, Tensor | None]:
     """x (B, L, H, P), dt (B, L, H) discretised, B/C (B, L, G, N) -> y (B, L, H, P), final state (B, H, P, N) (None
-    unless final_state)."""
+    unless final_state). A sequence of at most triton_ssd.MAX_LENGTH tokens (a block of the blockwise reading, a
+    short input) is one launch of the one-chunk kernel; longer ones take mamba_ssm's chunked kernels."""
+    if x.shape[1] <= triton_ssd.MAX_LENGTH:
+        return triton_ssd.ssd_one_chunk(x, dt, A, B, C, D, initial_state, final_state)
     # No copies here: the kernels take any layout whose last dimension is contiguous (they copy otherwise).
     out = mamba_chunk_scan_combined(
         x, dt, A, B, C, chunk_size, D=D, initial_states=None if initial_state is None else initial_state.contiguous(),

@@ -275,3 +275,50 @@ def test_two_workers_compute_what_one_does(parity_checkpoints, tmp_path):
     again = run_sweep(spec(ckpts, tols=(0.0, 0.05), modes=("simultaneous", "sequential"), workers=2),
                       tmp_path / "two", progress=False)
     assert not again.ran and len(again.skipped) == 9  # resumable as ever
+
+
+def test_kernels_are_warmed_once_per_checkpoint_and_reading(parity_checkpoints, monkeypatch):
+    """Before --workers N start on CUDA, one process runs every (checkpoint, reading) of the sweep on a few tokens
+    (Triton tunes each kernel once and every worker reads that choice: BENCHMARKS.md, cross-process identity)."""
+    from implicit_ssm_eval.harness import sweep
+    from implicit_ssm_eval.model_adapters.models import ExplicitLM, ImplicitLM
+
+    calls = []
+    for cls in (ImplicitLM, ExplicitLM):
+        original = cls.forward
+
+        def forward(self, ids, budget=None, *a, _original=original, **kw):
+            calls.append((type(self).__name__, ids.shape[1], budget and (budget.mode, budget.max_iter)))
+            return _original(self, ids, budget, *a, **kw)
+
+        monkeypatch.setattr(cls, "forward", forward)
+    s = spec(parity_checkpoints.values(), modes=("simultaneous", "sequential", "blockwise"), block_sizes=(4, 8))
+    ran = sweep.warm_kernels(s)
+    implicit = [str(p) for name, p in parity_checkpoints.items() if "implicit" in name]
+    assert sorted(r for r in ran if r[0] in implicit) == sorted(
+        (p, r) for p in implicit for r in ("simultaneous", "sequential", "blockwise4", "blockwise8"))
+    assert ("ImplicitLM", 5, ("blockwise", 1)) in calls and ("ImplicitLM", 2, ("sequential", 1)) in calls
+    assert sum(1 for c in calls if c[0] == "ExplicitLM") == len(parity_checkpoints) - len(implicit)
+
+
+def test_workers_on_cuda_start_after_the_kernels_are_warm(parity_checkpoints, tmp_path, monkeypatch):
+    from implicit_ssm_eval.harness import sweep
+
+    events = []
+
+    class Worker:
+        def __init__(self, cmd, env):
+            events.append(("worker", env.get("CUDA_VISIBLE_DEVICES"), "--warm-kernels" in cmd))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(sweep, "git_commit", lambda: "test")  # the only other subprocess
+    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, env, check: events.append(
+        ("warm", env.get("CUDA_VISIBLE_DEVICES"), "--warm-kernels" in cmd)))
+    monkeypatch.setattr(sweep.subprocess, "Popen", Worker)
+    run_sweep(spec(parity_checkpoints.values(), device="cuda", workers=2), tmp_path / "out", progress=False)
+    assert events == [("warm", "0", True), ("worker", "0", False), ("worker", "1", False)]
+    events.clear()
+    run_sweep(spec(parity_checkpoints.values(), workers=2), tmp_path / "cpu", progress=False)
+    assert [e[0] for e in events] == ["worker", "worker"]  # nothing to tune on the CPU

@@ -1,0 +1,101 @@
+"""A Triton kernel for the SSD scan of a short sequence (one chunk): one launch where mamba_ssm's chunked scan
+takes five and the torch twin (ssd.ssd_chunked) about thirty.
+
+Short sequences are what the blockwise and sequential readings run thousands of times: each f evaluation of a
+block scans its few tokens from the frozen state the previous block left. At that size every kernel is
+launch-bound, so the count of launches is the cost. One program per (row, head) holds the whole chunk:
+
+    y_t = sum_{s <= t} (C_t . B_s) exp(a_t - a_s) dt_s x_s  +  exp(a_t) C_t S_0  +  D x_t,   a = cumsum(dt A)
+
+and, when asked, the state after the last token: S_L = exp(a_L) S_0 + sum_s exp(a_L - a_s) dt_s x_s B_s^T.
+Everything is computed in float32 (y and the state come out float32, as from the torch twin). dt arrives
+discretised and zero on padding, so padded steps leave the state unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # float32 products in float32, not TF32 (see triton_ops)
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+MAX_LENGTH = 64  # longer sequences go to the chunked kernels: one program's registers hold the whole chunk
+
+
+@triton.jit
+def _ssd_one_chunk_kernel(X, DT, A, Bm, Cm, D, S0, Y, SF, L, P, N, heads_per_group,
+                          sxb, sxl, sxh, sdb, sdl, sdh, sbb, sbl, sbg, scb, scl, scg,
+                          ssb, ssh, ssp, syb, syl, syh, sfb, sfh, sfp,
+                          HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_INIT: tl.constexpr, FINAL: tl.constexpr,
+                          BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    b, h = tl.program_id(0), tl.program_id(1)
+    g = h // heads_per_group
+    t = tl.arange(0, BLOCK_T)
+    p = tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    in_t, in_p, in_n = t < L, p < P, n < N
+    dt = tl.load(DT + b * sdb + t * sdl + h * sdh, mask=in_t, other=0.0).to(tl.float32)
+    a = dt * tl.load(A + h).to(tl.float32)
+    a_cs = tl.cumsum(a, axis=0)
+    x = tl.load(X + b * sxb + t[:, None] * sxl + h * sxh + p[None, :], mask=in_t[:, None] & in_p[None, :],
+                other=0.0).to(tl.float32)
+    Bt = tl.load(Bm + b * sbb + t[:, None] * sbl + g * sbg + n[None, :], mask=in_t[:, None] & in_n[None, :],
+                 other=0.0).to(tl.float32)
+    Ct = tl.load(Cm + b * scb + t[:, None] * scl + g * scg + n[None, :], mask=in_t[:, None] & in_n[None, :],
+                 other=0.0).to(tl.float32)
+
+    # Within the chunk: the quadratic form (C B^T * decay * dt) x, causal.
+    causal = t[:, None] >= t[None, :]
+    decay = tl.exp(tl.where(causal, a_cs[:, None] - a_cs[None, :], float("-inf")))
+    scores = tl.dot(Ct, tl.trans(Bt)) * decay * dt[None, :]
+    y = tl.dot(scores, x)
+    if HAS_INIT:  # what the state entering the chunk contributes: exp(a_t) C_t S_0
+        s0 = tl.load(S0 + b * ssb + h * ssh + p[:, None] * ssp + n[None, :], mask=in_p[:, None] & in_n[None, :],
+                     other=0.0).to(tl.float32)
+        y += tl.exp(a_cs)[:, None] * tl.dot(Ct, tl.trans(s0))
+    if HAS_D:
+        if D_PER_P:
+            y += x * tl.load(D + h * P + p, mask=in_p, other=0.0).to(tl.float32)[None, :]
+        else:
+            y += x * tl.load(D + h).to(tl.float32)
+    tl.store(Y + b * syb + t[:, None] * syl + h * syh + p[None, :], y, mask=in_t[:, None] & in_p[None, :])
+    if FINAL:
+        a_end = tl.sum(a, axis=0)
+        weight = dt * tl.exp(a_end - a_cs)  # padding: dt = 0, no input
+        state = tl.dot(tl.trans(x * weight[:, None]), Bt)  # (P, N)
+        if HAS_INIT:
+            state += tl.exp(a_end) * s0
+        tl.store(SF + b * sfb + h * sfh + p[:, None] * sfp + n[None, :], state, mask=in_p[:, None] & in_n[None, :])
+
+
+def _block(size: int) -> int:
+    return max(16, triton.next_power_of_2(size))  # tl.dot needs every side >= 16
+
+
+def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                  initial_state: Tensor | None, final_state: bool) -> tuple[Tensor, Tensor | None]:
+    """x (b, L, H, P), dt (b, L, H), A (H,), B/C (b, L, G, N), D (H,) or (H, P), initial_state (b, H, P, N) or None,
+    with L <= MAX_LENGTH and every last dimension contiguous -> (y (b, L, H, P) float32, final state (b, H, P, N)
+    float32 or None)."""
+    batch, length, nheads, headdim = x.shape
+    groups, dstate = B.shape[2:]
+    if length > MAX_LENGTH:
+        raise ValueError(f"ssd_one_chunk takes at most {MAX_LENGTH} tokens, got {length}")
+    x, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, B, C))
+    y = torch.empty(batch, length, nheads, headdim, dtype=torch.float32, device=x.device)
+    final = torch.empty(batch, nheads, headdim, dstate, dtype=torch.float32, device=x.device) if final_state else None
+    init = initial_state.contiguous() if initial_state is not None else None
+    s0, sf = (init if init is not None else y), (final if final is not None else y)  # placeholders when absent
+    _ssd_one_chunk_kernel[(batch, nheads)](
+        x, dt, A, B, C, D.contiguous() if D is not None else A, s0, y, sf, length, headdim, dstate, nheads // groups,
+        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2),
+        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        s0.stride(0), s0.stride(1), s0.stride(2), y.stride(0), y.stride(1), y.stride(2),
+        sf.stride(0), sf.stride(1), sf.stride(2),
+        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_INIT=init is not None, FINAL=final_state,
+        BLOCK_T=_block(length), BLOCK_P=_block(headdim), BLOCK_N=_block(dstate), num_warps=4)
+    return y, final

@@ -1,0 +1,56 @@
+"""Checks of the one-chunk Triton SSD kernel against its torch twin, ssd.ssd_chunked (run by
+model_adapters/test_triton_ssd.py): in-process on CUDA, in a subprocess with TRITON_INTERPRET=1 on the CPU."""
+
+import itertools
+
+import torch
+
+from implicit_ssm_eval.model_adapters.testing import rel_err
+
+
+def inputs(device: str, length: int, groups: int, dtype: torch.dtype, padded: bool):
+    """x, B and C as slices of one projection-like tensor (strided, as the model hands them over)."""
+    batch, nheads, headdim, dstate = 3, 4, 8, 12  # sides below the kernel's 16: masked loads
+    width = nheads * headdim + 2 * groups * dstate
+    wide = torch.randn(batch, length, width + 5, device=device).to(dtype)
+    x = wide[..., :nheads * headdim].unflatten(-1, (nheads, headdim))
+    B = wide[..., nheads * headdim: nheads * headdim + groups * dstate].unflatten(-1, (groups, dstate))
+    C = wide[..., nheads * headdim + groups * dstate: width].unflatten(-1, (groups, dstate))
+    dt = torch.rand(batch, length, nheads, device=device) * 0.5
+    if padded:  # the last row ends early: its padded steps have dt = 0
+        dt[-1, length // 2:] = 0
+    A = -torch.rand(nheads, device=device) * 4 - 0.5
+    state = torch.randn(batch, nheads, headdim, dstate, device=device)
+    return x, dt, A, B, C, state
+
+
+def check(device: str) -> list[str]:
+    """The cases that fail, with their error (empty: all pass)."""
+    from implicit_ssm_eval.model_adapters.backends.triton_ssd import ssd_one_chunk
+    from implicit_ssm_eval.model_adapters.ssd import ssd_chunked
+
+    failures = []
+    cases = itertools.product((1, 5, 32, 64), (1, 2), ("none", "head", "channel"), (True, False), (True, False),
+                              (torch.float32, torch.bfloat16))
+    for length, groups, d_kind, with_state, final, dtype in cases:
+        torch.manual_seed(length * 7 + groups)
+        x, dt, A, B, C, state = inputs(device, length, groups, dtype, padded=length > 1)
+        D = {"none": None, "head": torch.randn(4, device=device), "channel": torch.randn(4, 8, device=device)}[d_kind]
+        init = state if with_state else None
+        y, s = ssd_one_chunk(x, dt, A, B, C, D, init, final)
+        y_ref, s_ref = ssd_chunked(x.float(), dt, A, B.float(), C.float(), 64, D, init, final)
+        errors = [rel_err(y, y_ref)] + ([rel_err(s, s_ref)] if final else [])
+        ok = y.dtype == torch.float32 and y.shape == y_ref.shape and (s is None) == (not final) and \
+            max(errors) <= 1e-5
+        if not ok:
+            failures.append(f"L={length} G={groups} D={d_kind} state={with_state} final={final} {dtype}: "
+                            f"errors {[f'{e:.2e}' for e in errors]}")
+    return failures
+
+
+if __name__ == "__main__":
+    import sys
+
+    problems = check("cpu")
+    print("\n".join(problems) if problems else "ok")
+    sys.exit(1 if problems else 0)
