@@ -14,8 +14,8 @@ for backend in triton torch; do
   timeout 270 python3 bench/readings.py --device cuda --backend $backend --graphs capture --block-sizes 8 16 32 64 \
     --repeats 3 --out "$OUT/readings_gpu_$backend.json" --plot "$OUT/readings_gpu_$backend.png" 2>&1 | tail -7
 done
-timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider tests/model_adapters/test_triton_ssd.py \
-  tests/model_adapters/test_triton_conv.py tests/model_adapters/test_triton_backend.py \
+timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider tests/model_adapters/test_triton_kernels.py \
+  tests/model_adapters/test_triton_backend.py \
   > "$OUT/gpu_tests.log" 2>&1; echo "gpu tests exit $?"; tail -3 "$OUT/gpu_tests.log"
 timeout 120 python3 bench/gpu_bench.py --out "$OUT/bench.json" --sections forward,profile > "$OUT/bench.log" 2>&1
 grep -E "forward_|decode_|profile_share|error" "$OUT/bench.log"

@@ -1,4 +1,4 @@
-"""Checks of the Triton causal conv + SiLU kernel against its torch twin (run by model_adapters/test_triton_conv.py):
+"""Checks of the Triton causal conv + SiLU kernel against its torch twin (run by model_adapters/test_triton_kernels.py):
 in-process on CUDA, in a subprocess with TRITON_INTERPRET=1 on the CPU (the interpreter must be chosen before triton
 is first imported)."""
 

@@ -1,5 +1,5 @@
 """Checks of the one-chunk Triton SSD kernel against its torch twin, ssd.ssd_chunked (run by
-model_adapters/test_triton_ssd.py): in-process on CUDA, in a subprocess with TRITON_INTERPRET=1 on the CPU."""
+model_adapters/test_triton_kernels.py): in-process on CUDA, in a subprocess with TRITON_INTERPRET=1 on the CPU."""
 
 import itertools
 

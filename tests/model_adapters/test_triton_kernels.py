@@ -1,6 +1,8 @@
-"""The Triton causal conv + SiLU kernel against its torch twin (tests/triton_conv_check.py): natively on CUDA, under
-Triton's interpreter on the CPU where triton is installed (it is the GPU extra's)."""
+"""Our Triton kernels against their torch twins: the causal conv + SiLU (tests/triton_conv_check.py) and the one-chunk
+SSD scan (tests/triton_ssd_check.py). Natively on CUDA; under Triton's interpreter on the CPU where triton is
+installed (it is the GPU extra's)."""
 
+import importlib
 import importlib.util
 import os
 import subprocess
@@ -11,19 +13,20 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+CHECKS = ["triton_conv_check", "triton_ssd_check"]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_causal_conv_silu_matches_its_twin_on_cuda():
-    from triton_conv_check import check
-
-    assert check("cuda") == []
+@pytest.mark.parametrize("check", CHECKS)
+def test_kernel_matches_its_twin_on_cuda(check):
+    assert importlib.import_module(check).check("cuda") == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present: the native test runs")
-def test_causal_conv_silu_matches_its_twin_in_the_interpreter():
-    script = Path(__file__).parents[1] / "triton_conv_check.py"
+@pytest.mark.parametrize("check", CHECKS)
+def test_kernel_matches_its_twin_in_the_interpreter(check):
+    script = Path(__file__).parents[1] / f"{check}.py"
     out = subprocess.run([sys.executable, str(script)], env={**os.environ, "TRITON_INTERPRET": "1"},
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout[-2000:] + out.stderr[-2000:]
