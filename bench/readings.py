@@ -4,7 +4,8 @@
 
 For each reading, on the same documents, in one process: accuracy of the final answer, agreement of the final
 answer with the sequential reading, f evaluations per piece and per token, sequential f evaluations (the f calls
-made one after another: the latency of the reading), and wall time
+made one after another: the latency of the reading; each piece counts its slowest row), with --graphs the
+evaluations the piece solves made (whole segments of updates: what a GPU pays), and wall time
 (median of --repeats interleaved rounds after a warm-up).
 Prints a table; --plot writes the trade-off (block size vs accuracy, iterations per token and time).
 """
@@ -31,6 +32,9 @@ def documents(task: str, bucket: str, num_docs: int, seed: int):
 
 def read(model, ids, budget: Budget, device) -> tuple[torch.Tensor, dict, float]:
     """Final-position greedy answers, statistics, and the wall time of one reading."""
+    solves = model.__dict__.get("_piece_solves", {}).values()
+    for solve in solves:
+        solve.evaluations = 0
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -44,6 +48,8 @@ def read(model, ids, budget: Budget, device) -> tuple[torch.Tensor, dict, float]
     stats = {"pieces": int(s.iterations.shape[1]), "iterations_per_piece": float(its.mean()),
              "iterations_per_token": float((its * tokens).sum() / tokens.sum()),
              "sequential_f_evaluations": int(s.iterations.max(0).values.sum()),
+             # with --graphs: the evaluations the piece solves made (every row at once, whole segments)
+             "evaluations_made": sum(solve.evaluations for solve in model.__dict__.get("_piece_solves", {}).values()),
              "converged": float(s.converged.double().mean())}
     return answers, stats, seconds
 
@@ -96,11 +102,11 @@ def main() -> None:
                                     "threads": torch.get_num_threads(), "rows": rows}, indent=2))
     seq = rows[0]["seconds"]
     print(f"{'reading':14s} {'acc':>6s} {'agree':>6s} {'it/piece':>9s} {'it/token':>9s} {'seq f':>7s} "
-          f"{'seconds':>8s} {'speed-up':>8s}")
+          f"{'made':>6s} {'seconds':>8s} {'speed-up':>8s}")
     for r in rows:
         print(f"{r['reading']:14s} {r['accuracy']:6.3f} {r['agrees_with_sequential']:6.3f} "
               f"{r['iterations_per_piece']:9.1f} {r['iterations_per_token']:9.1f} {r['sequential_f_evaluations']:7d} "
-              f"{r['seconds']:8.3f} {seq / r['seconds']:7.2f}x")
+              f"{r['evaluations_made']:6d} {r['seconds']:8.3f} {seq / r['seconds']:7.2f}x")
     if args.plot:
         plot(rows, args.plot, f"{args.checkpoint.name}, st_{args.task}_{args.bucket}, tol {args.tol:g}, {args.device}")
 

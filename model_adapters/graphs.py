@@ -55,6 +55,7 @@ class PieceSolve:
         self.converged = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.active = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.segments = math.ceil(max(budget.max_iter - 1, 0) / SEGMENT) if budget.tol else 0
+        self.evaluations = 0  # f evaluations made (every row at once, segments whole), counted on the host
         self.graphs = self._capture() if capture else None
 
     # -- what is captured ------------------------------------------------------------------------------
@@ -132,13 +133,16 @@ class PieceSolve:
             self.valid.copy_(valid if valid is not None else alive[:, None].expand_as(self.valid))
         if not self.budget.tol:
             self._run("whole", self._whole)
+            self.evaluations += self.budget.max_iter
         else:
             self._run("start", self._start)
             for _ in range(self.segments):
                 self._run("segment", self._segment)
+                self.evaluations += SEGMENT
                 if not bool(self.active.any()):  # the one host synchronisation per segment
                     break
             self._run("finish", self._finish)
+            self.evaluations += 1
         return self.out, self.stats
 
     def _run(self, name: str, fn) -> None:

@@ -108,3 +108,24 @@ def test_masked_piece_solves_give_the_eager_readings(budget):
             assert_close(masked.stats.residual, eager.stats.residual, 1e-5, "residuals (near 1e-12 at tol 0)")
     finally:
         model.use_graphs("off")
+
+
+@pytest.mark.parametrize("budget", [Budget(max_iter=7, tol=0.0, mode="sequential"),
+                                    Budget(max_iter=40, tol=1e-6, mode="blockwise", block_size=4)])
+def test_piece_solves_count_the_evaluations_they_make(budget):
+    """Every row is evaluated at once, whole segments of SEGMENT updates, then the final evaluation: the count the
+    readings bench reports (what a GPU pays, against the iterations the statistics show)."""
+    from implicit_ssm_eval.model_adapters.graphs import SEGMENT
+
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids, lengths = padded_batch(3)
+    model.use_graphs("masked")
+    out = model(ids, budget, lengths=lengths)
+    made = sum(s.evaluations for s in model.__dict__["_piece_solves"].values())
+    model.use_graphs("off")
+    slowest = out.stats.iterations.max(0).values  # each piece runs until its slowest row is done
+    if budget.tol == 0:
+        assert made == slowest.numel() * budget.max_iter
+    else:
+        segments = ((slowest - 1 + SEGMENT - 1) // SEGMENT).clamp_min(1)
+        assert made == int((segments * SEGMENT + 1).sum()) and made > int(slowest.sum())
