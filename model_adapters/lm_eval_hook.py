@@ -11,7 +11,6 @@ import: well under a millisecond). The finder lets two lm-eval modules load norm
   convergence summary (budget, iterations, the share that hit max_iter unconverged); other results are unchanged.
 """
 
-import functools
 import sys
 
 PACKAGE = "implicit_ssm_eval.model_adapters"
@@ -32,6 +31,8 @@ def register(registry) -> None:
 
 
 def wrap_evaluator(module) -> None:
+    import functools  # here, not at the top: this module runs at every interpreter start-up (see the docstring)
+
     evaluate = module.evaluate
     if getattr(evaluate, "_implicit_ssm_anytime", False):
         return
@@ -50,6 +51,8 @@ def wrap_evaluator(module) -> None:
 
 def wrap_make_table(module) -> None:
     """lm-eval's printed results table, followed by our convergence summary when the results are ours."""
+    import functools
+
     make_table = module.make_table
     if getattr(make_table, "_implicit_ssm_block", False):
         return
