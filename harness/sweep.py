@@ -255,7 +255,10 @@ def _run_workers(spec: SweepSpec, out: Path, outcome: Outcome, pending: list[lis
     cmd = [sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", "--worker-spec", str(claims / "spec.json"),
            "--out", str(out), "--quiet"]
     if on_cuda:  # one process tunes the kernels first, so that every worker reads the same choices (warm_kernels)
-        subprocess.run([*cmd, "--warm-kernels"], env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"}, check=True)
+        warm = subprocess.run([*cmd, "--warm-kernels"], env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
+        if warm.returncode != 0:
+            logger.warning("warming the kernels failed (exit %d): each worker tunes its own, and the metrics may "
+                           "differ from one GPU's in the last bits", warm.returncode)
     procs = []
     for i in range(spec.workers):
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
@@ -295,8 +298,12 @@ def warm_kernels(spec: SweepSpec) -> list[tuple[str, str]]:
     ran = []
     device = torch.device(spec.device)
     for path, budgets in readings.items():
-        model = load_checkpoint(path, dtype=DTYPES[spec.dtype], device=device).model
-        model.use_backend(resolve_backend(spec.backend, device))
+        try:
+            model = load_checkpoint(path, dtype=DTYPES[spec.dtype], device=device).model
+            model.use_backend(resolve_backend(spec.backend, device))
+        except JOB_ERRORS as exc:  # its jobs will fail on their own, with this message in failed.json
+            logger.warning("not warming %s: %s", path, exc)
+            continue
         with torch.inference_mode():
             for name, budget in budgets.items():
                 length = budget.block_size + 1 if budget is not None and budget.mode == "blockwise" else 2

@@ -2,6 +2,7 @@
 report of any results, plots and the leaderboard (checked against the results files, and as a snapshot)."""
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -300,8 +301,14 @@ def test_kernels_are_warmed_once_per_checkpoint_and_reading(parity_checkpoints, 
     assert ("ImplicitLM", 5, ("blockwise", 1)) in calls and ("ImplicitLM", 2, ("sequential", 1)) in calls
     assert sum(1 for c in calls if c[0] == "ExplicitLM") == len(parity_checkpoints) - len(implicit)
 
+    def unavailable(name, device):
+        raise ConfigError("backend=triton needs a CUDA device")
 
-def test_workers_on_cuda_start_after_the_kernels_are_warm(parity_checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setattr("implicit_ssm_eval.model_adapters.backends.resolve_backend", unavailable)
+    assert sweep.warm_kernels(s) == []  # a checkpoint that cannot load is skipped: its jobs fail on their own
+
+
+def test_workers_on_cuda_start_after_the_kernels_are_warm(parity_checkpoints, tmp_path, monkeypatch, caplog):
     from implicit_ssm_eval.harness import sweep
 
     events = []
@@ -313,12 +320,21 @@ def test_workers_on_cuda_start_after_the_kernels_are_warm(parity_checkpoints, tm
         def wait(self):
             return 0
 
+    def warm(cmd, env):
+        events.append(("warm", env.get("CUDA_VISIBLE_DEVICES"), "--warm-kernels" in cmd))
+        return subprocess.CompletedProcess(cmd, returncode)
+
     monkeypatch.setattr(sweep, "git_commit", lambda: "test")  # the only other subprocess
-    monkeypatch.setattr(sweep.subprocess, "run", lambda cmd, env, check: events.append(
-        ("warm", env.get("CUDA_VISIBLE_DEVICES"), "--warm-kernels" in cmd)))
+    monkeypatch.setattr(sweep.subprocess, "run", warm)
     monkeypatch.setattr(sweep.subprocess, "Popen", Worker)
+    returncode = 0
     run_sweep(spec(parity_checkpoints.values(), device="cuda", workers=2), tmp_path / "out", progress=False)
     assert events == [("warm", "0", True), ("worker", "0", False), ("worker", "1", False)]
+    events.clear()
+    returncode = 1  # a failed warm-up is a warning: the workers still run the jobs
+    with caplog.at_level(logging.WARNING, logger="implicit_ssm_eval"):
+        run_sweep(spec(parity_checkpoints.values(), device="cuda", workers=2), tmp_path / "again", progress=False)
+    assert [e[0] for e in events] == ["warm", "worker", "worker"] and "warming the kernels failed" in caplog.text
     events.clear()
     run_sweep(spec(parity_checkpoints.values(), workers=2), tmp_path / "cpu", progress=False)
     assert [e[0] for e in events] == ["worker", "worker"]  # nothing to tune on the CPU
