@@ -1,8 +1,9 @@
 """Plugs this project into lm-eval at import time: the two model names, and anytime budgets in the results.
 
 lm-eval 0.4.13 has no plugin discovery, so `pip install` drops a one-line .pth file (implicit_ssm_lm_eval.pth)
-that imports this module at interpreter start-up. It only appends a finder to sys.meta_path (no torch, no lm-eval
-import: well under a millisecond). The finder lets two lm-eval modules load normally and then:
+that imports this module at interpreter start-up. It only appends a finder to sys.meta_path (it imports nothing but
+sys: no torch, no lm-eval, not even functools; 2-3 ms on the 2-core development machine, BENCHMARKS.md). The
+finder lets two lm-eval modules load normally and then:
 - lm_eval.api.registry: registers `implicit_ssm` and `explicit_ssm` as lazy "module:Class" placeholders, so the
   adapters (and torch) are imported only when one of these models is used;
 - lm_eval.evaluator: wraps `evaluate` so that a run of our adapter with anytime budgets also reports each budget's
