@@ -45,6 +45,31 @@ def check(device: str) -> list[str]:
         if not ok:
             failures.append(f"L={length} G={groups} D={d_kind} state={with_state} final={final} {dtype}: "
                             f"errors {[f'{e:.2e}' for e in errors]}")
+    return failures + check_step_read(device)
+
+
+def check_step_read(device: str) -> list[str]:
+    """The step's read-only kernel against ssd_step's y (softplus of the raw dt included)."""
+    import torch.nn.functional as F
+
+    from implicit_ssm_eval.model_adapters.backends.triton_ssd import ssd_step_read
+    from implicit_ssm_eval.model_adapters.ssd import ssd_step
+
+    failures = []
+    for groups, d_kind, dtype, big_dt in itertools.product((1, 2), ("none", "head", "channel"),
+                                                           (torch.float32, torch.bfloat16), (False, True)):
+        torch.manual_seed(groups * 3 + len(d_kind))
+        x, _, A, B, C, state = inputs(device, 1, groups, dtype, padded=False)
+        x, B, C = x[:, 0], B[:, 0], C[:, 0]
+        # big_dt: above torch's softplus threshold (20) softplus is the identity, and exp would overflow
+        dt = torch.randn(x.shape[0], x.shape[1], device=device) + (100.0 if big_dt else 0.0)
+        dt_bias = torch.randn(x.shape[1], device=device)
+        D = {"none": None, "head": torch.randn(4, device=device), "channel": torch.randn(4, 8, device=device)}[d_kind]
+        y = ssd_step_read(state, x, dt, dt_bias, A, B, C, D)
+        y_ref, _ = ssd_step(state, x.float(), F.softplus(dt + dt_bias), A, B.float(), C.float(), D)
+        error = rel_err(y, y_ref)
+        if not (y.dtype == torch.float32 and y.shape == y_ref.shape and error <= 1e-5):
+            failures.append(f"step read G={groups} D={d_kind} {dtype} big_dt={big_dt}: error {error:.2e}")
     return failures
 
 

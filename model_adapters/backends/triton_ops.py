@@ -46,11 +46,13 @@ def chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_siz
 
 
 def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor,
-               D: Tensor | None, in_place: bool = False, want_state: bool = True) -> tuple[Tensor, Tensor]:
-    """x (B, H, P), dt (B, H), B/C (B, G, N), state (B, H, P, N) -> y, new state; `state` is not mutated
-    (the kernel updates in place, so it works on a copy: the implicit model re-evaluates frozen states), unless
-    in_place: decoding an explicit model owns its state and saves the copy. The kernel writes the new state
-    whether or not the caller wants it (want_state is accepted for the ops' common signature)."""
+               D: Tensor | None, in_place: bool = False, want_state: bool = True) -> tuple[Tensor, Tensor | None]:
+    """x (B, H, P), dt (B, H), B/C (B, G, N), state (B, H, P, N) -> y, new state (None when it is not wanted); `state`
+    is not mutated (mamba_ssm's kernel updates in place, so it works on a copy: the implicit model re-evaluates
+    frozen states), unless in_place: decoding an explicit model owns its state and saves the copy. An iteration that
+    commits nothing (want_state False) takes our read-only kernel: it reads the state once and writes none."""
+    if not want_state and not in_place:
+        return triton_ssd.ssd_step_read(state, x, dt, dt_bias, A, B, C, D), None
     nheads, headdim, dstate = state.shape[1:]
     new_state = state if in_place else state.clone()
     # Stride-0 expansions over headdim let the kernel take its per-head ("tied") fast path.

@@ -99,3 +99,49 @@ def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_INIT=init is not None, FINAL=final_state,
         BLOCK_T=_block(length), BLOCK_P=_block(headdim), BLOCK_N=_block(dstate), num_warps=4)
     return y, final
+
+
+@triton.jit
+def _step_read_kernel(S, X, DT, DT_BIAS, A, Bm, Cm, D, Y, P, N, heads_per_group,
+                      ssb, ssh, ssp, sxb, sxh, sdb, sdh, sbb, sbg, scb, scg, syb, syh,
+                      HAS_D: tl.constexpr, D_PER_P: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    b, h, pb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    g = h // heads_per_group
+    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    in_p, in_n = p < P, n < N
+    raw = tl.load(DT + b * sdb + h * sdh).to(tl.float32) + tl.load(DT_BIAS + h).to(tl.float32)
+    dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))  # softplus with torch's threshold
+    Bv = tl.load(Bm + b * sbb + g * sbg + n, mask=in_n, other=0.0).to(tl.float32)
+    Cv = tl.load(Cm + b * scb + g * scg + n, mask=in_n, other=0.0).to(tl.float32)
+    x = tl.load(X + b * sxb + h * sxh + p, mask=in_p, other=0.0).to(tl.float32)
+    s = tl.load(S + b * ssb + h * ssh + p[:, None] * ssp + n[None, :], mask=in_p[:, None] & in_n[None, :],
+                other=0.0).to(tl.float32)
+    read = tl.sum(s * Cv[None, :], axis=1)  # S C, (P,)
+    y = tl.exp(dt * tl.load(A + h).to(tl.float32)) * read + dt * x * tl.sum(Bv * Cv, axis=0)
+    if HAS_D:
+        if D_PER_P:
+            y += x * tl.load(D + h * P + p, mask=in_p, other=0.0).to(tl.float32)
+        else:
+            y += x * tl.load(D + h).to(tl.float32)
+    tl.store(Y + b * syb + h * syh + p, y, mask=in_p)
+
+
+def ssd_step_read(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                  D: Tensor | None) -> Tensor:
+    """The output of one recurrence step without its new state: y = exp(dt A) (S C) + dt x (B . C) + D x, with dt
+    raw (discretised here: softplus(dt + dt_bias)). state (b, H, P, N), x (b, H, P), dt (b, H), B/C (b, G, N) ->
+    y (b, H, P) float32. A fixed-point iteration of the sequential reading commits nothing, so it needs only y: this
+    reads the state once, where a state update reads it, writes a copy and writes the copy again."""
+    batch, nheads, headdim, dstate = state.shape
+    groups = B.shape[1]
+    state, x, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (state, x, B, C))
+    y = torch.empty(batch, nheads, headdim, dtype=torch.float32, device=x.device)
+    block_p = min(_block(headdim), 64)
+    _step_read_kernel[(batch, nheads, triton.cdiv(headdim, block_p))](
+        state, x, dt, dt_bias, A, B, C, D.contiguous() if D is not None else A, y, headdim, dstate, nheads // groups,
+        state.stride(0), state.stride(1), state.stride(2), x.stride(0), x.stride(1), dt.stride(0), dt.stride(1),
+        B.stride(0), B.stride(1), C.stride(0), C.stride(1), y.stride(0), y.stride(1),
+        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, BLOCK_P=block_p, BLOCK_N=_block(dstate),
+        num_warps=4)
+    return y

@@ -56,6 +56,9 @@ def test_state_step_discretises_and_does_not_mutate(triton_ops, dtype):
     assert torch.equal(s0, before)
     close(y, y_ref, dtype, "outputs")
     close(s1, s1_ref, dtype, "new state")
+    y_read, none = triton_ops.state_step(s0, x[:, 0], raw, bias, A, B[:, 0], C[:, 0], D, want_state=False)
+    assert none is None and torch.equal(s0, before)  # an iteration that commits nothing: our read-only kernel
+    close(y_read, y_ref, dtype, "outputs without the state")
 
 
 def test_gated_rmsnorm(triton_ops):
