@@ -73,6 +73,7 @@ def main() -> None:
     p.add_argument("--graphs", default="off", choices=["off", "capture", "masked"], help="piece solves (graphs.py)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--profile", type=Path, default=None, help="write each reading's kernel table (torch profiler)")
     args = p.parse_args()
     device = torch.device(args.device)
     ckpt = load_checkpoint(args.checkpoint, dtype=getattr(torch, args.dtype), device=device)
@@ -97,6 +98,9 @@ def main() -> None:
         for _ in range(args.repeats):  # interleaved rounds: a shared machine's slow spells hit every reading alike
             for name, budget in readings.items():
                 times[name].append(read(ckpt.model, ids, budget, device)[2])
+    if args.profile:
+        args.profile.write_text("\n\n".join(profile(ckpt.model, ids, name, budget, device)
+                                            for name, budget in readings.items()))
     for row in rows:
         row["seconds"], row["seconds_all"] = statistics.median(times[row["reading"]]), times[row["reading"]]
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
@@ -110,6 +114,18 @@ def main() -> None:
               f"{r['evaluations_made']:6d} {r['seconds']:8.3f} {seq / r['seconds']:7.2f}x")
     if args.plot:
         plot(rows, args.plot, f"{args.checkpoint.name}, st_{args.task}_{args.bucket}, tol {args.tol:g}, {args.device}")
+
+
+def profile(model, ids, name: str, budget: Budget, device) -> str:
+    """One reading under the torch profiler: its operators and kernels by total device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.inference_mode(), torch_profile(activities=activities) as prof:
+        read(model, ids, budget, device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return f"## {name}\n" + prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
