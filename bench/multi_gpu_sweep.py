@@ -75,11 +75,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--paragraphs", type=int, default=16, help="130m workload: paragraphs of 500 words (job length)")
+    p.add_argument("--workloads", nargs="+", default=["130m", "bundled"], choices=["130m", "bundled"])
     args = p.parse_args()
     root = Path(tempfile.mkdtemp())
     text = root / "words.txt"
     rng = random.Random(0)
-    text.write_text("\n\n".join(" ".join(f"w{rng.randrange(2, VOCAB)}" for _ in range(500)) for _ in range(16)))
+    text.write_text("\n\n".join(" ".join(f"w{rng.randrange(2, VOCAB)}" for _ in range(500))
+                                for _ in range(args.paragraphs)))
     ckpt = checkpoint_130m(root)
     workloads = {
         "130m": [str(ckpt), "--tasks", "ppl_local_text", "--max-iter", "1", "2", "4", "--tol", "0", "--modes",
@@ -87,8 +90,10 @@ def main() -> None:
                  json.dumps({"ppl_text_path": str(text), "ppl_split": "paragraphs"})],
         "bundled": ["--num-docs", "5"],
     }
-    results = {"device": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count(), "workers": args.workers}
-    for name, sweep_args in workloads.items():
+    results = {"device": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count(), "workers": args.workers,
+               "paragraphs": args.paragraphs}
+    for name in args.workloads:
+        sweep_args = workloads[name]
         sweep([*sweep_args, "--modes", "simultaneous", "sequential", "--max-iter", "1", "--tol", "0"],
               root / f"warm-{name}", 1)  # warm-up: Triton compiles into its cache (shared by later processes)
         one = sweep(sweep_args, root / f"{name}-1", 1)

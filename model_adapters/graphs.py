@@ -74,13 +74,8 @@ class PieceSolve:
         """One damped update of the active rows; a row whose residual meets tol is converged and leaves."""
         b = self.budget
         fz, _ = self._f(self.z, commit=False)
-        residual = relative_residual(fz, self.z, self.valid)
-        moved = (1 - b.tau) * self.z + b.tau * fz
-        self.z.copy_(torch.where(broadcast_mask(self.active, self.z), moved, self.z))
-        self.iterations.add_(self.active.long())
-        done = self.active & (residual < b.tol)
-        self.converged.logical_or_(done)
-        self.active.logical_and_(~done & (self.iterations < b.max_iter - 1))
+        self.model.ops.damped_update(self.z, fz, self.valid, self.active, self.iterations, self.converged, b.tau,
+                                     b.tol, b.max_iter)
 
     def _finish(self) -> None:
         """The final evaluation (every row), the statistics, and the commit of the alive rows' new states."""

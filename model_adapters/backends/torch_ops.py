@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..fixed_point import relative_residual
 from ..norms import add_rmsnorm_ref, gated_rmsnorm_ref
 from ..ssd import ssd_chunked, ssd_step
+from ..tensors import broadcast_mask
 
 NAME = "torch"
 
@@ -43,9 +45,14 @@ def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tens
         w = weight.to(x.dtype)
         out = (state.to(x.dtype) * w[:, :-1]).sum(-1) + x[:, 0] * w[:, -1]
         return F.silu(out if bias is None else out + bias.to(x.dtype))[:, None]
-    window = torch.cat([state.to(x.dtype), x.transpose(1, 2)], dim=-1)  # (B, C, k-1+L)
-    out = F.conv1d(window, weight[:, None, :].to(x.dtype), None if bias is None else bias.to(x.dtype), groups=channels)
-    return F.silu(out).transpose(1, 2)
+    # k shifted multiply-adds in the (B, L, C) layout: no transposes, and on a CPU 3.5x faster than the depthwise
+    # F.conv1d from 32 tokens up (1.4x at 2048 x 1792 channels; equal at 8 tokens; 2 threads).
+    window = torch.cat([state.transpose(1, 2).to(x.dtype), x], dim=1)  # (B, k-1+L, C)
+    w = weight.to(x.dtype).t()  # (k, C)
+    out = window[:, :length] * w[0]
+    for j in range(1, k):
+        out.addcmul_(window[:, j:j + length], w[j])
+    return F.silu(out if bias is None else out + bias.to(x.dtype))
 
 
 def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int) -> Tensor:
@@ -56,3 +63,18 @@ def add_rmsnorm(x: Tensor | None, residual: Tensor, weight: Tensor, eps: float,
                 out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """residual + x, and its RMSNorm in out_dtype (see norms.add_rmsnorm_ref)."""
     return add_rmsnorm_ref(x, residual, weight, eps, out_dtype)
+
+
+def damped_update(z: Tensor, fz: Tensor, valid: Tensor | None, active: Tensor, iterations: Tensor,
+                  converged: Tensor, tau: float, tol: float, max_iter: int) -> None:
+    """One masked damped update of a piece solve (graphs.PieceSolve), in place. z (R, [T,] D) the iterates and fz
+    = f(z); valid (R, T) or None; active, converged (R,) bool and iterations (R,) int64. An active row moves to
+    (1 - tau) z + tau fz and counts the update; it has converged once its residual ||fz - z|| / (eps + ||z||) over
+    its valid tokens is below tol, and stays active while neither that nor max_iter - 1 updates is reached."""
+    residual = relative_residual(fz, z, valid)
+    moved = (1 - tau) * z + tau * fz
+    z.copy_(torch.where(broadcast_mask(active, z), moved, z))
+    iterations.add_(active.long())
+    done = active & (residual < tol)
+    converged.logical_or_(done)
+    active.logical_and_(~done & (iterations < max_iter - 1))

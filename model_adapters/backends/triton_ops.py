@@ -26,6 +26,7 @@ from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa:
 from torch import Tensor  # noqa: E402
 
 from . import triton_conv, triton_ssd  # noqa: E402
+from .triton_solve import damped_update  # noqa: E402, F401 - the backend's op
 
 NAME = "triton"
 

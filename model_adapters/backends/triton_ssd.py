@@ -24,6 +24,7 @@ import triton.language as tl  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 MAX_LENGTH = 64  # longer sequences go to the chunked kernels: one program's registers hold the whole chunk
+NUM_WARPS = 4  # per program of the one-chunk kernel (bench/kernels.py times the alternatives)
 
 
 @triton.jit
@@ -97,7 +98,7 @@ def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
         s0.stride(0), s0.stride(1), s0.stride(2), y.stride(0), y.stride(1), y.stride(2),
         sf.stride(0), sf.stride(1), sf.stride(2),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_INIT=init is not None, FINAL=final_state,
-        BLOCK_T=_block(length), BLOCK_P=_block(headdim), BLOCK_N=_block(dstate), num_warps=4)
+        BLOCK_T=_block(length), BLOCK_P=_block(headdim), BLOCK_N=_block(dstate), num_warps=NUM_WARPS)
     return y, final
 
 

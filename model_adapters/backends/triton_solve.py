@@ -1,0 +1,70 @@
+"""The masked damped update of a piece solve (graphs.PieceSolve) in one Triton kernel.
+
+Each update of a captured solve otherwise runs about a dozen small kernels after f: the difference, two masked row
+norms, the damped move, the select of active rows, the counters. At the sizes of the sequential and blockwise
+readings each of them is launch-bound, and the row norms of a block (a few rows of T x d_model values) are slow
+reductions. One program per row does it all in one pass over the row: it reads z and f(z) once, writes the moved z,
+and updates the row's counters (torch_ops.damped_update is the twin and the definition).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # see triton_ops
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from ..fixed_point import EPS  # noqa: E402
+
+BLOCK = 2048  # values of a row per loop step: a 64-token block of d_model 768 is 24 steps
+
+
+@triton.jit
+def _damped_update_kernel(Z, FZ, VALID, ACTIVE, ITERATIONS, CONVERGED, size, width, tokens, keep, tau, tol,
+                          last_update, eps, HAS_VALID: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr):
+    row = tl.program_id(0)
+    active = tl.load(ACTIVE + row) != 0
+    diff_sq = tl.zeros([BLOCK], dtype=tl.float32)
+    z_sq = tl.zeros([BLOCK], dtype=tl.float32)
+    for step in range(STEPS):  # a constexpr count: Triton's interpreter (the CPU tests) loops only over those
+        i = step * BLOCK + tl.arange(0, BLOCK)
+        inside = i < size
+        z = tl.load(Z + row * size + i, mask=inside, other=0.0)
+        fz = tl.load(FZ + row * size + i, mask=inside, other=0.0).to(tl.float32)
+        if HAS_VALID:  # padding counts in no norm
+            v = tl.load(VALID + row * tokens + i // width, mask=inside, other=0).to(tl.float32)
+            diff_sq += ((fz - z) * v) * ((fz - z) * v)
+            z_sq += (z * v) * (z * v)
+        else:
+            diff_sq += (fz - z) * (fz - z)
+            z_sq += z * z
+        tl.store(Z + row * size + i, keep * z + tau * fz, mask=inside & active)
+    residual = tl.sqrt(tl.sum(diff_sq, axis=0)) / (eps + tl.sqrt(tl.sum(z_sq, axis=0)))
+    iterations = tl.load(ITERATIONS + row) + active.to(tl.int64)
+    done = active & (residual < tol)
+    tl.store(ITERATIONS + row, iterations)
+    tl.store(CONVERGED + row, ((tl.load(CONVERGED + row) != 0) | done).to(tl.int8))
+    tl.store(ACTIVE + row, (active & ~done & (iterations < last_update)).to(tl.int8))
+
+
+def damped_update(z: Tensor, fz: Tensor, valid: Tensor | None, active: Tensor, iterations: Tensor,
+                  converged: Tensor, tau: float, tol: float, max_iter: int) -> None:
+    """torch_ops.damped_update in one launch: z and fz float32 (fz = the final norm's
+    output), z contiguous (the solve's buffer)."""
+    if z.dtype != torch.float32:  # a float64 model: the twin keeps its precision
+        from .torch_ops import damped_update as twin
+
+        return twin(z, fz, valid, active, iterations, converged, tau, tol, max_iter)
+    rows, width = z.shape[0], z.shape[-1]
+    size = z[0].numel()
+    fz = fz if fz.is_contiguous() else fz.contiguous()
+    block = min(BLOCK, triton.next_power_of_2(size))
+    flags = [t.view(torch.uint8) for t in (active, converged)]  # bool buffers, read and written as bytes
+    _damped_update_kernel[(rows,)](
+        z, fz, valid.view(torch.uint8) if valid is not None else z, flags[0], iterations, flags[1], size, width,
+        size // width, 1.0 - tau, tau, tol, max_iter - 1, EPS, HAS_VALID=valid is not None,
+        BLOCK=block, STEPS=triton.cdiv(size, block), num_warps=4)
