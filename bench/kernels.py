@@ -8,7 +8,8 @@ damped_update  a piece solve's masked update (40 rows x T x 128, and the 130M st
 step_read      an iteration's step without its state (130M: 16 rows, 24 heads of 64, d_state 128) against mamba_ssm's
                state update on a copy of the state
 
-Times are medians of CUDA-event timings of 200 calls after warm-up, in microseconds per call (launches included).
+Times are device microseconds per call: 100 calls captured in a CUDA graph, median of 5 replays (launch gaps inside
+a graph included, host launch work not: what a captured reading pays).
 """
 
 from __future__ import annotations
@@ -24,15 +25,25 @@ from implicit_ssm_eval.model_adapters.backends import torch_ops, triton_ops, tri
 from implicit_ssm_eval.model_adapters.ssd import ssd_chunked
 
 
-def timed(fn, *args, calls: int = 200) -> float:
-    for _ in range(10):
-        fn(*args)
+def timed(fn, *args, calls: int = 100) -> float:
+    """Device microseconds per call: `calls` calls captured in one CUDA graph and replayed (an eager call of a small
+    Triton kernel costs tens of microseconds of host launch work, which would hide the kernel's own time)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # compile and autotune outside the capture
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn(*args)
+    graph.replay()
     times = []
     for _ in range(5):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(calls):
-            fn(*args)
+        graph.replay()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3 / calls)
@@ -73,12 +84,12 @@ def step_read(results: dict) -> None:
     x = torch.randn(rows, heads, headdim, device="cuda")
     dt, bias, A = torch.randn(rows, heads, device="cuda"), torch.randn(heads, device="cuda"), -torch.rand(heads,
                                                                                                         device="cuda")
-    B, C, D = torch.randn(rows, 1, dstate, device="cuda"), torch.randn(rows, 1, dstate, device="cuda"), None
-    results["step_read_130m_triton_us"] = timed(lambda: triton_ops.state_step(state, x, dt, bias, A, B, C, D,
-                                                                              want_state=False))
-    results["step_update_130m_mamba_ssm_us"] = timed(lambda: triton_ops.state_step(state, x, dt, bias, A, B, C, D))
-    results["step_read_130m_torch_us"] = timed(lambda: torch_ops.state_step(state, x, dt, bias, A, B, C, D,
-                                                                            want_state=False))
+    B, C = torch.randn(rows, 1, dstate, device="cuda"), torch.randn(rows, 1, dstate, device="cuda")
+    D = torch.randn(heads, device="cuda")
+    for label, want_state in (("read_triton", False), ("update_mamba_ssm", True)):
+        results[f"step_{label}_130m_us"] = timed(triton_ops.state_step, state, x, dt, bias, A, B, C, D, False,
+                                                 want_state)
+    results["step_read_torch_130m_us"] = timed(torch_ops.state_step, state, x, dt, bias, A, B, C, D, False, False)
 
 
 def main() -> None:
@@ -88,7 +99,10 @@ def main() -> None:
     results = {"device": torch.cuda.get_device_name()}
     with torch.inference_mode():
         for section in (one_chunk, damped_update, step_read):
-            section(results)
+            try:
+                section(results)
+            except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others' figures
+                results[f"{section.__name__}_error"] = f"{type(exc).__name__}: {exc}"
             args.out.write_text(json.dumps(results, indent=2))
     for key, value in results.items():
         print(f"{key:44s} {value:.2f}" if isinstance(value, float) else f"{key:44s} {value}")
