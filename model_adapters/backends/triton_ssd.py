@@ -24,7 +24,7 @@ import triton.language as tl  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 MAX_LENGTH = 64  # longer sequences go to the chunked kernels: one program's registers hold the whole chunk
-NUM_WARPS = 4  # per program of the one-chunk kernel (bench/kernels.py times the alternatives)
+NUM_WARPS = None  # per program of the one-chunk kernel; None: by tile size (_warps). bench/kernels.py sets it.
 
 
 @triton.jit
@@ -77,6 +77,15 @@ def _block(size: int) -> int:
     return max(16, triton.next_power_of_2(size))  # tl.dot needs every side >= 16
 
 
+def _warps(t: int, p: int, n: int) -> int:
+    """Warps for one program holding tiles of t x t, t x p, t x n and p x n values: one warp per 2,048 values of the
+    largest. Fewer warps mean fewer threads synchronising on small tiles: measured on an H200 (bench/kernels.py) with
+    the bundled a5 model's 32 x 32 state, 1 warp against 4 takes a block of 32 tokens from 13.6 to 9.6 us and a
+    block of 64 (2 warps) from 29.4 to 16.9 us; larger states keep enough values per thread (2,048 / 32 = 64)."""
+    largest = max(t * t, t * p, t * n, p * n)
+    return min(8, max(1, triton.next_power_of_2(largest // 2048)))
+
+
 def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
                   initial_state: Tensor | None, final_state: bool) -> tuple[Tensor, Tensor | None]:
     """x (b, L, H, P), dt (b, L, H), A (H,), B/C (b, L, G, N), D (H,) or (H, P), initial_state (b, H, P, N) or None,
@@ -91,6 +100,7 @@ def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
     final = torch.empty(batch, nheads, headdim, dstate, dtype=torch.float32, device=x.device) if final_state else None
     init = initial_state.contiguous() if initial_state is not None else None
     s0, sf = (init if init is not None else y), (final if final is not None else y)  # placeholders when absent
+    block_t, block_p, block_n = _block(length), _block(headdim), _block(dstate)
     _ssd_one_chunk_kernel[(batch, nheads)](
         x, dt, A, B, C, D.contiguous() if D is not None else A, s0, y, sf, length, headdim, dstate, nheads // groups,
         x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2),
@@ -98,7 +108,7 @@ def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
         s0.stride(0), s0.stride(1), s0.stride(2), y.stride(0), y.stride(1), y.stride(2),
         sf.stride(0), sf.stride(1), sf.stride(2),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_INIT=init is not None, FINAL=final_state,
-        BLOCK_T=_block(length), BLOCK_P=_block(headdim), BLOCK_N=_block(dstate), num_warps=NUM_WARPS)
+        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=NUM_WARPS or _warps(block_t, block_p, block_n))
     return y, final
 
 
