@@ -5,7 +5,8 @@
 For each reading, on the same documents, in one process: accuracy of the final answer, agreement of the final
 answer with the sequential reading, f evaluations per piece and per token, sequential f evaluations (the f calls
 made one after another: the latency of the reading; each piece counts its slowest row), with --graphs the
-evaluations the piece solves made (whole segments of updates: what a GPU pays), and wall time
+evaluations the piece solves made (whole segments of updates: what a GPU pays), the (sequence, piece) pairs that
+reached max_iter unconverged ("capped"), and wall time
 (median of --repeats interleaved rounds after a warm-up).
 Prints a table; --plot writes the trade-off (block size vs accuracy, iterations per token and time).
 """
@@ -50,7 +51,10 @@ def read(model, ids, budget: Budget, device) -> tuple[torch.Tensor, dict, float]
              "sequential_f_evaluations": int(s.iterations.max(0).values.sum()),
              # with --graphs: the evaluations the piece solves made (every row at once, whole segments)
              "evaluations_made": sum(solve.evaluations for solve in model.__dict__.get("_piece_solves", {}).values()),
-             "converged": float(s.converged.double().mean())}
+             "converged": float(s.converged.double().mean()),
+             # (sequence, piece) pairs that used the whole budget without converging: in lockstep solves each costs
+             # every row max_iter evaluations of its piece
+             "capped": int(((s.iterations >= budget.max_iter) & ~s.converged & s.present).sum())}
     return answers, stats, seconds
 
 
@@ -107,11 +111,11 @@ def main() -> None:
                                     "threads": torch.get_num_threads(), "rows": rows}, indent=2))
     seq = rows[0]["seconds"]
     print(f"{'reading':14s} {'acc':>6s} {'agree':>6s} {'it/piece':>9s} {'it/token':>9s} {'seq f':>7s} "
-          f"{'made':>6s} {'seconds':>8s} {'speed-up':>8s}")
+          f"{'made':>6s} {'capped':>6s} {'seconds':>8s} {'speed-up':>8s}")
     for r in rows:
         print(f"{r['reading']:14s} {r['accuracy']:6.3f} {r['agrees_with_sequential']:6.3f} "
               f"{r['iterations_per_piece']:9.1f} {r['iterations_per_token']:9.1f} {r['sequential_f_evaluations']:7d} "
-              f"{r['evaluations_made']:6d} {r['seconds']:8.3f} {seq / r['seconds']:7.2f}x")
+              f"{r['evaluations_made']:6d} {r['capped']:6d} {r['seconds']:8.3f} {seq / r['seconds']:7.2f}x")
     if args.plot:
         plot(rows, args.plot, f"{args.checkpoint.name}, st_{args.task}_{args.bucket}, tol {args.tol:g}, {args.device}")
 

@@ -45,14 +45,9 @@ def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tens
         w = weight.to(x.dtype)
         out = (state.to(x.dtype) * w[:, :-1]).sum(-1) + x[:, 0] * w[:, -1]
         return F.silu(out if bias is None else out + bias.to(x.dtype))[:, None]
-    # k shifted multiply-adds in the (B, L, C) layout: no transposes, and on a CPU 3.5x faster than the depthwise
-    # F.conv1d from 32 tokens up (1.4x at 2048 x 1792 channels; equal at 8 tokens; 2 threads).
-    window = torch.cat([state.transpose(1, 2).to(x.dtype), x], dim=1)  # (B, k-1+L, C)
-    w = weight.to(x.dtype).t()  # (k, C)
-    out = window[:, :length] * w[0]
-    for j in range(1, k):
-        out.addcmul_(window[:, j:j + length], w[j])
-    return F.silu(out if bias is None else out + bias.to(x.dtype))
+    window = torch.cat([state.to(x.dtype), x.transpose(1, 2)], dim=-1)  # (B, C, k-1+L)
+    out = F.conv1d(window, weight[:, None, :].to(x.dtype), None if bias is None else bias.to(x.dtype), groups=channels)
+    return F.silu(out).transpose(1, 2)
 
 
 def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int) -> Tensor:
