@@ -129,3 +129,22 @@ def test_piece_solves_count_the_evaluations_they_make(budget):
     else:
         segments = ((slowest - 1 + SEGMENT - 1) // SEGMENT).clamp_min(1)
         assert made == int((segments * SEGMENT + 1).sum()) and made > int(slowest.sum())
+
+
+def test_damped_update_measures_only_valid_tokens_and_moves_only_active_rows():
+    """The masked update of a piece solve (torch twin, the definition the Triton kernel is held to)."""
+    from implicit_ssm_eval.model_adapters.backends.torch_ops import damped_update
+
+    z = torch.ones(3, 4, 2)
+    fz = z.clone()
+    fz[:, 2:] += 100.0  # far off, but only on tokens 2 and 3
+    valid = torch.tensor([[True, True, False, False], [True, True, True, True], [True, True, False, False]])
+    active = torch.tensor([True, True, False])
+    iterations, converged = torch.tensor([0, 0, 5]), torch.zeros(3, dtype=torch.bool)
+    before = z.clone()
+    damped_update(z, fz, valid, active, iterations, converged, 0.75, 1e-3, 10)
+    assert converged.tolist() == [True, False, False]  # row 0's far-off tokens are padding; row 2 is not active
+    assert active.tolist() == [False, True, False]
+    assert iterations.tolist() == [1, 1, 5]
+    assert torch.equal(z[2], before[2])  # an inactive row keeps its iterate
+    assert torch.allclose(z[1], 0.25 * before[1] + 0.75 * fz[1])  # (1 - tau) z + tau f(z)
