@@ -15,15 +15,18 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-# Tile shapes tried on first use per channel count (and separately for one-token steps): the best is device- and
-# size-dependent, and the first call happens during warm-up, before any CUDA graph is captured.
+# Tile shapes tried on first use per channel count: the best is device- and size-dependent, and the first call
+# happens during warm-up, before any CUDA graph is captured. A one-token step (decoding, the sequential reading) has
+# tiles of its own, one position high: the others would compute and mask 8 to 128 positions for its one.
 CONFIGS = [triton.Config({"BLOCK_L": bl, "BLOCK_C": bc}, num_warps=w)
            for bl, bc, w in ((16, 256, 4), (32, 128, 4), (64, 128, 8), (32, 256, 8), (8, 512, 4), (128, 64, 4))]
+STEP_CONFIGS = [triton.Config({"BLOCK_L": 1, "BLOCK_C": bc}, num_warps=w)
+                for bc, w in ((128, 4), (256, 4), (512, 4), (1024, 8))]
 
 
 @triton.jit
 def _causal_conv_silu_kernel(X, INIT, W, BIAS, OUT, L, C, sxb, sxl, sxc, sib, sic, sik, sob, sol,
-                             K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, IS_STEP: tl.constexpr,
+                             K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
                              BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
     b, pl, pc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_l = pl * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -47,9 +50,11 @@ def _causal_conv_silu_kernel(X, INIT, W, BIAS, OUT, L, C, sxb, sxl, sxc, sib, si
     tl.store(OUT + b * sob + offs_l[:, None] * sol + offs_c[None, :], acc.to(OUT.dtype.element_ty), mask=keep)
 
 
-# The interpreter (TRITON_INTERPRET=1, the CPU tests) cannot time configurations: it runs one fixed tile.
+# The interpreter (TRITON_INTERPRET=1, the CPU tests) cannot time configurations: it runs one fixed tile of each
+# shape (a step's one position high, as on the GPU).
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-_tuned = None if _INTERPRETED else triton.autotune(configs=CONFIGS, key=["C", "IS_STEP"])(_causal_conv_silu_kernel)
+_tuned = None if _INTERPRETED else triton.autotune(configs=CONFIGS, key=["C"])(_causal_conv_silu_kernel)
+_tuned_step = None if _INTERPRETED else triton.autotune(configs=STEP_CONFIGS, key=["C"])(_causal_conv_silu_kernel)
 
 
 def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -68,9 +73,10 @@ def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tens
     args = (x, init, weight, bias if bias is not None else weight, out, length, channels,
             x.stride(0), x.stride(1), x.stride(2), init.stride(0), init.stride(1) if state is not None else 0,
             init.stride(2) if state is not None else 0, out.stride(0), out.stride(1))
-    flags = dict(K=k, HAS_BIAS=bias is not None, HAS_INIT=state is not None, IS_STEP=length == 1)
-    if _tuned is None:
-        _causal_conv_silu_kernel[grid](*args, **flags, BLOCK_L=16, BLOCK_C=128)
+    flags = dict(K=k, HAS_BIAS=bias is not None, HAS_INIT=state is not None)
+    tuned = _tuned_step if length == 1 else _tuned
+    if tuned is None:
+        _causal_conv_silu_kernel[grid](*args, **flags, BLOCK_L=1 if length == 1 else 16, BLOCK_C=128)
     else:
-        _tuned[grid](*args, **flags)
+        tuned[grid](*args, **flags)
     return out
