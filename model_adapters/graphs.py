@@ -8,11 +8,12 @@ holds static buffers for one piece shape (rows, piece length) and budget, and th
     tol > 0   a start graph, a segment graph of SEGMENT masked updates, a finish graph; the host replays segments
               until no row is active (one synchronisation per segment, none per iteration)
 
-Masked updates give exactly what the gathering solver (fixed_point.solve) gives: a row that converges keeps its
-iterate and its count, and stops at max_iter - 1 updates; rows outside the piece (a sequence that has ended) take
-no part and keep their state. Only damped iteration (solver "fixed_point") is captured; Anderson runs eagerly.
-The same code runs without capture (capture=False), on any device: that is what the CPU tests hold to the eager
-solver, and what the GPU tests hold the captured graphs to.
+Each update after f is the backend's damped_update (one kernel on the triton backend, the plain twin on the
+torch backend). Masked updates give exactly what the gathering solver (fixed_point.solve) gives: a row that
+converges keeps its iterate and its count, and stops at max_iter - 1 updates; rows outside the piece (a sequence
+that has ended) take no part and keep their state. Only damped iteration (solver "fixed_point") is captured;
+Anderson runs eagerly. The same code runs without capture (capture=False), on any device: that is what the CPU
+tests hold to the eager solver, and what the GPU tests hold the captured graphs to.
 """
 
 from __future__ import annotations

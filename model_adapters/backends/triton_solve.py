@@ -64,7 +64,8 @@ def damped_update(z: Tensor, fz: Tensor, valid: Tensor | None, active: Tensor, i
     fz = fz if fz.is_contiguous() else fz.contiguous()
     block = min(BLOCK, triton.next_power_of_2(size))
     flags = [t.view(torch.uint8) for t in (active, converged)]  # bool buffers, read and written as bytes
+    valid_bytes = valid.contiguous().view(torch.uint8) if valid is not None else z  # z: a placeholder pointer
     _damped_update_kernel[(rows,)](
-        z, fz, valid.view(torch.uint8) if valid is not None else z, flags[0], iterations, flags[1], size, width,
+        z, fz, valid_bytes, flags[0], iterations, flags[1], size, width,
         size // width, 1.0 - tau, tau, tol, max_iter - 1, EPS, HAS_VALID=valid is not None,
         BLOCK=block, STEPS=triton.cdiv(size, block), num_warps=4)

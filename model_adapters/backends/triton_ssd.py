@@ -10,6 +10,9 @@ launch-bound, so the count of launches is the cost. One program per (row, head) 
 and, when asked, the state after the last token: S_L = exp(a_L) S_0 + sum_s exp(a_L - a_s) dt_s x_s B_s^T.
 Everything is computed in float32 (y and the state come out float32, as from the torch twin). dt arrives
 discretised and zero on padding, so padded steps leave the state unchanged.
+
+A second kernel, ssd_step_read, is one recurrence step that returns its output and no new state: what every
+fixed-point iteration of the sequential reading needs (only the final evaluation commits a state).
 """
 
 from __future__ import annotations
