@@ -17,6 +17,16 @@ def rel_err(a: Tensor, b: Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
+def run_kernel_check(check) -> None:
+    """The entry point of a tests/triton_*_check.py script run on the CPU (under TRITON_INTERPRET=1): prints "ok" or
+    the failing cases, and exits non-zero when there are any."""
+    import sys
+
+    problems = check("cpu")
+    print("\n".join(problems) if problems else "ok")
+    sys.exit(1 if problems else 0)
+
+
 def assert_close(a: Tensor, b: Tensor, rtol: float | None = None, what: str = "") -> None:
     """Relative Frobenius error within rtol (default: RTOL of b's dtype); reports the error it saw."""
     assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"

@@ -5,6 +5,8 @@ import itertools
 
 import torch
 
+from implicit_ssm_eval.model_adapters.testing import run_kernel_check
+
 
 def inputs(device: str, shape: tuple, padded: bool):
     """Rows whose residuals are spread far from tol = 0.05 (so both implementations decide alike), a mix of active
@@ -49,8 +51,4 @@ def check(device: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    import sys
-
-    problems = check("cpu")
-    print("\n".join(problems) if problems else "ok")
-    sys.exit(1 if problems else 0)
+    run_kernel_check(check)

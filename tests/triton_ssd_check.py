@@ -5,7 +5,7 @@ import itertools
 
 import torch
 
-from implicit_ssm_eval.model_adapters.testing import rel_err
+from implicit_ssm_eval.model_adapters.testing import rel_err, run_kernel_check
 
 
 def inputs(device: str, length: int, groups: int, dtype: torch.dtype, padded: bool):
@@ -74,8 +74,4 @@ def check_step_read(device: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    import sys
-
-    problems = check("cpu")
-    print("\n".join(problems) if problems else "ok")
-    sys.exit(1 if problems else 0)
+    run_kernel_check(check)
