@@ -104,12 +104,18 @@ class Job:
         return "done" if recorded == self.job_key(spec) else "stale"
 
 
+def reading_key(budget: Budget | None) -> str:
+    """"explicit", or the budget's mode with its block size: "sequential", "blockwise8", ..."""
+    if budget is None:
+        return "explicit"
+    return budget.mode if budget.mode != "blockwise" else f"blockwise{budget.block_size}"
+
+
 def budget_key(budget: Budget | None) -> str:
     if budget is None:
         return "explicit"
     tol = "0" if budget.tol == 0 else f"{budget.tol:g}"
-    mode = budget.mode if budget.mode != "blockwise" else f"blockwise{budget.block_size}"
-    return f"k{budget.max_iter}_tol{tol}_tau{budget.tau:g}_{mode}_{budget.solver}"
+    return f"k{budget.max_iter}_tol{tol}_tau{budget.tau:g}_{reading_key(budget)}_{budget.solver}"
 
 
 def plan(spec: SweepSpec) -> list[Job]:
@@ -292,9 +298,7 @@ def warm_kernels(spec: SweepSpec) -> list[tuple[str, str]]:
 
     readings: dict[Path, dict[str, Budget | None]] = {}
     for job in plan(spec):
-        b = job.budget
-        name = "explicit" if b is None else b.mode + (str(b.block_size) if b.mode == "blockwise" else "")
-        readings.setdefault(job.checkpoint, {})[name] = job.budget
+        readings.setdefault(job.checkpoint, {})[reading_key(job.budget)] = job.budget
     ran = []
     device = torch.device(spec.device)
     for path, budgets in readings.items():
