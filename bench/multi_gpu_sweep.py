@@ -41,14 +41,29 @@ def checkpoint_130m(root: Path) -> Path:
     return save(build_model(cfg), root / "implicit-130m", tokenizer_path=root / "tokenizer.json", eos_token="<eos>")
 
 
-def sweep(args: list[str], out: Path, workers: int) -> float:
+def sweep(args: list[str], out: Path, workers: int) -> tuple[float, dict]:
     cmd = [sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", *args, "--device", "cuda", "--workers",
            str(workers), "--out", str(out), "--quiet"]
-    start = time.perf_counter()
+    start, began = time.perf_counter(), time.time()
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
-    return time.perf_counter() - start
+    return time.perf_counter() - start, timeline(out, began)
+
+
+def timeline(out: Path, began: float) -> dict:
+    """Where a sweep's wall time went, from the jobs' own records: seconds from the command's start to the first
+    job's start (start-up, kernel warm-up), each worker's busy seconds and when its last job ended."""
+    runs = [json.loads(p.read_text()) for p in out.glob("*/*/results.json")]
+    runs = [(r["sweep"], r["date"]) for r in runs if r["sweep"]["wall_s"] > 0]  # anytime budgets share a run
+    workers: dict[str, dict] = {}
+    for info, ended in runs:
+        w = workers.setdefault(str(info.get("worker", 0)), {"jobs": 0, "busy_s": 0.0, "last_end_s": 0.0})
+        w["jobs"] += 1
+        w["busy_s"] = round(w["busy_s"] + info["wall_s"], 1)
+        w["last_end_s"] = round(max(w["last_end_s"], ended - began), 1)
+    return {"first_job_s": round(min(i["started"] for i, _ in runs) - began, 1) if runs else None,
+            "workers": workers}
 
 
 def metrics(out: Path) -> dict:
@@ -75,33 +90,34 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--paragraphs", type=int, default=16, help="130m workload: paragraphs of 500 words (job length)")
+    p.add_argument("--paragraphs", type=int, nargs="+", default=[16],
+                   help="130m workload: paragraphs of 500 words (job length); one workload per value")
     p.add_argument("--workloads", nargs="+", default=["130m", "bundled"], choices=["130m", "bundled"])
     args = p.parse_args()
     root = Path(tempfile.mkdtemp())
-    text = root / "words.txt"
-    rng = random.Random(0)
-    text.write_text("\n\n".join(" ".join(f"w{rng.randrange(2, VOCAB)}" for _ in range(500))
-                                for _ in range(args.paragraphs)))
     ckpt = checkpoint_130m(root)
-    workloads = {
-        "130m": [str(ckpt), "--tasks", "ppl_local_text", "--max-iter", "1", "2", "4", "--tol", "0", "--modes",
-                 "simultaneous", "sequential", "--dtype", "bfloat16", "--batch-size", "8", "--metadata",
-                 json.dumps({"ppl_text_path": str(text), "ppl_split": "paragraphs"})],
-        "bundled": ["--num-docs", "5"],
-    }
-    results = {"device": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count(), "workers": args.workers,
-               "paragraphs": args.paragraphs}
-    for name in args.workloads:
-        sweep_args = workloads[name]
+    workloads = {}
+    for n in args.paragraphs if "130m" in args.workloads else []:
+        rng = random.Random(0)
+        text = root / f"words-{n}.txt"
+        text.write_text("\n\n".join(" ".join(f"w{rng.randrange(2, VOCAB)}" for _ in range(500)) for _ in range(n)))
+        workloads[f"130m-{n}"] = [
+            str(ckpt), "--tasks", "ppl_local_text", "--max-iter", "1", "2", "4", "--tol", "0", "--modes",
+            "simultaneous", "sequential", "--dtype", "bfloat16", "--batch-size", "8", "--metadata",
+            json.dumps({"ppl_text_path": str(text), "ppl_split": "paragraphs"})]
+    if "bundled" in args.workloads:
+        workloads["bundled"] = ["--num-docs", "5"]
+    results = {"device": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count(), "workers": args.workers}
+    for name, sweep_args in workloads.items():
         sweep([*sweep_args, "--modes", "simultaneous", "sequential", "--max-iter", "1", "--tol", "0"],
               root / f"warm-{name}", 1)  # warm-up: Triton compiles into its cache (shared by later processes)
-        one = sweep(sweep_args, root / f"{name}-1", 1)
-        many = sweep(sweep_args, root / f"{name}-{args.workers}", args.workers)
+        one, one_timeline = sweep(sweep_args, root / f"{name}-1", 1)
+        many, many_timeline = sweep(sweep_args, root / f"{name}-{args.workers}", args.workers)
         first, second = metrics(root / f"{name}-1"), metrics(root / f"{name}-{args.workers}")
         results[name] = {"one_gpu_s": round(one, 1), f"{args.workers}_gpus_s": round(many, 1),
                          "speedup": round(one / many, 2), "identical_metrics": first == second,
-                         "jobs": len(first), "differences": differences(first, second)[:10]}
+                         "jobs": len(first), "differences": differences(first, second)[:10],
+                         "timeline_one": one_timeline, f"timeline_{args.workers}": many_timeline}
         args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 

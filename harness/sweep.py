@@ -202,14 +202,15 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)  # job dir -> message
 
 
-def run_sweep(spec: SweepSpec, out: Path, progress: bool = True, worker: bool = False) -> Outcome:
+def run_sweep(spec: SweepSpec, out: Path, progress: bool = True, worker: int | None = None) -> Outcome:
     """Run every job not done yet with these settings. With spec.workers > 1, worker processes (one per GPU, each
-    seeing its own) take the groups of jobs from a shared pool; a worker (worker=True) runs the groups it claims."""
+    seeing its own) take the groups of jobs from a shared pool, the costliest first; `worker` is the index of the
+    worker this process is (None: the sweep itself), and it runs the groups it claims."""
     from tqdm import tqdm
 
     jobs = plan(spec)
     out.mkdir(parents=True, exist_ok=True)
-    if not worker:
+    if worker is None:
         write_json_atomic(out / "sweep.json", {"spec": spec.to_dict(), "commit": git_commit(),
                                                "jobs": [str(j.dir(out).relative_to(out)) for j in jobs]})
     outcome = Outcome(jobs)
@@ -219,18 +220,37 @@ def run_sweep(spec: SweepSpec, out: Path, progress: bool = True, worker: bool = 
         outcome.skipped += [j for j in group if j not in todo]
         if todo:
             pending.append(todo)
-    if spec.workers > 1 and not worker:
+    pending.sort(key=estimated_cost, reverse=True)  # the longest jobs first: workers end closer together
+    if spec.workers > 1 and worker is None:
         return _run_workers(spec, out, outcome, pending)
     bar = tqdm(total=sum(len(g) for g in pending), disable=not progress, desc="sweep", unit="job", smoothing=0)
     for group in pending:
-        if worker and not _claim(out, group):
+        if worker is not None and not _claim(out, group):
             continue
         bar.set_postfix_str(f"{group[0].label}/{group[-1].key}")
-        for job, error in run_group(group, spec, out):
+        for job, error in run_group(group, spec, out, worker):
             (outcome.failed.__setitem__(str(job.dir(out)), error) if error else outcome.ran.append(job))
             bar.update(1)
     bar.close()
     return outcome
+
+
+# How much more one evaluation costs a token in each reading than in the parallel scan (a rough order for
+# estimated_cost: on an H200 at 130M a token step costs several times its share of a scan, on the CPU more).
+READING_WEIGHT = {"sequential": 8, "blockwise": 2, "simultaneous": 1}
+
+
+def estimated_cost(group: list[Job]) -> float:
+    """A rough cost of a group of jobs, to start the longest first: the checkpoint's size on disk x evaluations
+    per token (an adaptive budget counted as 16 at most) x the reading's weight x the number of tasks."""
+    job = max(group, key=lambda j: j.budget.max_iter if j.budget else 0)
+    path = Path(job.checkpoint)
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if path.is_dir() else path.stat().st_size
+    budget = job.budget
+    if budget is None:
+        return size * len(job.tasks)
+    evals = (min(budget.max_iter, 16) if budget.tol > 0 else budget.max_iter) + 1
+    return size * evals * READING_WEIGHT.get(budget.mode, 1) * len(job.tasks)
 
 
 CLAIMS = ".claims"
@@ -256,22 +276,20 @@ def _run_workers(spec: SweepSpec, out: Path, outcome: Outcome, pending: list[lis
     shutil.rmtree(claims, ignore_errors=True)  # claims of an interrupted sweep: their jobs are not done
     claims.mkdir(parents=True)
     write_json_atomic(claims / "spec.json", spec.to_dict())
-    on_cuda = str(spec.device).startswith("cuda")
     threads = str(max(1, (os.cpu_count() or 1) // spec.workers))
-    cmd = [sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", "--worker-spec", str(claims / "spec.json"),
-           "--out", str(out), "--quiet"]
-    if on_cuda:  # one process tunes the kernels first, so that every worker reads the same choices (warm_kernels)
-        warm = subprocess.run([*cmd, "--warm-kernels"], env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"})
-        if warm.returncode != 0:
-            logger.warning("warming the kernels failed (exit %d): each worker tunes its own, and the metrics may "
-                           "differ from one GPU's in the last bits", warm.returncode)
     procs = []
     for i in range(spec.workers):
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
-        if on_cuda:
+        if _on_cuda(spec):
             env["CUDA_VISIBLE_DEVICES"] = str(i)
-        procs.append(subprocess.Popen(cmd, env=env))
-    codes = [p.wait() for p in procs]
+        procs.append(subprocess.Popen([sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", "--worker-spec",
+                                       str(claims / "spec.json"), "--worker-index", str(i), "--out", str(out),
+                                       "--quiet"], env=env))
+    while any(p.poll() is None for p in procs):
+        if procs[0].poll() is not None:  # worker 0 ended (or died) before saying the kernels were warm
+            (claims / WARM).touch()
+        time.sleep(0.1)
+    codes = [p.returncode for p in procs]
     shutil.rmtree(claims, ignore_errors=True)
     for group in pending:
         for job in group:
@@ -282,6 +300,43 @@ def _run_workers(spec: SweepSpec, out: Path, outcome: Outcome, pending: list[lis
                 outcome.failed[str(job.dir(out))] = (json.loads(failure.read_text())["error"] if failure.exists()
                                                      else f"worker exit codes {codes}: no result")
     return outcome
+
+
+WARM = "kernels-warm"  # in CLAIMS: worker 0 has run warm_kernels
+
+
+def _on_cuda(spec: SweepSpec) -> bool:
+    return str(spec.device).startswith("cuda")
+
+
+def run_worker(spec: SweepSpec, out: Path, index: int) -> Outcome:
+    """One of --workers N. On CUDA, worker 0 first runs warm_kernels while the others start up (imports, the CUDA
+    context, the task index); they wait for it before their first job, so that every worker reads the kernel
+    choices it stored."""
+    if _on_cuda(spec) and index == 0:
+        try:
+            warm_kernels(spec)
+        except Exception as exc:  # noqa: BLE001 - the jobs still run; each worker then tunes its own kernels
+            logger.warning("warming the kernels failed (%s): each worker tunes its own, and the metrics may differ "
+                           "from one GPU's in the last bits", exc)
+        finally:
+            (out / CLAIMS / WARM).touch()
+    elif _on_cuda(spec):
+        _start_up(spec)
+        while not (out / CLAIMS / WARM).exists():
+            time.sleep(0.05)
+    return run_sweep(spec, out, progress=False, worker=index)
+
+
+def _start_up(spec: SweepSpec) -> None:
+    """What every job needs first, done while worker 0 warms the kernels."""
+    import torch
+    from lm_eval import evaluator  # noqa: F401 - imported for its start-up cost
+
+    from implicit_ssm_eval.model_adapters import lm_eval_models  # noqa: F401
+
+    torch.zeros(1, device=spec.device)
+    task_manager(json.dumps(spec.metadata, sort_keys=True))
 
 
 def warm_kernels(spec: SweepSpec) -> list[tuple[str, str]]:
@@ -334,12 +389,13 @@ def _status(job: Job, out: Path, spec: SweepSpec) -> str:
 JOB_ERRORS = (ConfigError, FloatingPointError, ValueError, RuntimeError)
 
 
-def run_group(group: list[Job], spec: SweepSpec, out: Path) -> Iterable[tuple[Job, str | None]]:
+def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | None = None
+              ) -> Iterable[tuple[Job, str | None]]:
     """The largest budget for real, scoring the others along its trajectory; one results file per budget.
     Yields (job, error message or None)."""
     group = sorted(group, key=lambda j: j.budget.max_iter if j.budget else 0)
     main, others = group[-1], group[:-1]
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     try:
         results = evaluate_job(main, spec, out, [j.budget.max_iter for j in others])
     except JOB_ERRORS as exc:
@@ -356,7 +412,9 @@ def run_group(group: list[Job], spec: SweepSpec, out: Path) -> Iterable[tuple[Jo
         results = per_budget[job.budget.max_iter if job.budget else None]
         greedy = GREEDY if job is main else f"../{main.key}/{GREEDY}"  # relative: a sweep folder can move
         results["config"]["ssm_model"]["greedy_log"] = greedy
-        info = {"wall_s": wall if job is main else 0.0}
+        info = {"wall_s": wall if job is main else 0.0, "started": started_at}
+        if worker is not None:
+            info["worker"] = worker
         if job is not main:
             info["anytime_of"] = main.key
         save_job(job, out, spec, results, info)

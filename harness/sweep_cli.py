@@ -14,7 +14,7 @@ from implicit_ssm_eval.model_adapters.fixed_point import SOLVERS
 
 from . import leaderboard, plots, report
 from .results import Loaded, load_runs
-from .sweep import DEFAULT_MAX_ITERS, DEFAULT_MODES, DEFAULT_TOLS, Outcome, SweepSpec, run_sweep, warm_kernels
+from .sweep import DEFAULT_MAX_ITERS, DEFAULT_MODES, DEFAULT_TOLS, Outcome, SweepSpec, run_sweep, run_worker
 
 PROJECT = Path(__file__).resolve().parents[1]
 BUNDLED = PROJECT / "checkpoints"
@@ -70,7 +70,7 @@ def sweep_parser() -> argparse.ArgumentParser:
                    "--device cuda; each job runs whole on one of them, with the same numbers as on one GPU (opt-in: "
                    "on every sweep measured, two H200s were slower than one: see BENCHMARKS.md)")
     p.add_argument("--worker-spec", type=Path, default=None, help=argparse.SUPPRESS)  # a worker of --workers N
-    p.add_argument("--warm-kernels", action="store_true", help=argparse.SUPPRESS)  # before the workers start
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)  # which of the N workers
     p.add_argument("--out", type=Path, default=Path("results/sweep"))
     p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines; the leaderboard and "
                    "where it was written are still printed")
@@ -110,10 +110,7 @@ def sweep_main(argv: list[str]) -> int:
     args = sweep_parser().parse_args(argv)
     if args.worker_spec:  # one of --workers N: run the groups it claims, no report
         spec = SweepSpec.from_dict({**json.loads(args.worker_spec.read_text()), "workers": 1})
-        if args.warm_kernels:
-            warm_kernels(spec)
-            return 0
-        outcome = run_sweep(spec, args.out, progress=False, worker=True)
+        outcome = run_worker(spec, args.out, args.worker_index)
         return 1 if outcome.failed else 0
     outcome = run_sweep(spec_from(args), args.out, progress=not args.quiet)
     print(write_report([args.out], args.out / "report", command=f"implicit-eval report {args.out}"))

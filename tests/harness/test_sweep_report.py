@@ -308,33 +308,92 @@ def test_kernels_are_warmed_once_per_checkpoint_and_reading(parity_checkpoints, 
     assert sweep.warm_kernels(s) == []  # a checkpoint that cannot load is skipped: its jobs fail on their own
 
 
-def test_workers_on_cuda_start_after_the_kernels_are_warm(parity_checkpoints, tmp_path, monkeypatch, caplog):
+def test_workers_start_together_and_worker_0_says_when_the_kernels_are_warm(parity_checkpoints, tmp_path,
+                                                                           monkeypatch):
+    """--workers N on CUDA: all N processes start at once, worker i on GPU i; if worker 0 ends without saying the
+    kernels are warm, the sweep says it, so that no other worker waits for ever."""
     from implicit_ssm_eval.harness import sweep
 
-    events = []
+    started = []
 
     class Worker:
         def __init__(self, cmd, env):
-            events.append(("worker", env.get("CUDA_VISIBLE_DEVICES"), "--warm-kernels" in cmd))
+            started.append((env.get("CUDA_VISIBLE_DEVICES"), cmd[cmd.index("--worker-index") + 1]))
+            self.returncode = None
+            self.index = len(started) - 1
+            self.marker = Path(cmd[cmd.index("--out") + 1]) / sweep.CLAIMS / sweep.WARM
 
-        def wait(self):
-            return 0
+        def poll(self):  # worker 0 dies at once; worker 1 runs until it sees the warm marker
+            warm = self.marker.exists()
+            self.returncode = 1 if self.index == 0 else (0 if warm else None)
+            return self.returncode
 
-    def warm(cmd, env):
-        events.append(("warm", env.get("CUDA_VISIBLE_DEVICES"), "--warm-kernels" in cmd))
-        return subprocess.CompletedProcess(cmd, returncode)
-
-    monkeypatch.setattr(sweep, "git_commit", lambda: "test")  # the only other subprocess
-    monkeypatch.setattr(sweep.subprocess, "run", warm)
+    monkeypatch.setattr(sweep, "git_commit", lambda: "test")
     monkeypatch.setattr(sweep.subprocess, "Popen", Worker)
-    returncode = 0
-    run_sweep(spec(parity_checkpoints.values(), device="cuda", workers=2), tmp_path / "out", progress=False)
-    assert events == [("warm", "0", True), ("worker", "0", False), ("worker", "1", False)]
-    events.clear()
-    returncode = 1  # a failed warm-up is a warning: the workers still run the jobs
-    with caplog.at_level(logging.WARNING, logger="implicit_ssm_eval"):
-        run_sweep(spec(parity_checkpoints.values(), device="cuda", workers=2), tmp_path / "again", progress=False)
-    assert [e[0] for e in events] == ["warm", "worker", "worker"] and "warming the kernels failed" in caplog.text
-    events.clear()
+    outcome = run_sweep(spec(parity_checkpoints.values(), device="cuda", workers=2), tmp_path / "out",
+                        progress=False)
+    assert started == [("0", "0"), ("1", "1")]
+    assert outcome.failed and "worker exit codes [1, 0]" in next(iter(outcome.failed.values()))
+    started.clear()
     run_sweep(spec(parity_checkpoints.values(), workers=2), tmp_path / "cpu", progress=False)
-    assert [e[0] for e in events] == ["worker", "worker"]  # nothing to tune on the CPU
+    assert started == [(None, "0"), (None, "1")]  # the CPU: no GPU to pick
+
+
+def test_worker_0_warms_the_kernels_while_the_others_start_up(parity_checkpoints, tmp_path, monkeypatch, caplog):
+    import threading
+    import time
+
+    from implicit_ssm_eval.harness import sweep
+
+    events = []
+    marker = tmp_path / sweep.CLAIMS / sweep.WARM
+    marker.parent.mkdir()
+    monkeypatch.setattr(sweep, "run_sweep", lambda s, out, progress, worker: events.append(
+        ("jobs", worker, marker.exists())))
+    monkeypatch.setattr(sweep, "_start_up", lambda s: events.append(("start-up", s.device)))
+    monkeypatch.setattr(sweep, "warm_kernels", lambda s: events.append(("warm", s.device)))
+    s = spec(parity_checkpoints.values(), device="cuda")
+    threading.Timer(0.3, marker.touch).start()  # worker 0, elsewhere, after a while
+    began = time.monotonic()
+    sweep.run_worker(s, tmp_path, 1)
+    assert time.monotonic() - began >= 0.25
+    assert events == [("start-up", "cuda"), ("jobs", 1, True)]  # started up, then waited for the warm kernels
+    events.clear()
+    marker.unlink()
+    sweep.run_worker(s, tmp_path, 0)
+    assert events == [("warm", "cuda"), ("jobs", 0, True)] and marker.exists()
+
+    def broken(s):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(sweep, "warm_kernels", broken)
+    marker.unlink()
+    events.clear()
+    with caplog.at_level(logging.WARNING, logger="implicit_ssm_eval"):
+        sweep.run_worker(s, tmp_path, 0)  # a failed warm-up is a warning: the jobs still run, the others go on
+    assert events == [("jobs", 0, True)] and "warming the kernels failed (out of memory)" in caplog.text
+    events.clear()
+    marker.unlink()
+    sweep.run_worker(spec(parity_checkpoints.values()), tmp_path, 1)
+    assert events == [("jobs", 1, False)]  # nothing to tune on the CPU: no waiting
+
+
+def test_the_costliest_groups_are_run_first(parity_checkpoints, tmp_path, monkeypatch):
+    """Workers claim groups in the sweep's order: the longest first, so that they end close together."""
+    from implicit_ssm_eval.harness import sweep
+    from implicit_ssm_eval.harness.sweep import Job, estimated_cost
+
+    order = []
+    monkeypatch.setattr(sweep, "run_group", lambda group, *a: order.append([j.key for j in group]) or [])
+    s = spec([parity_checkpoints["implicit"]], max_iters=(1, 4), tols=(0.0, 0.05),
+             modes=("simultaneous", "sequential", "blockwise"), block_sizes=(8,))
+    run_sweep(s, tmp_path / "out", progress=False)
+    assert order[:3] == [["k32_tol0.05_tau0.8_sequential_fixed_point"], ["k4_tol0_tau0.8_sequential_fixed_point"],
+                         ["k32_tol0.05_tau0.8_blockwise8_fixed_point"]]
+    assert order[-1] == ["k1_tol0_tau0.8_blockwise8_fixed_point"]
+    sizes = {}
+    for name, size in (("big", 3000), ("small", 1000)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"0" * size)
+        sizes[name] = estimated_cost([Job(tmp_path / name, name, "explicit", "hash", ("st_parity",), None)])
+    assert sizes["big"] == 3 * sizes["small"]  # a larger checkpoint costs more
