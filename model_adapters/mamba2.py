@@ -79,9 +79,6 @@ class Mamba2(nn.Module):
                 self.__dict__["_derived_cache"] = cache
         return cache[1]
 
-    def _discretise(self, dt: Tensor, dt_bias: Tensor) -> Tensor:
-        return F.softplus(dt.to(dt_bias.dtype) + dt_bias)
-
     def _project(self, u: Tensor, inject: Tensor | None) -> Tensor:
         """in_proj(u) + inject, the add folded into the matrix product (one GEMM, no extra pass over the output)."""
         if inject is None:
@@ -123,11 +120,8 @@ class Mamba2(nn.Module):
         conv_state = _last_inputs(xbc, state.conv, valid) if commit else None
         xbc = self.ops.causal_conv_silu(xbc, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias)
         x, B, C = self._split_xbc(xbc)
-        dt = self._discretise(dt, derived.dt_bias)
-        if valid is not None:
-            dt = dt * valid[..., None]
-        y, ssm_state = self.ops.chunk_scan(x, dt, derived.A, B, C, self.cfg.chunk_size, derived.D, state.ssm,
-                                           final_state=commit)
+        y, ssm_state = self.ops.chunk_scan(x, dt, derived.dt_bias, derived.A, B, C, self.cfg.chunk_size, derived.D,
+                                           state.ssm, final_state=commit, valid=valid)
         out = self._gate_and_project(y.flatten(-2), z)
         return out, MixerState(conv_state, ssm_state.to(self.cd)) if commit else None
 

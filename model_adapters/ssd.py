@@ -26,6 +26,13 @@ from torch import Tensor
 from .tensors import compute_dtype
 
 
+def discretise(dt: Tensor, dt_bias: Tensor, valid: Tensor | None = None) -> Tensor:
+    """The step sizes a scan takes: softplus(dt + dt_bias) in dt_bias's dtype, zero where valid (B, L) is False
+    (padding leaves the state unchanged)."""
+    dt = F.softplus(dt.to(dt_bias.dtype) + dt_bias)
+    return dt if valid is None else dt * valid[..., None]
+
+
 def no_autocast(fn):
     """Run fn with autocast off on the device of its first tensor argument (the scan is defined in float32)."""
 

@@ -1,7 +1,7 @@
 """The pure-PyTorch backend: the CPU path and the oracle for every other backend.
 
 A backend is a module exposing exactly these functions with these signatures (see backends/__init__.py).
-dt arrives already discretised (softplus(dt + dt_bias), zero on padding), in float32.
+dt arrives raw, with its bias: each scan discretises it (softplus(dt + dt_bias), zero on padding).
 """
 
 from __future__ import annotations
@@ -12,18 +12,19 @@ from torch import Tensor
 
 from ..fixed_point import relative_residual
 from ..norms import add_rmsnorm_ref, gated_rmsnorm_ref
-from ..ssd import ssd_chunked, ssd_step
+from ..ssd import discretise, ssd_chunked, ssd_step
 from ..tensors import broadcast_mask
 
 NAME = "torch"
 
 
-def chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
-               D: Tensor | None, initial_state: Tensor | None,
-               final_state: bool = True) -> tuple[Tensor, Tensor | None]:
-    """x (B, L, H, P), dt (B, L, H), B/C (B, L, G, N) -> y (B, L, H, P) float32, final state (B, H, P, N) (None
-    unless final_state)."""
-    return ssd_chunked(x, dt, A, B, C, chunk_size, D=D, initial_state=initial_state, final_state=final_state)
+def chunk_scan(x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
+               D: Tensor | None, initial_state: Tensor | None, final_state: bool = True,
+               valid: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """x (B, L, H, P), dt (B, L, H) raw (the scan takes softplus(dt + dt_bias), zero where valid (B, L) is False),
+    B/C (B, L, G, N) -> y (B, L, H, P) float32, final state (B, H, P, N) (None unless final_state)."""
+    return ssd_chunked(x, discretise(dt, dt_bias, valid), A, B, C, chunk_size, D=D, initial_state=initial_state,
+                       final_state=final_state)
 
 
 def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor,

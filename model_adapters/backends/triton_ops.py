@@ -25,24 +25,28 @@ from mamba_ssm.ops.triton.selective_state_update import selective_state_update  
 from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from ..ssd import discretise  # noqa: E402
 from . import triton_conv, triton_ssd  # noqa: E402
 from .triton_solve import damped_update  # noqa: E402, F401 - the backend's op
 
 NAME = "triton"
 
 
-def chunk_scan(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
-               D: Tensor | None, initial_state: Tensor | None,
-               final_state: bool = True) -> tuple[Tensor, Tensor | None]:
-    """x (B, L, H, P), dt (B, L, H) discretised, B/C (B, L, G, N) -> y (B, L, H, P), final state (B, H, P, N) (None
-    unless final_state). A sequence of at most triton_ssd.MAX_LENGTH tokens (a block of the blockwise reading, a
-    short input) is one launch of the one-chunk kernel; longer ones take mamba_ssm's chunked kernels."""
+def chunk_scan(x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_size: int,
+               D: Tensor | None, initial_state: Tensor | None, final_state: bool = True,
+               valid: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """x (B, L, H, P), dt (B, L, H) raw (softplus(dt + dt_bias), zero where valid (B, L) is False), B/C (B, L, G, N)
+    -> y (B, L, H, P), final state (B, H, P, N) (None unless final_state). A sequence of at most
+    triton_ssd.MAX_LENGTH tokens (a block of the blockwise reading, a short input) is one launch of the one-chunk
+    kernel, which discretises dt itself (three elementwise passes fewer per evaluation); longer ones take
+    mamba_ssm's chunked kernels."""
     if x.shape[1] <= triton_ssd.MAX_LENGTH:
-        return triton_ssd.ssd_one_chunk(x, dt, A, B, C, D, initial_state, final_state)
+        return triton_ssd.ssd_one_chunk(x, dt, A, B, C, D, initial_state, final_state, dt_bias=dt_bias, valid=valid)
     # No copies here: the kernels take any layout whose last dimension is contiguous (they copy otherwise).
     out = mamba_chunk_scan_combined(
-        x, dt, A, B, C, chunk_size, D=D, initial_states=None if initial_state is None else initial_state.contiguous(),
-        dt_softplus=False, return_final_states=final_state)
+        x, discretise(dt, dt_bias, valid), A, B, C, chunk_size, D=D,
+        initial_states=None if initial_state is None else initial_state.contiguous(), dt_softplus=False,
+        return_final_states=final_state)
     return out if final_state else (out, None)
 
 

@@ -31,9 +31,10 @@ NUM_WARPS = None  # per program of the one-chunk kernel; None: by tile size (_wa
 
 
 @triton.jit
-def _ssd_one_chunk_kernel(X, DT, A, Bm, Cm, D, S0, Y, SF, L, P, N, heads_per_group,
-                          sxb, sxl, sxh, sdb, sdl, sdh, sbb, sbl, sbg, scb, scl, scg,
+def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, L, P, N, heads_per_group,
+                          sxb, sxl, sxh, sdb, sdl, sdh, svb, svl, sbb, sbl, sbg, scb, scl, scg,
                           ssb, ssh, ssp, syb, syl, syh, sfb, sfh, sfp,
+                          RAW_DT: tl.constexpr, HAS_VALID: tl.constexpr,
                           HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_INIT: tl.constexpr, FINAL: tl.constexpr,
                           BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     b, h = tl.program_id(0), tl.program_id(1)
@@ -43,6 +44,11 @@ def _ssd_one_chunk_kernel(X, DT, A, Bm, Cm, D, S0, Y, SF, L, P, N, heads_per_gro
     n = tl.arange(0, BLOCK_N)
     in_t, in_p, in_n = t < L, p < P, n < N
     dt = tl.load(DT + b * sdb + t * sdl + h * sdh, mask=in_t, other=0.0).to(tl.float32)
+    if RAW_DT:  # softplus(dt + dt_bias) with torch's threshold; zero past L (softplus(bias) is not)
+        raw = dt + tl.load(DT_BIAS + h).to(tl.float32)
+        dt = tl.where(in_t, tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0)))), 0.0)
+    if HAS_VALID:  # padding: dt = 0 leaves the state as it was
+        dt = tl.where(tl.load(VALID + b * svb + t * svl, mask=in_t, other=0) != 0, dt, 0.0)
     a = dt * tl.load(A + h).to(tl.float32)
     a_cs = tl.cumsum(a, axis=0)
     x = tl.load(X + b * sxb + t[:, None] * sxl + h * sxh + p[None, :], mask=in_t[:, None] & in_p[None, :],
@@ -90,10 +96,12 @@ def _warps(t: int, p: int, n: int) -> int:
 
 
 def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-                  initial_state: Tensor | None, final_state: bool) -> tuple[Tensor, Tensor | None]:
+                  initial_state: Tensor | None, final_state: bool, dt_bias: Tensor | None = None,
+                  valid: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """x (b, L, H, P), dt (b, L, H), A (H,), B/C (b, L, G, N), D (H,) or (H, P), initial_state (b, H, P, N) or None,
     with L <= MAX_LENGTH and every last dimension contiguous -> (y (b, L, H, P) float32, final state (b, H, P, N)
-    float32 or None)."""
+    float32 or None). With dt_bias (H,), dt is raw and the kernel takes softplus(dt + dt_bias); valid (b, L) bool
+    zeroes dt where it is False (otherwise dt is used as given)."""
     batch, length, nheads, headdim = x.shape
     groups, dstate = B.shape[2:]
     if length > MAX_LENGTH:
@@ -103,13 +111,17 @@ def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
     final = torch.empty(batch, nheads, headdim, dstate, dtype=torch.float32, device=x.device) if final_state else None
     init = initial_state.contiguous() if initial_state is not None else None
     s0, sf = (init if init is not None else y), (final if final is not None else y)  # placeholders when absent
+    keep = valid.view(torch.uint8) if valid is not None else y  # a bool tensor read as bytes, without a copy
     block_t, block_p, block_n = _block(length), _block(headdim), _block(dstate)
     _ssd_one_chunk_kernel[(batch, nheads)](
-        x, dt, A, B, C, D.contiguous() if D is not None else A, s0, y, sf, length, headdim, dstate, nheads // groups,
-        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2),
+        x, dt, dt_bias if dt_bias is not None else A, keep, A, B, C, D.contiguous() if D is not None else A, s0, y, sf,
+        length, headdim, dstate, nheads // groups,
+        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2), keep.stride(0),
+        keep.stride(1),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         s0.stride(0), s0.stride(1), s0.stride(2), y.stride(0), y.stride(1), y.stride(2),
         sf.stride(0), sf.stride(1), sf.stride(2),
+        RAW_DT=dt_bias is not None, HAS_VALID=valid is not None,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_INIT=init is not None, FINAL=final_state,
         BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=NUM_WARPS or _warps(block_t, block_p, block_n))
     return y, final

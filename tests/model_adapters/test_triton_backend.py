@@ -39,9 +39,14 @@ def ssd_inputs(batch, length, nheads, headdim, ngroups, dstate, dtype, seed=0):
 @pytest.mark.parametrize("length", [1, 7, 63, 257, 1000])
 @pytest.mark.parametrize("ngroups", [1, 2])
 def test_chunk_scan(triton_ops, dtype, length, ngroups):
+    """Raw dt with its bias (discretised in the one-chunk kernel up to MAX_LENGTH, before mamba_ssm's beyond) and a
+    right-padded second row."""
     x, dt, A, B, C, D, s0 = ssd_inputs(2, length, 4, 32, ngroups, 16, dtype)
-    y, final = triton_ops.chunk_scan(x, dt, A, B, C, 64, D, s0)
-    y_ref, final_ref = torch_ops.chunk_scan(x, dt, A, B, C, 64, D, s0)
+    dt_bias = torch.linspace(-3, 1, 4, device="cuda")
+    valid = torch.ones(2, length, dtype=torch.bool, device="cuda")
+    valid[1, (length + 1) // 2:] = False
+    y, final = triton_ops.chunk_scan(x, dt, dt_bias, A, B, C, 64, D, s0, valid=valid)
+    y_ref, final_ref = torch_ops.chunk_scan(x, dt, dt_bias, A, B, C, 64, D, s0, valid=valid)
     close(y, y_ref, dtype, "outputs")
     close(final, final_ref, dtype, "final state")
 
