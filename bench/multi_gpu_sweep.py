@@ -62,8 +62,9 @@ def timeline(out: Path, began: float) -> dict:
         w["jobs"] += 1
         w["busy_s"] = round(w["busy_s"] + info["wall_s"], 1)
         w["last_end_s"] = round(max(w["last_end_s"], ended - began), 1)
+    warm = json.loads((out / "sweep.json").read_text()).get("kernel_warm_up")
     return {"first_job_s": round(min(i["started"] for i, _ in runs) - began, 1) if runs else None,
-            "workers": workers}
+            "workers": workers, "kernel_warm_up": warm}
 
 
 def metrics(out: Path) -> dict:

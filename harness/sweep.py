@@ -290,6 +290,7 @@ def _run_workers(spec: SweepSpec, out: Path, outcome: Outcome, pending: list[lis
             (claims / WARM).touch()
         time.sleep(0.1)
     codes = [p.returncode for p in procs]
+    _record_warm_up(out, claims / WARM)
     shutil.rmtree(claims, ignore_errors=True)
     for group in pending:
         for job in group:
@@ -302,7 +303,17 @@ def _run_workers(spec: SweepSpec, out: Path, outcome: Outcome, pending: list[lis
     return outcome
 
 
-WARM = "kernels-warm"  # in CLAIMS: worker 0 has run warm_kernels
+WARM = "kernels-warm"  # in CLAIMS: worker 0 has run warm_kernels (what it cost, as JSON)
+
+
+def _record_warm_up(out: Path, marker: Path) -> None:
+    """sweep.json keeps what worker 0's kernel warm-up cost (seconds, and per checkpoint and reading)."""
+    try:
+        warm = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):  # no warm-up (the CPU), or worker 0 died before it ended
+        return
+    meta = json.loads((out / "sweep.json").read_text())
+    write_json_atomic(out / "sweep.json", {**meta, "kernel_warm_up": warm})
 
 
 def _on_cuda(spec: SweepSpec) -> bool:
@@ -314,13 +325,14 @@ def run_worker(spec: SweepSpec, out: Path, index: int) -> Outcome:
     context, the task index); they wait for it before their first job, so that every worker reads the kernel
     choices it stored."""
     if _on_cuda(spec) and index == 0:
+        started, ran = time.monotonic(), []
         try:
-            warm_kernels(spec)
+            ran = warm_kernels(spec)
         except Exception as exc:  # noqa: BLE001 - the jobs still run; each worker then tunes its own kernels
             logger.warning("warming the kernels failed (%s): each worker tunes its own, and the metrics may differ "
                            "from one GPU's in the last bits", exc)
         finally:
-            (out / CLAIMS / WARM).touch()
+            write_json_atomic(out / CLAIMS / WARM, {"seconds": round(time.monotonic() - started, 2), "ran": ran})
     elif _on_cuda(spec):
         _start_up(spec)
         while not (out / CLAIMS / WARM).exists():
@@ -339,12 +351,17 @@ def _start_up(spec: SweepSpec) -> None:
     task_manager(json.dumps(spec.metadata, sort_keys=True))
 
 
-def warm_kernels(spec: SweepSpec) -> list[tuple[str, str]]:
+# Tokens of the warm-up's simultaneous reading: past the one-chunk kernel's 64 (triton_ssd.MAX_LENGTH), so that
+# mamba_ssm's chunked kernels, the autotuned ones that long inputs take, are tuned too.
+WARM_LENGTH = 65
+
+
+def warm_kernels(spec: SweepSpec) -> list[tuple[str, str, float]]:
     """Run each checkpoint of the sweep once, on a few tokens, in every reading its jobs use (and a decoding step):
     Triton compiles and autotunes the kernels and stores its choices on disk (the triton backend turns that cache
     on). Workers started afterwards read those choices. Started together without it, each would time the
     configurations itself, and they would choose differently and disagree in the last bits. Returns the
-    (checkpoint, reading) pairs run."""
+    (checkpoint, reading, seconds) run, the checkpoint's loading counted in its first reading."""
     import torch
 
     from implicit_ssm_eval.model_adapters.backends import resolve_backend
@@ -357,6 +374,7 @@ def warm_kernels(spec: SweepSpec) -> list[tuple[str, str]]:
     ran = []
     device = torch.device(spec.device)
     for path, budgets in readings.items():
+        started = time.monotonic()
         try:
             model = load_checkpoint(path, dtype=DTYPES[spec.dtype], device=device).model
             model.use_backend(resolve_backend(spec.backend, device))
@@ -365,15 +383,27 @@ def warm_kernels(spec: SweepSpec) -> list[tuple[str, str]]:
             continue
         with torch.inference_mode():
             for name, budget in budgets.items():
-                length = budget.block_size + 1 if budget is not None and budget.mode == "blockwise" else 2
-                ids = torch.zeros(1, length, dtype=torch.long, device=device)
-                if budget is None:
-                    out = model(ids)
-                    model.step(ids[:, 0], out.state)
-                else:
-                    model(ids, budget.replace(max_iter=1, tol=0.0))
-                ran.append((str(path), name))
+                _warm_reading(model, budget, device)
+                ran.append((str(path), name, round(time.monotonic() - started, 2)))
+                started = time.monotonic()
     return ran
+
+
+def _warm_reading(model, budget: Budget | None, device) -> None:
+    import torch
+
+    if budget is not None and budget.mode == "blockwise":
+        length = budget.block_size + 1
+    elif budget is not None and budget.mode == "sequential":
+        length = 2
+    else:
+        length = WARM_LENGTH
+    ids = torch.zeros(1, length, dtype=torch.long, device=device)
+    if budget is None:
+        out = model(ids)
+        model.step(ids[:, 0], out.state)
+    else:
+        model(ids, budget.replace(max_iter=1, tol=0.0))
 
 
 def _status(job: Job, out: Path, spec: SweepSpec) -> str:

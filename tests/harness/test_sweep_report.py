@@ -296,9 +296,12 @@ def test_kernels_are_warmed_once_per_checkpoint_and_reading(parity_checkpoints, 
     s = spec(parity_checkpoints.values(), modes=("simultaneous", "sequential", "blockwise"), block_sizes=(4, 8))
     ran = sweep.warm_kernels(s)
     implicit = [str(p) for name, p in parity_checkpoints.items() if "implicit" in name]
-    assert sorted(r for r in ran if r[0] in implicit) == sorted(
+    assert sorted(r[:2] for r in ran if r[0] in implicit) == sorted(
         (p, r) for p in implicit for r in ("simultaneous", "sequential", "blockwise4", "blockwise8"))
+    assert all(r[2] >= 0 for r in ran)  # seconds each
     assert ("ImplicitLM", 5, ("blockwise", 1)) in calls and ("ImplicitLM", 2, ("sequential", 1)) in calls
+    # simultaneous: past the one-chunk kernel, so that the chunked kernels long inputs take are tuned too
+    assert ("ImplicitLM", sweep.WARM_LENGTH, ("simultaneous", 1)) in calls
     assert sum(1 for c in calls if c[0] == "ExplicitLM") == len(parity_checkpoints) - len(implicit)
 
     def unavailable(name, device):
@@ -361,7 +364,10 @@ def test_worker_0_warms_the_kernels_while_the_others_start_up(parity_checkpoints
     events.clear()
     marker.unlink()
     sweep.run_worker(s, tmp_path, 0)
-    assert events == [("warm", "cuda"), ("jobs", 0, True)] and marker.exists()
+    assert events == [("warm", "cuda"), ("jobs", 0, True)] and json.loads(marker.read_text())["seconds"] >= 0
+    (tmp_path / "sweep.json").write_text(json.dumps({"spec": {}}))
+    sweep._record_warm_up(tmp_path, marker)  # the sweep keeps what the warm-up cost
+    assert json.loads((tmp_path / "sweep.json").read_text())["kernel_warm_up"]["seconds"] >= 0
 
     def broken(s):
         raise RuntimeError("out of memory")
@@ -376,6 +382,14 @@ def test_worker_0_warms_the_kernels_while_the_others_start_up(parity_checkpoints
     marker.unlink()
     sweep.run_worker(spec(parity_checkpoints.values()), tmp_path, 1)
     assert events == [("jobs", 1, False)]  # nothing to tune on the CPU: no waiting
+
+
+def test_the_warm_up_reaches_the_chunked_kernels():
+    pytest.importorskip("triton")
+    from implicit_ssm_eval.harness.sweep import WARM_LENGTH
+    from implicit_ssm_eval.model_adapters.backends import triton_ssd
+
+    assert WARM_LENGTH > triton_ssd.MAX_LENGTH
 
 
 def test_the_costliest_groups_are_run_first(parity_checkpoints, tmp_path, monkeypatch):
