@@ -67,8 +67,8 @@ def check_raw_dt(device: str) -> list[str]:
         y_ref, s_ref = ssd_chunked(x, discretise(dt, dt_bias, valid), A, B, C, 64, None, state, final)
         errors = [rel_err(y, y_ref)] + ([rel_err(s, s_ref)] if final else [])
         # With dt near 30 the log-decays sum to about -2,000 over 32 tokens, where float32's spacing is 1e-4: the
-        # final state's decay weights carry that error in either scan
-        if errors[0] > 1e-5 or (final and errors[1] > (5e-4 if big_dt else 1e-5)):
+        # decay weights carry that error in either scan (measured on an H200: 2.2e-5 for y, 5.5e-5 for the state)
+        if errors[0] > (1e-4 if big_dt else 1e-5) or (final and errors[1] > (5e-4 if big_dt else 1e-5)):
             failures.append(f"raw dt L={length} final={final} big_dt={big_dt} padded={padded}: "
                             f"errors {[f'{e:.2e}' for e in errors]}")
     return failures

@@ -26,6 +26,9 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+# The one-chunk kernel's products take this precision explicitly ("ieee" unless the user set TRITON_F32_DEFAULT), so
+# that it does not depend on whether Triton read the variable before this module set it.
+IEEE = tl.constexpr(os.environ["TRITON_F32_DEFAULT"])
 MAX_LENGTH = 64  # longer sequences go to the chunked kernels: one program's registers hold the whole chunk
 NUM_WARPS = None  # per program of the one-chunk kernel; None: by tile size (_warps). bench/kernels.py sets it.
 
@@ -61,12 +64,12 @@ def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, L, P, 
     # Within the chunk: the quadratic form (C B^T * decay * dt) x, causal.
     causal = t[:, None] >= t[None, :]
     decay = tl.exp(tl.where(causal, a_cs[:, None] - a_cs[None, :], float("-inf")))
-    scores = tl.dot(Ct, tl.trans(Bt)) * decay * dt[None, :]
-    y = tl.dot(scores, x)
+    scores = tl.dot(Ct, tl.trans(Bt), input_precision=IEEE) * decay * dt[None, :]
+    y = tl.dot(scores, x, input_precision=IEEE)
     if HAS_INIT:  # what the state entering the chunk contributes: exp(a_t) C_t S_0
         s0 = tl.load(S0 + b * ssb + h * ssh + p[:, None] * ssp + n[None, :], mask=in_p[:, None] & in_n[None, :],
                      other=0.0).to(tl.float32)
-        y += tl.exp(a_cs)[:, None] * tl.dot(Ct, tl.trans(s0))
+        y += tl.exp(a_cs)[:, None] * tl.dot(Ct, tl.trans(s0), input_precision=IEEE)
     if HAS_D:
         if D_PER_P:
             y += x * tl.load(D + h * P + p, mask=in_p, other=0.0).to(tl.float32)[None, :]
@@ -76,7 +79,7 @@ def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, L, P, 
     if FINAL:
         a_end = tl.sum(a, axis=0)
         weight = dt * tl.exp(a_end - a_cs)  # padding: dt = 0, no input
-        state = tl.dot(tl.trans(x * weight[:, None]), Bt)  # (P, N)
+        state = tl.dot(tl.trans(x * weight[:, None]), Bt, input_precision=IEEE)  # (P, N)
         if HAS_INIT:
             state += tl.exp(a_end) * s0
         tl.store(SF + b * sfb + h * sfh + p[:, None] * sfp + n[None, :], state, mask=in_p[:, None] & in_n[None, :])
