@@ -96,6 +96,9 @@ def spec_from(args) -> SweepSpec:
         raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {batch!r}")
     if args.tau is not None and not 0 < args.tau <= 1:
         raise ConfigError(f"--tau must be a number in (0, 1], got {args.tau:g}")
+    if args.workers > 1 and args.device not in ("cuda", "cpu"):  # worker i sees GPU i alone, as its "cuda"
+        raise ConfigError(f"--workers {args.workers} puts worker i on GPU i: use --device cuda (or cpu), "
+                          f"got --device {args.device}")
     return SweepSpec(checkpoints=tuple(args.checkpoints or bundled_checkpoints()),
                      tasks=tuple(t for t in args.tasks.split(",") if t), max_iters=tuple(args.max_iter),
                      tols=tuple(args.tol), modes=tuple(args.modes), block_sizes=tuple(args.block_size),

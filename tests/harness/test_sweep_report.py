@@ -160,6 +160,15 @@ def test_a_failing_job_is_recorded_and_the_other_jobs_go_on(parity_checkpoints, 
     assert cli.returncode == 1 and "1 FAILED" in cli.stderr
 
 
+def test_workers_take_the_whole_machine_or_nothing(parity_checkpoints):
+    with pytest.raises(ConfigError, match=r"--workers 2 puts worker i on GPU i: use --device cuda \(or cpu\), "
+                                          r"got --device cuda:1"):
+        spec_from(sweep_parser().parse_args([str(parity_checkpoints["implicit"]), "--workers", "2", "--device",
+                                             "cuda:1"]))
+    assert spec_from(sweep_parser().parse_args([str(parity_checkpoints["implicit"]), "--device", "cuda:1"])).device \
+        == "cuda:1"  # one process may take any GPU
+
+
 def test_tau_is_honoured_or_refused_never_ignored(parity_checkpoints):
     with pytest.raises(ConfigError, match=r"--tau must be a number in \(0, 1\], got 0"):
         spec_from(sweep_parser().parse_args([str(parity_checkpoints["implicit"]), "--tau", "0"]))
