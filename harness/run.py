@@ -41,17 +41,16 @@ def _model_of(args: list[str]) -> str | None:
 
 def cache_fingerprint(model: str, model_args: str) -> str:
     """The adapter's fingerprint for these model_args, computed without building the model."""
-    import torch
     from lm_eval.utils import simple_parse_args_string
 
     from implicit_ssm_eval.model_adapters.backends import resolve_backend
     from implicit_ssm_eval.model_adapters.eval_args import DEFAULT_MAX_LENGTH, parse_model_args
-    from implicit_ssm_eval.model_adapters.formats import load_checkpoint
+    from implicit_ssm_eval.model_adapters.formats import inspect_checkpoint
     from implicit_ssm_eval.model_adapters.lm_eval_models import model_fingerprint
 
     kind = model.split("_")[0]
     args = parse_model_args(kind, simple_parse_args_string(model_args))
-    ckpt = load_checkpoint(args.pretrained, tokenizer=args.tokenizer, dtype=torch.float32, device="cpu")
+    ckpt = inspect_checkpoint(args.pretrained, tokenizer=args.tokenizer)
     budget = ckpt.default_budget.replace(**args.budget_overrides) if kind == "implicit" else None
     return model_fingerprint(ckpt.content_hash, budget, args.dtype_name, resolve_backend(args.backend, args.device),
                              args.max_length or DEFAULT_MAX_LENGTH)

@@ -121,10 +121,10 @@ def budget_key(budget: Budget | None) -> str:
 def plan(spec: SweepSpec) -> list[Job]:
     """Every (checkpoint, budget) of the grid: fixed budgets k at tol 0, adaptive ones (tol > 0) capped at
     adaptive_max_iter, for each mode (and block size); one job for an explicit checkpoint."""
-    from implicit_ssm_eval.model_adapters.formats import load_checkpoint
+    from implicit_ssm_eval.model_adapters.formats import inspect_checkpoint
 
     check_tasks(spec)
-    ckpts = [load_checkpoint(path) for path in spec.checkpoints]
+    ckpts = [inspect_checkpoint(path) for path in spec.checkpoints]  # no weights read: planning is instant
     labels = checkpoint_labels(ckpts)
     jobs = []
     for ckpt, label in zip(ckpts, labels):

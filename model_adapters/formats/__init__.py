@@ -2,6 +2,7 @@
 
     ckpt = load_checkpoint("path/to/dir")       # says which format it found
     ckpt.model, ckpt.tokenizer, ckpt.format, ckpt.content_hash, ckpt.default_budget
+    info = inspect_checkpoint("path/to/dir")    # the same without reading the weights: format, hash, config
 
 Each format is a module with NAME, matches(config) and to_native(config, state, where) -> (ModelConfig,
 state dict in this project's key names, extras). Adding a format means adding such a module to FORMATS.
@@ -34,7 +35,8 @@ from .native import save
 FORMATS = (native, reference, mamba_ssm, hf)
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckpointError", "LoadedCheckpoint", "detect_format", "load_checkpoint", "save"]
+__all__ = ["CheckpointError", "CheckpointInfo", "LoadedCheckpoint", "detect_format", "inspect_checkpoint",
+           "load_checkpoint", "save"]
 
 
 @dataclass
@@ -49,6 +51,34 @@ class LoadedCheckpoint:
     @property
     def default_budget(self) -> Budget | None:
         return self.config.default_budget() if self.config.kind == "implicit" else None
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint is, read from its config, its weight files' headers and its files' hash: enough to plan,
+    key and fingerprint runs without building the model."""
+    format: str
+    path: Path
+    content_hash: str
+    config: ModelConfig
+
+    @property
+    def default_budget(self) -> Budget | None:
+        return self.config.default_budget() if self.config.kind == "implicit" else None
+
+
+def inspect_checkpoint(directory: str | Path, tokenizer: str | Path | None = None) -> CheckpointInfo:
+    """The checkpoint's format, content hash (the one load_checkpoint gives) and config, checked against the
+    weights' shapes; no tensor data is read."""
+    directory = Path(directory)
+    fmt, config = detect_format(directory)
+    wfile = weights_file(directory)
+    files = weight_files(wfile)
+    cfg, shapes, _ = fmt.to_native(config, read_shapes(files), str(directory / "config.json"))
+    check_state(cfg, _with_tied(shapes, cfg), str(wfile))
+    tok = _tokenizer_path(directory, tokenizer)
+    hashed = [directory / "config.json", wfile, *files] + ([tok] if tok else [])
+    return CheckpointInfo(fmt.NAME, directory, content_hash(directory, hashed), cfg)
 
 
 def detect_format(directory: str | Path):
@@ -97,17 +127,20 @@ def _with_tied(state: dict, cfg: ModelConfig) -> dict:
     return state
 
 
+def _tokenizer_path(directory: Path, explicit: str | Path | None) -> Path | None:
+    path = Path(explicit) if explicit is not None else find_tokenizer(directory)
+    return path / "tokenizer.json" if path is not None and path.is_dir() else path
+
+
 def _load_tokenizer(directory: Path, explicit: str | Path | None, extras: dict, eos_token: str | None,
                     prefix_token: str | None) -> Tokenizer | None:
-    path = Path(explicit) if explicit is not None else find_tokenizer(directory)
+    path = _tokenizer_path(directory, explicit)
     if path is None:
         for name, token in (("eos_token", eos_token), ("prefix_token", prefix_token)):
             if token is not None:
                 raise TokenizerError(f"{directory}: {name} {token!r} given but there is no tokenizer.json; pass "
                                      "tokenizer=<path to a tokenizer.json>")
         return None
-    if path.is_dir():
-        path = path / "tokenizer.json"
     eos_token = eos_token if eos_token is not None else extras.get("eos_token")
     tok = Tokenizer(path, eos_token=eos_token, prefix_token=prefix_token)
     eos_id = extras.get("eos_token_id")  # transformers configs give it by id: used only if this vocabulary has it

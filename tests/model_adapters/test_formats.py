@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from implicit_ssm_eval.model_adapters.config import Budget
-from implicit_ssm_eval.model_adapters.formats import CheckpointError, load_checkpoint, save
+from implicit_ssm_eval.model_adapters.formats import CheckpointError, inspect_checkpoint, load_checkpoint, save
 from implicit_ssm_eval.model_adapters.testing import assert_close, tiny_model
 from implicit_ssm_eval.model_adapters.tokenizer import TokenizerError
 
@@ -57,6 +57,15 @@ def test_content_hash_changes_with_the_weights(tmp_path):
     save(tiny_model("explicit", seed=1), tmp_path / "b")
     assert load_checkpoint(tmp_path / "a").content_hash != load_checkpoint(tmp_path / "b").content_hash
     assert load_checkpoint(tmp_path / "a").content_hash == load_checkpoint(tmp_path / "a").content_hash
+
+
+def test_a_rewritten_checkpoint_gets_its_new_hash(tmp_path):
+    """The hash is remembered per process, but never for files that changed since."""
+    save(tiny_model("explicit", seed=0), tmp_path / "a")
+    first = load_checkpoint(tmp_path / "a").content_hash
+    shutil.rmtree(tmp_path / "a")
+    save(tiny_model("explicit", seed=1), tmp_path / "a")  # same path, same sizes
+    assert load_checkpoint(tmp_path / "a").content_hash != first
 
 
 def test_save_is_atomic_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
@@ -150,6 +159,27 @@ def test_transformers_checkpoint_matches_transformers_outputs(tmp_path, ngroups,
         expected = reference(ids).logits
     assert ckpt.format == "transformers"
     assert_close(logits(ckpt, ids), expected, 1e-4, "logits")
+
+
+def test_inspect_checkpoint_says_what_load_checkpoint_does_without_the_weights(tmp_path, monkeypatch):
+    """Format, content hash and config of every format, from the config and the weights' headers only."""
+    model = tiny_model("implicit")
+    save(model, tmp_path / "native", tokenizer_path=word_tokenizer(tmp_path / "tok.json"), eos_token="<eos>")
+    make_transformers_checkpoint(tmp_path / "hf", 1, False)
+    tok = word_tokenizer(tmp_path / "tokenizer.json")
+    cases = [(tmp_path / "native", None), (FIXTURES / "reference_implicit", None), (FIXTURES / "mamba_ssm_tiny", None),
+             (FIXTURES / "mamba_ssm_tiny", tok), (tmp_path / "hf", None)]
+    loaded = [load_checkpoint(path, tokenizer=t) for path, t in cases]
+
+    def no_tensors(*a, **kw):
+        raise AssertionError("inspect_checkpoint read tensor data")
+
+    monkeypatch.setattr("implicit_ssm_eval.model_adapters.formats.read_weights", no_tensors)
+    for (path, t), full in zip(cases, loaded):
+        info = inspect_checkpoint(path, tokenizer=t)
+        assert (info.format, info.content_hash, info.config, info.default_budget) == \
+            (full.format, full.content_hash, full.config, full.default_budget), path
+    assert loaded[2].content_hash != loaded[3].content_hash  # the tokenizer is part of it
 
 
 def test_tokenizer_from_an_explicit_path(tmp_path):
