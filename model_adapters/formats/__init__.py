@@ -40,20 +40,6 @@ __all__ = ["CheckpointError", "CheckpointInfo", "LoadedCheckpoint", "detect_form
 
 
 @dataclass
-class LoadedCheckpoint:
-    model: ExplicitLM | ImplicitLM
-    tokenizer: Tokenizer | None
-    format: str
-    path: Path
-    content_hash: str
-    config: ModelConfig
-
-    @property
-    def default_budget(self) -> Budget | None:
-        return self.config.default_budget() if self.config.kind == "implicit" else None
-
-
-@dataclass
 class CheckpointInfo:
     """What a checkpoint is, read from its config, its weight files' headers and its files' hash: enough to plan,
     key and fingerprint runs without building the model."""
@@ -65,6 +51,12 @@ class CheckpointInfo:
     @property
     def default_budget(self) -> Budget | None:
         return self.config.default_budget() if self.config.kind == "implicit" else None
+
+
+@dataclass
+class LoadedCheckpoint(CheckpointInfo):
+    model: ExplicitLM | ImplicitLM
+    tokenizer: Tokenizer | None
 
 
 def inspect_checkpoint(directory: str | Path, tokenizer: str | Path | None = None) -> CheckpointInfo:
@@ -117,7 +109,7 @@ def load_checkpoint(directory: str | Path, tokenizer: str | Path | None = None, 
     tok = _load_tokenizer(directory, tokenizer, extras, eos_token, prefix_token)
     hashed = [directory / "config.json", wfile, *files] + ([tok.path] if tok else [])
     logger.info("loaded %s checkpoint (%s model) from %s", fmt.NAME, cfg.kind, directory)
-    return LoadedCheckpoint(model, tok, fmt.NAME, directory, content_hash(directory, hashed), cfg)
+    return LoadedCheckpoint(fmt.NAME, directory, content_hash(directory, hashed), cfg, model=model, tokenizer=tok)
 
 
 def _with_tied(state: dict, cfg: ModelConfig) -> dict:
