@@ -244,8 +244,7 @@ def estimated_cost(group: list[Job]) -> float:
     """A rough cost of a group of jobs, to start the longest first: the checkpoint's size on disk x evaluations
     per token (an adaptive budget counted as 16 at most) x the reading's weight x the number of tasks."""
     job = max(group, key=lambda j: j.budget.max_iter if j.budget else 0)
-    path = Path(job.checkpoint)
-    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if path.is_dir() else path.stat().st_size
+    size = sum(f.stat().st_size for f in Path(job.checkpoint).iterdir() if f.is_file())  # a checkpoint is a folder
     budget = job.budget
     if budget is None:
         return size * len(job.tasks)
@@ -286,7 +285,7 @@ def _run_workers(spec: SweepSpec, out: Path, outcome: Outcome, pending: list[lis
                                        str(claims / "spec.json"), "--worker-index", str(i), "--out", str(out),
                                        "--quiet"], env=env))
     while any(p.poll() is None for p in procs):
-        if procs[0].poll() is not None:  # worker 0 ended (or died) before saying the kernels were warm
+        if procs[0].poll() is not None and not (claims / WARM).exists():  # worker 0 died before saying it
             (claims / WARM).touch()
         time.sleep(0.1)
     codes = [p.returncode for p in procs]

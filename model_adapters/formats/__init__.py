@@ -63,14 +63,21 @@ def inspect_checkpoint(directory: str | Path, tokenizer: str | Path | None = Non
     """The checkpoint's format, content hash (the one load_checkpoint gives) and config, checked against the
     weights' shapes; no tensor data is read."""
     directory = Path(directory)
+    fmt, config, wfile, files, cfg = _dry_run(directory)
+    tok = _tokenizer_path(directory, tokenizer)
+    hashed = [directory / "config.json", wfile, *files] + ([tok] if tok else [])
+    return CheckpointInfo(fmt.NAME, directory, content_hash(directory, hashed), cfg)
+
+
+def _dry_run(directory: Path):
+    """The format, its config, the weight files and the project config, checked against the weights' shapes alone
+    (their headers: no tensor data is read)."""
     fmt, config = detect_format(directory)
     wfile = weights_file(directory)
     files = weight_files(wfile)
     cfg, shapes, _ = fmt.to_native(config, read_shapes(files), str(directory / "config.json"))
     check_state(cfg, _with_tied(shapes, cfg), str(wfile))
-    tok = _tokenizer_path(directory, tokenizer)
-    hashed = [directory / "config.json", wfile, *files] + ([tok] if tok else [])
-    return CheckpointInfo(fmt.NAME, directory, content_hash(directory, hashed), cfg)
+    return fmt, config, wfile, files, cfg
 
 
 def detect_format(directory: str | Path):
@@ -94,15 +101,10 @@ def load_checkpoint(directory: str | Path, tokenizer: str | Path | None = None, 
     directory's tokenizer.json if present (else None: callers that need one say so). `eos_token` (overriding
     the checkpoint's) and `prefix_token` name special tokens of that tokenizer (see Tokenizer)."""
     directory = Path(directory)
-    fmt, config = detect_format(directory)
-    wfile = weights_file(directory)
-    files = weight_files(wfile)
-    where = str(directory / "config.json")
-    # A dry run on shapes alone (headers, no tensor data) before the real model is built, so a config that
-    # disagrees with the weights, or implies a huge model, fails having allocated nothing.
-    cfg, shapes, _ = fmt.to_native(config, read_shapes(files), where)
-    check_state(cfg, _with_tied(shapes, cfg), str(wfile))
-    cfg, state, extras = fmt.to_native(config, read_weights(files), where)
+    # The dry run comes first, so a config that disagrees with the weights, or implies a huge model, fails having
+    # allocated nothing.
+    fmt, config, wfile, files, _ = _dry_run(directory)
+    cfg, state, extras = fmt.to_native(config, read_weights(files), str(directory / "config.json"))
     model = build_model(cfg)
     model.load_state_dict(_with_tied(state, cfg), strict=True)
     model = model.to(device=device, dtype=dtype).eval()
