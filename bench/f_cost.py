@@ -38,6 +38,8 @@ def main() -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--calls", type=int, default=100)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--profile", action="store_true", help="also the torch profiler's op table of 50 evaluations "
+                   "without commit, per length")
     args = p.parse_args()
     model = load_checkpoint(args.checkpoint, dtype=torch.float32, device=torch.device("cpu")).model
     model.use_backend("torch")
@@ -58,6 +60,17 @@ def main() -> None:
                     return model.f(z, u, state, None, commit)
             best = cost(fn, args.calls, args.rounds)
             print(f"{length:6d} {best[True]:12.0f} {best[False]:15.0f} {best[True] / best[False]:5.2f}x")
+            if args.profile:
+                profile(fn)
+
+
+def profile(fn) -> None:
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile() as prof:
+        for _ in range(50):
+            fn(False)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":
