@@ -41,11 +41,11 @@ def checkpoint_130m(root: Path) -> Path:
     return save(build_model(cfg), root / "implicit-130m", tokenizer_path=root / "tokenizer.json", eos_token="<eos>")
 
 
-def sweep(args: list[str], out: Path, workers: int) -> tuple[float, dict]:
+def sweep(args: list[str], out: Path, workers: int, env: dict | None = None) -> tuple[float, dict]:
     cmd = [sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", *args, "--device", "cuda", "--workers",
            str(workers), "--out", str(out), "--quiet"]
     start, began = time.perf_counter(), time.time()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
     return time.perf_counter() - start, timeline(out, began)
@@ -53,7 +53,7 @@ def sweep(args: list[str], out: Path, workers: int) -> tuple[float, dict]:
 
 def timeline(out: Path, began: float) -> dict:
     """Where a sweep's wall time went, from the jobs' own records: seconds from the command's start to the first
-    job's start (start-up, kernel warm-up), each worker's busy seconds and when its last job ended."""
+    job's start (start-up), when the workers were spawned, each worker's busy seconds and when its last job ended."""
     runs = [json.loads(p.read_text()) for p in out.glob("*/*/results.json")]
     runs = [(r["sweep"], r["date"]) for r in runs if r["sweep"]["wall_s"] > 0]  # anytime budgets share a run
     workers: dict[str, dict] = {}
@@ -62,9 +62,9 @@ def timeline(out: Path, began: float) -> dict:
         w["jobs"] += 1
         w["busy_s"] = round(w["busy_s"] + info["wall_s"], 1)
         w["last_end_s"] = round(max(w["last_end_s"], ended - began), 1)
-    warm = json.loads((out / "sweep.json").read_text()).get("kernel_warm_up")
+    spawned = json.loads((out / "sweep.json").read_text()).get("workers_spawned")
     return {"first_job_s": round(min(i["started"] for i, _ in runs) - began, 1) if runs else None,
-            "workers": workers, "kernel_warm_up": warm}
+            "workers": workers, "workers_spawned_s": round(spawned - began, 1) if spawned else None}
 
 
 def metrics(out: Path) -> dict:
@@ -94,6 +94,9 @@ def main() -> None:
     p.add_argument("--paragraphs", type=int, nargs="+", default=[16],
                    help="130m workload: paragraphs of 500 words (job length); one workload per value")
     p.add_argument("--workloads", nargs="+", default=["130m", "bundled"], choices=["130m", "bundled"])
+    p.add_argument("--cold", action="store_true", help="an empty Triton cache for each workload, and the workers "
+                   "first: they compile and tune side by side; then one GPU, reading their choices (the metrics must "
+                   "still be identical; the times include compilation and are not a speed-up)")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp())
     ckpt = checkpoint_130m(root)
@@ -108,12 +111,18 @@ def main() -> None:
             json.dumps({"ppl_text_path": str(text), "ppl_split": "paragraphs"})]
     if "bundled" in args.workloads:
         workloads["bundled"] = ["--num-docs", "5"]
-    results = {"device": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count(), "workers": args.workers}
+    results = {"device": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count(), "workers": args.workers,
+               "cold": args.cold}
     for name, sweep_args in workloads.items():
-        sweep([*sweep_args, "--modes", "simultaneous", "sequential", "--max-iter", "1", "--tol", "0"],
-              root / f"warm-{name}", 1)  # warm-up: Triton compiles into its cache (shared by later processes)
-        one, one_timeline = sweep(sweep_args, root / f"{name}-1", 1)
-        many, many_timeline = sweep(sweep_args, root / f"{name}-{args.workers}", args.workers)
+        env = {"TRITON_CACHE_DIR": str(root / f"triton-{name}")} if args.cold else {}
+        if args.cold:
+            many, many_timeline = sweep(sweep_args, root / f"{name}-{args.workers}", args.workers, env)
+            one, one_timeline = sweep(sweep_args, root / f"{name}-1", 1, env)
+        else:
+            sweep([*sweep_args, "--modes", "simultaneous", "sequential", "--max-iter", "1", "--tol", "0"],
+                  root / f"warm-{name}", 1)  # warm-up: Triton compiles into its cache (shared by later processes)
+            one, one_timeline = sweep(sweep_args, root / f"{name}-1", 1)
+            many, many_timeline = sweep(sweep_args, root / f"{name}-{args.workers}", args.workers)
         first, second = metrics(root / f"{name}-1"), metrics(root / f"{name}-{args.workers}")
         results[name] = {"one_gpu_s": round(one, 1), f"{args.workers}_gpus_s": round(many, 1),
                          "speedup": round(one / many, 2), "identical_metrics": first == second,

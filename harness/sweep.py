@@ -208,11 +208,19 @@ def run_sweep(spec: SweepSpec, out: Path, progress: bool = True, worker: int | N
     worker this process is (None: the sweep itself), and it runs the groups it claims."""
     from tqdm import tqdm
 
-    jobs = plan(spec)
     out.mkdir(parents=True, exist_ok=True)
+    spawned = time.time()
+    procs = _spawn_workers(spec, out) if spec.workers > 1 and worker is None else []
+    try:  # the workers start up (imports, CUDA) while this process plans; they plan for themselves
+        jobs = plan(spec)
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
     if worker is None:
         write_json_atomic(out / "sweep.json", {"spec": spec.to_dict(), "commit": git_commit(),
-                                               "jobs": [str(j.dir(out).relative_to(out)) for j in jobs]})
+                                               "jobs": [str(j.dir(out).relative_to(out)) for j in jobs],
+                                               **({"workers_spawned": spawned} if procs else {})})
     outcome = Outcome(jobs)
     pending = []
     for group in anytime_groups(jobs, spec):
@@ -221,8 +229,8 @@ def run_sweep(spec: SweepSpec, out: Path, progress: bool = True, worker: int | N
         if todo:
             pending.append(todo)
     pending.sort(key=estimated_cost, reverse=True)  # the longest jobs first: workers end closer together
-    if spec.workers > 1 and worker is None:
-        return _run_workers(spec, out, outcome, pending)
+    if procs:
+        return _wait_for_workers(procs, spec, out, outcome, pending)
     bar = tqdm(total=sum(len(g) for g in pending), disable=not progress, desc="sweep", unit="job", smoothing=0)
     for group in pending:
         if worker is not None and not _claim(out, group):
@@ -265,9 +273,11 @@ def _claim(out: Path, group: list[Job]) -> bool:
         return False
 
 
-def _run_workers(spec: SweepSpec, out: Path, outcome: Outcome, pending: list[list[Job]]) -> Outcome:
-    """spec.workers processes share the pending groups; on CUDA worker i sees GPU i only. Each job's numbers are
-    what one process would compute (a job never spans workers); results are keyed and atomic as ever."""
+def _spawn_workers(spec: SweepSpec, out: Path) -> list[subprocess.Popen]:
+    """spec.workers processes that share the pending groups; on CUDA worker i sees GPU i only. Each job's numbers
+    are what one process would compute: a job never spans workers, and workers that need the same autotuned kernel
+    take turns to tune it, the later ones reading the first one's choice (backends/triton_tuning.py). Results are
+    keyed and atomic as ever."""
     import shutil
     import sys
 
@@ -284,13 +294,16 @@ def _run_workers(spec: SweepSpec, out: Path, outcome: Outcome, pending: list[lis
         procs.append(subprocess.Popen([sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", "--worker-spec",
                                        str(claims / "spec.json"), "--worker-index", str(i), "--out", str(out),
                                        "--quiet"], env=env))
-    while any(p.poll() is None for p in procs):
-        if procs[0].poll() is not None and not (claims / WARM).exists():  # worker 0 died before saying it
-            (claims / WARM).touch()
-        time.sleep(0.1)
-    codes = [p.returncode for p in procs]
-    _record_warm_up(out, claims / WARM)
-    shutil.rmtree(claims, ignore_errors=True)
+    return procs
+
+
+def _wait_for_workers(procs: list[subprocess.Popen], spec: SweepSpec, out: Path, outcome: Outcome,
+                      pending: list[list[Job]]) -> Outcome:
+    """The workers' outcome, read back from the results they wrote (a job without one failed)."""
+    import shutil
+
+    codes = [p.wait() for p in procs]
+    shutil.rmtree(out / CLAIMS, ignore_errors=True)
     for group in pending:
         for job in group:
             if job.status(out, spec) == "done":
@@ -302,107 +315,8 @@ def _run_workers(spec: SweepSpec, out: Path, outcome: Outcome, pending: list[lis
     return outcome
 
 
-WARM = "kernels-warm"  # in CLAIMS: worker 0 has run warm_kernels (what it cost, as JSON)
-
-
-def _record_warm_up(out: Path, marker: Path) -> None:
-    """sweep.json keeps what worker 0's kernel warm-up cost (seconds, and per checkpoint and reading)."""
-    try:
-        warm = json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):  # no warm-up (the CPU), or worker 0 died before it ended
-        return
-    meta = json.loads((out / "sweep.json").read_text())
-    write_json_atomic(out / "sweep.json", {**meta, "kernel_warm_up": warm})
-
-
 def _on_cuda(spec: SweepSpec) -> bool:
     return str(spec.device).startswith("cuda")
-
-
-def run_worker(spec: SweepSpec, out: Path, index: int) -> Outcome:
-    """One of --workers N. On CUDA, worker 0 first runs warm_kernels while the others start up (imports, the CUDA
-    context, the task index); they wait for it before their first job, so that every worker reads the kernel
-    choices it stored."""
-    if _on_cuda(spec) and index == 0:
-        started, ran = time.monotonic(), []
-        try:
-            ran = warm_kernels(spec)
-        except Exception as exc:  # noqa: BLE001 - the jobs still run; each worker then tunes its own kernels
-            logger.warning("warming the kernels failed (%s): each worker tunes its own, and the metrics may differ "
-                           "from one GPU's in the last bits", exc)
-        finally:
-            write_json_atomic(out / CLAIMS / WARM, {"seconds": round(time.monotonic() - started, 2), "ran": ran})
-    elif _on_cuda(spec):
-        _start_up(spec)
-        while not (out / CLAIMS / WARM).exists():
-            time.sleep(0.05)
-    return run_sweep(spec, out, progress=False, worker=index)
-
-
-def _start_up(spec: SweepSpec) -> None:
-    """What every job needs first, done while worker 0 warms the kernels."""
-    import torch
-    from lm_eval import evaluator  # noqa: F401 - imported for its start-up cost
-
-    from implicit_ssm_eval.model_adapters import lm_eval_models  # noqa: F401
-
-    torch.zeros(1, device=spec.device)
-    task_manager(json.dumps(spec.metadata, sort_keys=True))
-
-
-# Tokens of the warm-up's simultaneous reading: past the one-chunk kernel's 64 (triton_ssd.MAX_LENGTH), so that
-# mamba_ssm's chunked kernels, the autotuned ones that long inputs take, are tuned too.
-WARM_LENGTH = 65
-
-
-def warm_kernels(spec: SweepSpec) -> list[tuple[str, str, float]]:
-    """Run each checkpoint of the sweep once, on a few tokens, in every reading its jobs use (and a decoding step):
-    Triton compiles and autotunes the kernels and stores its choices on disk (the triton backend turns that cache
-    on). Workers started afterwards read those choices. Started together without it, each would time the
-    configurations itself, and they would choose differently and disagree in the last bits. Returns the
-    (checkpoint, reading, seconds) run, the checkpoint's loading counted in its first reading."""
-    import torch
-
-    from implicit_ssm_eval.model_adapters.backends import resolve_backend
-    from implicit_ssm_eval.model_adapters.eval_args import DTYPES
-    from implicit_ssm_eval.model_adapters.formats import load_checkpoint
-
-    readings: dict[Path, dict[str, Budget | None]] = {}
-    for job in plan(spec):
-        readings.setdefault(job.checkpoint, {})[reading_key(job.budget)] = job.budget
-    ran = []
-    device = torch.device(spec.device)
-    for path, budgets in readings.items():
-        started = time.monotonic()
-        try:
-            model = load_checkpoint(path, dtype=DTYPES[spec.dtype], device=device).model
-            model.use_backend(resolve_backend(spec.backend, device))
-        except JOB_ERRORS as exc:  # its jobs will fail on their own, with this message in failed.json
-            logger.warning("not warming %s: %s", path, exc)
-            continue
-        with torch.inference_mode():
-            for name, budget in budgets.items():
-                _warm_reading(model, budget, device)
-                ran.append((str(path), name, round(time.monotonic() - started, 2)))
-                started = time.monotonic()
-    return ran
-
-
-def _warm_reading(model, budget: Budget | None, device) -> None:
-    import torch
-
-    if budget is not None and budget.mode == "blockwise":
-        length = budget.block_size + 1
-    elif budget is not None and budget.mode == "sequential":
-        length = 2
-    else:
-        length = WARM_LENGTH
-    ids = torch.zeros(1, length, dtype=torch.long, device=device)
-    if budget is None:
-        out = model(ids)
-        model.step(ids[:, 0], out.state)
-    else:
-        model(ids, budget.replace(max_iter=1, tol=0.0))
 
 
 def _status(job: Job, out: Path, spec: SweepSpec) -> str:

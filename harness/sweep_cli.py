@@ -14,7 +14,7 @@ from implicit_ssm_eval.model_adapters.fixed_point import SOLVERS
 
 from . import leaderboard, plots, report
 from .results import Loaded, load_runs
-from .sweep import DEFAULT_MAX_ITERS, DEFAULT_MODES, DEFAULT_TOLS, Outcome, SweepSpec, run_sweep, run_worker
+from .sweep import DEFAULT_MAX_ITERS, DEFAULT_MODES, DEFAULT_TOLS, Outcome, SweepSpec, run_sweep
 
 PROJECT = Path(__file__).resolve().parents[1]
 BUNDLED = PROJECT / "checkpoints"
@@ -113,7 +113,7 @@ def sweep_main(argv: list[str]) -> int:
     args = sweep_parser().parse_args(argv)
     if args.worker_spec:  # one of --workers N: run the groups it claims, no report
         spec = SweepSpec.from_dict({**json.loads(args.worker_spec.read_text()), "workers": 1})
-        outcome = run_worker(spec, args.out, args.worker_index)
+        outcome = run_sweep(spec, args.out, progress=False, worker=args.worker_index)
         return 1 if outcome.failed else 0
     outcome = run_sweep(spec_from(args), args.out, progress=not args.quiet)
     print(write_report([args.out], args.out / "report", command=f"implicit-eval report {args.out}"))

@@ -15,8 +15,13 @@ os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # read when a kernel is com
 # Autotuned kernels time their configurations in each new process and take the fastest, and timings are noisy: two
 # processes can choose different tiles, which sum in another order and disagree in the last bits (measured on an
 # H200: bench/cross_process.py). Cached on disk, the first choice made on a machine is every later process's
-# choice. Read when a kernel is decorated, so before mamba_ssm's modules and ours are imported.
+# choice. Read when a kernel is decorated, so before mamba_ssm's modules and ours are imported. Processes that start
+# together (sweep workers) take turns to tune each kernel, so the first one's choice is theirs too (triton_tuning).
 os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+
+from . import triton_tuning  # noqa: E402
+
+triton_tuning.install()
 
 import torch  # noqa: E402
 from mamba_ssm.ops.triton.layer_norm import _layer_norm_fwd  # noqa: E402

@@ -2,7 +2,6 @@
 report of any results, plots and the leaderboard (checked against the results files, and as a snapshot)."""
 
 import json
-import logging
 import os
 import re
 import subprocess
@@ -287,118 +286,55 @@ def test_two_workers_compute_what_one_does(parity_checkpoints, tmp_path):
     assert not again.ran and len(again.skipped) == 9  # resumable as ever
 
 
-def test_kernels_are_warmed_once_per_checkpoint_and_reading(parity_checkpoints, monkeypatch):
-    """Before --workers N start on CUDA, one process runs every (checkpoint, reading) of the sweep on a few tokens
-    (Triton tunes each kernel once and every worker reads that choice: BENCHMARKS.md, cross-process identity)."""
-    from implicit_ssm_eval.harness import sweep
-    from implicit_ssm_eval.model_adapters.models import ExplicitLM, ImplicitLM
+class FakeWorker:
+    """subprocess.Popen for a sweep worker that does nothing: records how it was started; worker 0 fails."""
 
-    calls = []
-    for cls in (ImplicitLM, ExplicitLM):
-        original = cls.forward
+    def __init__(self, log, cmd, env):
+        self.index = int(cmd[cmd.index("--worker-index") + 1])
+        log.append(("spawn", env.get("CUDA_VISIBLE_DEVICES"), self.index))
+        self.log = log
 
-        def forward(self, ids, budget=None, *a, _original=original, **kw):
-            calls.append((type(self).__name__, ids.shape[1], budget and (budget.mode, budget.max_iter)))
-            return _original(self, ids, budget, *a, **kw)
+    def wait(self):
+        return 1 if self.index == 0 else 0
 
-        monkeypatch.setattr(cls, "forward", forward)
-    s = spec(parity_checkpoints.values(), modes=("simultaneous", "sequential", "blockwise"), block_sizes=(4, 8))
-    ran = sweep.warm_kernels(s)
-    implicit = [str(p) for name, p in parity_checkpoints.items() if "implicit" in name]
-    assert sorted(r[:2] for r in ran if r[0] in implicit) == sorted(
-        (p, r) for p in implicit for r in ("simultaneous", "sequential", "blockwise4", "blockwise8"))
-    assert all(r[2] >= 0 for r in ran)  # seconds each
-    assert ("ImplicitLM", 5, ("blockwise", 1)) in calls and ("ImplicitLM", 2, ("sequential", 1)) in calls
-    # simultaneous: past the one-chunk kernel, so that the chunked kernels long inputs take are tuned too
-    assert ("ImplicitLM", sweep.WARM_LENGTH, ("simultaneous", 1)) in calls
-    assert sum(1 for c in calls if c[0] == "ExplicitLM") == len(parity_checkpoints) - len(implicit)
-
-    def unavailable(name, device):
-        raise ConfigError("backend=triton needs a CUDA device")
-
-    monkeypatch.setattr("implicit_ssm_eval.model_adapters.backends.resolve_backend", unavailable)
-    assert sweep.warm_kernels(s) == []  # a checkpoint that cannot load is skipped: its jobs fail on their own
+    def kill(self):
+        self.log.append(("kill", self.index))
 
 
-def test_workers_start_together_and_worker_0_says_when_the_kernels_are_warm(parity_checkpoints, tmp_path,
-                                                                           monkeypatch):
-    """--workers N on CUDA: all N processes start at once, worker i on GPU i; if worker 0 ends without saying the
-    kernels are warm, the sweep says it, so that no other worker waits for ever."""
+def test_workers_start_up_while_the_sweep_plans(parity_checkpoints, tmp_path, monkeypatch):
+    """--workers N: the N processes are started first (imports, the CUDA context and their own plan take seconds),
+    worker i on GPU i; a job no worker finished is a failure that names their exit codes."""
     from implicit_ssm_eval.harness import sweep
 
-    started = []
-
-    class Worker:
-        def __init__(self, cmd, env):
-            started.append((env.get("CUDA_VISIBLE_DEVICES"), cmd[cmd.index("--worker-index") + 1]))
-            self.returncode = None
-            self.index = len(started) - 1
-            self.marker = Path(cmd[cmd.index("--out") + 1]) / sweep.CLAIMS / sweep.WARM
-
-        def poll(self):  # worker 0 dies at once; worker 1 runs until it sees the warm marker
-            warm = self.marker.exists()
-            self.returncode = 1 if self.index == 0 else (0 if warm else None)
-            return self.returncode
-
+    log = []
+    planned = sweep.plan
+    monkeypatch.setattr(sweep, "plan", lambda s: log.append(("plan",)) or planned(s))
     monkeypatch.setattr(sweep, "git_commit", lambda: "test")
-    monkeypatch.setattr(sweep.subprocess, "Popen", Worker)
+    monkeypatch.setattr(sweep.subprocess, "Popen", lambda cmd, env: FakeWorker(log, cmd, env))
     outcome = run_sweep(spec(parity_checkpoints.values(), device="cuda", workers=2), tmp_path / "out",
                         progress=False)
-    assert started == [("0", "0"), ("1", "1")]
+    assert log == [("spawn", "0", 0), ("spawn", "1", 1), ("plan",)]
     assert outcome.failed and "worker exit codes [1, 0]" in next(iter(outcome.failed.values()))
-    started.clear()
+    assert json.loads((tmp_path / "out" / "sweep.json").read_text())["workers_spawned"] > 0  # for the timeline
+    assert not (tmp_path / "out" / ".claims").exists()
+    log.clear()
     run_sweep(spec(parity_checkpoints.values(), workers=2), tmp_path / "cpu", progress=False)
-    assert started == [(None, "0"), (None, "1")]  # the CPU: no GPU to pick
+    assert log[:2] == [("spawn", None, 0), ("spawn", None, 1)]  # the CPU: no GPU to pick
 
 
-def test_worker_0_warms_the_kernels_while_the_others_start_up(parity_checkpoints, tmp_path, monkeypatch, caplog):
-    import threading
-    import time
-
+def test_a_sweep_that_cannot_plan_stops_its_workers(parity_checkpoints, tmp_path, monkeypatch):
     from implicit_ssm_eval.harness import sweep
 
-    events = []
-    marker = tmp_path / sweep.CLAIMS / sweep.WARM
-    marker.parent.mkdir()
-    monkeypatch.setattr(sweep, "run_sweep", lambda s, out, progress, worker: events.append(
-        ("jobs", worker, marker.exists())))
-    monkeypatch.setattr(sweep, "_start_up", lambda s: events.append(("start-up", s.device)))
-    monkeypatch.setattr(sweep, "warm_kernels", lambda s: events.append(("warm", s.device)))
-    s = spec(parity_checkpoints.values(), device="cuda")
-    threading.Timer(0.3, marker.touch).start()  # worker 0, elsewhere, after a while
-    began = time.monotonic()
-    sweep.run_worker(s, tmp_path, 1)
-    assert time.monotonic() - began >= 0.25
-    assert events == [("start-up", "cuda"), ("jobs", 1, True)]  # started up, then waited for the warm kernels
-    events.clear()
-    marker.unlink()
-    sweep.run_worker(s, tmp_path, 0)
-    assert events == [("warm", "cuda"), ("jobs", 0, True)] and json.loads(marker.read_text())["seconds"] >= 0
-    (tmp_path / "sweep.json").write_text(json.dumps({"spec": {}}))
-    sweep._record_warm_up(tmp_path, marker)  # the sweep keeps what the warm-up cost
-    assert json.loads((tmp_path / "sweep.json").read_text())["kernel_warm_up"]["seconds"] >= 0
+    log = []
 
-    def broken(s):
-        raise RuntimeError("out of memory")
+    def bad(s):
+        raise ConfigError("no such task")
 
-    monkeypatch.setattr(sweep, "warm_kernels", broken)
-    marker.unlink()
-    events.clear()
-    with caplog.at_level(logging.WARNING, logger="implicit_ssm_eval"):
-        sweep.run_worker(s, tmp_path, 0)  # a failed warm-up is a warning: the jobs still run, the others go on
-    assert events == [("jobs", 0, True)] and "warming the kernels failed (out of memory)" in caplog.text
-    events.clear()
-    marker.unlink()
-    sweep.run_worker(spec(parity_checkpoints.values()), tmp_path, 1)
-    assert events == [("jobs", 1, False)]  # nothing to tune on the CPU: no waiting
-
-
-def test_the_warm_up_reaches_the_chunked_kernels():
-    pytest.importorskip("triton")
-    from implicit_ssm_eval.harness.sweep import WARM_LENGTH
-    from implicit_ssm_eval.model_adapters.backends import triton_ssd
-
-    assert WARM_LENGTH > triton_ssd.MAX_LENGTH
+    monkeypatch.setattr(sweep, "plan", bad)
+    monkeypatch.setattr(sweep.subprocess, "Popen", lambda cmd, env: FakeWorker(log, cmd, env))
+    with pytest.raises(ConfigError, match="no such task"):
+        run_sweep(spec(parity_checkpoints.values(), device="cuda", workers=2), tmp_path / "out", progress=False)
+    assert log[2:] == [("kill", 0), ("kill", 1)]
 
 
 def test_the_costliest_groups_are_run_first(parity_checkpoints, tmp_path, monkeypatch):
