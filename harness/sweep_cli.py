@@ -68,7 +68,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-anytime", action="store_true", help="run every budget separately (for timing comparisons)")
     p.add_argument("--workers", type=positive_int, default=1, help="processes sharing the jobs, one per GPU with "
                    "--device cuda; each job runs whole on one of them, with the same numbers as on one GPU (opt-in: "
-                   "about 20 s of kernel warm-up, paid back by long jobs; see BENCHMARKS.md)")
+                   "each worker pays a process start-up, paid back by long jobs; see BENCHMARKS.md)")
     p.add_argument("--worker-spec", type=Path, default=None, help=argparse.SUPPRESS)  # a worker of --workers N
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)  # which of the N workers
     p.add_argument("--out", type=Path, default=Path("results/sweep"))

@@ -229,7 +229,7 @@ def rename(state: dict[str, Tensor], mapping: list[tuple[str, str]]) -> dict[str
 
 def content_hash(directory: Path, files: list[Path]) -> str:
     """sha256 over the files that define the model (config, weights, tokenizer), in a fixed order. Remembered per
-    process for files of the same size, modification time and inode: a sweep plans, warms and runs each checkpoint, and
+    process for files of the same size, modification time and inode: a sweep plans and runs each checkpoint, and
     reading a large one takes seconds each time."""
     files = sorted(set(files))
     stamp = tuple((str(Path(f).resolve()), *_identity(f)) for f in files)
