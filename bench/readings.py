@@ -68,6 +68,7 @@ def main() -> None:
     p.add_argument("--tol", type=float, default=0.01)
     p.add_argument("--max-iter", type=int, default=256)
     p.add_argument("--tau", type=float, default=None, help="damping of every reading (default: the checkpoint's)")
+    p.add_argument("--solver", default="fixed_point", help="the solver of every reading (fixed_point.SOLVERS)")
     p.add_argument("--block-sizes", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     p.add_argument("--simultaneous", action="store_true", help="also the simultaneous reading (slow at 8x)")
     p.add_argument("--repeats", type=int, default=3)
@@ -86,7 +87,7 @@ def main() -> None:
     docs = documents(args.task, args.bucket, args.docs, args.seed)
     ids = torch.tensor([ckpt.tokenizer.encode(d["input"]) for d in docs], device=device)
     targets = torch.tensor([ckpt.tokenizer.encode(d["target"])[0] for d in docs], device=device)
-    base = Budget(max_iter=args.max_iter, tol=args.tol, tau=args.tau or ckpt.default_budget.tau)
+    base = Budget(max_iter=args.max_iter, tol=args.tol, tau=args.tau or ckpt.default_budget.tau, solver=args.solver)
     readings = {"sequential": base.replace(mode="sequential"),
                 **{f"blockwise {c}": base.replace(mode="blockwise", block_size=c) for c in args.block_sizes}}
     if args.simultaneous:
