@@ -13,23 +13,37 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
+
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (flock), released when the block ends or the process dies."""
+    """An exclusive lock between processes (flock), released when the block ends or the process dies. Where no lock
+    can be had (a read-only cache, a file system without flock), a warning, and the block runs unlocked: each
+    process then tunes on its own, as without this module."""
     import fcntl
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    fd = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        logger.warning("cannot lock %s (%s): this process tunes Triton's kernels on its own, and two processes "
+                       "tuning at once may choose different tiles", path, exc)
+        if fd is not None:
+            os.close(fd)
+            fd = None
+    try:
         yield
     finally:
-        os.close(fd)  # closing the descriptor drops the lock
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the lock
 
 
 def lock_path(cache_dir: str | Path, kernel: str, tuning_key: object) -> Path:

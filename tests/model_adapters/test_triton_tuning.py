@@ -36,6 +36,14 @@ def test_the_lock_excludes_other_processes(tmp_path):
     assert all(a_end <= b_began for (_, a_end), (b_began, _) in zip(spans, spans[1:])), spans
 
 
+def test_without_a_lock_the_block_still_runs_and_says_so(tmp_path, caplog):
+    (tmp_path / "a-file").write_text("")
+    ran = []
+    with caplog.at_level("WARNING"), triton_tuning.file_lock(tmp_path / "a-file" / "locks" / "k.lock"):
+        ran.append(True)  # the cache folder cannot be made: tuning goes on, unlocked
+    assert ran == [True] and "cannot lock" in caplog.text and "on its own" in caplog.text
+
+
 def test_one_lock_per_kernel_and_tuning_key(tmp_path):
     path = triton_tuning.lock_path(tmp_path, "_chunk_scan_fwd_kernel", (256, 64, 128, "torch.bfloat16"))
     assert path == triton_tuning.lock_path(tmp_path, "_chunk_scan_fwd_kernel", (256, 64, 128, "torch.bfloat16"))
