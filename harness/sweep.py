@@ -273,6 +273,37 @@ def _claim(out: Path, group: list[Job]) -> bool:
         return False
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, named as CUDA_VISIBLE_DEVICES names them (indices or UUIDs): a worker is
+    given one of these names, so a sweep started with CUDA_VISIBLE_DEVICES=4,6 runs on GPUs 4 and 6."""
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if mask is not None:
+        return [d.strip() for d in mask.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def resolve_workers(workers: int | str, device: str) -> int:
+    """--workers: "auto" is one worker per visible GPU with --device cuda, else 1; a number is checked against
+    the device (worker i sees the i-th visible GPU alone, as its "cuda")."""
+    on_gpus = device == "cuda"
+    if workers == "auto":
+        return max(1, len(visible_gpus())) if on_gpus else 1
+    if workers > 1 and device not in ("cuda", "cpu"):
+        raise ConfigError(f"--workers {workers} puts worker i on GPU i: use --device cuda (or cpu), "
+                          f"got --device {device}")
+    if workers > 1 and on_gpus:
+        _check_gpus(workers, visible_gpus())
+    return workers
+
+
+def _check_gpus(workers: int, gpus: list[str]) -> None:
+    if workers > len(gpus):
+        raise ConfigError(f"--workers {workers} needs {workers} GPUs, one each, but {len(gpus)} are visible "
+                          f"({','.join(gpus) or 'none'}): use --workers {max(1, len(gpus))} or --workers auto")
+
+
 def _spawn_workers(spec: SweepSpec, out: Path) -> list[subprocess.Popen]:
     """spec.workers processes that share the pending groups; on CUDA worker i sees GPU i only. Each job's numbers
     are what one process would compute: a job never spans workers, and workers that need the same autotuned kernel
@@ -286,11 +317,14 @@ def _spawn_workers(spec: SweepSpec, out: Path) -> list[subprocess.Popen]:
     claims.mkdir(parents=True)
     write_json_atomic(claims / "spec.json", spec.to_dict())
     threads = str(max(1, (os.cpu_count() or 1) // spec.workers))
+    gpus = visible_gpus() if _on_cuda(spec) else []
+    if _on_cuda(spec):
+        _check_gpus(spec.workers, gpus)
     procs = []
     for i in range(spec.workers):
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
         if _on_cuda(spec):
-            env["CUDA_VISIBLE_DEVICES"] = str(i)
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i]
         procs.append(subprocess.Popen([sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", "--worker-spec",
                                        str(claims / "spec.json"), "--worker-index", str(i), "--out", str(out),
                                        "--quiet"], env=env))

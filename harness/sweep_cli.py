@@ -14,7 +14,7 @@ from implicit_ssm_eval.model_adapters.fixed_point import SOLVERS
 
 from . import leaderboard, plots, report
 from .results import Loaded, load_runs
-from .sweep import DEFAULT_MAX_ITERS, DEFAULT_MODES, DEFAULT_TOLS, Outcome, SweepSpec, run_sweep
+from .sweep import DEFAULT_MAX_ITERS, DEFAULT_MODES, DEFAULT_TOLS, Outcome, SweepSpec, resolve_workers, run_sweep
 
 PROJECT = Path(__file__).resolve().parents[1]
 BUNDLED = PROJECT / "checkpoints"
@@ -32,6 +32,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
     return value
+
+
+def workers_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {text}")
+    return int(text)
 
 
 def non_negative_float(text: str) -> float:
@@ -66,9 +74,9 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--backend", default="auto", choices=list(BACKENDS))
     p.add_argument("--no-anytime", action="store_true", help="run every budget separately (for timing comparisons)")
-    p.add_argument("--workers", type=positive_int, default=1, help="processes sharing the jobs, one per GPU with "
-                   "--device cuda; each job runs whole on one of them, with the same numbers as on one GPU (opt-in: "
-                   "each worker pays a process start-up, paid back by long jobs; see BENCHMARKS.md)")
+    p.add_argument("--workers", type=workers_arg, default="auto", help="processes sharing the jobs, one per GPU "
+                   "with --device cuda; each job runs whole on one of them, with the same numbers as on one GPU. "
+                   "auto (the default): every visible GPU with --device cuda, else 1 (see BENCHMARKS.md)")
     p.add_argument("--worker-spec", type=Path, default=None, help=argparse.SUPPRESS)  # a worker of --workers N
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)  # which of the N workers
     p.add_argument("--out", type=Path, default=Path("results/sweep"))
@@ -96,9 +104,6 @@ def spec_from(args) -> SweepSpec:
         raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {batch!r}")
     if args.tau is not None and not 0 < args.tau <= 1:
         raise ConfigError(f"--tau must be a number in (0, 1], got {args.tau:g}")
-    if args.workers > 1 and args.device not in ("cuda", "cpu"):  # worker i sees GPU i alone, as its "cuda"
-        raise ConfigError(f"--workers {args.workers} puts worker i on GPU i: use --device cuda (or cpu), "
-                          f"got --device {args.device}")
     return SweepSpec(checkpoints=tuple(args.checkpoints or bundled_checkpoints()),
                      tasks=tuple(t for t in args.tasks.split(",") if t), max_iters=tuple(args.max_iter),
                      tols=tuple(args.tol), modes=tuple(args.modes), block_sizes=tuple(args.block_size),
@@ -106,7 +111,7 @@ def spec_from(args) -> SweepSpec:
                      metadata={**num_docs, **args.metadata}, limit=args.limit,
                      batch_size=int(batch) if batch.isdigit() else batch, device=args.device, dtype=args.dtype,
                      backend=args.backend, anytime=not args.no_anytime,
-                     workers=args.workers)
+                     workers=resolve_workers(args.workers, args.device))
 
 
 def sweep_main(argv: list[str]) -> int:

@@ -168,6 +168,31 @@ def test_workers_take_the_whole_machine_or_nothing(parity_checkpoints):
         == "cuda:1"  # one process may take any GPU
 
 
+@pytest.mark.parametrize("mask, device, workers, expected", [
+    ("0,1,2", "cuda", "auto", 3),  # auto: every visible GPU
+    ("4,6", "cuda", "2", 2),
+    ("", "cuda", "auto", 1),  # none visible: one process, whose jobs fail with the device's own message
+    ("0,1", "cpu", "auto", 1),
+    ("0,1", "cuda:1", "auto", 1),  # one named GPU: one process
+    ("0,1", "cpu", "3", 3),
+])
+def test_workers_default_to_every_visible_gpu(parity_checkpoints, monkeypatch, mask, device, workers, expected):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", mask)
+    args = sweep_parser().parse_args([str(parity_checkpoints["implicit"]), "--device", device, "--workers", workers])
+    assert spec_from(args).workers == expected
+
+
+def test_workers_beyond_the_visible_gpus_are_refused(parity_checkpoints, monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-a1,GPU-b2")
+    args = sweep_parser().parse_args([str(parity_checkpoints["implicit"]), "--device", "cuda", "--workers", "3"])
+    with pytest.raises(ConfigError, match=r"--workers 3 needs 3 GPUs, one each, but 2 are visible \(GPU-a1,GPU-b2\): "
+                                          r"use --workers 2 or --workers auto"):
+        spec_from(args)
+    with pytest.raises(SystemExit):
+        sweep_parser().parse_args(["--workers", "two"])
+    assert "must be 'auto' or an integer >= 1, got two" in capsys.readouterr().err
+
+
 def test_tau_is_honoured_or_refused_never_ignored(parity_checkpoints):
     with pytest.raises(ConfigError, match=r"--tau must be a number in \(0, 1\], got 0"):
         spec_from(sweep_parser().parse_args([str(parity_checkpoints["implicit"]), "--tau", "0"]))
@@ -311,15 +336,16 @@ def test_workers_start_up_while_the_sweep_plans(parity_checkpoints, tmp_path, mo
     monkeypatch.setattr(sweep, "plan", lambda s: log.append(("plan",)) or planned(s))
     monkeypatch.setattr(sweep, "git_commit", lambda: "test")
     monkeypatch.setattr(sweep.subprocess, "Popen", lambda cmd, env: FakeWorker(log, cmd, env))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")  # the GPUs this sweep was given
     outcome = run_sweep(spec(parity_checkpoints.values(), device="cuda", workers=2), tmp_path / "out",
                         progress=False)
-    assert log == [("spawn", "0", 0), ("spawn", "1", 1), ("plan",)]
+    assert log == [("spawn", "4", 0), ("spawn", "6", 1), ("plan",)]
     assert outcome.failed and "worker exit codes [1, 0]" in next(iter(outcome.failed.values()))
     assert json.loads((tmp_path / "out" / "sweep.json").read_text())["workers_spawned"] > 0  # for the timeline
     assert not (tmp_path / "out" / ".claims").exists()
     log.clear()
     run_sweep(spec(parity_checkpoints.values(), workers=2), tmp_path / "cpu", progress=False)
-    assert log[:2] == [("spawn", None, 0), ("spawn", None, 1)]  # the CPU: no GPU to pick
+    assert log[:2] == [("spawn", "4,6", 0), ("spawn", "4,6", 1)]  # the CPU: no GPU to pick, the mask as it was
 
 
 def test_a_sweep_that_cannot_plan_stops_its_workers(parity_checkpoints, tmp_path, monkeypatch):
@@ -332,6 +358,7 @@ def test_a_sweep_that_cannot_plan_stops_its_workers(parity_checkpoints, tmp_path
 
     monkeypatch.setattr(sweep, "plan", bad)
     monkeypatch.setattr(sweep.subprocess, "Popen", lambda cmd, env: FakeWorker(log, cmd, env))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     with pytest.raises(ConfigError, match="no such task"):
         run_sweep(spec(parity_checkpoints.values(), device="cuda", workers=2), tmp_path / "out", progress=False)
     assert log[2:] == [("kill", 0), ("kill", 1)]
