@@ -1,6 +1,7 @@
 """What one f evaluation costs, with and without the commit of its recurrent state.
 
     OMP_NUM_THREADS=1 python bench/f_cost.py --checkpoint checkpoints/a5-implicit --rows 40 --lengths 1 8 32
+    OMP_NUM_THREADS=2 python bench/f_cost.py --lengths 1 8 --compile      # eager and torch.compile side by side
 
 A fixed-point solve evaluates f many times against a frozen state and commits the state once, at its final
 evaluation (fixed_point.solve's contract). This times f over a piece of each length (1 = the step form) for
@@ -38,6 +39,8 @@ def main() -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--calls", type=int, default=100)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="also each f under torch.compile (inductor; needs a C++ "
+                   "compiler), timed beside the eager one")
     p.add_argument("--profile", action="store_true", help="also the torch profiler's op table of 50 evaluations "
                    "without commit, per length")
     args = p.parse_args()
@@ -60,6 +63,10 @@ def main() -> None:
                     return model.f(z, u, state, None, commit)
             best = cost(fn, args.calls, args.rounds)
             print(f"{length:6d} {best[True]:12.0f} {best[False]:15.0f} {best[True] / best[False]:5.2f}x")
+            if args.compile:
+                compiled = {commit: torch.compile(lambda c=commit: fn(c)) for commit in (True, False)}
+                best = cost(lambda commit: compiled[commit](), args.calls, args.rounds)
+                print(f"{'':6s} {best[True]:12.0f} {best[False]:15.0f} {best[True] / best[False]:5.2f}x   compiled")
             if args.profile:
                 profile(fn)
 
