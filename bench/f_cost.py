@@ -64,8 +64,8 @@ def main() -> None:
             best = cost(fn, args.calls, args.rounds)
             print(f"{length:6d} {best[True]:12.0f} {best[False]:15.0f} {best[True] / best[False]:5.2f}x")
             if args.compile:
-                compiled = {commit: torch.compile(lambda c=commit: fn(c)) for commit in (True, False)}
-                best = cost(lambda commit: compiled[commit](), args.calls, args.rounds)
+                compiled = {commit: torch.compile(lambda c=commit, fn=fn: fn(c)) for commit in (True, False)}
+                best = cost(lambda commit, compiled=compiled: compiled[commit](), args.calls, args.rounds)
                 print(f"{'':6s} {best[True]:12.0f} {best[False]:15.0f} {best[True] / best[False]:5.2f}x   compiled")
             if args.profile:
                 profile(fn)
