@@ -305,10 +305,10 @@ def _check_gpus(workers: int, gpus: list[str]) -> None:
 
 
 def _spawn_workers(spec: SweepSpec, out: Path) -> list[subprocess.Popen]:
-    """spec.workers processes that share the pending groups; on CUDA worker i sees GPU i only. Each job's numbers
-    are what one process would compute: a job never spans workers, and workers that need the same autotuned kernel
-    take turns to tune it, the later ones reading the first one's choice (backends/triton_tuning.py). Results are
-    keyed and atomic as ever."""
+    """spec.workers processes that share the pending groups; on CUDA worker i sees the i-th visible GPU only. Each
+    job's numbers are what one process would compute: a job never spans workers, and workers that need the same
+    autotuned kernel take turns to tune it, the later ones reading the first one's choice
+    (backends/triton_tuning.py). Results are keyed and atomic as ever."""
     import shutil
     import sys
 
