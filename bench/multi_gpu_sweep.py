@@ -114,8 +114,8 @@ def main() -> None:
     results = {"device": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count(), "workers": args.workers,
                "cold": args.cold}
     for name, sweep_args in workloads.items():
-        env = {"TRITON_CACHE_DIR": str(root / f"triton-{name}")} if args.cold else {}
         if args.cold:
+            env = {"TRITON_CACHE_DIR": str(root / f"triton-{name}")}
             many, many_timeline = sweep(sweep_args, root / f"{name}-{args.workers}", args.workers, env)
             one, one_timeline = sweep(sweep_args, root / f"{name}-1", 1, env)
         else:

@@ -317,13 +317,13 @@ def _spawn_workers(spec: SweepSpec, out: Path) -> list[subprocess.Popen]:
     claims.mkdir(parents=True)
     write_json_atomic(claims / "spec.json", spec.to_dict())
     threads = str(max(1, (os.cpu_count() or 1) // spec.workers))
-    gpus = visible_gpus() if _on_cuda(spec) else []
-    if _on_cuda(spec):
+    gpus = visible_gpus() if _on_cuda(spec) else None
+    if gpus is not None:
         _check_gpus(spec.workers, gpus)
     procs = []
     for i in range(spec.workers):
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
-        if _on_cuda(spec):
+        if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i]
         procs.append(subprocess.Popen([sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", "--worker-spec",
                                        str(claims / "spec.json"), "--worker-index", str(i), "--out", str(out),
