@@ -49,10 +49,20 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each flag's default, except where its help already says it or there is none to say (None, a switch)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False):
+            return text
+        return super()._get_help_string(action)
+
+
 def sweep_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="implicit-eval sweep", description="Evaluate checkpoints over fixed-point "
                                 "budgets (anytime, resumable) and print the leaderboard.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_DefaultsHelp)
     p.add_argument("checkpoints", nargs="*", type=Path, help="checkpoint directories (default: checkpoints/*)")
     p.add_argument("--tasks", default="auto", help="comma-separated lm-eval tasks or groups; 'auto' = each "
                    "checkpoint's training task group")
@@ -60,26 +70,29 @@ def sweep_parser() -> argparse.ArgumentParser:
                    help="fixed budgets (tol 0)")
     p.add_argument("--tol", type=non_negative_float, nargs="+", default=list(DEFAULT_TOLS),
                    help="tolerances; 0 = the fixed budgets, > 0 = adaptive budgets capped at --adaptive-max-iter")
-    p.add_argument("--adaptive-max-iter", type=positive_int, default=256)
+    p.add_argument("--adaptive-max-iter", type=positive_int, default=256, help="the cap of the adaptive budgets")
     p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=list(MODES), help="readings")
     p.add_argument("--block-size", type=positive_int, nargs="+", default=[8], help="blockwise mode: block sizes")
-    p.add_argument("--solver", default="fixed_point", choices=sorted(SOLVERS))
+    p.add_argument("--solver", default="fixed_point", choices=sorted(SOLVERS), help="the fixed-point solver of every "
+                   "implicit job (fixed_point: the reference's damped iteration)")
     p.add_argument("--tau", type=float, default=None, help="damping in (0, 1] (default: each checkpoint's)")
     p.add_argument("--num-docs", type=positive_int, default=25, help="documents per bucket of every task family "
                    "(a quick look; the committed leaderboard uses 100)")
     p.add_argument("--metadata", type=json_object, default={}, help="task parameters as JSON, e.g. '{\"st_seed\": 1}'")
-    p.add_argument("--limit", type=positive_int, default=None, help="documents per task (lm-eval's --limit)")
+    p.add_argument("--limit", type=positive_int, default=None, help="documents per task (lm-eval's --limit; "
+                   "default: every document)")
     p.add_argument("--batch-size", default="32", help="an integer or 'auto'")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    p.add_argument("--backend", default="auto", choices=list(BACKENDS))
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="the models' compute dtype")
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS), help="kernels: auto = triton on CUDA where "
+                   "mamba-ssm is installed, else torch")
     p.add_argument("--no-anytime", action="store_true", help="run every budget separately (for timing comparisons)")
     p.add_argument("--workers", type=workers_arg, default="auto", help="processes sharing the jobs, one per GPU "
                    "with --device cuda; each job runs whole on one of them, with the same numbers as on one GPU. "
                    "auto (the default): every visible GPU with --device cuda, else 1 (see BENCHMARKS.md)")
     p.add_argument("--worker-spec", type=Path, default=None, help=argparse.SUPPRESS)  # a worker of --workers N
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)  # which of the N workers
-    p.add_argument("--out", type=Path, default=Path("results/sweep"))
+    p.add_argument("--out", type=Path, default=Path("results/sweep"), help="results folder (a rerun resumes it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines; the leaderboard and "
                    "where it was written are still printed")
     return p

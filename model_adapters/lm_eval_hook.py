@@ -10,6 +10,10 @@ finder lets two lm-eval modules load normally and then:
   metrics (anytime.py); for every other model the wrapper calls lm-eval's function unchanged;
 - lm_eval.utils: wraps `make_table` so that lm-eval's printed results of our adapter are followed by a short
   convergence summary (budget, iterations, the share that hit max_iter unconverged); other results are unchanged.
+When lm-eval's registry loads, it also chains a sys.excepthook: an error of ours that reaches the top of `lm_eval`
+(a bad model_arg, checkpoint, tokenizer or task, non-finite scores) is printed as one line, `lm_eval: error:
+<message>`, instead of a traceback through lm-eval's internals (exit status 1); IMPLICIT_SSM_TRACEBACK=1 shows the
+traceback. Every other exception goes to the previous hook untouched.
 """
 
 import sys
@@ -21,10 +25,45 @@ MODELS = {
 }
 
 
+# Our errors that are the user's to fix (or a model's fault, NonFiniteError): their messages name what was wrong and
+# what is valid, so a traceback through lm-eval adds nothing. Matched by name: this module imports nothing of ours.
+ONE_LINE_ERRORS = frozenset({"ConfigError", "CheckpointError", "TokenizerError", "UnknownTaskError", "NonFiniteError"})
+
+
+def ours(exc: BaseException | None) -> BaseException | None:
+    """exc, or the exception it was raised from or during, if it is one of ONE_LINE_ERRORS."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ in ONE_LINE_ERRORS and type(exc).__module__.startswith("implicit_ssm_eval."):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def install_excepthook() -> None:
+    previous = sys.excepthook
+    if getattr(previous, "_implicit_ssm_one_line", False):
+        return
+
+    def one_line_errors(kind, exc, tb):
+        import os
+
+        error = ours(exc)
+        if error is None or os.environ.get("IMPLICIT_SSM_TRACEBACK") == "1":
+            return previous(kind, exc, tb)
+        sys.stderr.write(f"lm_eval: error: {error} (IMPLICIT_SSM_TRACEBACK=1 shows the traceback)\n")
+
+    one_line_errors._implicit_ssm_one_line = True
+    sys.excepthook = one_line_errors
+
+
 def register(registry) -> None:
     # lm-eval's get_model() fills the registry with its own models only while it is empty, so load that
     # table first (a dict of placeholders; cheap) instead of leaving ours as the only entries.
     import lm_eval.models  # noqa: F401
+
+    install_excepthook()
 
     for name, target in MODELS.items():
         if name not in registry.model_registry:

@@ -154,3 +154,15 @@ def test_quiet_leaves_the_callers_logging_as_it_was(capsys, caplog, ckpt, tmp_pa
     assert {key: os.environ.get(key) for key in env} == env
     logging.getLogger("implicit_ssm_eval.model_adapters.lm_eval_models").warning("still heard")
     assert "still heard" in caplog.text
+
+
+def test_every_sweep_flag_says_what_it_does_and_its_default_once():
+    from implicit_ssm_eval.harness.sweep_cli import sweep_parser
+
+    parser = sweep_parser()
+    shown = [a for a in parser._actions if a.help != "==SUPPRESS=="]
+    assert all(a.help for a in shown), [a.dest for a in shown if not a.help]
+    text = parser.format_help()
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: checkpoints/*)" in text and text.count("default: checkpoints/*") == 1
+    assert "(default: 256)" in text  # a plain default is still appended

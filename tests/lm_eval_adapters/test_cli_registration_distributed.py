@@ -121,11 +121,35 @@ def test_lm_eval_runs_from_a_folder_with_its_own_tasks_package(tmp_path):
     assert mine.stdout.split() == ["True", "implicit_ssm_eval.tasks"], mine.stderr
 
 
-def test_stock_cli_bad_argument_fails_with_the_valid_list(checkpoints, tmp_path):
-    out = run(["lm_eval", "--model", "explicit_ssm", "--model_args", f"pretrained={checkpoints['explicit']},colour=1",
-               "--tasks", "tiny_ll", "--include_path", str(TASKS)], tmp_path)
-    assert out.returncode != 0
-    assert "unknown model_args ['colour']; valid ones are" in out.stderr
+def test_stock_cli_bad_argument_fails_in_one_line_with_the_valid_list(checkpoints, tmp_path):
+    cmd = ["lm_eval", "--model", "explicit_ssm", "--model_args", f"pretrained={checkpoints['explicit']},colour=1",
+           "--tasks", "tiny_ll", "--include_path", str(TASKS), "--output_path", str(tmp_path / "out")]
+    out = run(cmd, tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("lm_eval: error: explicit_ssm: unknown model_args ['colour']; "
+                                                     "valid ones are"), errors
+    assert not (tmp_path / "out").exists()  # nothing written
+    debug = run(cmd, tmp_path, env={**ENV, "IMPLICIT_SSM_TRACEBACK": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    assert "ConfigError: explicit_ssm: unknown" in debug.stderr
+
+
+def test_only_our_errors_lose_their_traceback():
+    from implicit_ssm_eval.model_adapters.config import ConfigError
+    from implicit_ssm_eval.model_adapters.lm_eval_hook import ours
+
+    mine = ConfigError("bad")
+    assert ours(mine) is mine and ours(ValueError("bad")) is None and ours(KeyboardInterrupt()) is None
+    try:  # raised from ours (lm-eval re-raising), or while handling ours: still ours
+        try:
+            raise mine
+        except ConfigError as exc:
+            raise RuntimeError("wrapped") from exc
+    except RuntimeError as wrapped:
+        assert ours(wrapped) is mine
+    ValueErrorNamedLikeOurs = type("ConfigError", (ValueError,), {})  # a class of another package, same name
+    assert ours(ValueErrorNamedLikeOurs("theirs")) is None
 
 
 def test_implicit_eval_run_includes_project_tasks_and_errors_cleanly(checkpoints, tmp_path):
