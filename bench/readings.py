@@ -31,31 +31,38 @@ def documents(task: str, bucket: str, num_docs: int, seed: int):
     return make_docs(task, bucket, num_docs=num_docs, seed=seed)
 
 
-def read(model, ids, budget: Budget, device) -> tuple[torch.Tensor, dict, float]:
-    """Final-position greedy answers, statistics, and the wall time of one reading."""
+def read(model, ids, budget: Budget, device, batch_size: int | None = None) -> tuple[torch.Tensor, dict, float]:
+    """Final-position greedy answers, statistics, and the wall time of one reading, in batches of `batch_size`
+    documents (default: all at once)."""
     solves = model.__dict__.get("_piece_solves", {}).values()
     for solve in solves:
         solve.evaluations = 0
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    out = model(ids, budget)
-    answers = model.logits(out.hidden[:, -1]).argmax(-1)
+    answers, batches = [], []
+    for chunk in ids.split(batch_size or len(ids)):
+        out = model(chunk, budget)
+        answers.append(model.logits(out.hidden[:, -1]).argmax(-1))
+        batches.append(out.stats)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    s = out.stats
-    its, tokens = s.iterations.double(), s.tokens.double()
-    stats = {"pieces": int(s.iterations.shape[1]), "iterations_per_piece": float(its.mean()),
+    its = torch.cat([s.iterations for s in batches]).double()
+    tokens = torch.cat([s.tokens for s in batches]).double()
+    converged = torch.cat([s.converged for s in batches])
+    present = torch.cat([s.present for s in batches])
+    stats = {"pieces": int(its.shape[1]), "iterations_per_piece": float(its.mean()),
              "iterations_per_token": float((its * tokens).sum() / tokens.sum()),
-             "sequential_f_evaluations": int(s.iterations.max(0).values.sum()),
+             # the f calls made one after another: each batch's pieces count their slowest row
+             "sequential_f_evaluations": sum(int(s.iterations.max(0).values.sum()) for s in batches),
              # with --graphs: the evaluations the piece solves made (every row at once, whole segments)
              "evaluations_made": sum(solve.evaluations for solve in model.__dict__.get("_piece_solves", {}).values()),
-             "converged": float(s.converged.double().mean()),
+             "converged": float(converged.double().mean()),
              # (sequence, piece) pairs that used the whole budget without converging: in lockstep solves each costs
              # every row max_iter evaluations of its piece
-             "capped": int(((s.iterations >= budget.max_iter) & ~s.converged & s.present).sum())}
-    return answers, stats, seconds
+             "capped": int(((its >= budget.max_iter) & ~converged & present).sum())}
+    return torch.cat(answers), stats, seconds
 
 
 def main() -> None:
@@ -72,6 +79,7 @@ def main() -> None:
     p.add_argument("--block-sizes", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     p.add_argument("--simultaneous", action="store_true", help="also the simultaneous reading (slow at 8x)")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=None, help="documents a forward (default: all --docs at once)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--backend", default="torch")
@@ -95,14 +103,14 @@ def main() -> None:
     rows, reference, times = [], None, {name: [] for name in readings}
     with torch.inference_mode():
         for name, budget in readings.items():
-            answers, stats, _ = read(ckpt.model, ids, budget, device)  # warm-up (and Triton compilation)
+            answers, stats, _ = read(ckpt.model, ids, budget, device, args.batch_size)  # warm-up (Triton compiles)
             reference = answers if reference is None else reference
             rows.append({"reading": name, "block_size": budget.block_size, "accuracy": float(
                 (answers == targets).double().mean()), "agrees_with_sequential": float(
                 (answers == reference).double().mean()), **stats})
         for _ in range(args.repeats):  # interleaved rounds: a shared machine's slow spells hit every reading alike
             for name, budget in readings.items():
-                times[name].append(read(ckpt.model, ids, budget, device)[2])
+                times[name].append(read(ckpt.model, ids, budget, device, args.batch_size)[2])
     if args.profile:
         args.profile.write_text("\n\n".join(profile(ckpt.model, ids, name, budget, device)
                                             for name, budget in readings.items()))
@@ -128,7 +136,7 @@ def profile(model, ids, name: str, budget: Budget, device) -> str:
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.inference_mode(), torch_profile(activities=activities) as prof:
-        read(model, ids, budget, device)
+        read(model, ids, budget, device)  # all documents at once
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return f"## {name}\n" + prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)
 
