@@ -10,10 +10,11 @@ finder lets two lm-eval modules load normally and then:
   metrics (anytime.py); for every other model the wrapper calls lm-eval's function unchanged;
 - lm_eval.utils: wraps `make_table` so that lm-eval's printed results of our adapter are followed by a short
   convergence summary (budget, iterations, the share that hit max_iter unconverged); other results are unchanged.
-When lm-eval's registry loads, it also chains a sys.excepthook: an error of ours that reaches the top of `lm_eval`
-(a bad model_arg, checkpoint, tokenizer or task, non-finite scores) is printed as one line, `lm_eval: error:
-<message>`, instead of a traceback through lm-eval's internals (exit status 1); IMPLICIT_SSM_TRACEBACK=1 shows the
-traceback. Every other exception goes to the previous hook untouched.
+When lm-eval's registry loads, it also chains a sys.excepthook: in lm-eval's command line, an error of ours that
+reaches the top (a bad model_arg, checkpoint, tokenizer or task, non-finite scores) is printed as one line,
+`lm_eval: error: <message>`, instead of a traceback through lm-eval's internals (exit status 1);
+IMPLICIT_SSM_TRACEBACK=1 shows the traceback. Every other exception, and any in a script that imports lm-eval, goes
+to the previous hook untouched.
 """
 
 import sys
@@ -41,6 +42,16 @@ def ours(exc: BaseException | None) -> BaseException | None:
     return None
 
 
+def running_lm_eval_cli() -> bool:
+    """This process is lm-eval's command line (`lm_eval`, `lm-eval`, `python -m lm_eval`), not a user's script that
+    imports lm-eval: there a traceback points into their own code, and it stays."""
+    import os
+
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return (spec is not None and spec.name.split(".")[0] == "lm_eval") or program in ("lm_eval", "lm-eval")
+
+
 def install_excepthook() -> None:
     previous = sys.excepthook
     if getattr(previous, "_implicit_ssm_one_line", False):
@@ -50,7 +61,7 @@ def install_excepthook() -> None:
         import os
 
         error = ours(exc)
-        if error is None or os.environ.get("IMPLICIT_SSM_TRACEBACK") == "1":
+        if error is None or not running_lm_eval_cli() or os.environ.get("IMPLICIT_SSM_TRACEBACK") == "1":
             return previous(kind, exc, tb)
         sys.stderr.write(f"lm_eval: error: {error} (IMPLICIT_SSM_TRACEBACK=1 shows the traceback)\n")
 

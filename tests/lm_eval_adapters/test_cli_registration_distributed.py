@@ -124,12 +124,13 @@ def test_lm_eval_runs_from_a_folder_with_its_own_tasks_package(tmp_path):
 def test_stock_cli_bad_argument_fails_in_one_line_with_the_valid_list(checkpoints, tmp_path):
     cmd = ["lm_eval", "--model", "explicit_ssm", "--model_args", f"pretrained={checkpoints['explicit']},colour=1",
            "--tasks", "tiny_ll", "--include_path", str(TASKS), "--output_path", str(tmp_path / "out")]
-    out = run(cmd, tmp_path)
-    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
-    errors = [line for line in out.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and errors[0].startswith("lm_eval: error: explicit_ssm: unknown model_args ['colour']; "
-                                                     "valid ones are"), errors
-    assert not (tmp_path / "out").exists()  # nothing written
+    for program in (cmd, [sys.executable, "-m", *cmd]):  # the console script and `python -m lm_eval`
+        out = run(program, tmp_path)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+        errors = [line for line in out.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and errors[0].startswith("lm_eval: error: explicit_ssm: unknown model_args "
+                                                         "['colour']; valid ones are"), errors
+        assert not (tmp_path / "out").exists()  # nothing written
     debug = run(cmd, tmp_path, env={**ENV, "IMPLICIT_SSM_TRACEBACK": "1"})
     assert debug.returncode == 1 and "Traceback" in debug.stderr
     assert "ConfigError: explicit_ssm: unknown" in debug.stderr
@@ -209,3 +210,13 @@ def test_two_processes_give_the_same_metrics_as_one(checkpoints, tmp_path):
     c1, c2 = (r["config"]["ssm_model"]["convergence"]["scoring"] for r in (r1, r2))
     assert c2["count"] >= c1["count"]  # rank-padding may add duplicate requests, never lose any
     assert c1["iterations_mean"] == pytest.approx(c2["iterations_mean"], rel=0.05)
+
+
+def test_a_script_importing_lm_eval_keeps_its_traceback(tmp_path):
+    """Only lm-eval's own command line shortens our errors: in a user's script the traceback points at their code."""
+    script = tmp_path / "mine.py"
+    script.write_text("import lm_eval.api.registry\nfrom implicit_ssm_eval.model_adapters.config import ConfigError\n"
+                      "raise ConfigError('bad budget')\n")
+    out = run([sys.executable, str(script)], tmp_path)
+    assert out.returncode == 1 and "Traceback" in out.stderr and "mine.py" in out.stderr
+    assert "lm_eval: error:" not in out.stderr
