@@ -195,10 +195,12 @@ def leaderboard_main(argv: list[str]) -> int:
     """Sweep the bundled checkpoints in all readings and regenerate leaderboards/ (markdown, plots, tables).
     From scratch this evaluates 100 documents per bucket at every budget: about 10 minutes on 2 CPU cores."""
     p = argparse.ArgumentParser(prog=LEADERBOARD_COMMAND, description=leaderboard_main.__doc__)
-    p.add_argument("--results", type=Path, default=PROJECT / "results" / "leaderboard")
-    p.add_argument("--out", type=Path, default=PROJECT / "leaderboards")
-    p.add_argument("--num-docs", type=positive_int, default=100, help="documents per bucket")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--results", type=Path, default=PROJECT / "results" / "leaderboard",
+                   help="the sweep's results folder (a rerun resumes it; default: results/leaderboard)")
+    p.add_argument("--out", type=Path, default=PROJECT / "leaderboards",
+                   help="where the leaderboard, plots and tables go (default: leaderboards/)")
+    p.add_argument("--num-docs", type=positive_int, default=100, help="documents per bucket (default: 100)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     print(f"{LEADERBOARD_COMMAND}: sweeping the bundled checkpoints into {args.results} (resumable; from scratch "
           "about 10 minutes on 2 CPU cores)", file=sys.stderr)
