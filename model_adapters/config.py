@@ -185,7 +185,9 @@ class Budget:
             return ()
         if self.mode != "simultaneous" or self.tol != 0:
             raise ConfigError("anytime budgets need mode=simultaneous and tol=0 (only then is one trajectory exact "
-                              f"for every budget); got mode={self.mode}, tol={self.tol}")
+                              f"for every budget); got mode={self.mode}, tol={self.tol}. A grid of budgets in any "
+                              "reading, one run each: implicit-eval sweep CKPT --modes MODE --max-iter 1 2 4 ... "
+                              "--tol TOL")
         bad = [k for k in budgets if not _is_int(k) or not 1 <= k <= self.max_iter]
         if bad:
             raise ConfigError(f"anytime budgets must be integers in [1, max_iter={self.max_iter}], got {bad}")

@@ -145,7 +145,8 @@ def test_defaults_come_from_the_checkpoint(checkpoints):
     (ImplicitSSMLM, {"mode": "blockwise"}, "mode=blockwise needs block_size"),
     (ImplicitSSMLM, {"anytime": "1;x"}, "anytime must be integers"),
     (ImplicitSSMLM, {"anytime": "9", "max_iter": 4, "tol": 0}, r"anytime budgets must be integers in \[1, max_iter="),
-    (ImplicitSSMLM, {"anytime": "2", "mode": "sequential"}, "anytime budgets need mode=simultaneous"),
+    (ImplicitSSMLM, {"anytime": "2", "mode": "sequential"}, "anytime budgets need mode=simultaneous.*got "
+                                                            "mode=sequential.*implicit-eval sweep CKPT --modes MODE"),
     (ImplicitSSMLM, {"unknown_tokens": "ignore"}, r"unknown_tokens must be one of \['refuse', 'flag'\]"),
 ])
 def test_bad_model_args(checkpoints, cls, args, match):
