@@ -118,6 +118,8 @@ def classify(exc: Exception) -> tuple[int, str]:
     from implicit_ssm_eval.model_adapters.tokenizer import TokenizerError
     from implicit_ssm_eval.tasks.registry import UnknownTaskError
 
+    # The same five classes end stock `lm_eval` runs in one line: keep model_adapters/lm_eval_hook.ONE_LINE_ERRORS,
+    # which names them without importing them (it runs at interpreter start-up), in step with this.
     if isinstance(exc, (ConfigError, CheckpointError, TokenizerError, UnknownTaskError)):
         return USER_ERROR, str(exc)
     if isinstance(exc, NonFiniteError):

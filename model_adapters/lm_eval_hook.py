@@ -28,6 +28,7 @@ MODELS = {
 
 # Our errors that are the user's to fix (or a model's fault, NonFiniteError): their messages name what was wrong and
 # what is valid, so a traceback through lm-eval adds nothing. Matched by name: this module imports nothing of ours.
+# The same classes as harness/cli.classify's, which implicit-eval reports in one line.
 ONE_LINE_ERRORS = frozenset({"ConfigError", "CheckpointError", "TokenizerError", "UnknownTaskError", "NonFiniteError"})
 
 
