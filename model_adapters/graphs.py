@@ -1,4 +1,4 @@
-"""CUDA graphs for the readings: a piece's whole fixed-point solve, captured once and replayed.
+"""CUDA graphs: a piece's whole fixed-point solve (the readings), and the explicit stack's scoring forward.
 
 Sequential scoring and decoding run one small computation thousands of times: the solve of a one-token piece (or
 of a block), a few f evaluations of the whole stack. Launched op by op, the host is the bottleneck. A PieceSolve
@@ -14,10 +14,16 @@ converges keeps its iterate and its count, and stops at max_iter - 1 updates; ro
 that has ended) take no part and keep their state. Only damped iteration (solver "fixed_point") is captured;
 Anderson runs eagerly. The same code runs without capture (capture=False), on any device: that is what the CPU
 tests hold to the eager solver, and what the GPU tests hold the captured graphs to.
+
+The forward that scoring runs (no state in, none out: the explicit stack, or the simultaneous reading at tol = 0) is
+host-bound on the GPU: about 13 launches a layer, seven of them Triton's, whose Python launch path costs more than
+many of the kernels. A ForwardGraph captures it for one (batch, length) shape; ForwardGraphs captures a shape the
+second time it is seen (a shape seen once would pay a capture for nothing), keeps a few, and replays them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -154,3 +160,66 @@ class PieceSolve:
 
     def current_state(self) -> State:
         return [MixerState(s.conv.clone(), s.ssm.clone()) for s in self.state]
+
+
+class ForwardGraph:
+    """fn(ids, lengths) -> a tree of tensors (tuples, lists, dicts, dataclasses), captured for ids of one (batch,
+    length) shape: a call copies ids and lengths into static buffers, replays, and returns a copy of the outputs."""
+
+    def __init__(self, fn, shape: tuple[int, int], device: torch.device):
+        self.ids = torch.zeros(shape, dtype=torch.long, device=device)
+        self.lengths = torch.full(shape[:1], shape[1], dtype=torch.long, device=device)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up: compile and autotune kernels, settle the allocator
+            fn(self.ids, self.lengths)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = fn(self.ids, self.lengths)
+
+    def __call__(self, ids: Tensor, lengths: Tensor | None):
+        self.ids.copy_(ids)
+        if lengths is None:
+            self.lengths.fill_(ids.shape[1])
+        else:
+            self.lengths.copy_(lengths)
+        self.graph.replay()
+        return clone_tree(self.out)  # the buffers are the next replay's outputs
+
+
+def clone_tree(tree):
+    if isinstance(tree, Tensor):
+        return tree.clone()
+    if dataclasses.is_dataclass(tree):
+        fields = {f.name: clone_tree(getattr(tree, f.name)) for f in dataclasses.fields(tree)}
+        return dataclasses.replace(tree, **fields)
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(clone_tree(t) for t in tree)
+    if isinstance(tree, dict):
+        return {k: clone_tree(v) for k, v in tree.items()}
+    return tree
+
+
+class ForwardGraphs:
+    """A model's ForwardGraphs by key (the ids' shape and whatever else the computation depends on): a key is
+    captured the second time it is seen, and at most `keep` are held (each holds the activation memory of its
+    forward), the least recently used dropped first."""
+
+    def __init__(self, keep: int = 4, make=ForwardGraph):
+        self.keep, self.make = keep, make
+        self.graphs: dict[tuple, ForwardGraph] = {}
+        self.seen: set[tuple] = set()
+
+    def get(self, key: tuple, fn, ids: Tensor) -> ForwardGraph | None:
+        key = (tuple(ids.shape), *key)
+        graph = self.graphs.pop(key, None)
+        if graph is None and key not in self.seen:
+            self.seen.add(key)
+            return None
+        if graph is None:
+            while len(self.graphs) >= self.keep:
+                self.graphs.pop(next(iter(self.graphs)))
+            graph = self.make(fn, tuple(ids.shape), ids.device)
+        self.graphs[key] = graph  # re-inserted: the most recently used comes last
+        return graph

@@ -112,16 +112,14 @@ class Mamba2(nn.Module):
         valid (B, L) bool marks real tokens of a right-padded batch: padded steps get dt = 0, so they
         leave the SSM state unchanged, and the conv window is read at each sequence's own end.
         """
-        batch, length, _ = u.shape
-        if state is None:
-            state = self.empty_state(batch, u.device)
         derived = self._derived()
         z, xbc, dt = self._split(self._project(u, inject))
-        conv_state = _last_inputs(xbc, state.conv, valid) if commit else None
-        xbc = self.ops.causal_conv_silu(xbc, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias)
+        conv, ssm = (None, None) if state is None else state  # None: zeros, which the kernels take without a tensor
+        conv_state = _last_inputs(xbc, conv, valid, self.cfg.d_conv - 1) if commit else None
+        xbc = self.ops.causal_conv_silu(xbc, conv, self.conv1d.weight[:, 0], self.conv1d.bias)
         x, B, C = self._split_xbc(xbc)
         y, ssm_state = self.ops.chunk_scan(x, dt, derived.dt_bias, derived.A, B, C, self.cfg.chunk_size, derived.D,
-                                           state.ssm, final_state=commit, valid=valid)
+                                           ssm, final_state=commit, valid=valid)
         out = self._gate_and_project(y.flatten(-2), z)
         return out, MixerState(conv_state, ssm_state.to(self.cd)) if commit else None
 
@@ -142,11 +140,13 @@ class Mamba2(nn.Module):
         return out, MixerState(window[..., 1:], ssm.to(self.cd))
 
 
-def _last_inputs(xbc: Tensor, conv_state: Tensor, valid: Tensor | None) -> Tensor:
-    """The conv state after each sequence's last valid token: its last k-1 inputs, (B, C, k-1), reaching back into
-    the previous state when the sequence is shorter than that."""
+def _last_inputs(xbc: Tensor, conv_state: Tensor | None, valid: Tensor | None, width: int) -> Tensor:
+    """The conv state after each sequence's last valid token: its last k-1 = width inputs, (B, C, k-1), reaching back
+    into the previous state (None: zeros) when the sequence is shorter than that."""
     batch, length, channels = xbc.shape
-    n = conv_state.shape[-1]
+    n = width
+    if conv_state is None:
+        conv_state = xbc.new_zeros(batch, channels, n)
     ends = valid.sum(1) if valid is not None else torch.full((batch,), length, device=xbc.device)
     idx = ends[:, None] - n + torch.arange(n, device=xbc.device)  # (B, n) positions in xbc; < 0: in the state
     from_x = xbc.gather(1, idx.clamp(min=0)[:, :, None].expand(-1, -1, channels)).transpose(1, 2)

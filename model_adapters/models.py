@@ -23,9 +23,10 @@ from torch import Tensor, nn
 
 from .backends import get_ops
 from .config import Budget, ConfigError, ModelConfig
+from .graphs import ForwardGraph, ForwardGraphs
 from .mamba2 import Mamba2, MixerState
 from .norms import RMSNorm
-from .reading import Readout, ReadStats, read
+from .reading import Reading, Readout, ReadStats, can_capture_whole, read, read_whole
 from .tensors import compute_dtype, valid_mask
 
 State = list[MixerState]  # one MixerState per layer
@@ -35,7 +36,7 @@ GRAPH_MODES = ("off", "capture", "masked")
 @dataclass
 class LMOutput:
     hidden: Tensor  # (B, L, d_model) after the final norm, float32; (B, d_model) from step()
-    state: State  # recurrent state after each sequence's last valid token
+    state: State | None  # recurrent state after each sequence's last valid token (None: not asked for)
     stats: ReadStats | None = None  # implicit only: solver statistics per (sequence, piece), see reading.py
     anytime: dict[int, Readout] = field(default_factory=dict)  # budget k -> the reading at max_iter = k
 
@@ -83,11 +84,13 @@ class _LM(nn.Module):
     def use_graphs(self, mode: str) -> None:
         """How an implicit model solves the pieces of sequential and blockwise readings (reading.py, graphs.py):
         "off" (eagerly, gathering the rows still iterating), "capture" (masked, in CUDA graphs: the GPU path) or
-        "masked" (masked without capture: the same arithmetic on any device, for the tests). Numbers are the same."""
+        "masked" (masked without capture: the same arithmetic on any device, for the tests). Numbers are the same.
+        On an explicit model, "capture" replays the scoring forward (no state) from CUDA graphs by shape."""
         if mode not in GRAPH_MODES:
             raise ConfigError(f"graphs must be one of {GRAPH_MODES}, got {mode!r}")
         self.graphs = mode
         self.__dict__.pop("_piece_solves", None)
+        self.__dict__.pop("_forward_graphs", None)
 
     def stack(self, h: Tensor, inject: Tensor | None = None, state: State | None = None, valid: Tensor | None = None,
               step: bool = False, in_place: bool = False, commit: bool = True) -> tuple[Tensor, State | None]:
@@ -107,6 +110,15 @@ class _LM(nn.Module):
         final, _ = self.ops.add_rmsnorm(out, residual, self.norm_f.weight, self.norm_f.eps, self.cd)
         return final, new_state if commit else None
 
+    def _graphable(self, ids: Tensor, state: State | None, want_state: bool) -> bool:
+        """With graphs "capture", a forward on CUDA without state in or out (scoring) may replay a CUDA graph."""
+        return (self.graphs == "capture" and ids.is_cuda and state is None and not want_state
+                and not torch.is_grad_enabled() and not torch.cuda.is_current_stream_capturing())
+
+    def _forward_graph(self, key: tuple, fn, ids: Tensor) -> ForwardGraph | None:
+        """The captured fn for ids' shape and `key`, once that has been seen before (graphs.ForwardGraphs)."""
+        return self.__dict__.setdefault("_forward_graphs", ForwardGraphs()).get(key, fn, ids)
+
     def logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
 
@@ -118,21 +130,33 @@ class _LM(nn.Module):
 
     def check_ids(self, ids: Tensor) -> None:
         """Token ids outside the embedding table are a user error (a tokenizer that does not match)."""
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.cfg.padded_vocab_size):
+        if not ids.numel():
+            return
+        low, high = torch.stack(torch.aminmax(ids)).tolist()  # one host synchronisation, not two
+        if low < 0 or high >= self.cfg.padded_vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.cfg.padded_vocab_size}) for this checkpoint, "
-                             f"got ids in [{int(ids.min())}, {int(ids.max())}]: does the tokenizer match?")
+                             f"got ids in [{low}, {high}]: does the tokenizer match?")
 
 
 class ExplicitLM(_LM):
     kind = "explicit"
 
     def forward(self, input_ids: Tensor, budget: Budget | None = None, lengths: Tensor | None = None,
-                state: State | None = None, anytime=()) -> LMOutput:
-        """input_ids (B, L), right padded to `lengths` (B,) if given."""
+                state: State | None = None, anytime=(), want_state: bool = True) -> LMOutput:
+        """input_ids (B, L), right padded to `lengths` (B,) if given. want_state=False (scoring): the returned state is
+        None, and no layer computes its final conv window and SSM state."""
         _no_budget(budget, anytime)
         self.check_ids(input_ids)
-        hidden, new_state = self.stack(self.embed(input_ids), None, state, valid_mask(lengths, input_ids.shape[1]))
+        if self._graphable(input_ids, state, want_state):
+            graph = self._forward_graph((), self._scoring_forward, input_ids)
+            if graph is not None:
+                return LMOutput(graph(input_ids, lengths), None)
+        hidden, new_state = self.stack(self.embed(input_ids), None, state, valid_mask(lengths, input_ids.shape[1]),
+                                       commit=want_state)
         return LMOutput(hidden, new_state)
+
+    def _scoring_forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
+        return self.stack(self.embed(ids), None, None, valid_mask(lengths, ids.shape[1]), commit=False)[0]
 
     def step(self, token_ids: Tensor, state: State, budget: Budget | None = None) -> LMOutput:
         """token_ids (B,) -> hidden (B, d_model): O(1) work per token. `state` may be advanced in place (decoding
@@ -171,17 +195,31 @@ class ImplicitLM(_LM):
         return self.stack(z, u, state, step=True, commit=commit)
 
     def forward(self, input_ids: Tensor, budget: Budget | None = None, lengths: Tensor | None = None,
-                state: State | None = None, anytime=()) -> LMOutput:
+                state: State | None = None, anytime=(), want_state: bool = True) -> LMOutput:
         """input_ids (B, L), right padded to `lengths` (B,) if given; `state` continues earlier tokens.
 
         anytime: budgets k <= max_iter whose readings to return as well, read off the one trajectory (simultaneous
         mode with tol = 0 only: that is when they equal separate runs at each k); max_iter is included.
+        want_state=False (scoring): the state may be returned as None, which spares a one-piece reading's final
+        evaluation its conv windows and SSM states.
         """
         budget = budget or self.cfg.default_budget()
         keep = budget.anytime_budgets(anytime)
         self.check_ids(input_ids)
-        r = read(self, self.inject(input_ids), budget, lengths, state, keep)
+        if (self._graphable(input_ids, state, want_state) and can_capture_whole(budget, input_ids.shape[1])
+                and (lengths is None or bool(lengths.min() > 0))):
+            graph = self._forward_graph((budget, keep), self._whole_reading(budget, keep), input_ids)
+            if graph is not None:
+                r = graph(input_ids, lengths)
+                return LMOutput(r.hidden, None, r.stats, r.anytime)
+        r = read(self, self.inject(input_ids), budget, lengths, state, keep, want_state)
         return LMOutput(r.hidden, r.state, r.stats, r.anytime)
+
+    def _whole_reading(self, budget: Budget, keep: tuple[int, ...]):
+        def fn(ids: Tensor, lengths: Tensor) -> Reading:
+            return read_whole(self, self.inject(ids), budget, lengths, keep)
+
+        return fn
 
     def step(self, token_ids: Tensor, state: State, budget: Budget | None = None) -> LMOutput:
         """token_ids (B,) -> hidden (B, d_model): the reading of one more token (the generation path)."""

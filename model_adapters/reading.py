@@ -57,7 +57,7 @@ class Readout:
 @dataclass
 class Reading:
     hidden: Tensor  # (B, L, d_model)
-    state: State  # each layer's recurrent state after each sequence's last valid token
+    state: State | None  # each layer's recurrent state after each sequence's last valid token (None: not asked for)
     stats: ReadStats
     anytime: dict[int, Readout] = field(default_factory=dict)  # budget k -> the reading at max_iter = k
 
@@ -77,9 +77,11 @@ def pieces(length: int, budget: Budget) -> list[tuple[int, int]]:
 
 
 def read(model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor | None = None, state: State | None = None,
-         keep: tuple[int, ...] = ()) -> Reading:
+         keep: tuple[int, ...] = (), want_state: bool = True) -> Reading:
     """u (B, L, d_in_proj): the injection of a right-padded batch with `lengths` (B,); `state` continues earlier
     tokens. keep: anytime budgets (a single simultaneous piece at tol = 0, see Budget.anytime_budgets).
+    want_state=False: a one-piece reading commits no state (its final evaluation is then as cheap as the others) and
+    returns None for it.
 
     With model.graphs "capture" (CUDA) or "masked" (any device), pieces after the first size are solved by
     PieceSolve (graphs.py): every row, masked, captured in CUDA graphs; the numbers are those of the eager solver."""
@@ -87,7 +89,8 @@ def read(model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor | None = 
     cuts = pieces(length, budget)
     if keep and len(cuts) != 1:
         raise ValueError("anytime budgets need the whole sequence in one piece")
-    state = state if state is not None else model.empty_state(batch)
+    if state is None and (want_state or len(cuts) > 1 or length == 1):  # else: the kernels read zeros for None
+        state = model.empty_state(batch)
     if _use_piece_solves(model, budget, cuts, keep, u):
         return _read_with_piece_solves(model, u, budget, lengths, state, cuts)
     ends = lengths.tolist() if lengths is not None else [length] * batch  # one host copy, not one per piece
@@ -96,16 +99,38 @@ def read(model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor | None = 
     full = torch.full((batch,), length, dtype=torch.long, device=u.device) if lengths is None else lengths
     stats = _empty_stats(length, budget.piece_size(length), full.to(u.device), model.cd)
     anytime: dict[int, Readout] = {}
+    commit = want_state or len(cuts) > 1
     for p, (start, end) in enumerate(cuts):
         rows = _rows_alive(ends, start, u.device)
-        solution = _solve_piece(model, u, budget, take_rows(state, rows), rows, start, end, valid, ends, keep)
+        solution = _solve_piece(model, u, budget, take_rows(state, rows), rows, start, end, valid, ends, keep, commit)
         out = solution.fz if end - start > 1 else solution.fz[:, None]
         hidden = _put_piece(hidden, rows, start, end, out)
-        state = put_rows(state, rows, solution.aux)
+        state = put_rows(state, rows, solution.aux) if commit else None
         _put_stats(stats, rows, p, solution.stats)
         for k, (fz_k, stats_k) in solution.anytime.items():  # one piece: every row, in order
             anytime[k] = Readout(fz_k if fz_k.dim() == 3 else fz_k[:, None], _single_piece(stats_k, stats.tokens))
     return Reading(hidden, state, stats, anytime)
+
+
+def can_capture_whole(budget: Budget, length: int) -> bool:
+    """Whether read_whole reads `length` tokens under `budget`: one piece of more than one token, a fixed number of
+    damped iterations (tol = 0: no look at the residuals on the host)."""
+    return len(pieces(length, budget)) == 1 and length > 1 and budget.tol == 0 and can_capture(budget)
+
+
+def read_whole(model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor, keep: tuple[int, ...] = ()) -> Reading:
+    """The one-piece reading at tol = 0 with no state in or out, from device ops only (no host synchronisation, so it
+    can be captured in a CUDA graph): what read(..., want_state=False) returns for it, the valid mask always applied
+    (masking by a mask of ones changes no bit). Every sequence has at least one token (read() leaves an empty one's
+    outputs at zero)."""
+    batch, length = u.shape[:2]
+    valid = valid_mask(lengths, length)
+    z0 = torch.zeros(batch, length, model.cfg.d_model, dtype=model.cd, device=u.device)
+    solution = solve(_parallel_map(model, False), z0, budget, PieceContext(u, None, valid), valid, keep)
+    stats = _empty_stats(length, length, lengths, model.cd)
+    _put_stats(stats, None, 0, solution.stats)
+    anytime = {k: Readout(fz, _single_piece(solved, stats.tokens)) for k, (fz, solved) in solution.anytime.items()}
+    return Reading(solution.fz, None, stats, anytime)
 
 
 def _use_piece_solves(model: ImplicitLM, budget: Budget, cuts: list, keep: tuple, u: Tensor) -> bool:
@@ -152,30 +177,31 @@ def piece_solve(model: ImplicitLM, budget: Budget, u_like: Tensor, state: State)
 
 
 def _solve_piece(model: ImplicitLM, u: Tensor, budget: Budget, state: State, rows: Tensor | None, start: int,
-                 end: int, valid: Tensor | None, ends: list[int], keep: tuple[int, ...]):
+                 end: int, valid: Tensor | None, ends: list[int], keep: tuple[int, ...], commit: bool = True):
     u_piece = take_rows(u[:, start:end], rows).contiguous()  # once per piece, not once per f evaluation
     if end - start == 1:  # the step form: the recurrent update of one token
         context = PieceContext(u_piece[:, 0], state, None)
         z0 = torch.zeros(u_piece.shape[0], model.cfg.d_model, dtype=model.cd, device=u.device)
-        return solve(_step_map(model), z0, budget, context, None, keep)
+        return solve(_step_map(model, commit), z0, budget, context, None, keep)
     piece_valid = None
     if any(e < end for e in ends if e > start):  # some sequence ends inside the piece: mask its padding
         piece_valid = take_rows(valid[:, start:end], rows)
     context = PieceContext(u_piece, state, piece_valid)
     z0 = torch.zeros(*u_piece.shape[:2], model.cfg.d_model, dtype=model.cd, device=u.device)
-    return solve(_parallel_map(model), z0, budget, context, piece_valid, keep)
+    return solve(_parallel_map(model, commit), z0, budget, context, piece_valid, keep)
 
 
-def _step_map(model: ImplicitLM):
+def _step_map(model: ImplicitLM, commit_last: bool = True):
+    """The step form as the solver's map; commit_last=False: even the final evaluation commits no state."""
     def f(z: Tensor, ctx: PieceContext, commit: bool):
-        return model.f_step(z, ctx.u, ctx.state, commit)
+        return model.f_step(z, ctx.u, ctx.state, commit and commit_last)
 
     return f
 
 
-def _parallel_map(model: ImplicitLM):
+def _parallel_map(model: ImplicitLM, commit_last: bool = True):
     def f(z: Tensor, ctx: PieceContext, commit: bool):
-        return model.f(z, ctx.u, ctx.state, ctx.valid, commit)
+        return model.f(z, ctx.u, ctx.state, ctx.valid, commit and commit_last)
 
     return f
 

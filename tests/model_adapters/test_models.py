@@ -87,3 +87,97 @@ def test_model_config_errors(bad, match):
 def test_model_config_rejects_unknown_keys_and_lists_valid_ones():
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['d_modle'\]; valid keys are .*'d_model'"):
         ModelConfig.from_dict({"d_modle": 64})
+
+
+def count_state_commits(monkeypatch) -> list:
+    """Every time a layer computes the conv window it would commit, a call is recorded."""
+    from implicit_ssm_eval.model_adapters import mamba2
+
+    calls, real = [], mamba2._last_inputs
+    monkeypatch.setattr(mamba2, "_last_inputs", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("kind,budget", [
+    ("explicit", None), ("implicit", Budget(max_iter=3, tol=0.0)), ("implicit", Budget(max_iter=20, tol=1e-3)),
+    ("implicit", Budget(max_iter=3, mode="sequential")), ("implicit", Budget(max_iter=3, mode="blockwise",
+                                                                            block_size=4))])
+def test_a_forward_without_state_reads_the_same_and_commits_none_when_it_can(kind, budget, monkeypatch):
+    """want_state=False (scoring) gives the same hidden states and statistics; a one-piece reading then computes no
+    layer's final state at all (a reading of several pieces still needs them between pieces)."""
+    model = tiny_model(kind, contractive=kind == "implicit")
+    ids, lengths = torch.randint(0, 37, (3, 11)), torch.tensor([11, 2, 7])
+    with torch.no_grad():
+        full = model(ids, budget, lengths=lengths)
+        commits = count_state_commits(monkeypatch)
+        bare = model(ids, budget, lengths=lengths, want_state=False)
+    assert torch.equal(bare.hidden, full.hidden) and full.state is not None
+    if budget is not None:
+        assert torch.equal(bare.stats.iterations, full.stats.iterations)
+    if budget is None or budget.mode == "simultaneous":
+        assert bare.state is None and commits == []
+    elif budget.mode == "blockwise":  # the step form of the sequential reading keeps its window without this call
+        assert commits
+
+
+@pytest.mark.parametrize("length", [1, 2, 9])
+def test_a_forward_from_no_state_equals_one_from_zeros(length):
+    """No state in (the kernels read zeros without a tensor) is the empty state, states out included, also for
+    sequences shorter than the conv window (whose new window reaches back into the state)."""
+    model = tiny_model("explicit", dtype=torch.float64)
+    ids = torch.randint(0, 37, (2, length))
+    lengths = torch.tensor([length, 1])
+    none, zeros = model(ids, lengths=lengths), model(ids, lengths=lengths, state=model.empty_state(2))
+    assert torch.equal(none.hidden, zeros.hidden)
+    for a, b in zip(none.state, zeros.state):
+        assert torch.equal(a.conv, b.conv) and torch.equal(a.ssm, b.ssm)
+
+
+def test_forward_graphs_capture_a_shape_the_second_time_and_keep_the_latest():
+    from implicit_ssm_eval.model_adapters.graphs import ForwardGraphs
+
+    made = []
+    graphs = ForwardGraphs(keep=2, make=lambda fn, shape, device: made.append(shape) or object())
+    a, b, c = torch.zeros(2, 5), torch.zeros(2, 6), torch.zeros(3, 5)
+    assert graphs.get((), None, a) is None and made == []  # seen once: run eagerly
+    first = graphs.get((), None, a)
+    assert first is not None and graphs.get((), None, a) is first and made == [(2, 5)]
+    assert graphs.get(("other budget",), None, a) is None  # another key, another graph
+    assert graphs.get((), None, b) is None and graphs.get((), None, b) is not None
+    graphs.get((), None, a)  # a used last: c's capture drops b, not a
+    assert graphs.get((), None, c) is None and graphs.get((), None, c) is not None
+    assert set(graphs.graphs) == {((2, 5),), ((3, 5),)} and made == [(2, 5), (2, 6), (3, 5)]
+
+
+@pytest.mark.parametrize("budget,anytime", [(Budget(max_iter=5, tol=0.0), ()), (Budget(max_iter=5, tol=0.0), (1, 3))])
+def test_the_whole_reading_from_device_ops_is_the_reading(budget, anytime):
+    """read_whole (what a CUDA graph captures for scoring) gives read()'s numbers, padded or not, anytime included."""
+    from implicit_ssm_eval.model_adapters.reading import read, read_whole
+
+    model = tiny_model("implicit", contractive=True)
+    ids = torch.randint(0, 37, (3, 11))
+    keep = budget.anytime_budgets(anytime)
+    with torch.no_grad():
+        for lengths in (torch.tensor([11, 2, 7]), None):
+            u = model.inject(ids)
+            eager = read(model, u, budget, lengths, None, keep, want_state=False)
+            whole = read_whole(model, u, budget, lengths if lengths is not None else torch.full((3,), 11), keep)
+            assert torch.equal(whole.hidden, eager.hidden)
+            for a, b in [(whole.stats, eager.stats)] + [(whole.anytime[k].stats, eager.anytime[k].stats) for k in keep]:
+                assert torch.equal(a.iterations, b.iterations) and torch.equal(a.tokens, b.tokens)
+                assert torch.equal(a.residual, b.residual) and torch.equal(a.converged, b.converged)
+            assert sorted(whole.anytime) == sorted(eager.anytime) == list(keep)
+            for k in keep:
+                assert torch.equal(whole.anytime[k].hidden, eager.anytime[k].hidden)
+
+
+def test_a_batch_with_an_empty_sequence_still_returns_every_state():
+    """A sequence of no tokens takes no part in the reading; the state returned for it is the empty one."""
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids, budget = torch.randint(0, 37, (2, 6)), Budget(max_iter=4, tol=0.0)
+    with torch.no_grad():
+        out = model(ids, budget, lengths=torch.tensor([6, 0]))
+        alone = model(ids[:1], budget)
+    for mixed, single in zip(out.state, alone.state):
+        assert_close(mixed.ssm[:1], single.ssm, 1e-10, "the full sequence's state")
+        assert not mixed.ssm[1].any() and not mixed.conv[1].any()

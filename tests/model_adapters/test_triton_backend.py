@@ -159,6 +159,50 @@ def test_graphed_decoding_generates_what_eager_decoding_does(kind, budget):
     assert graphed == eager and all(len(t) == 20 for t in graphed)
 
 
+SCORING = [("explicit", None, ()), ("implicit", Budget(max_iter=5, tol=0.0), ()),
+           ("implicit", Budget(max_iter=5, tol=0.0), (1, 3))]
+
+
+@pytest.mark.parametrize("kind,budget,anytime", SCORING)
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_graphed_scoring_forward_gives_the_eager_numbers(kind, budget, anytime, backend):
+    """graphs "capture": a forward without state (scoring) replays a graph from the second time its shape is seen,
+    with exactly the eager numbers (padded or not, anytime readings and statistics included), and a replay does not
+    overwrite what an earlier one returned."""
+    model = tiny_model(kind, contractive=kind == "implicit").cuda()
+    model.use_backend(backend)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    batches = [torch.randint(0, 37, (4, 50), device="cuda", generator=g) for _ in range(3)]
+    lengths = torch.tensor([50, 3, 27, 1], device="cuda")
+    kw = dict(want_state=False, **({"budget": budget, "anytime": anytime} if budget else {}))
+    with torch.no_grad():
+        eager = [model(ids, lengths=lengths, **kw) for ids in batches] + [model(batches[0], **kw)]
+        model.use_graphs("capture")
+        replays = [model(ids, lengths=lengths, **kw) for ids in batches] + [model(batches[0], **kw)]
+        with_state = model(batches[0], budget) if budget else model(batches[0])
+    assert len(model._forward_graphs.graphs) == 1  # captured at the second call, replayed at the third and fourth
+    for a, b in zip(replays, eager):
+        assert torch.equal(a.hidden, b.hidden)
+        if budget:
+            assert torch.equal(a.stats.iterations, b.stats.iterations)
+            assert torch.equal(a.stats.residual, b.stats.residual)
+            assert sorted(a.anytime) == sorted(b.anytime)
+            for k in a.anytime:
+                assert torch.equal(a.anytime[k].hidden, b.anytime[k].hidden)
+    assert with_state.state is not None  # a forward that asks for its state runs eagerly
+
+
+def test_scoring_with_a_tolerance_is_not_graphed():
+    """tol > 0 looks at residuals on the host: the forward stays eager (and correct)."""
+    model = tiny_model("implicit", contractive=True).cuda()
+    model.use_graphs("capture")
+    ids = torch.randint(0, 37, (2, 20), device="cuda")
+    budget = Budget(max_iter=30, tol=1e-3)
+    with torch.no_grad():
+        runs = [model(ids, budget, want_state=False) for _ in range(3)]
+    assert "_forward_graphs" not in model.__dict__ and torch.equal(runs[0].hidden, runs[2].hidden)
+
+
 def test_auto_resolves_to_triton_on_cuda():
     assert resolve_backend("auto", "cuda") == "triton"
     assert resolve_backend("auto", "cpu") == "torch"
