@@ -125,8 +125,8 @@ class SSMLM(TemplateLM):
     # -- loglikelihood ------------------------------------------------------------------------------
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         started = time.perf_counter()
-        self._observe(requests)
-        items = [self._item(req) for req in requests]
+        wholes = self._observe(requests)
+        items = self._items(requests, wholes)
         answers = self._score_items(items, disable_tqdm)
         for item, by_budget in zip(items, answers):
             for k, answer in by_budget.items():
@@ -134,14 +134,22 @@ class SSMLM(TemplateLM):
             self.cache_hook.add_partial("loglikelihood", item.key[1], by_budget[self.budgets_scored[0]].as_lm_eval())
         return self._finish_call([a[self.budgets_scored[0]].as_lm_eval() for a in answers], started)
 
-    def _item(self, req) -> Item:
-        context, continuation = req.args
-        if context == "":
-            context_enc, continuation_enc = [self.prefix_token_id], self.tok_encode(continuation)
-        else:
-            context_enc, continuation_enc = self._encode_pair(context, continuation)
-        return Item(("loglikelihood", req.args), _task_of(req), getattr(req, "doc_id", None), context_enc,
-                    continuation_enc)
+    def _items(self, requests, wholes: list[list[int]]) -> list[Item]:
+        """Each request's Item, split as lm-eval's _encode_pair splits it (trailing spaces of the context move to the
+        continuation; the whole is encoded, then the context, and the continuation is what the whole has beyond the
+        context's length), from batched encodings: `wholes` holds each context + continuation's tokens."""
+        split = [_move_trailing_spaces(*req.args) for req in requests]
+        contexts = iter(self.tokenizer.encode_batch([c for c, _ in split if c is not None]))
+        items = []
+        for req, (context, _), whole in zip(requests, split, wholes):
+            if context is None:  # no context: the prefix token stands for it
+                context_enc, continuation_enc = [self.prefix_token_id], whole
+            else:
+                context_enc = next(contexts)
+                continuation_enc = whole[len(context_enc):]
+            items.append(Item(("loglikelihood", req.args), _task_of(req), getattr(req, "doc_id", None), context_enc,
+                              continuation_enc))
+        return items
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """TemplateLM's entry point: ((context, continuation) | None, context_enc, continuation_enc) tuples."""
@@ -185,7 +193,7 @@ class SSMLM(TemplateLM):
                      ) -> list[list[dict[int, Answer]]]:
         """One forward over `sequences`; per sequence, per member item, its Answer at every scored budget."""
         ids, lengths = right_pad([list(s) for s in sequences], self._device)
-        out = self.model(ids, self.budget, lengths=lengths, anytime=self.anytime)
+        out = self.model(ids, self.budget, lengths=lengths, anytime=self.anytime, want_state=False)  # scores only
         hidden = {k: r.hidden for k, r in out.anytime.items()} or {self.budgets_scored[0]: out.hidden}
         stats = {k: r.stats for k, r in out.anytime.items()} or {self.budgets_scored[0]: out.stats}
         self._log_stats(stats, [m[0].task for m in members])
@@ -300,14 +308,19 @@ class SSMLM(TemplateLM):
         return [_cut(self.tok_decode(_before_eot(toks, self.eot_token_id)), until) for toks in generated]
 
     # -- what the requests say about their tasks ----------------------------------------------------
-    def _observe(self, requests) -> None:
+    def _observe(self, requests) -> list[list[int]]:
         """Per task: the fields its documents carry and how many of its tokens the tokenizer does not know. A task
-        the tokenizer cannot read is refused before anything is scored (or flagged, with unknown_tokens=flag)."""
-        for req in requests:
-            text = "".join(a for a in req.args if isinstance(a, str))
-            tokens, unknown = self.tokenizer.encode_counting_unknown(text)
+        the tokenizer cannot read is refused before anything is scored (or flagged, with unknown_tokens=flag).
+        Returns each request's text (its string arguments joined) encoded."""
+        texts = ["".join(a for a in req.args if isinstance(a, str)) for req in requests]
+        encoded = self.tokenizer.encode_batch_counting_unknown(texts)
+        for req, (tokens, unknown) in zip(requests, encoded):
             record = self._local_tasks.setdefault(_task_of(req), TaskRecord())
-            record.observe(getattr(req, "doc_id", None), getattr(req, "doc", None), tokens, unknown)
+            record.observe(getattr(req, "doc_id", None), getattr(req, "doc", None), len(tokens), unknown)
+        self._refuse_unreadable_tasks()
+        return [tokens for tokens, _ in encoded]
+
+    def _refuse_unreadable_tasks(self) -> None:
         unreadable = {t: r for t, r in self._local_tasks.items() if r.unknown_fraction > UNREADABLE_FRACTION}
         if not unreadable:
             return
@@ -344,7 +357,7 @@ class SSMLM(TemplateLM):
         while size > 1:
             try:
                 ids = torch.zeros(size, length, dtype=torch.long, device=self._device)
-                self.model.logits(self.model(ids, self.budget).hidden[:, -1:])
+                self.model.logits(self.model(ids, self.budget, want_state=False).hidden[:, -1:])
                 break
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
@@ -476,6 +489,15 @@ def _graph_mode(requested: bool | None, device: torch.device) -> str:
     if requested and device.type != "cuda":
         raise ConfigError(f"cuda_graphs=true needs a CUDA device, got device={device}")
     return "capture" if device.type == "cuda" and requested is not False else "off"
+
+
+def _move_trailing_spaces(context: str, continuation: str) -> tuple[str | None, str]:
+    """lm-eval's rule for a loglikelihood pair: the context's trailing spaces belong to the continuation. None for
+    an empty context (scored after the prefix token)."""
+    if context == "":
+        return None, continuation
+    stripped = context.rstrip()
+    return stripped, context[len(stripped):] + continuation
 
 
 def _task_of(req) -> str:

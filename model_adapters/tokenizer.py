@@ -70,13 +70,16 @@ class Tokenizer:
             return self._tk.token_to_id(token)
         return getattr(model, "unk_id", None)
 
-    def encode_counting_unknown(self, text: str) -> tuple[int, list[str]]:
-        """(number of tokens, the pieces of `text` that became the unknown token)."""
-        encoding = self._tk.encode(text, add_special_tokens=False)
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """encode() of each text, in one call that the tokenizer spreads over its threads."""
+        return [e.ids for e in self._tk.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode_batch_counting_unknown(self, texts: list[str]) -> list[tuple[list[int], list[str]]]:
+        """Per text: (its tokens, the pieces of it that became the unknown token), in one batched call."""
         unk = self.unk_token_id
-        if unk is None:
-            return len(encoding.ids), []
-        return len(encoding.ids), [text[a:b] for i, (a, b) in zip(encoding.ids, encoding.offsets) if i == unk]
+        encodings = self._tk.encode_batch(list(texts), add_special_tokens=False)
+        return [(e.ids, [] if unk is None else [t[a:b] for i, (a, b) in zip(e.ids, e.offsets) if i == unk])
+                for t, e in zip(texts, encodings)]
 
     def token_to_id(self, token: str) -> int | None:
         return self._tk.token_to_id(token)

@@ -82,6 +82,22 @@ def test_batch_size_1_and_16_give_identical_scores(checkpoints, evaluate, kind, 
         metric(runs[1], "tiny_roll", "bits_per_byte"), rel=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["implicit", "explicit"])
+def test_scoring_computes_no_recurrent_state(checkpoints, monkeypatch, kind):
+    """Scores need the hidden states only: no layer computes the conv window and SSM state it would end in."""
+    from implicit_ssm_eval.model_adapters import mamba2
+
+    lm = (ImplicitSSMLM if kind == "implicit" else ExplicitSSMLM)(pretrained=str(checkpoints[kind]))
+    requests = [((c, " b"), lm.tok_encode(c), lm.tok_encode("b")) for c in ("a b c a", "c a")]
+    expected = lm._loglikelihood_tokens(requests)
+
+    def refuse(*args):
+        raise AssertionError("a final state was computed for scoring")
+
+    monkeypatch.setattr(mamba2, "_last_inputs", refuse)
+    assert lm._loglikelihood_tokens(requests) == expected
+
+
 def test_multiple_choice_shares_one_forward_per_context(checkpoints, monkeypatch):
     lm = ExplicitSSMLM(pretrained=str(checkpoints["explicit"]), batch_size=64)
     rows = []
@@ -286,6 +302,30 @@ def lm_request(lm, context: str, target: str):
 
     return Instance(request_type="loglikelihood", doc={}, arguments=(context + " ", target), idx=0,
                     metadata=("tiny_ll", 0, 1))
+
+
+def test_batched_tokenization_splits_pairs_as_lm_eval_does(checkpoints):
+    """Requests are tokenized in batches, and each pair is split exactly as lm-eval's own _encode_pair splits it:
+    trailing whitespace of the context moves to the continuation, an empty context becomes the prefix token."""
+    from lm_eval.api.instance import Instance
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    lm = ExplicitSSMLM(pretrained=str(checkpoints["explicit"]), unknown_tokens="flag")
+    # Spaces are tokens here ("a b " is a, _b, _), so where a context's trailing space goes changes the split.
+    words = ["<unk>", "a", "b", "c", "\u2581", "\u2581a", "\u2581b", "\u2581c", "\n", "\u2581\u2581"]
+    spaced = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    spaced.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    lm.tokenizer._tk = spaced
+    pairs = [("a b c", " a"), ("a b ", "c a"), ("a\n\n", "b"), ("a b", "c"), ("", "a b"), ("  ", "a"),
+             ("c a b", " b c a b"), ("a zz", " q")]
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=0, metadata=("tiny_ll", i, 1))
+                for i, p in enumerate(pairs)]
+    items = lm._items(requests, lm._observe(requests))
+    for (context, continuation), item in zip(pairs, items):
+        expected = ([lm.prefix_token_id], lm.tok_encode(continuation)) if context == "" else \
+            lm._encode_pair(context, continuation)
+        assert (item.context, item.continuation) == expected, (context, continuation)
+    assert [len(i.context) for i in items] == [3, 2, 1, 2, 1, 0, 3, 2]  # the cases differ
 
 
 def test_a_task_the_tokenizer_cannot_read_is_refused_or_flagged(checkpoints):
