@@ -4,9 +4,13 @@ the same weights (a mamba_ssm checkpoint written by save_pretrained and loaded b
 
     python bench/gpu_bench.py --out $OUT/bench.json [--sections ceilings,forward,profile,overhead,sequential,decode]
 
-forward     explicit forward with logits, batch 16 x 2048: ours vs mamba_ssm (use_mem_eff_path=False)
+forward     explicit forward with logits, batch 16 x 2048: ours vs mamba_ssm (use_mem_eff_path=False); ours as
+            scoring runs it (no final states), replayed from a CUDA graph (as scoring on a GPU runs it), with the
+            states, and with float32 logits
+host        host launch time vs wall time per forward, our host synchronisations, a cProfile of our launches
+            (host_cprofile.txt), and both forwards replayed from a CUDA graph
 profile     the share of our forward's GPU time per kind of kernel (projections, scan, conv, norms, ...)
-overhead    implicit forward at a forced k / (k x explicit forward)
+overhead    implicit forward at a forced k / (k x explicit forward), eager and in CUDA graphs
 sequential  implicit scoring in the sequential reading, k = 4, tol 0, batch 16 x 128, in CUDA graphs: the iterations
             with our read-only step kernel vs mamba_ssm's state update (interleaved), --eager without graphs,
             and the simultaneous reading of the same work
@@ -88,19 +92,39 @@ def section_ceilings(args, pair) -> None:
     RESULTS["copy_tb_s"] = 2 * x.numel() * 4 / timed(lambda: y.copy_(x)) / 1e9
 
 
-def section_forward(args, pair) -> None:
+def forward_variants(pair, ids) -> dict:
+    """The timed forwards, each returning logits. Ours as lm-eval scores (want_state=False: no final states, which
+    mamba_ssm's forward does not compute either), with the states (as a prefill computes them), and with float32
+    logits (what `logits()` gives the log-softmax)."""
     theirs, ours = pair
+    bf16 = torch.bfloat16
+
+    def ours_graphs():  # as lm-eval scores on a GPU (cuda_graphs=auto): replayed from a graph of its shape
+        ours.graphs = "capture"  # set directly: use_graphs() would drop the captured graph
+        try:
+            return ours.lm_head(ours(ids, want_state=False).hidden.to(bf16))
+        finally:
+            ours.graphs = "off"
+
+    return {"mamba_ssm": lambda: theirs(ids).logits,
+            "ours": lambda: ours.lm_head(ours(ids, want_state=False).hidden.to(bf16)),
+            "ours_graphs": ours_graphs,
+            "ours_with_state": lambda: ours.lm_head(ours(ids).hidden.to(bf16)),
+            "ours_fp32_logits": lambda: ours.logits(ours(ids, want_state=False).hidden)}
+
+
+def section_forward(args, pair) -> None:
     ids = torch.randint(0, VOCAB, (args.batch, args.length), device="cuda")
+    variants = forward_variants(pair, ids)
     with torch.inference_mode():
         for _ in range(2):  # interleaved rounds: the machine is shared
-            RESULTS.setdefault("forward_mamba_ssm_ms", []).append(timed(lambda: theirs(ids).logits))
-            RESULTS.setdefault("forward_ours_ms", []).append(
-                timed(lambda: ours.lm_head(ours(ids).hidden.to(torch.bfloat16))))
-            RESULTS.setdefault("forward_ours_fp32_logits_ms", []).append(timed(lambda: ours.logits(ours(ids).hidden)))
-    for key in ("forward_mamba_ssm_ms", "forward_ours_ms", "forward_ours_fp32_logits_ms"):
-        RESULTS[key] = min(RESULTS[key])
+            for name, fn in variants.items():
+                RESULTS.setdefault(f"forward_{name}_ms", []).append(timed(fn))
+    for name in variants:
+        RESULTS[f"forward_{name}_ms"] = min(RESULTS[f"forward_{name}_ms"])
     RESULTS["forward_speed_vs_mamba_ssm"] = RESULTS["forward_mamba_ssm_ms"] / RESULTS["forward_ours_ms"]
-    params = sum(p.numel() for p in ours.parameters())
+    RESULTS["forward_graphs_speed_vs_mamba_ssm"] = RESULTS["forward_mamba_ssm_ms"] / RESULTS["forward_ours_graphs_ms"]
+    params = sum(p.numel() for p in pair[1].parameters())
     RESULTS["forward_ours_fraction_of_790_tflops"] = 2 * params * ids.numel() / RESULTS["forward_ours_ms"] / 1e9 / 790
 
 
@@ -115,11 +139,11 @@ def section_profile(args, pair) -> None:
     _, ours = pair
     ids = torch.randint(0, VOCAB, (args.batch, args.length), device="cuda")
     with torch.inference_mode():
-        ours.lm_head(ours(ids).hidden.to(torch.bfloat16))
+        ours.lm_head(ours(ids, want_state=False).hidden.to(torch.bfloat16))
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
-                ours.lm_head(ours(ids).hidden.to(torch.bfloat16))
+                ours.lm_head(ours(ids, want_state=False).hidden.to(torch.bfloat16))
             torch.cuda.synchronize()
     totals: dict[str, float] = {}
     for event in prof.key_averages():
@@ -132,15 +156,94 @@ def section_profile(args, pair) -> None:
     (args.out.parent / "profile.txt").write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
 
 
+def host_and_wall(fn, reps: int = 10) -> tuple[float, float]:
+    """Median milliseconds (host, wall) of fn() from an idle GPU: host = until fn returns (the launches), wall = until
+    the GPU is done. host close to wall: the launches, not the kernels, set the pace."""
+    for _ in range(3):
+        fn()
+    hosts, walls = [], []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        launched = time.perf_counter()
+        torch.cuda.synchronize()
+        hosts.append(launched - start)
+        walls.append(time.perf_counter() - start)
+    return statistics.median(hosts) * 1e3, statistics.median(walls) * 1e3
+
+
+def graphed(fn):
+    """fn captured in a CUDA graph (static inputs): returns replay, or raises where capture fails."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def section_host(args, pair) -> None:
+    """Where the forward's wall time goes besides kernels: host launch time per variant, the host synchronisations
+    of ours, a cProfile of our launches, and each model's forward replayed from a CUDA graph."""
+    import cProfile
+    import io
+    import pstats
+
+    ids = torch.randint(0, VOCAB, (args.batch, args.length), device="cuda")
+    variants = forward_variants(pair, ids)
+    with torch.inference_mode():
+        for name, fn in variants.items():
+            RESULTS[f"host_{name}_launch_ms"], RESULTS[f"host_{name}_wall_ms"] = host_and_wall(fn)
+        torch.cuda.set_sync_debug_mode("warn")
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            variants["ours"]()
+        torch.cuda.set_sync_debug_mode(0)
+        RESULTS["host_ours_synchronisations"] = len(caught)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(5):
+            variants["ours"]()
+        profiler.disable()
+        torch.cuda.synchronize()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(35)
+        (args.out.parent / "host_cprofile.txt").write_text(text.getvalue())
+        for name in ("mamba_ssm", "ours"):  # whole forwards (head included) in one graph each: the floor
+            try:
+                replay = graphed(variants[name])
+                RESULTS[f"graphed_{name}_ms"] = timed(replay)
+            except Exception as exc:  # noqa: BLE001 - a failed capture is a finding, not the end of the section
+                RESULTS[f"graphed_{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+
+
 def section_overhead(args, pair) -> None:
+    """Implicit forward at a forced k (tol 0) against k explicit forwards, both eager and both replayed from CUDA
+    graphs (as scoring runs them on a GPU); no logits, no states."""
     _, ours = pair
     implicit = implicit_twin(ours)
     ids = torch.randint(0, VOCAB, (args.batch, args.length), device="cuda")
+    best = {}
     with torch.inference_mode():
-        explicit_ms = timed(lambda: ours(ids))
+        for _ in range(2):  # interleaved rounds, the best of each: host-bound times drift with the machine
+            for graphs in ("off", "capture"):
+                ours.graphs = implicit.graphs = graphs  # set directly: use_graphs() would drop the captured graphs
+                for k in (0, 1, 4):
+                    ms = timed(lambda: ours(ids, want_state=False)) if k == 0 else timed(
+                        lambda k=k: implicit(ids, Budget(max_iter=k, tol=0.0), want_state=False), warmup=2, reps=5)
+                    best[graphs, k] = min(best.get((graphs, k), ms), ms)
+        ours.graphs = "off"
+    for graphs, name in (("off", "eager"), ("capture", "graphs")):
+        RESULTS[f"overhead_{name}_explicit_ms"] = best[graphs, 0]
         for k in (1, 4):
-            ms = timed(lambda k=k: implicit(ids, Budget(max_iter=k)), warmup=1, reps=5)
-            RESULTS[f"implicit_k{k}_overhead"] = ms / (k * explicit_ms)
+            RESULTS[f"overhead_{name}_implicit_k{k}_ms"] = best[graphs, k]
+            RESULTS[f"implicit_k{k}_overhead_{name}"] = best[graphs, k] / (k * best[graphs, 0])
 
 
 def section_sequential(args, pair) -> None:
@@ -229,7 +332,7 @@ def section_decode(args, pair) -> None:
         RESULTS["decode_b16_ours_tok_s"] / 5)
 
 
-SECTIONS = {"ceilings": section_ceilings, "forward": section_forward, "profile": section_profile,
+SECTIONS = {"ceilings": section_ceilings, "forward": section_forward, "host": section_host, "profile": section_profile,
             "overhead": section_overhead, "sequential": section_sequential, "decode": section_decode}
 
 

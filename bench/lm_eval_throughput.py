@@ -1,12 +1,15 @@
 """Log-likelihood throughput through lm-eval: `explicit_ssm` vs lm-eval's own `mamba_ssm` model, on the same
 mamba_ssm checkpoint (the 130M configuration at random initialisation) and the same requests.
 
-    python bench/lm_eval_throughput.py --out $OUT/lm_eval_throughput.json [--docs 512 --context 1024]
+    python bench/lm_eval_throughput.py --out $OUT/lm_eval_throughput.json [--docs 512 --context 1024] [--profile]
 
 The checkpoint and a word-level tokenizer (50277 entries, no hub access needed) are written to a temporary
 directory; the task is bench/tasks/bench_ll.yaml (random words, a context and an 8-word continuation).
 Both models run in bfloat16 at batch size 16; the timed region is lm-eval's evaluation after the model is
-built. The two models' summed log-likelihoods are compared as a sanity check.
+built. Ours runs as it does by default on a GPU (cuda_graphs=auto: the scoring forward replayed from a CUDA graph
+per batch shape) and eagerly (cuda_graphs=false). The models' log-likelihoods are compared as a sanity check.
+Then each model's own loglikelihood() is timed on the task's prebuilt requests (best of 2 interleaved rounds): at
+this size lm-eval's fixed costs (building the task, templates, the environment report) are most of an evaluation.
 """
 
 from __future__ import annotations
@@ -52,11 +55,47 @@ def evaluate(lm, limit: int | None) -> tuple[float, dict]:
     return time.perf_counter() - start, res
 
 
+def request_rates(models: dict, rounds: int = 2) -> dict:
+    """Seconds of each model's own loglikelihood() over the task's prebuilt requests (tokenization and scoring,
+    none of lm-eval's task building, templating or environment report), best of interleaved rounds."""
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    task = get_task_dict(["bench_ll"], TaskManager(include_path=str(TASKS), include_defaults=False))["bench_ll"]
+    task.build_all_requests(limit=None)
+    requests = list(task.instances)
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for name, lm in models.items():
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            lm.loglikelihood(requests, disable_tqdm=True)
+            torch.cuda.synchronize()
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+    return {"requests": len(requests), **{f"{name}_seconds": s for name, s in best.items()}}
+
+
+def profiled(fn, path: Path | None):
+    """fn(), and with a path its cProfile statistics (cumulative time, 45 rows) written there as text."""
+    if not path:
+        return fn()
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    out = profiler.runcall(fn)
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(45)
+    path.with_suffix(".txt").write_text(text.getvalue())
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--docs", type=int, default=512)
     p.add_argument("--context", type=int, default=1024)
+    p.add_argument("--profile", action="store_true", help="also write each timed run's cProfile next to --out")
     args = p.parse_args()
     os.environ.update(BENCH_DOCS=str(args.docs), BENCH_CONTEXT=str(args.context))
     from lm_eval.models.mamba_lm import MambaLMWrapper
@@ -65,22 +104,32 @@ def main() -> None:
 
     root = make_checkpoint(Path(tempfile.mkdtemp()))
     ours = ExplicitSSMLM(pretrained=str(root), dtype="bfloat16", batch_size=16, device="cuda")
+    eager = ExplicitSSMLM(pretrained=str(root), dtype="bfloat16", batch_size=16, device="cuda", cuda_graphs=False)
     theirs = MambaLMWrapper(pretrained=str(root), tokenizer=str(root), dtype="bfloat16", batch_size=16, device="cuda")
-    evaluate(ours, 32), evaluate(theirs, 32)  # warm-up: Triton compilation, allocator
+    for lm in (ours, eager, theirs):
+        evaluate(lm, 32)  # warm-up: Triton compilation, allocator (and, for ours, the capture of its shape)
     results = {}
-    for name, lm in (("explicit_ssm", ours), ("mamba_ssm", theirs), ("explicit_ssm_repeat", ours)):
-        seconds, res = evaluate(lm, None)
+    for name, lm in (("explicit_ssm", ours), ("mamba_ssm", theirs), ("explicit_ssm_eager", eager),
+                     ("explicit_ssm_repeat", ours)):
+        seconds, res = profiled(lambda lm=lm: evaluate(lm, None), args.profile and args.out.parent / f"{name}.prof")
         results[name] = {"seconds": seconds, "requests_per_s": args.docs / seconds,
                          "loglikelihoods": [s["resps"][0][0][0] for s in res["samples"]["bench_ll"]]}
     a = torch.tensor(results["explicit_ssm"].pop("loglikelihoods"))
     b = torch.tensor(results["mamba_ssm"].pop("loglikelihoods"))
+    c = torch.tensor(results["explicit_ssm_eager"].pop("loglikelihoods"))
     results["explicit_ssm_repeat"].pop("loglikelihoods")
     summary = {"device": torch.cuda.get_device_name(), "dtype": "bfloat16", "batch_size": 16, "docs": args.docs,
                "context_tokens": args.context, "continuation_tokens": 8, **results,
                "throughput_ratio_ours_over_mamba_ssm": results["mamba_ssm"]["seconds"]
                / results["explicit_ssm"]["seconds"],
+               "throughput_ratio_eager_over_mamba_ssm": results["mamba_ssm"]["seconds"]
+               / results["explicit_ssm_eager"]["seconds"],
+               "graphs_vs_eager_max_abs_diff": float((a - c).abs().max()),
                "loglikelihood_mean_abs_diff": float((a - b).abs().mean()),
                "loglikelihood_mean": float(b.mean())}
+    calls = request_rates({"explicit_ssm": ours, "mamba_ssm": theirs, "explicit_ssm_eager": eager})
+    summary.update(loglikelihood_calls=calls, loglikelihood_call_ratio_ours_over_mamba_ssm=calls["mamba_ssm_seconds"]
+                   / calls["explicit_ssm_seconds"])
     args.out.write_text(json.dumps(summary, indent=2))
     for key, value in summary.items():
         print(f"{key:40s} {value}")
