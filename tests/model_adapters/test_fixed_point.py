@@ -318,3 +318,16 @@ def test_scan_stays_float32_under_autocast():
         auto, _ = ssd_chunked(x, dt, A, B, C, 16)
     assert auto.dtype == torch.float32
     assert_close(auto, plain, 1e-6, "scan under autocast")
+
+
+@pytest.mark.parametrize("keep,expected", [((), 1), ((2, 3), 3)])
+def test_at_tol_0_only_kept_budgets_measure_their_residual(monkeypatch, keep, expected):
+    """At tol 0 no iteration stops on its residual: only the final evaluation and anytime budgets measure one."""
+    from implicit_ssm_eval.model_adapters import fixed_point
+
+    calls, real = [], fixed_point.relative_residual
+    monkeypatch.setattr(fixed_point, "relative_residual", lambda *a: calls.append(1) or real(*a))
+    z0 = torch.zeros(3, 4)
+    solution = fixed_point.solve(lambda z, ctx, commit: (0.5 * z + 1, None), z0, Budget(max_iter=5, tol=0.0),
+                                 keep=keep)
+    assert len(calls) == expected and sorted(solution.anytime) == list(keep)
