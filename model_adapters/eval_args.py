@@ -95,8 +95,11 @@ def _record_path(value) -> str | None:
 
 
 def _opt_bool(value, name: str, model: str) -> bool | None:
+    """true, false or auto (None); the words in any case too, as a model_args dict of the Python API gives them."""
     if value is None or value == "auto":
         return None
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
     if not isinstance(value, bool):
         raise ConfigError(f"{model}: {name} must be true, false or auto, got {value!r}")
     return value

@@ -98,6 +98,26 @@ def test_scoring_computes_no_recurrent_state(checkpoints, monkeypatch, kind):
     assert lm._loglikelihood_tokens(requests) == expected
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,extra", [("explicit", {}), ("implicit", {"max_iter": 6, "tol": 0.0, "anytime": "1;3"})])
+def test_graphed_scoring_through_lm_eval_scores_as_eager_scoring(checkpoints, evaluate, kind, extra, monkeypatch):
+    """On a GPU, cuda_graphs=auto replays the scoring forwards of repeated shapes from CUDA graphs (at batch size 1
+    these tasks repeat a few lengths): every request's answer is the eager one, at every budget."""
+    from implicit_ssm_eval.model_adapters import graphs as graph_module
+
+    replays, replay = [], graph_module.ForwardGraph.__call__
+    monkeypatch.setattr(graph_module.ForwardGraph, "__call__", lambda *a: replays.append(1) or replay(*a))
+    runs, used = {}, {}
+    for graphs in ("auto", "false"):
+        args = {"pretrained": str(checkpoints[kind]), "device": "cuda", "cuda_graphs": graphs, **extra}
+        res = evaluate(f"{kind}_ssm", args, ["tiny_ll", "tiny_mc"], batch_size=1, log_samples=True)
+        runs[graphs] = {task: [s["resps"] for s in res["samples"][task]] for task in ("tiny_ll", "tiny_mc")}
+        runs[graphs]["results"] = res["results"]  # anytime budgets included
+        used[graphs], replays[:] = len(replays), []
+    assert used["auto"] > 0 and used["false"] == 0
+    assert runs["auto"] == runs["false"] and runs["auto"]["tiny_ll"]
+
+
 def test_multiple_choice_shares_one_forward_per_context(checkpoints, monkeypatch):
     lm = ExplicitSSMLM(pretrained=str(checkpoints["explicit"]), batch_size=64)
     rows = []
@@ -164,9 +184,11 @@ def test_defaults_come_from_the_checkpoint(checkpoints):
     (ImplicitSSMLM, {"anytime": "2", "mode": "sequential"}, "anytime budgets need mode=simultaneous.*got "
                                                             "mode=sequential.*implicit-eval sweep CKPT --modes MODE"),
     (ImplicitSSMLM, {"unknown_tokens": "ignore"}, r"unknown_tokens must be one of \['refuse', 'flag'\]"),
+    (ImplicitSSMLM, {"cuda_graphs": "yes"}, "cuda_graphs must be true, false or auto, got 'yes'"),
+    (ImplicitSSMLM, {"cuda_graphs": "TRUE"}, "cuda_graphs=true needs a CUDA device"),
 ])
 def test_bad_model_args(checkpoints, cls, args, match):
-    if args.get("backend") == "triton" and torch.cuda.is_available():
+    if (args.get("backend") == "triton" or args.get("cuda_graphs") == "TRUE") and torch.cuda.is_available():
         pytest.skip("CUDA present")
     with pytest.raises(ConfigError, match=match):
         cls(pretrained=str(checkpoints["implicit"]), **args)
