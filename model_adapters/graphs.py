@@ -24,6 +24,7 @@ second time it is seen (a shape seen once would pay a capture for nothing), keep
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from .config import Budget
     from .models import ImplicitLM, State
 
+logger = logging.getLogger(__name__)
 SEGMENT = 8  # tol > 0: masked updates per captured segment; the host looks for convergence between segments
 
 
@@ -204,12 +206,13 @@ def clone_tree(tree):
 class ForwardGraphs:
     """A model's ForwardGraphs by key (the ids' shape and whatever else the computation depends on): a key is
     captured the second time it is seen, and at most `keep` are held (each holds the activation memory of its
-    forward), the least recently used dropped first."""
+    forward), the least recently used dropped first. A key whose capture runs out of memory stays eager."""
 
     def __init__(self, keep: int = 4, make=ForwardGraph):
         self.keep, self.make = keep, make
         self.graphs: dict[tuple, ForwardGraph] = {}
         self.seen: set[tuple] = set()
+        self.failed: set[tuple] = set()  # keys whose capture ran out of memory
 
     def get(self, key: tuple, fn, ids: Tensor) -> ForwardGraph | None:
         key = (tuple(ids.shape), *key)
@@ -217,9 +220,17 @@ class ForwardGraphs:
         if graph is None and key not in self.seen:
             self.seen.add(key)
             return None
+        if graph is None and key in self.failed:
+            return None
         if graph is None:
             while len(self.graphs) >= self.keep:
                 self.graphs.pop(next(iter(self.graphs)))
-            graph = self.make(fn, tuple(ids.shape), ids.device)
+            try:
+                graph = self.make(fn, tuple(ids.shape), ids.device)
+            except torch.OutOfMemoryError:  # a graph keeps its own activation memory: this shape stays eager
+                self.failed.add(key)
+                torch.cuda.empty_cache()
+                logger.info("no memory to capture the forward of shape %s in a CUDA graph: it runs eagerly", key[0])
+                return None
         self.graphs[key] = graph  # re-inserted: the most recently used comes last
         return graph

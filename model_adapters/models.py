@@ -117,7 +117,20 @@ class _LM(nn.Module):
 
     def _forward_graph(self, key: tuple, fn, ids: Tensor) -> ForwardGraph | None:
         """The captured fn for ids' shape and `key`, once that has been seen before (graphs.ForwardGraphs)."""
-        return self.__dict__.setdefault("_forward_graphs", ForwardGraphs()).get(key, fn, ids)
+        return self.captured("_forward_graphs", ForwardGraphs).get(key, fn, ids)
+
+    def captured(self, name: str, make):
+        """The model's cache `name` of captured computations (forward graphs, piece solves), made by make() and
+        emptied whenever a parameter changes (in place or replaced): a CUDA graph reads the weights, and what was
+        derived from them (A = -exp(A_log)), at the addresses and with the values it was captured with."""
+        version = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        if self.__dict__.get("_weights_version") != version:
+            self.__dict__["_weights_version"] = version
+            self.__dict__.pop("_piece_solves", None)
+            self.__dict__.pop("_forward_graphs", None)
+        if name not in self.__dict__:
+            self.__dict__[name] = make()
+        return self.__dict__[name]
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()

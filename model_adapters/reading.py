@@ -166,7 +166,7 @@ def _read_with_piece_solves(model: ImplicitLM, u: Tensor, budget: Budget, length
 
 def piece_solve(model: ImplicitLM, budget: Budget, u_like: Tensor, state: State) -> PieceSolve:
     """The model's PieceSolve for this shape and budget, made (and captured, on CUDA) on first use."""
-    cache = model.__dict__.setdefault("_piece_solves", {})
+    cache = model.captured("_piece_solves", dict)
     key = (tuple(u_like.shape), u_like.dtype, str(u_like.device), budget)
     if key not in cache:
         if len(cache) >= 8:  # a few shapes per run (the batch size, a shorter last batch, a last block)

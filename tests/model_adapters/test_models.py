@@ -181,3 +181,33 @@ def test_a_batch_with_an_empty_sequence_still_returns_every_state():
     for mixed, single in zip(out.state, alone.state):
         assert_close(mixed.ssm[:1], single.ssm, 1e-10, "the full sequence's state")
         assert not mixed.ssm[1].any() and not mixed.conv[1].any()
+
+
+def test_a_shape_whose_capture_runs_out_of_memory_stays_eager():
+    from implicit_ssm_eval.model_adapters.graphs import ForwardGraphs
+
+    attempts = []
+
+    def out_of_memory(fn, shape, device):
+        attempts.append(shape)
+        raise torch.OutOfMemoryError("no room for the graph's pool")
+
+    graphs, ids = ForwardGraphs(make=out_of_memory), torch.zeros(2, 5)
+    assert [graphs.get((), None, ids) for _ in range(4)] == [None] * 4 and attempts == [(2, 5)]
+
+
+def test_captured_computations_are_dropped_when_the_weights_change():
+    """A CUDA graph reads the weights (and A = -exp(A_log)) as captured: new weights, new captures."""
+    model = tiny_model("implicit", contractive=True)
+    model.use_graphs("masked")
+    ids, budget = torch.randint(0, 37, (2, 9)), Budget(max_iter=3, mode="blockwise", block_size=4)
+    with torch.no_grad():
+        model(ids, budget)
+        solves = model._piece_solves
+        assert solves and model.captured("_piece_solves", dict) is solves  # kept while the weights stay
+        model.layers[0].mixer.A_log.mul_(0.5)
+        assert model.captured("_piece_solves", dict) == {}
+        model(ids, budget)
+        assert model._piece_solves is not solves and model._piece_solves
+        model.load_state_dict(model.state_dict())  # copied in place: a change, even of equal values
+        assert model.captured("_piece_solves", dict) == {}
