@@ -1,4 +1,4 @@
-"""CUDA graphs: a piece's whole fixed-point solve (the readings), and the explicit stack's scoring forward.
+"""CUDA graphs: a piece's whole fixed-point solve (the readings), and the scoring forward of either model.
 
 Sequential scoring and decoding run one small computation thousands of times: the solve of a one-token piece (or
 of a block), a few f evaluations of the whole stack. Launched op by op, the host is the bottleneck. A PieceSolve
@@ -23,7 +23,6 @@ second time it is seen (a shape seen once would pay a capture for nothing), keep
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from typing import TYPE_CHECKING
@@ -33,7 +32,7 @@ from torch import Tensor
 
 from .fixed_point import SolveStats, relative_residual
 from .mamba2 import MixerState
-from .tensors import broadcast_mask
+from .tensors import broadcast_mask, map_tensors
 
 if TYPE_CHECKING:
     from .config import Budget
@@ -45,6 +44,24 @@ SEGMENT = 8  # tol > 0: masked updates per captured segment; the host looks for 
 
 def can_capture(budget: Budget) -> bool:
     return budget.solver == "fixed_point"
+
+
+def capture(parts: dict) -> tuple[dict, dict]:
+    """Each callable of `parts` captured in a CUDA graph, after all of them ran once on a side stream (the warm-up
+    compiles and autotunes kernels and settles the allocator). Returns the graphs and what each call returned while
+    captured (its output buffers), by name."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for fn in parts.values():
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graphs, outputs = {}, {}
+    for name, fn in parts.items():
+        graphs[name] = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graphs[name]):
+            outputs[name] = fn()
+    return graphs, outputs
 
 
 class PieceSolve:
@@ -112,17 +129,7 @@ class PieceSolve:
         parts = {"whole": self._whole} if not self.budget.tol else \
             {"start": self._start, "segment": self._segment, "finish": self._finish}
         snapshot = [MixerState(s.conv.clone(), s.ssm.clone()) for s in self.state]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up: compile and autotune kernels, settle the allocator
-            for fn in parts.values():
-                fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        graphs = {}
-        for name, fn in parts.items():
-            graphs[name] = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graphs[name]):
-                fn()
+        graphs, _ = capture(parts)
         for s, saved in zip(self.state, snapshot):  # the warm-up committed states: put the originals back
             s.conv.copy_(saved.conv)
             s.ssm.copy_(saved.ssm)
@@ -171,14 +178,8 @@ class ForwardGraph:
     def __init__(self, fn, shape: tuple[int, int], device: torch.device):
         self.ids = torch.zeros(shape, dtype=torch.long, device=device)
         self.lengths = torch.full(shape[:1], shape[1], dtype=torch.long, device=device)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up: compile and autotune kernels, settle the allocator
-            fn(self.ids, self.lengths)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = fn(self.ids, self.lengths)
+        graphs, outputs = capture({"forward": lambda: fn(self.ids, self.lengths)})
+        self.graph, self.out = graphs["forward"], outputs["forward"]
 
     def __call__(self, ids: Tensor, lengths: Tensor | None):
         self.ids.copy_(ids)
@@ -187,20 +188,7 @@ class ForwardGraph:
         else:
             self.lengths.copy_(lengths)
         self.graph.replay()
-        return clone_tree(self.out)  # the buffers are the next replay's outputs
-
-
-def clone_tree(tree):
-    if isinstance(tree, Tensor):
-        return tree.clone()
-    if dataclasses.is_dataclass(tree):
-        fields = {f.name: clone_tree(getattr(tree, f.name)) for f in dataclasses.fields(tree)}
-        return dataclasses.replace(tree, **fields)
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(clone_tree(t) for t in tree)
-    if isinstance(tree, dict):
-        return {k: clone_tree(v) for k, v in tree.items()}
-    return tree
+        return map_tensors(self.out, Tensor.clone)  # the buffers are the next replay's outputs
 
 
 class ForwardGraphs:
@@ -217,10 +205,8 @@ class ForwardGraphs:
     def get(self, key: tuple, fn, ids: Tensor) -> ForwardGraph | None:
         key = (tuple(ids.shape), *key)
         graph = self.graphs.pop(key, None)
-        if graph is None and key not in self.seen:
+        if graph is None and (key not in self.seen or key in self.failed):
             self.seen.add(key)
-            return None
-        if graph is None and key in self.failed:
             return None
         if graph is None:
             while len(self.graphs) >= self.keep:

@@ -244,10 +244,9 @@ class SSMLM(TemplateLM):
     # -- loglikelihood_rolling ----------------------------------------------------------------------
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         started = time.perf_counter()
-        self._observe(requests)
+        encoded = self._observe(requests)  # each request's text, args[0]
         items, owners = [], []
-        for index, req in enumerate(requests):
-            tokens = self.tok_encode(req.args[0])
+        for index, (req, tokens) in enumerate(zip(requests, encoded)):
             for ctx, cont in map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
                     token_list=tokens, prefix_token=self.prefix_token_id, max_seq_len=self.max_length,
                     context_len=1)):
@@ -271,9 +270,8 @@ class SSMLM(TemplateLM):
         if self.anytime:
             raise ConfigError("anytime budgets score loglikelihood requests only; evaluate generation tasks with "
                               "one budget per run")
-        self._observe(requests)
-        order = sorted(range(len(requests)), key=lambda i: (-len(self.tok_encode(requests[i].args[0])),
-                                                             requests[i].args[0]))
+        encoded = self._observe(requests)  # each request's context, args[0]
+        order = sorted(range(len(requests)), key=lambda i: (-len(encoded[i]), requests[i].args[0]))
         by_kwargs: dict[str, list[int]] = {}
         for i in order:
             by_kwargs.setdefault(json.dumps(requests[i].args[1], sort_keys=True, default=str), []).append(i)

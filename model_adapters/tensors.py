@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -31,19 +32,27 @@ def broadcast_mask(valid: Tensor, like: Tensor) -> Tensor:
     return valid.reshape(*valid.shape, *([1] * (like.dim() - valid.dim()))).expand(like.shape)
 
 
-def take_rows(tree: Any, rows: Tensor | None) -> Any:
-    """The batch rows `rows` of every tensor in `tree`; rows None means all rows (no copy)."""
-    if rows is None or tree is None:
-        return tree
+def map_tensors(tree: Any, fn) -> Any:
+    """`tree` with fn applied to every tensor in it (tuples, NamedTuples, lists, dicts, dataclasses); any other leaf
+    is kept as it is."""
     if isinstance(tree, Tensor):
-        return tree[rows]
+        return fn(tree)
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # NamedTuple
-        return type(tree)(*(take_rows(t, rows) for t in tree))
+        return type(tree)(*(map_tensors(t, fn) for t in tree))
     if isinstance(tree, (list, tuple)):
-        return type(tree)(take_rows(t, rows) for t in tree)
+        return type(tree)(map_tensors(t, fn) for t in tree)
     if isinstance(tree, dict):
-        return {k: take_rows(v, rows) for k, v in tree.items()}
-    return tree  # a non-tensor leaf is shared by every row
+        return {k: map_tensors(v, fn) for k, v in tree.items()}
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        return dataclasses.replace(tree, **{f.name: map_tensors(getattr(tree, f.name), fn)
+                                            for f in dataclasses.fields(tree)})
+    return tree
+
+
+def take_rows(tree: Any, rows: Tensor | None) -> Any:
+    """The batch rows `rows` of every tensor in `tree`; rows None means all rows (no copy). A non-tensor leaf is
+    shared by every row."""
+    return tree if rows is None else map_tensors(tree, lambda t: t[rows])
 
 
 def put_rows(tree: Any, rows: Tensor | None, new: Any) -> Any:
