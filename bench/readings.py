@@ -7,8 +7,7 @@ answer with the sequential reading, f evaluations per piece and per token, seque
 made one after another: the latency of the reading; each piece counts its slowest row), with --graphs the
 evaluations the piece solves made (whole segments of updates: what a GPU pays), the (sequence, piece) pairs that
 reached max_iter unconverged ("capped"), and wall time
-(median of --repeats interleaved rounds after a warm-up). With --graphs, --tails 0 4 runs every reading with the piece
-solves' tails off (0) and at graphs.TAIL = 4, in the same rounds, to measure what the tails save.
+(median of --repeats interleaved rounds after a warm-up).
 Prints a table; --plot writes the trade-off (block size vs accuracy, iterations per token and time).
 """
 
@@ -32,16 +31,12 @@ def documents(task: str, bucket: str, num_docs: int, seed: int):
     return make_docs(task, bucket, num_docs=num_docs, seed=seed)
 
 
-def read(model, ids, budget: Budget, device, batch_size: int | None = None,
-         tail: int | None = None) -> tuple[torch.Tensor, dict, float]:
+def read(model, ids, budget: Budget, device, batch_size: int | None = None) -> tuple[torch.Tensor, dict, float]:
     """Final-position greedy answers, statistics, and the wall time of one reading, in batches of `batch_size`
-    documents (default: all at once); tail: graphs.TAIL for it (0: no tails, every row runs to the end)."""
-    from implicit_ssm_eval.model_adapters import graphs
-
-    if tail is not None:
-        graphs.TAIL = tail or 1 << 30
-    for solve in made_by(model):
-        solve.evaluations = solve.tail_evaluations = 0
+    documents (default: all at once)."""
+    solves = model.__dict__.get("_piece_solves", {}).values()
+    for solve in solves:
+        solve.evaluations = 0
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -62,18 +57,12 @@ def read(model, ids, budget: Budget, device, batch_size: int | None = None,
              # the f calls made one after another: each batch's pieces count their slowest row
              "sequential_f_evaluations": sum(int(s.iterations.max(0).values.sum()) for s in batches),
              # with --graphs: the evaluations the piece solves made (every row at once, whole segments)
-             "evaluations_made": sum(solve.evaluations for solve in made_by(model)),
-             "tail_evaluations": sum(solve.tail_evaluations for solve in made_by(model)),  # of those, on a few rows
+             "evaluations_made": sum(solve.evaluations for solve in model.__dict__.get("_piece_solves", {}).values()),
              "converged": float(converged.double().mean()),
              # (sequence, piece) pairs that used the whole budget without converging: in lockstep solves each costs
              # every row max_iter evaluations of its piece
              "capped": int(((its >= budget.max_iter) & ~converged & present).sum())}
     return torch.cat(answers), stats, seconds
-
-
-def made_by(model) -> list:
-    """The model's piece solves (graphs.PieceSolve), made by readings with --graphs."""
-    return list(model.__dict__.get("_piece_solves", {}).values())
 
 
 def main() -> None:
@@ -97,8 +86,6 @@ def main() -> None:
     p.add_argument("--graphs", default="off", choices=["off", "capture", "masked"], help="piece solves (graphs.py)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plot", type=Path, default=None)
-    p.add_argument("--tails", type=int, nargs="+", default=None,
-                   help="graphs.TAIL values to run every reading at (0: no tails; default: graphs.TAIL)")
     p.add_argument("--profile", type=Path, default=None, help="write each reading's kernel table (torch profiler)")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -113,22 +100,17 @@ def main() -> None:
                 **{f"blockwise {c}": base.replace(mode="blockwise", block_size=c) for c in args.block_sizes}}
     if args.simultaneous:
         readings["simultaneous"] = base
-    tails = dict.fromkeys(readings)
-    if args.tails:
-        variants = [(f"{name} tail/{t}" if t else f"{name} no tail", b, t) for t in args.tails
-                    for name, b in readings.items()]
-        readings, tails = {v[0]: v[1] for v in variants}, {v[0]: v[2] for v in variants}
     rows, reference, times = [], None, {name: [] for name in readings}
     with torch.inference_mode():
         for name, budget in readings.items():
-            answers, stats, _ = read(ckpt.model, ids, budget, device, args.batch_size, tails[name])  # warm-up
+            answers, stats, _ = read(ckpt.model, ids, budget, device, args.batch_size)  # warm-up (Triton compiles)
             reference = answers if reference is None else reference
-            rows.append({"reading": name, "block_size": budget.block_size, "tail": tails[name], "accuracy": float(
+            rows.append({"reading": name, "block_size": budget.block_size, "accuracy": float(
                 (answers == targets).double().mean()), "agrees_with_sequential": float(
                 (answers == reference).double().mean()), **stats})
         for _ in range(args.repeats):  # interleaved rounds: a shared machine's slow spells hit every reading alike
             for name, budget in readings.items():
-                times[name].append(read(ckpt.model, ids, budget, device, args.batch_size, tails[name])[2])
+                times[name].append(read(ckpt.model, ids, budget, device, args.batch_size)[2])
     if args.profile:
         args.profile.write_text("\n\n".join(profile(ckpt.model, ids, name, budget, device)
                                             for name, budget in readings.items()))
@@ -137,13 +119,12 @@ def main() -> None:
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                     "threads": torch.get_num_threads(), "rows": rows}, indent=2))
     seq = rows[0]["seconds"]
-    print(f"{'reading':24s} {'acc':>6s} {'agree':>6s} {'it/piece':>9s} {'it/token':>9s} {'seq f':>7s} "
-          f"{'made':>6s} {'tail':>6s} {'capped':>6s} {'seconds':>8s} {'speed-up':>8s}")
+    print(f"{'reading':14s} {'acc':>6s} {'agree':>6s} {'it/piece':>9s} {'it/token':>9s} {'seq f':>7s} "
+          f"{'made':>6s} {'capped':>6s} {'seconds':>8s} {'speed-up':>8s}")
     for r in rows:
-        print(f"{r['reading']:24s} {r['accuracy']:6.3f} {r['agrees_with_sequential']:6.3f} "
+        print(f"{r['reading']:14s} {r['accuracy']:6.3f} {r['agrees_with_sequential']:6.3f} "
               f"{r['iterations_per_piece']:9.1f} {r['iterations_per_token']:9.1f} {r['sequential_f_evaluations']:7d} "
-              f"{r['evaluations_made']:6d} {r['tail_evaluations']:6d} {r['capped']:6d} {r['seconds']:8.3f} "
-              f"{seq / r['seconds']:7.2f}x")
+              f"{r['evaluations_made']:6d} {r['capped']:6d} {r['seconds']:8.3f} {seq / r['seconds']:7.2f}x")
     if args.plot:
         plot(rows, args.plot, f"{args.checkpoint.name}, st_{args.task}_{args.bucket}, tol {args.tol:g}, {args.device}")
 
@@ -164,7 +145,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     from implicit_ssm_eval.harness.plots import pyplot, save_figure
 
     plt = pyplot()
-    blocks = [r for r in rows if r["block_size"] and r["tail"] == rows[0]["tail"]]
+    blocks = [r for r in rows if r["block_size"]]
     x = [r["block_size"] for r in blocks]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for ax, key, label in zip(axes, ("accuracy", "iterations_per_token", "seconds"),

@@ -8,11 +8,6 @@ holds static buffers for one piece shape (rows, piece length) and budget, and th
     tol > 0   a start graph, a segment graph of SEGMENT masked updates, a finish graph; the host replays segments
               until no row is active (one synchronisation per segment, none per iteration)
 
-At tol > 0 the rows of a piece run in lockstep until the slowest is done, and a token that never converges costs
-every row max_iter evaluations. Once the rows still active fit in 1/TAIL of the piece's rows, they are moved into
-a tail: a PieceSolve of that many rows (a power of two) that runs the remaining segments on them alone, then hands
-their iterates and counters back for the final evaluation. The arithmetic of each row is unchanged.
-
 Each update after f is the backend's damped_update (one kernel on the triton backend, the plain twin on the
 torch backend). Masked updates give exactly what the gathering solver (fixed_point.solve) gives: a row that
 converges keeps its iterate and its count, and stops at max_iter - 1 updates; rows outside the piece (a sequence
@@ -45,7 +40,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 SEGMENT = 8  # tol > 0: masked updates per captured segment; the host looks for convergence between segments
-TAIL = 4  # tol > 0: the active rows move into a tail solve once they fit in 1/TAIL of the piece's rows
 
 
 def can_capture(budget: Budget) -> bool:
@@ -73,11 +67,9 @@ def capture(parts: dict) -> tuple[dict, dict]:
 class PieceSolve:
     """The solve of pieces of one shape: u (R, d_in_proj) for one token, (R, T, d_in_proj) for a block."""
 
-    def __init__(self, model: ImplicitLM, budget: Budget, u_like: Tensor, state_like: State, capture: bool,
-                 tail: bool = False):
+    def __init__(self, model: ImplicitLM, budget: Budget, u_like: Tensor, state_like: State, capture: bool):
         self.model, self.budget, self.capture = model, budget, capture
         rows, dev = u_like.shape[0], u_like.device
-        self.rows, self.is_tail = rows, tail
         self.step = u_like.dim() == 2
         self.u = torch.zeros_like(u_like)
         self.alive = torch.ones(rows, dtype=torch.bool, device=dev)
@@ -90,8 +82,6 @@ class PieceSolve:
         self.active = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.segments = math.ceil(max(budget.max_iter - 1, 0) / SEGMENT) if budget.tol else 0
         self.evaluations = 0  # f evaluations made (every row at once, segments whole), counted on the host
-        self.tail_evaluations = 0  # of those, the ones made by tails (on a few rows)
-        self.tails: dict[int, PieceSolve] = {}  # tail solves by their rows
         self.graphs = self._capture() if capture else None
 
     # -- what is captured ------------------------------------------------------------------------------
@@ -136,7 +126,7 @@ class PieceSolve:
 
     # -- capture and replay ----------------------------------------------------------------------------
     def _capture(self) -> dict[str, torch.cuda.CUDAGraph]:
-        parts = {"whole": self._whole} if not self.budget.tol else {"segment": self._segment} if self.is_tail else \
+        parts = {"whole": self._whole} if not self.budget.tol else \
             {"start": self._start, "segment": self._segment, "finish": self._finish}
         snapshot = [MixerState(s.conv.clone(), s.ssm.clone()) for s in self.state]
         graphs, _ = capture(parts)
@@ -157,50 +147,14 @@ class PieceSolve:
             self.evaluations += self.budget.max_iter
         else:
             self._run("start", self._start)
-            self._run_segments(self.segments)
+            for _ in range(self.segments):
+                self._run("segment", self._segment)
+                self.evaluations += SEGMENT
+                if not bool(self.active.any()):  # the one host synchronisation per segment
+                    break
             self._run("finish", self._finish)
             self.evaluations += 1
         return self.out, self.stats
-
-    def _run_segments(self, segments: int) -> None:
-        """Replay segments until no row is active, or move the last active rows into a tail."""
-        for done in range(1, segments + 1):
-            self._run("segment", self._segment)
-            self.evaluations += SEGMENT
-            active = int(self.active.sum())  # the one host synchronisation per segment
-            if active == 0:
-                return
-            tail_rows = 1 << (active - 1).bit_length()
-            if not self.is_tail and done < segments and tail_rows * TAIL <= self.rows:
-                self.tail_evaluations += self._run_tail(tail_rows, segments - done)
-                return
-
-    def _run_tail(self, tail_rows: int, segments: int) -> int:
-        """The remaining segments on the active rows alone, in the tail solve of `tail_rows` rows; their iterates
-        and counters come back. Returns the evaluations the tail made."""
-        rows = self.active.nonzero().squeeze(1)
-        if tail_rows not in self.tails:
-            state = [MixerState(s.conv[:tail_rows], s.ssm[:tail_rows]) for s in self.state]
-            self.tails[tail_rows] = PieceSolve(self.model, self.budget, self.u[:tail_rows], state, self.capture, True)
-        tail = self.tails[tail_rows]
-        tail.take_rows(self, rows)
-        before = tail.evaluations
-        tail._run_segments(segments)
-        for name in ("z", "iterations", "converged"):
-            getattr(self, name)[rows] = getattr(tail, name)[:len(rows)]
-        self.active.zero_()
-        self.evaluations += tail.evaluations - before
-        return tail.evaluations - before
-
-    def take_rows(self, source: PieceSolve, rows: Tensor) -> None:
-        """The rows `rows` of source's solve, in flight, as this tail's first rows; the others inactive."""
-        n = len(rows)
-        for name in ("u", "z", "iterations", "converged", "active") + (() if self.step else ("valid",)):
-            getattr(self, name)[:n] = getattr(source, name)[rows]
-        self.active[n:] = False
-        for s, live in zip(self.state, source.state):
-            s.conv[:n] = live.conv[rows]
-            s.ssm[:n] = live.ssm[rows]
 
     def _run(self, name: str, fn) -> None:
         if self.graphs is None:

@@ -118,20 +118,14 @@ def test_implicit_fixed_point_at_fixed_k(dtype, mode, block):
 
 @pytest.mark.parametrize("budget", [
     Budget(max_iter=6, tol=0.0, mode="sequential"),
-    Budget(max_iter=40, tol=1e-4, mode="sequential"),
-    Budget(max_iter=40, tol=1e-4, mode="blockwise", block_size=8),
+    Budget(max_iter=40, tol=1e-3, mode="sequential"),
+    Budget(max_iter=40, tol=1e-3, mode="blockwise", block_size=8),
 ])
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-@pytest.mark.parametrize("tail", [2, 1 << 30])
-def test_captured_readings_equal_uncaptured_and_eager_ones(budget, backend, tail, monkeypatch):
-    """CUDA graphs replay exactly the masked arithmetic; the masked arithmetic is the eager solver's. With tails
-    (graphs.TAIL 2: the last two rows of a piece still iterating finish alone) and without."""
-    from implicit_ssm_eval.model_adapters import graphs
-
-    monkeypatch.setattr(graphs, "TAIL", tail)
+def test_captured_readings_equal_uncaptured_and_eager_ones(budget, backend):
+    """CUDA graphs replay exactly the masked arithmetic; the masked arithmetic is the eager solver's."""
     model = tiny_model("implicit", contractive=True).cuda()
     model.use_backend(backend)
-    torch.manual_seed(0)
     ids = torch.randint(0, 37, (4, 29), device="cuda")
     lengths = torch.tensor([29, 11, 20, 1], device="cuda")
     readings = {}
@@ -140,8 +134,6 @@ def test_captured_readings_equal_uncaptured_and_eager_ones(budget, backend, tail
             model.use_graphs(mode)
             readings[mode] = model(ids, budget, lengths=lengths)
         replayed = model(ids, budget, lengths=lengths)  # the cached graphs, replayed
-    tails = sum(s.tail_evaluations for s in model._piece_solves.values())
-    assert tails > 0 if budget.tol and tail == 2 else tails == 0
     model.use_graphs("off")
     captured, masked, eager = readings["capture"], readings["masked"], readings["off"]
     assert torch.equal(replayed.hidden, captured.hidden)
