@@ -2,7 +2,7 @@
 d_state 128, headdim 64, expand 2) at random initialisation in bfloat16, against mamba_ssm's MambaLMHeadModel on
 the same weights (a mamba_ssm checkpoint written by save_pretrained and loaded by our load_checkpoint):
 
-    python bench/gpu_bench.py --out $OUT/bench.json [--sections ceilings,forward,profile,overhead,sequential,decode]
+    python bench/gpu_bench.py --out $OUT/bench.json [--sections forward,host,profile,overhead,lengths,decode,...]
 
 forward     explicit forward with logits, batch 16 x 2048: ours vs mamba_ssm (use_mem_eff_path=False); ours as
             scoring runs it (no final states), replayed from a CUDA graph (as scoring on a GPU runs it), with the
@@ -11,6 +11,10 @@ host        host launch time vs wall time per forward, our host synchronisations
             (host_cprofile.txt), and both forwards replayed from a CUDA graph
 profile     the share of our forward's GPU time per kind of kernel (projections, scan, conv, norms, ...)
 overhead    implicit forward at a forced k / (k x explicit forward), eager and in CUDA graphs
+lengths     a stream of --batches batches whose lengths vary as a task's do (uniform in --length / 2 .. --length
+            tokens, sorted, longest first), with logits: mamba_ssm, ours eager, ours with CUDA graphs of the exact
+            batch shapes, and ours with graphs of padded lengths (graphs.padded_length: as scoring runs on a GPU);
+            a cold pass (empty graph caches, captures included) and a warm one
 sequential  implicit scoring in the sequential reading, k = 4, tol 0, batch 16 x 128, in CUDA graphs: the iterations
             with our read-only step kernel vs mamba_ssm's state update (interleaved), --eager without graphs,
             and the simultaneous reading of the same work
@@ -246,6 +250,73 @@ def section_overhead(args, pair) -> None:
             RESULTS[f"implicit_k{k}_overhead_{name}"] = best[graphs, k] / (k * best[graphs, 0])
 
 
+def length_stream(args) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """--batches batches of --batch token sequences, lengths uniform in --length / 2 .. --length, sorted longest first
+    and right padded to each batch's longest: what lm-eval hands a model for a task of varied lengths."""
+    g = torch.Generator().manual_seed(0)
+    count = args.batch * args.batches
+    lengths = sorted(torch.randint(args.length // 2, args.length + 1, (count,), generator=g).tolist(), reverse=True)
+    stream = []
+    for start in range(0, count, args.batch):
+        part = torch.tensor(lengths[start:start + args.batch])
+        ids = torch.randint(0, VOCAB, (len(part), int(part.max())), generator=g)
+        stream.append((ids.cuda(), part.cuda()))
+    return stream
+
+
+def section_lengths(args, pair) -> None:
+    from implicit_ssm_eval.model_adapters import graphs, models
+
+    theirs, ours = pair
+    stream = length_stream(args)
+    counts = {"captures": 0, "replays": 0}
+    replay = graphs.ForwardGraph.__call__
+
+    def make(*a):
+        counts["captures"] += 1
+        return graphs.ForwardGraph(*a)
+
+    def counted(self, *a):
+        counts["replays"] += 1
+        return replay(self, *a)
+
+    def run(name: str) -> None:
+        for ids, lengths in stream:
+            if name == "mamba_ssm":
+                theirs(ids)
+            else:
+                ours.lm_head(ours(ids, lengths=lengths, want_state=False).hidden.to(torch.bfloat16))
+
+    best: dict[str, float] = {}
+    padded_length = models.padded_length
+    graphs.ForwardGraph.__call__ = counted
+    with torch.inference_mode():
+        for name in ("ours", "mamba_ssm"):  # warm-up: compiles every kernel
+            run(name)
+        for _ in range(2):  # interleaved rounds, the best of each
+            for name in ("mamba_ssm", "ours_eager", "ours_graphs_exact", "ours_graphs_padded"):
+                ours.graphs = "off" if name == "ours_eager" else "capture"  # set directly: use_graphs() drops caches
+                models.padded_length = (lambda n: n) if name.endswith("exact") else padded_length
+                ours.__dict__.pop("_forward_graphs", None)
+                fresh = graphs.ForwardGraphs(make=make)
+                ours.captured("_forward_graphs", lambda fresh=fresh: fresh)
+                for run_name in ("cold", "warm"):
+                    counts.update(captures=0, replays=0)
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    run(name)
+                    torch.cuda.synchronize()
+                    key = f"lengths_{name}_{run_name}"
+                    best[key + "_s"] = min(best.get(key + "_s", float("inf")), time.perf_counter() - start)
+                    RESULTS[key + "_captures"], RESULTS[key + "_replays"] = counts["captures"], counts["replays"]
+    graphs.ForwardGraph.__call__, models.padded_length, ours.graphs = replay, padded_length, "off"
+    RESULTS.update(best, lengths_batches=len(stream), lengths_tokens=sum(int(n.sum()) for _, n in stream))
+    for name in ("ours_eager", "ours_graphs_exact", "ours_graphs_padded"):
+        for run_name in ("cold", "warm"):
+            RESULTS[f"lengths_{name}_{run_name}_vs_mamba_ssm"] = (best[f"lengths_mamba_ssm_{run_name}_s"]
+                                                                  / best[f"lengths_{name}_{run_name}_s"])
+
+
 def section_sequential(args, pair) -> None:
     _, ours = pair
     implicit = implicit_twin(ours)
@@ -333,7 +404,8 @@ def section_decode(args, pair) -> None:
 
 
 SECTIONS = {"ceilings": section_ceilings, "forward": section_forward, "host": section_host, "profile": section_profile,
-            "overhead": section_overhead, "sequential": section_sequential, "decode": section_decode}
+            "overhead": section_overhead, "lengths": section_lengths, "sequential": section_sequential,
+            "decode": section_decode}
 
 
 def main() -> None:
@@ -342,6 +414,7 @@ def main() -> None:
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--length", type=int, default=2048)
+    p.add_argument("--batches", type=int, default=64, help="lengths: batches in the stream")
     p.add_argument("--eager", action="store_true", help="sequential: also the reading without graphs (minutes)")
     args = p.parse_args()
     RESULTS.update(device=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bfloat16",

@@ -1,13 +1,17 @@
 """Log-likelihood throughput through lm-eval: `explicit_ssm` vs lm-eval's own `mamba_ssm` model, on the same
 mamba_ssm checkpoint (the 130M configuration at random initialisation) and the same requests.
 
-    python bench/lm_eval_throughput.py --out $OUT/lm_eval_throughput.json [--docs 512 --context 1024] [--profile]
+    python bench/lm_eval_throughput.py --out $OUT/lm_eval_throughput.json [--docs 512 --context 1024] [--vary]
+        [--profile]
 
 The checkpoint and a word-level tokenizer (50277 entries, no hub access needed) are written to a temporary
 directory; the task is bench/tasks/bench_ll.yaml (random words, a context and an 8-word continuation).
 Both models run in bfloat16 at batch size 16; the timed region is lm-eval's evaluation after the model is
 built. Ours runs as it does by default on a GPU (cuda_graphs=auto: the scoring forward replayed from a CUDA graph
-per batch shape) and eagerly (cuda_graphs=false). The models' log-likelihoods are compared as a sanity check.
+per padded batch shape, graphs.padded_length), with graphs at the exact batch shapes (no padding), and eagerly
+(cuda_graphs=false). --vary draws each context's length from --context / 2 to --context words, so that batches
+come in many lengths, as in real tasks; the captures and replays of each run are counted. The models'
+log-likelihoods are compared as a sanity check.
 Then each model's own loglikelihood() is timed on the task's prebuilt requests (best of 2 interleaved rounds): at
 this size lm-eval's fixed costs (building the task, templates, the environment report) are most of an evaluation.
 """
@@ -15,6 +19,7 @@ this size lm-eval's fixed costs (building the task, templates, the environment r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -55,6 +60,39 @@ def evaluate(lm, limit: int | None) -> tuple[float, dict]:
     return time.perf_counter() - start, res
 
 
+COUNTS = {"captures": 0, "replays": 0}  # of forward graphs, counted by count_graphs()
+
+
+def count_graphs() -> None:
+    from implicit_ssm_eval.model_adapters import graphs
+
+    init, call = graphs.ForwardGraph.__init__, graphs.ForwardGraph.__call__
+
+    def counted_init(self, *args):
+        COUNTS["captures"] += 1
+        init(self, *args)
+
+    def counted_call(self, *args):
+        COUNTS["replays"] += 1
+        return call(self, *args)
+
+    graphs.ForwardGraph.__init__, graphs.ForwardGraph.__call__ = counted_init, counted_call
+
+
+@contextlib.contextmanager
+def shapes(name: str):
+    """The "_exact" variant captures the exact batch shapes: padded_length switched off while it runs."""
+    from implicit_ssm_eval.model_adapters import models
+
+    original = models.padded_length
+    if name.endswith("_exact"):
+        models.padded_length = lambda n: n
+    try:
+        yield
+    finally:
+        models.padded_length = original
+
+
 def request_rates(models: dict, rounds: int = 2) -> dict:
     """Seconds of each model's own loglikelihood() over the task's prebuilt requests (tokenization and scoring,
     none of lm-eval's task building, templating or environment report), best of interleaved rounds."""
@@ -68,7 +106,8 @@ def request_rates(models: dict, rounds: int = 2) -> dict:
         for name, lm in models.items():
             torch.cuda.synchronize()
             start = time.perf_counter()
-            lm.loglikelihood(requests, disable_tqdm=True)
+            with shapes(name):
+                lm.loglikelihood(requests, disable_tqdm=True)
             torch.cuda.synchronize()
             best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
     return {"requests": len(requests), **{f"{name}_seconds": s for name, s in best.items()}}
@@ -95,39 +134,49 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--docs", type=int, default=512)
     p.add_argument("--context", type=int, default=1024)
+    p.add_argument("--vary", action="store_true", help="context lengths from --context / 2 to --context words")
     p.add_argument("--profile", action="store_true", help="also write each timed run's cProfile next to --out")
     args = p.parse_args()
-    os.environ.update(BENCH_DOCS=str(args.docs), BENCH_CONTEXT=str(args.context))
+    os.environ.update(BENCH_DOCS=str(args.docs), BENCH_CONTEXT=str(args.context), BENCH_VARY=str(int(args.vary)))
+    count_graphs()
     from lm_eval.models.mamba_lm import MambaLMWrapper
 
     from implicit_ssm_eval.model_adapters.lm_eval_models import ExplicitSSMLM
 
     root = make_checkpoint(Path(tempfile.mkdtemp()))
     ours = ExplicitSSMLM(pretrained=str(root), dtype="bfloat16", batch_size=16, device="cuda")
+    exact = ExplicitSSMLM(pretrained=str(root), dtype="bfloat16", batch_size=16, device="cuda")
     eager = ExplicitSSMLM(pretrained=str(root), dtype="bfloat16", batch_size=16, device="cuda", cuda_graphs=False)
     theirs = MambaLMWrapper(pretrained=str(root), tokenizer=str(root), dtype="bfloat16", batch_size=16, device="cuda")
     for lm in (ours, eager, theirs):
-        evaluate(lm, 32)  # warm-up: Triton compilation, allocator (and, for ours, the capture of its shape)
+        evaluate(lm, 32)  # warm-up: Triton compilation, allocator
+    for lm in (ours, exact):
+        lm.model.use_graphs("capture")  # no capture of the warm-up kept: both start cold
     results = {}
     for name, lm in (("explicit_ssm", ours), ("mamba_ssm", theirs), ("explicit_ssm_eager", eager),
-                     ("explicit_ssm_repeat", ours)):
-        seconds, res = profiled(lambda lm=lm: evaluate(lm, None), args.profile and args.out.parent / f"{name}.prof")
-        results[name] = {"seconds": seconds, "requests_per_s": args.docs / seconds,
+                     ("explicit_ssm_exact", exact), ("explicit_ssm_repeat", ours)):
+        COUNTS.update(captures=0, replays=0)
+        with shapes(name):
+            seconds, res = profiled(lambda lm=lm: evaluate(lm, None), args.profile and args.out.parent / f"{name}.prof")
+        results[name] = {"seconds": seconds, "requests_per_s": args.docs / seconds, **COUNTS,
                          "loglikelihoods": [s["resps"][0][0][0] for s in res["samples"]["bench_ll"]]}
     a = torch.tensor(results["explicit_ssm"].pop("loglikelihoods"))
     b = torch.tensor(results["mamba_ssm"].pop("loglikelihoods"))
     c = torch.tensor(results["explicit_ssm_eager"].pop("loglikelihoods"))
+    d = torch.tensor(results["explicit_ssm_exact"].pop("loglikelihoods"))
     results["explicit_ssm_repeat"].pop("loglikelihoods")
     summary = {"device": torch.cuda.get_device_name(), "dtype": "bfloat16", "batch_size": 16, "docs": args.docs,
-               "context_tokens": args.context, "continuation_tokens": 8, **results,
+               "context_tokens": args.context, "vary": args.vary, "continuation_tokens": 8, **results,
                "throughput_ratio_ours_over_mamba_ssm": results["mamba_ssm"]["seconds"]
                / results["explicit_ssm"]["seconds"],
                "throughput_ratio_eager_over_mamba_ssm": results["mamba_ssm"]["seconds"]
                / results["explicit_ssm_eager"]["seconds"],
                "graphs_vs_eager_max_abs_diff": float((a - c).abs().max()),
+               "exact_graphs_vs_eager_max_abs_diff": float((d - c).abs().max()),
                "loglikelihood_mean_abs_diff": float((a - b).abs().mean()),
                "loglikelihood_mean": float(b.mean())}
-    calls = request_rates({"explicit_ssm": ours, "mamba_ssm": theirs, "explicit_ssm_eager": eager})
+    calls = request_rates({"explicit_ssm": ours, "mamba_ssm": theirs, "explicit_ssm_eager": eager,
+                           "explicit_ssm_exact": exact})
     summary.update(loglikelihood_calls=calls, loglikelihood_call_ratio_ours_over_mamba_ssm=calls["mamba_ssm_seconds"]
                    / calls["explicit_ssm_seconds"])
     args.out.write_text(json.dumps(summary, indent=2))

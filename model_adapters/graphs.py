@@ -17,8 +17,11 @@ tests hold to the eager solver, and what the GPU tests hold the captured graphs 
 
 The forward that scoring runs (no state in, none out: the explicit stack, or the simultaneous reading at tol = 0) is
 host-bound on the GPU: about 13 launches a layer, seven of them Triton's, whose Python launch path costs more than
-many of the kernels. A ForwardGraph captures it for one (batch, length) shape; ForwardGraphs captures a shape the
-second time it is seen (a shape seen once would pay a capture for nothing), keeps a few, and replays them.
+many of the kernels. A ForwardGraph captures it for one (batch, length) shape; ForwardGraphs captures a shape when
+it comes twice in a row (a shape seen once would pay a capture for nothing), keeps several, and replays them. The
+batches of an evaluation come in many lengths, so the scoring forward runs at padded_length(L): L rounded up to one
+of 16 steps per octave (right padding, masked, at most 1/16 more tokens). Batches whose lengths round alike share
+one graph, and the first of them (run eagerly) computes at the same shape, so it gets the same bits.
 """
 
 from __future__ import annotations
@@ -42,24 +45,41 @@ logger = logging.getLogger(__name__)
 SEGMENT = 8  # tol > 0: masked updates per captured segment; the host looks for convergence between segments
 
 
+def padded_length(length: int) -> int:
+    """`length` rounded up to a multiple of 2^(b - 5), b its bit length: 16 lengths per octave, <= 1/16 more."""
+    step = 1 << max(0, length.bit_length() - 5)
+    return -(-length // step) * step
+
+
+def trim_length(tree, padded: int, length: int):
+    """The tensors of `tree` whose second dimension is `padded` cut back to its first `length` positions."""
+    if padded == length:
+        return tree
+    return map_tensors(tree, lambda t: t[:, :length].contiguous() if t.dim() > 1 and t.shape[1] == padded else t)
+
+
 def can_capture(budget: Budget) -> bool:
     return budget.solver == "fixed_point"
 
 
-def capture(parts: dict) -> tuple[dict, dict]:
+def capture(parts: dict, pool=None, warm: dict | None = None) -> tuple[dict, dict]:
     """Each callable of `parts` captured in a CUDA graph, after all of them ran once on a side stream (the warm-up
-    compiles and autotunes kernels and settles the allocator). Returns the graphs and what each call returned while
-    captured (its output buffers), by name."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
+    compiles and autotunes kernels and settles the allocator); pool: a memory pool shared with other graphs
+    (torch.cuda.graph_pool_handle), else each graph has its own; warm: filled with what each warm-up call returned,
+    by name, for use on the current stream. Returns the graphs and what each call returned while captured (its
+    output buffers), by name."""
+    stream, current = torch.cuda.Stream(), torch.cuda.current_stream()
+    stream.wait_stream(current)
     with torch.cuda.stream(stream):
-        for fn in parts.values():
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
+        for name, fn in parts.items():
+            out = fn()
+            if warm is not None:  # used on the current stream: its memory must not be reused before that is done
+                warm[name] = map_tensors(out, lambda t: t.record_stream(current) or t)
+    current.wait_stream(stream)
     graphs, outputs = {}, {}
     for name, fn in parts.items():
         graphs[name] = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graphs[name]):
+        with torch.cuda.graph(graphs[name], pool=pool):
             outputs[name] = fn()
     return graphs, outputs
 
@@ -173,50 +193,61 @@ class PieceSolve:
 
 class ForwardGraph:
     """fn(ids, lengths) -> a tree of tensors (tuples, lists, dicts, dataclasses), captured for ids of one (batch,
-    length) shape: a call copies ids and lengths into static buffers, replays, and returns a copy of the outputs."""
+    length) shape. Made from a call's ids and lengths: the capture's warm-up computes that call's outputs (`first`).
+    A later call copies ids and lengths into the static buffers, replays, and returns a copy of the outputs."""
 
-    def __init__(self, fn, shape: tuple[int, int], device: torch.device):
-        self.ids = torch.zeros(shape, dtype=torch.long, device=device)
-        self.lengths = torch.full(shape[:1], shape[1], dtype=torch.long, device=device)
-        graphs, outputs = capture({"forward": lambda: fn(self.ids, self.lengths)})
+    def __init__(self, fn, ids: Tensor, lengths: Tensor, pool=None):
+        self.ids, self.lengths = ids.clone(), lengths.clone()
+        warm: dict = {}
+        graphs, outputs = capture({"forward": lambda: fn(self.ids, self.lengths)}, pool, warm)
         self.graph, self.out = graphs["forward"], outputs["forward"]
+        self.first = warm["forward"]
 
-    def __call__(self, ids: Tensor, lengths: Tensor | None):
+    def __call__(self, ids: Tensor, lengths: Tensor):
         self.ids.copy_(ids)
-        if lengths is None:
-            self.lengths.fill_(ids.shape[1])
-        else:
-            self.lengths.copy_(lengths)
+        self.lengths.copy_(lengths)
         self.graph.replay()
         return map_tensors(self.out, Tensor.clone)  # the buffers are the next replay's outputs
 
 
 class ForwardGraphs:
-    """A model's ForwardGraphs by key (the ids' shape and whatever else the computation depends on): a key is
-    captured the second time it is seen, and at most `keep` are held (each holds the activation memory of its
-    forward), the least recently used dropped first. A key whose capture runs out of memory stays eager."""
+    """A model's forward graphs by key (the ids' shape and whatever else the computation depends on). A key is
+    captured when it comes twice in a row: a run of batches of one shape is under way (an evaluation's batches come
+    sorted by length), where a shape that comes back only now and then would pay its capture for one or two uses. At
+    most `keep` graphs are held, the least recently used dropped first. A key whose capture runs out of memory stays
+    eager.
 
-    def __init__(self, keep: int = 4, make=ForwardGraph):
+    The graphs share one memory pool: replays never overlap and each replay's outputs are copied before the next
+    (ForwardGraph.__call__), so the activations of one forward may reuse those of another; a graph held costs its
+    output buffers, not its activations. That is what lets an evaluation keep a graph for each of its lengths."""
+
+    def __init__(self, keep: int = 16, make=ForwardGraph):
         self.keep, self.make = keep, make
         self.graphs: dict[tuple, ForwardGraph] = {}
-        self.seen: set[tuple] = set()
+        self.last: tuple | None = None  # the previous call's key
         self.failed: set[tuple] = set()  # keys whose capture ran out of memory
+        self.pool = None  # the shared memory pool, made with the first capture
 
-    def get(self, key: tuple, fn, ids: Tensor) -> ForwardGraph | None:
-        key = (tuple(ids.shape), *key)
+    def __call__(self, key: tuple, fn, ids: Tensor, lengths: Tensor):
+        """fn(ids, lengths): replayed, captured (the capture's warm-up gives this call's outputs) or run eagerly."""
+        key, previous = (tuple(ids.shape), *key), self.last
+        self.last = key
         graph = self.graphs.pop(key, None)
-        if graph is None and (key not in self.seen or key in self.failed):
-            self.seen.add(key)
-            return None
-        if graph is None:
-            while len(self.graphs) >= self.keep:
-                self.graphs.pop(next(iter(self.graphs)))
-            try:
-                graph = self.make(fn, tuple(ids.shape), ids.device)
-            except torch.OutOfMemoryError:  # a graph keeps its own activation memory: this shape stays eager
-                self.failed.add(key)
-                torch.cuda.empty_cache()
-                logger.info("no memory to capture the forward of shape %s in a CUDA graph: it runs eagerly", key[0])
-                return None
-        self.graphs[key] = graph  # re-inserted: the most recently used comes last
-        return graph
+        if graph is not None:
+            self.graphs[key] = graph  # re-inserted: the most recently used comes last
+            return graph(ids, lengths)
+        if key != previous or key in self.failed:
+            return fn(ids, lengths)
+        while len(self.graphs) >= self.keep:
+            self.graphs.pop(next(iter(self.graphs)))
+        try:
+            if self.pool is None and ids.is_cuda:
+                self.pool = torch.cuda.graph_pool_handle()
+            graph = self.make(fn, ids, lengths, self.pool)
+        except torch.OutOfMemoryError:  # this shape stays eager
+            self.failed.add(key)
+            torch.cuda.empty_cache()
+            logger.info("no memory to capture the forward of shape %s in a CUDA graph: it runs eagerly", key[0])
+            return fn(ids, lengths)
+        self.graphs[key] = graph
+        return graph.first

@@ -19,11 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backends import get_ops
 from .config import Budget, ConfigError, ModelConfig
-from .graphs import ForwardGraph, ForwardGraphs
+from .graphs import ForwardGraphs, padded_length, trim_length
 from .mamba2 import Mamba2, MixerState
 from .norms import RMSNorm
 from .reading import Reading, Readout, ReadStats, can_capture_whole, read, read_whole
@@ -115,9 +116,16 @@ class _LM(nn.Module):
         return (self.graphs == "capture" and ids.is_cuda and state is None and not want_state
                 and not torch.is_grad_enabled() and not torch.cuda.is_current_stream_capturing())
 
-    def _forward_graph(self, key: tuple, fn, ids: Tensor) -> ForwardGraph | None:
-        """The captured fn for ids' shape and `key`, once that has been seen before (graphs.ForwardGraphs)."""
-        return self.captured("_forward_graphs", ForwardGraphs).get(key, fn, ids)
+    def _captured_scoring(self, key: tuple, fn, ids: Tensor, lengths: Tensor | None):
+        """fn(ids, lengths), the scoring forward, run at graphs.padded_length(L) (right padding, masked): eagerly, or
+        captured in a CUDA graph and replayed once that padded shape comes twice in a row (graphs.ForwardGraphs; the
+        same shape, so the same bits). Its outputs come back cut to the L positions asked for."""
+        batch, length = ids.shape
+        if lengths is None:
+            lengths = torch.full((batch,), length, dtype=torch.long, device=ids.device)
+        padded = padded_length(length)
+        ids = F.pad(ids, (0, padded - length))
+        return trim_length(self.captured("_forward_graphs", ForwardGraphs)(key, fn, ids, lengths), padded, length)
 
     def captured(self, name: str, make):
         """The model's cache `name` of captured computations (forward graphs, piece solves), made by make() and
@@ -161,9 +169,7 @@ class ExplicitLM(_LM):
         _no_budget(budget, anytime)
         self.check_ids(input_ids)
         if self._graphable(input_ids, state, want_state):
-            graph = self._forward_graph((), self._scoring_forward, input_ids)
-            if graph is not None:
-                return LMOutput(graph(input_ids, lengths), None)
+            return LMOutput(self._captured_scoring((), self._scoring_forward, input_ids, lengths), None)
         hidden, new_state = self.stack(self.embed(input_ids), None, state, valid_mask(lengths, input_ids.shape[1]),
                                        commit=want_state)
         return LMOutput(hidden, new_state)
@@ -219,12 +225,11 @@ class ImplicitLM(_LM):
         budget = budget or self.cfg.default_budget()
         keep = budget.anytime_budgets(anytime)
         self.check_ids(input_ids)
-        if (self._graphable(input_ids, state, want_state) and can_capture_whole(budget, input_ids.shape[1])
-                and (lengths is None or bool(lengths.min() > 0))):
-            graph = self._forward_graph((budget, keep), self._whole_reading(budget, keep), input_ids)
-            if graph is not None:
-                r = graph(input_ids, lengths)
-                return LMOutput(r.hidden, None, r.stats, r.anytime)
+        length = input_ids.shape[1]
+        if (self._graphable(input_ids, state, want_state) and can_capture_whole(budget, length)
+                and can_capture_whole(budget, padded_length(length)) and (lengths is None or bool(lengths.min() > 0))):
+            r = self._captured_scoring((budget, keep), self._whole_reading(budget, keep), input_ids, lengths)
+            return LMOutput(r.hidden, None, r.stats, r.anytime)
         r = read(self, self.inject(input_ids), budget, lengths, state, keep, want_state)
         return LMOutput(r.hidden, r.state, r.stats, r.anytime)
 

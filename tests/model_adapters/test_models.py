@@ -133,20 +133,42 @@ def test_a_forward_from_no_state_equals_one_from_zeros(length):
         assert torch.equal(a.conv, b.conv) and torch.equal(a.ssm, b.ssm)
 
 
-def test_forward_graphs_capture_a_shape_the_second_time_and_keep_the_latest():
+class StandIn:
+    """An uncaptured stand-in for graphs.ForwardGraph: fn itself, its first output computed as the capture's is."""
+
+    made: list = []
+
+    def __init__(self, fn, ids, lengths, pool):
+        self.fn, self.first = fn, fn(ids, lengths)
+        StandIn.made.append(tuple(ids.shape))
+
+    def __call__(self, ids, lengths):
+        return self.fn(ids, lengths)
+
+
+def test_forward_graphs_capture_a_shape_that_comes_twice_in_a_row_and_keep_the_latest():
     from implicit_ssm_eval.model_adapters.graphs import ForwardGraphs
 
-    made = []
-    graphs = ForwardGraphs(keep=2, make=lambda fn, shape, device: made.append(shape) or object())
-    a, b, c = torch.zeros(2, 5), torch.zeros(2, 6), torch.zeros(3, 5)
-    assert graphs.get((), None, a) is None and made == []  # seen once: run eagerly
-    first = graphs.get((), None, a)
-    assert first is not None and graphs.get((), None, a) is first and made == [(2, 5)]
-    assert graphs.get(("other budget",), None, a) is None  # another key, another graph
-    assert graphs.get((), None, b) is None and graphs.get((), None, b) is not None
-    graphs.get((), None, a)  # a used last: c's capture drops b, not a
-    assert graphs.get((), None, c) is None and graphs.get((), None, c) is not None
-    assert set(graphs.graphs) == {((2, 5),), ((3, 5),)} and made == [(2, 5), (2, 6), (3, 5)]
+    StandIn.made = []
+    calls = []
+
+    def fn(ids, lengths):
+        calls.append(tuple(ids.shape))
+        return ids.sum()
+
+    graphs, lengths = ForwardGraphs(keep=2, make=StandIn), torch.zeros(2)
+    a, b, c = torch.ones(2, 5), torch.ones(2, 6), torch.ones(3, 5)
+    for ids in (a, b, a, b):  # never twice in a row: eager every time
+        assert graphs((), fn, ids, lengths) == ids.sum()
+    assert StandIn.made == [] and graphs.graphs == {}
+    assert graphs((), fn, a, lengths) == 10 and StandIn.made == []
+    assert graphs((), fn, a, lengths) == 10 and StandIn.made == [(2, 5)]  # a twice in a row: captured
+    assert graphs((), fn, b, lengths) == 12 and graphs((), fn, a, lengths) == 10  # a replayed, not captured again
+    assert graphs(("other budget",), fn, a, lengths) == 10 and len(graphs.graphs) == 1  # another key, eager
+    for ids in (b, b, a, c, c):  # b captured; a used last, so c's capture drops b, not a
+        graphs((), fn, ids, lengths)
+    assert set(graphs.graphs) == {((2, 5),), ((3, 5),)} and StandIn.made == [(2, 5), (2, 6), (3, 5)]
+    assert len(calls) == 14  # 9 eager calls, 3 captures' warm-ups, 2 replays (a stand-in's replay calls fn)
 
 
 @pytest.mark.parametrize("budget,anytime", [(Budget(max_iter=5, tol=0.0), ()), (Budget(max_iter=5, tol=0.0), (1, 3))])
@@ -171,6 +193,50 @@ def test_the_whole_reading_from_device_ops_is_the_reading(budget, anytime):
                 assert torch.equal(whole.anytime[k].hidden, eager.anytime[k].hidden)
 
 
+def test_padded_lengths_step_16_times_an_octave():
+    from implicit_ssm_eval.model_adapters.graphs import padded_length
+
+    assert [padded_length(n) for n in (1, 17, 31, 32, 33, 50, 51, 52, 53, 1000, 1024, 1025)] == \
+        [1, 17, 31, 32, 34, 50, 52, 52, 54, 1024, 1024, 1088]
+    assert all(n <= padded_length(n) <= n * 17 / 16 for n in range(1, 5000))
+
+
+@pytest.mark.parametrize("kind,budget,anytime", [("explicit", None, ()), ("implicit", Budget(max_iter=5, tol=0.0), ()),
+                                                 ("implicit", Budget(max_iter=5, tol=0.0), (1, 3))])
+def test_scoring_at_a_padded_length_gives_the_unpadded_numbers(kind, budget, anytime):
+    """What a CUDA graph replays for scoring (_captured_scoring), with an uncaptured stand-in for the graph: lengths
+    51 and 52 run at 52 and share one graph; hidden states, statistics and anytime readings are those of the
+    forward at the exact length, padded rows or not."""
+    from implicit_ssm_eval.model_adapters.graphs import ForwardGraphs
+
+    model = tiny_model(kind, contractive=kind == "implicit", dtype=torch.float64)
+    StandIn.made = []
+    stand_ins = ForwardGraphs(make=StandIn)
+    model.captured("_forward_graphs", lambda: stand_ins)
+    keep = budget.anytime_budgets(anytime) if budget else ()
+    fn = model._whole_reading(budget, keep) if budget else model._scoring_forward
+    kw = {"budget": budget, "anytime": anytime} if budget else {}
+    for length in (51, 52, 51, 52, 52):
+        ids = torch.randint(0, 37, (3, length))
+        for lengths in (torch.tensor([length, 3, 27]), None):
+            with torch.no_grad():
+                out = model._captured_scoring((budget, keep), fn, ids, lengths)
+                eager = model(ids, lengths=lengths, want_state=False, **kw)
+            hidden = out if kind == "explicit" else out.hidden
+            assert hidden.shape == eager.hidden.shape == (3, length, model.cfg.d_model)
+            ends = [length] * 3 if lengths is None else lengths.tolist()
+            for i, n in enumerate(ends):  # each row's own tokens
+                assert_close(hidden[i, :n], eager.hidden[i, :n], 1e-10, f"hidden of row {i}")
+            if budget:
+                for a, b in [(out.stats, eager.stats)] + [(out.anytime[k].stats, eager.anytime[k].stats) for k in keep]:
+                    assert torch.equal(a.iterations, b.iterations) and torch.equal(a.tokens, b.tokens)
+                    assert_close(a.residual, b.residual, 1e-8, "residual over the valid tokens only")
+                assert sorted(out.anytime) == sorted(eager.anytime) == list(keep)
+                for k, i in ((k, i) for k in keep for i in range(3)):
+                    assert_close(out.anytime[k].hidden[i, :ends[i]], eager.anytime[k].hidden[i, :ends[i]], 1e-10, "k")
+    assert StandIn.made == [(3, 52)]  # one shape for both lengths, made when it came twice in a row
+
+
 def test_a_batch_with_an_empty_sequence_still_returns_every_state():
     """A sequence of no tokens takes no part in the reading; the state returned for it is the empty one."""
     model = tiny_model("implicit", contractive=True, dtype=torch.float64)
@@ -188,12 +254,12 @@ def test_a_shape_whose_capture_runs_out_of_memory_stays_eager():
 
     attempts = []
 
-    def out_of_memory(fn, shape, device):
-        attempts.append(shape)
+    def out_of_memory(fn, ids, lengths, pool):
+        attempts.append(tuple(ids.shape))
         raise torch.OutOfMemoryError("no room for the graph's pool")
 
-    graphs, ids = ForwardGraphs(make=out_of_memory), torch.zeros(2, 5)
-    assert [graphs.get((), None, ids) for _ in range(4)] == [None] * 4 and attempts == [(2, 5)]
+    graphs, ids = ForwardGraphs(make=out_of_memory), torch.ones(2, 5)
+    assert [graphs((), lambda i, n: i.sum(), ids, None) for _ in range(4)] == [10] * 4 and attempts == [(2, 5)]
 
 
 def test_captured_computations_are_dropped_when_the_weights_change():
