@@ -52,10 +52,11 @@ def padded_length(length: int) -> int:
 
 
 def trim_length(tree, padded: int, length: int):
-    """The tensors of `tree` whose second dimension is `padded` cut back to its first `length` positions."""
+    """The tensors of `tree` whose second dimension is `padded` cut back to its first `length` positions: views, no
+    copy (a replay's outputs are copies already)."""
     if padded == length:
         return tree
-    return map_tensors(tree, lambda t: t[:, :length].contiguous() if t.dim() > 1 and t.shape[1] == padded else t)
+    return map_tensors(tree, lambda t: t[:, :length] if t.dim() > 1 and t.shape[1] == padded else t)
 
 
 def can_capture(budget: Budget) -> bool:

@@ -140,11 +140,10 @@ class Mamba2(nn.Module):
         return out, MixerState(window[..., 1:], ssm.to(self.cd))
 
 
-def _last_inputs(xbc: Tensor, conv_state: Tensor | None, valid: Tensor | None, width: int) -> Tensor:
-    """The conv state after each sequence's last valid token: its last k-1 = width inputs, (B, C, k-1), reaching back
-    into the previous state (None: zeros) when the sequence is shorter than that."""
+def _last_inputs(xbc: Tensor, conv_state: Tensor | None, valid: Tensor | None, n: int) -> Tensor:
+    """The conv state after each sequence's last valid token: its last n = k-1 inputs, (B, C, n), reaching back into
+    the previous state (None: zeros) when the sequence is shorter than that."""
     batch, length, channels = xbc.shape
-    n = width
     if conv_state is None:
         conv_state = xbc.new_zeros(batch, channels, n)
     ends = valid.sum(1) if valid is not None else torch.full((batch,), length, device=xbc.device)
