@@ -2,7 +2,7 @@
 d_state 128, headdim 64, expand 2) at random initialisation in bfloat16, against mamba_ssm's MambaLMHeadModel on
 the same weights (a mamba_ssm checkpoint written by save_pretrained and loaded by our load_checkpoint):
 
-    python bench/gpu_bench.py --out $OUT/bench.json [--sections forward,host,profile,overhead,lengths,decode,...]
+    python bench/gpu_bench.py --out $OUT/bench.json [--sections forward,host,profile,overhead,lengths,tolerance,...]
 
 forward     explicit forward with logits, batch 16 x 2048: ours vs mamba_ssm (use_mem_eff_path=False); ours as
             scoring runs it (no final states), replayed from a CUDA graph (as scoring on a GPU runs it), with the
@@ -15,6 +15,10 @@ lengths     a stream of --batches batches whose lengths vary as a task's do (uni
             tokens, sorted, longest first), with logits: mamba_ssm, ours eager, ours with CUDA graphs of the exact
             batch shapes, and ours with graphs of padded lengths (graphs.padded_length: as scoring runs on a GPU);
             a cold pass (empty graph caches, captures included) and a warm one
+tolerance   implicit scoring at tol > 0 (--tol, max_iter 16, simultaneous) over the same stream of varied lengths:
+            eager (the gathering solver, a host look at the residuals each iteration) against CUDA graphs of padded
+            lengths (reading.MaskedReadingGraph: one masked update per replay), cold and warm, with the f
+            evaluations each makes; the warm graphs' time per evaluation against our explicit forward's (graphed)
 sequential  implicit scoring in the sequential reading, k = 4, tol 0, batch 16 x 128, in CUDA graphs: the iterations
             with our read-only step kernel vs mamba_ssm's state update (interleaved), --eager without graphs,
             and the simultaneous reading of the same work
@@ -317,6 +321,49 @@ def section_lengths(args, pair) -> None:
                                                                   / best[f"lengths_{name}_{run_name}_s"])
 
 
+def section_tolerance(args, pair) -> None:
+    """Scoring at tol > 0 over a stream of varied lengths: eager against masked CUDA graphs (cold, then warm)."""
+    _, ours = pair
+    implicit = implicit_twin(ours)
+    budget = Budget(max_iter=16, tol=args.tol)
+    stream = length_stream(args)
+    iterations = []
+
+    def run(model, **kw) -> None:
+        for ids, lengths in stream:
+            out = model(ids, lengths=lengths, want_state=False, **kw)
+            model.lm_head(out.hidden.to(torch.bfloat16))
+            if kw:
+                iterations.append(out.stats.iterations[:, 0])
+
+    best: dict[str, float] = {}
+    with torch.inference_mode():
+        implicit.graphs = ours.graphs = "capture"
+        run(ours)  # warm-up: compiles every kernel, captures the explicit graphs
+        for _ in range(2):  # interleaved rounds, the best of each
+            for name in ("explicit_graphs", "eager", "graphs"):
+                implicit.graphs = "off" if name == "eager" else "capture"  # set directly: use_graphs() drops caches
+                implicit.__dict__.pop("_forward_graphs", None)
+                for run_name in ("cold", "warm"):
+                    iterations.clear()
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    run(ours) if name == "explicit_graphs" else run(implicit, budget=budget)
+                    torch.cuda.synchronize()
+                    key = f"tolerance_{name}_{run_name}_s"
+                    best[key] = min(best.get(key, float("inf")), time.perf_counter() - start)
+    implicit.graphs = ours.graphs = "off"
+    slowest = sum(int(i.max()) for i in iterations)  # what the masked graphs evaluate: every row, to the slowest
+    RESULTS.update(best, tolerance_tol=args.tol, tolerance_max_iter=budget.max_iter, tolerance_batches=len(stream),
+                   tolerance_mean_iterations=float(torch.cat(iterations).float().mean()),
+                   tolerance_evaluations_per_batch=slowest / len(stream))
+    for run_name in ("cold", "warm"):
+        RESULTS[f"tolerance_graphs_{run_name}_vs_eager"] = (best[f"tolerance_eager_{run_name}_s"]
+                                                            / best[f"tolerance_graphs_{run_name}_s"])
+    RESULTS["tolerance_graphs_per_evaluation_vs_explicit"] = best["tolerance_graphs_warm_s"] / (
+        RESULTS["tolerance_evaluations_per_batch"] * best["tolerance_explicit_graphs_warm_s"])
+
+
 def section_sequential(args, pair) -> None:
     _, ours = pair
     implicit = implicit_twin(ours)
@@ -404,7 +451,8 @@ def section_decode(args, pair) -> None:
 
 
 SECTIONS = {"ceilings": section_ceilings, "forward": section_forward, "host": section_host, "profile": section_profile,
-            "overhead": section_overhead, "lengths": section_lengths, "sequential": section_sequential,
+            "overhead": section_overhead, "lengths": section_lengths, "tolerance": section_tolerance,
+            "sequential": section_sequential,
             "decode": section_decode}
 
 
@@ -415,6 +463,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--batches", type=int, default=64, help="lengths: batches in the stream")
+    p.add_argument("--tol", type=float, default=1e-2, help="tolerance: the residual tolerance")
     p.add_argument("--eager", action="store_true", help="sequential: also the reading without graphs (minutes)")
     args = p.parse_args()
     RESULTS.update(device=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bfloat16",

@@ -5,8 +5,9 @@ of a block), a few f evaluations of the whole stack. Launched op by op, the host
 holds static buffers for one piece shape (rows, piece length) and budget, and the solve captured as CUDA graphs:
 
     tol = 0   one graph: max_iter - 1 updates, the final evaluation, the commit of the state (no host involvement)
-    tol > 0   a start graph, a segment graph of SEGMENT masked updates, a finish graph; the host replays segments
-              until no row is active (one synchronisation per segment, none per iteration)
+    tol > 0   a start graph, a segment graph of `segment` masked updates (SEGMENT for the pieces of a reading), a
+              finish graph; the host replays segments until no row is active (one synchronisation per segment,
+              none per iteration)
 
 Each update after f is the backend's damped_update (one kernel on the triton backend, the plain twin on the
 torch backend). Masked updates give exactly what the gathering solver (fixed_point.solve) gives: a row that
@@ -22,6 +23,11 @@ it comes twice in a row (a shape seen once would pay a capture for nothing), kee
 batches of an evaluation come in many lengths, so the scoring forward runs at padded_length(L): L rounded up to one
 of 16 steps per octave (right padding, masked, at most 1/16 more tokens). Batches whose lengths round alike share
 one graph, and the first of them (run eagerly) computes at the same shape, so it gets the same bits.
+
+A scoring forward at tol > 0 (the simultaneous reading, which stops on residuals) is a PieceSolve of the whole
+padded sequence with no state, one update per segment: an f evaluation over a whole batch of sequences costs
+milliseconds, a synchronisation tens of microseconds, and a longer segment would evaluate f for up to segment - 1
+updates after every row converged (reading.MaskedReadingGraph, kept by ForwardGraphs like a ForwardGraph).
 """
 
 from __future__ import annotations
@@ -86,24 +92,27 @@ def capture(parts: dict, pool=None, warm: dict | None = None) -> tuple[dict, dic
 
 
 class PieceSolve:
-    """The solve of pieces of one shape: u (R, d_in_proj) for one token, (R, T, d_in_proj) for a block."""
+    """The solve of pieces of one shape: u (R, d_in_proj) for one token, (R, T, d_in_proj) for a block. state_like
+    None: no state in or out (a one-piece reading for scoring: the kernels read zeros, nothing is committed).
+    segment: masked updates per segment graph at tol > 0; pool: the memory pool to capture into (else a new one)."""
 
-    def __init__(self, model: ImplicitLM, budget: Budget, u_like: Tensor, state_like: State, capture: bool):
-        self.model, self.budget, self.capture = model, budget, capture
+    def __init__(self, model: ImplicitLM, budget: Budget, u_like: Tensor, state_like: State | None, capture: bool,
+                 segment: int = SEGMENT, pool=None):
+        self.model, self.budget, self.capture, self.segment = model, budget, capture, segment
         rows, dev = u_like.shape[0], u_like.device
         self.step = u_like.dim() == 2
         self.u = torch.zeros_like(u_like)
         self.alive = torch.ones(rows, dtype=torch.bool, device=dev)
         self.valid = None if self.step else torch.ones(u_like.shape[:2], dtype=torch.bool, device=dev)
-        self.state = [MixerState(s.conv.clone(), s.ssm.clone()) for s in state_like]
+        self.state = None if state_like is None else [MixerState(s.conv.clone(), s.ssm.clone()) for s in state_like]
         shape = (rows, model.cfg.d_model) if self.step else (*u_like.shape[:2], model.cfg.d_model)
         self.z = torch.zeros(shape, dtype=model.cd, device=dev)
         self.iterations = torch.zeros(rows, dtype=torch.long, device=dev)
         self.converged = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.active = torch.zeros(rows, dtype=torch.bool, device=dev)
-        self.segments = math.ceil(max(budget.max_iter - 1, 0) / SEGMENT) if budget.tol else 0
+        self.segments = math.ceil(max(budget.max_iter - 1, 0) / segment) if budget.tol else 0
         self.evaluations = 0  # f evaluations made (every row at once, segments whole), counted on the host
-        self.graphs = self._capture() if capture else None
+        self.graphs = self._capture(pool) if capture else None
 
     # -- what is captured ------------------------------------------------------------------------------
     def _f(self, z: Tensor, commit: bool):
@@ -126,12 +135,12 @@ class PieceSolve:
 
     def _finish(self) -> None:
         """The final evaluation (every row), the statistics, and the commit of the alive rows' new states."""
-        fz, new_state = self._f(self.z, commit=True)
+        fz, new_state = self._f(self.z, commit=self.state is not None)
         residual = relative_residual(fz, self.z, self.valid)
         self.out = fz
         self.stats = SolveStats((self.iterations + 1) * self.alive.long(), residual * self.alive,
                                 (self.converged | (residual < self.budget.tol)) & self.alive)
-        for s, n in zip(self.state, new_state):
+        for s, n in zip(self.state or (), new_state or ()):
             s.conv.copy_(torch.where(broadcast_mask(self.alive, s.conv), n.conv, s.conv))
             s.ssm.copy_(torch.where(broadcast_mask(self.alive, s.ssm), n.ssm.to(s.ssm.dtype), s.ssm))
 
@@ -142,16 +151,16 @@ class PieceSolve:
         self._finish()
 
     def _segment(self) -> None:
-        for _ in range(SEGMENT):
+        for _ in range(self.segment):
             self._update()
 
     # -- capture and replay ----------------------------------------------------------------------------
-    def _capture(self) -> dict[str, torch.cuda.CUDAGraph]:
+    def _capture(self, pool) -> dict[str, torch.cuda.CUDAGraph]:
         parts = {"whole": self._whole} if not self.budget.tol else \
             {"start": self._start, "segment": self._segment, "finish": self._finish}
-        snapshot = [MixerState(s.conv.clone(), s.ssm.clone()) for s in self.state]
-        graphs, _ = capture(parts)
-        for s, saved in zip(self.state, snapshot):  # the warm-up committed states: put the originals back
+        snapshot = [MixerState(s.conv.clone(), s.ssm.clone()) for s in self.state or ()]
+        graphs, _ = capture(parts, pool)
+        for s, saved in zip(self.state or (), snapshot):  # the warm-up committed states: put the originals back
             s.conv.copy_(saved.conv)
             s.ssm.copy_(saved.ssm)
         return graphs
@@ -170,7 +179,7 @@ class PieceSolve:
             self._run("start", self._start)
             for _ in range(self.segments):
                 self._run("segment", self._segment)
-                self.evaluations += SEGMENT
+                self.evaluations += self.segment
                 if not bool(self.active.any()):  # the one host synchronisation per segment
                     break
             self._run("finish", self._finish)
@@ -229,8 +238,9 @@ class ForwardGraphs:
         self.failed: set[tuple] = set()  # keys whose capture ran out of memory
         self.pool = None  # the shared memory pool, made with the first capture
 
-    def __call__(self, key: tuple, fn, ids: Tensor, lengths: Tensor):
-        """fn(ids, lengths): replayed, captured (the capture's warm-up gives this call's outputs) or run eagerly."""
+    def __call__(self, key: tuple, fn, ids: Tensor, lengths: Tensor, make=None):
+        """fn(ids, lengths): replayed, captured (the capture's warm-up gives this call's outputs) or run eagerly.
+        make(fn, ids, lengths, pool): what captures it, if not the ForwardGraphs' own (a ForwardGraph)."""
         key, previous = (tuple(ids.shape), *key), self.last
         self.last = key
         graph = self.graphs.pop(key, None)
@@ -244,7 +254,7 @@ class ForwardGraphs:
         try:
             if self.pool is None and ids.is_cuda:
                 self.pool = torch.cuda.graph_pool_handle()
-            graph = self.make(fn, ids, lengths, self.pool)
+            graph = (make or self.make)(fn, ids, lengths, self.pool)
         except torch.OutOfMemoryError:  # this shape stays eager
             self.failed.add(key)
             torch.cuda.empty_cache()

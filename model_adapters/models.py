@@ -27,7 +27,17 @@ from .config import Budget, ConfigError, ModelConfig
 from .graphs import ForwardGraphs, padded_length, trim_length
 from .mamba2 import Mamba2, MixerState
 from .norms import RMSNorm
-from .reading import Reading, Readout, ReadStats, can_capture_whole, read, read_whole
+from .reading import (
+    MaskedReadingGraph,
+    Reading,
+    Readout,
+    ReadStats,
+    can_capture_masked,
+    can_capture_whole,
+    read,
+    read_masked,
+    read_whole,
+)
 from .tensors import compute_dtype, valid_mask
 
 State = list[MixerState]  # one MixerState per layer
@@ -116,16 +126,18 @@ class _LM(nn.Module):
         return (self.graphs == "capture" and ids.is_cuda and state is None and not want_state
                 and not torch.is_grad_enabled() and not torch.cuda.is_current_stream_capturing())
 
-    def _captured_scoring(self, key: tuple, fn, ids: Tensor, lengths: Tensor | None):
+    def _captured_scoring(self, key: tuple, fn, ids: Tensor, lengths: Tensor | None, make=None):
         """fn(ids, lengths), the scoring forward, run at graphs.padded_length(L) (right padding, masked): eagerly, or
         captured in a CUDA graph and replayed once that padded shape comes twice in a row (graphs.ForwardGraphs; the
-        same shape, so the same bits). Its outputs come back cut to the L positions asked for."""
+        same shape, so the same bits; make: how to capture it, if not as one graph). Its outputs come back cut to the
+        L positions asked for."""
         batch, length = ids.shape
         if lengths is None:
             lengths = torch.full((batch,), length, dtype=torch.long, device=ids.device)
         padded = padded_length(length)
         ids = F.pad(ids, (0, padded - length))
-        return trim_length(self.captured("_forward_graphs", ForwardGraphs)(key, fn, ids, lengths), padded, length)
+        graphs = self.captured("_forward_graphs", ForwardGraphs)
+        return trim_length(graphs(key, fn, ids, lengths, make), padded, length)
 
     def captured(self, name: str, make):
         """The model's cache `name` of captured computations (forward graphs, piece solves), made by make() and
@@ -225,17 +237,34 @@ class ImplicitLM(_LM):
         budget = budget or self.cfg.default_budget()
         keep = budget.anytime_budgets(anytime)
         self.check_ids(input_ids)
-        length = input_ids.shape[1]
-        if (self._graphable(input_ids, state, want_state) and can_capture_whole(budget, length)
-                and can_capture_whole(budget, padded_length(length)) and (lengths is None or bool(lengths.min() > 0))):
-            r = self._captured_scoring((budget, keep), self._whole_reading(budget, keep), input_ids, lengths)
-            return LMOutput(r.hidden, None, r.stats, r.anytime)
+        if self._graphable(input_ids, state, want_state) and (lengths is None or bool(lengths.min() > 0)):
+            r = self._captured_reading(budget, keep, input_ids, lengths)
+            if r is not None:
+                return LMOutput(r.hidden, None, r.stats, r.anytime)
         r = read(self, self.inject(input_ids), budget, lengths, state, keep, want_state)
         return LMOutput(r.hidden, r.state, r.stats, r.anytime)
+
+    def _captured_reading(self, budget: Budget, keep: tuple[int, ...], ids: Tensor, lengths: Tensor | None
+                          ) -> Reading | None:
+        """The scoring reading from CUDA graphs where its budget allows (one piece of damped iteration): read_whole
+        at tol = 0, read_masked at tol > 0; None where it does not."""
+        length = ids.shape[1]
+        if all(can_capture_whole(budget, n) for n in (length, padded_length(length))):
+            return self._captured_scoring((budget, keep), self._whole_reading(budget, keep), ids, lengths)
+        if all(can_capture_masked(budget, n) for n in (length, padded_length(length))):
+            return self._captured_scoring((budget, keep), self._masked_reading(budget), ids, lengths,
+                                          lambda fn, i, n, pool: MaskedReadingGraph(self, budget, i, n, pool))
+        return None
 
     def _whole_reading(self, budget: Budget, keep: tuple[int, ...]):
         def fn(ids: Tensor, lengths: Tensor) -> Reading:
             return read_whole(self, self.inject(ids), budget, lengths, keep)
+
+        return fn
+
+    def _masked_reading(self, budget: Budget):
+        def fn(ids: Tensor, lengths: Tensor) -> Reading:
+            return read_masked(self, self.inject(ids), budget, lengths)
 
         return fn
 

@@ -133,6 +133,42 @@ def read_whole(model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor, ke
     return Reading(solution.fz, None, stats, anytime)
 
 
+def can_capture_masked(budget: Budget, length: int) -> bool:
+    """Whether read_masked reads `length` tokens under `budget`: one piece of more than one token, damped iteration
+    that stops on residuals (tol > 0; tol = 0 is read_whole's)."""
+    return len(pieces(length, budget)) == 1 and length > 1 and budget.tol > 0 and can_capture(budget)
+
+
+def read_masked(model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor, solver: PieceSolve | None = None
+                ) -> Reading:
+    """The one-piece reading with no state in or out, every row masked (a graphs.PieceSolve of the whole sequence,
+    one update per segment): what read(..., want_state=False) returns, to float tolerance (the eager solver gathers
+    the rows still iterating). solver: a PieceSolve of u's shape and this budget (captured, MaskedReadingGraph); None:
+    one made for this call, uncaptured. Every sequence has at least one token."""
+    batch, length = u.shape[:2]
+    solver = solver or PieceSolve(model, budget, u, None, capture=False, segment=1)
+    out, solved = solver(u, lengths > 0, valid_mask(lengths, length))
+    stats = _empty_stats(length, length, lengths, model.cd)
+    _put_stats(stats, None, 0, solved)
+    return Reading(out if solver.graphs is None else out.clone(), None, stats)  # a replay's buffers are the next's
+
+
+class MaskedReadingGraph:
+    """read_masked captured for ids of one (batch, length) shape, kept by graphs.ForwardGraphs as it keeps a
+    ForwardGraph: `first` is the reading of the ids it was made from, a call reads new ids (the injection eagerly,
+    the solve replayed: a start graph, one graph per update until no row is active, a finish graph). capture=False:
+    the same arithmetic uncaptured (the CPU tests)."""
+
+    def __init__(self, model: ImplicitLM, budget: Budget, ids: Tensor, lengths: Tensor, pool=None,
+                 capture: bool = True):
+        self.model, self.budget = model, budget
+        self.solver = PieceSolve(model, budget, model.inject(ids), None, capture, segment=1, pool=pool)
+        self.first = self(ids, lengths)
+
+    def __call__(self, ids: Tensor, lengths: Tensor) -> Reading:
+        return read_masked(self.model, self.model.inject(ids), self.budget, lengths, self.solver)
+
+
 def _use_piece_solves(model: ImplicitLM, budget: Budget, cuts: list, keep: tuple, u: Tensor) -> bool:
     mode = getattr(model, "graphs", "off")
     if mode == "off" or keep or len(cuts) == 1 or not can_capture(budget):

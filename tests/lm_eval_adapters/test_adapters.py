@@ -99,15 +99,18 @@ def test_scoring_computes_no_recurrent_state(checkpoints, monkeypatch, kind):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("kind,extra", [("explicit", {}), ("implicit", {"max_iter": 6, "tol": 0.0, "anytime": "1;3"})])
+@pytest.mark.parametrize("kind,extra", [("explicit", {}), ("implicit", {"max_iter": 6, "tol": 0.0, "anytime": "1;3"}),
+                                        ("implicit", {"max_iter": 30, "tol": 1e-3})])
 def test_graphed_scoring_through_lm_eval_scores_as_eager_scoring(checkpoints, evaluate, kind, extra, monkeypatch):
     """On a GPU, cuda_graphs=auto captures the scoring forwards of (padded) shapes that come twice in a row (at batch
     size 1 these tasks have a few) and replays them when the same model evaluates again: every request's answer is
-    the eager one, at every budget, to 1e-5."""
+    the eager one, at every budget, to 1e-5 (at tol > 0 the graphs are reading.MaskedReadingGraph's)."""
     from implicit_ssm_eval.model_adapters import graphs as graph_module
+    from implicit_ssm_eval.model_adapters import reading
 
-    replays, replay = [], graph_module.ForwardGraph.__call__
-    monkeypatch.setattr(graph_module.ForwardGraph, "__call__", lambda *a: replays.append(1) or replay(*a))
+    replays = []
+    for cls in (graph_module.ForwardGraph, reading.MaskedReadingGraph):
+        monkeypatch.setattr(cls, "__call__", lambda *a, replay=cls.__call__: replays.append(1) or replay(*a))
     runs, used = {}, {}
     for graphs in ("auto", "false"):
         lm = (ImplicitSSMLM if kind == "implicit" else ExplicitSSMLM)(

@@ -237,6 +237,45 @@ def test_scoring_at_a_padded_length_gives_the_unpadded_numbers(kind, budget, any
     assert StandIn.made == [(3, 52)]  # one shape for both lengths, made when it came twice in a row
 
 
+@pytest.mark.parametrize("budget", [Budget(max_iter=40, tol=1e-4), Budget(max_iter=9, tol=1e-9)])
+def test_scoring_at_a_tolerance_from_masked_graphs_gives_the_eager_numbers(budget):
+    """What CUDA graphs replay for scoring at tol > 0 (reading.MaskedReadingGraph: every row, masked, one update per
+    segment), run uncaptured: lengths 51 and 52 share the padded shape 52, and each call gives the eager gathering
+    solver's hidden states (each row's own tokens), iterations, convergence and residuals, with f evaluated exactly
+    as often as the slowest row needs (no whole segments after every row is done). The second budget stops every
+    row at the cap; the first lets rows converge at different iterations."""
+    from implicit_ssm_eval.model_adapters.graphs import ForwardGraphs
+    from implicit_ssm_eval.model_adapters.reading import MaskedReadingGraph
+
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    made = []
+
+    def make(fn, ids, lengths, pool):
+        made.append(MaskedReadingGraph(model, budget, ids, lengths, pool, capture=False))
+        return made[-1]
+
+    model.captured("_forward_graphs", ForwardGraphs)
+    fn, iterations = model._masked_reading(budget), set()
+    for length in (51, 52, 51, 52):
+        ids = torch.randint(0, 37, (3, length))
+        lengths = torch.tensor([length, 3, 27])
+        with torch.no_grad():
+            before = made[0].solver.evaluations if made else 0
+            out = model._captured_scoring((budget, ()), fn, ids, lengths, make)
+            eager = model(ids, budget, lengths=lengths, want_state=False)
+        assert out.hidden.shape == eager.hidden.shape == (3, length, model.cfg.d_model)
+        for i, n in enumerate(lengths.tolist()):
+            assert_close(out.hidden[i, :n], eager.hidden[i, :n], 1e-10, f"hidden of row {i}")
+        for name in ("iterations", "converged", "tokens"):
+            assert torch.equal(getattr(out.stats, name), getattr(eager.stats, name)), name
+        assert_close(out.stats.residual, eager.stats.residual, 1e-6, "residual over the valid tokens only")
+        if made and before:  # a replay of the made graph: f evaluated as often as the slowest row needs
+            assert made[0].solver.evaluations - before == int(eager.stats.iterations.max())
+        iterations.update(eager.stats.iterations.flatten().tolist())
+    assert len(made) == 1 and made[0].solver.u.shape[:2] == (3, 52)  # made when the shape came twice in a row
+    assert len(iterations) > 1 if budget.tol > 1e-6 else iterations == {budget.max_iter}
+
+
 def test_a_batch_with_an_empty_sequence_still_returns_every_state():
     """A sequence of no tokens takes no part in the reading; the state returned for it is the empty one."""
     model = tiny_model("implicit", contractive=True, dtype=torch.float64)

@@ -160,7 +160,7 @@ def test_graphed_decoding_generates_what_eager_decoding_does(kind, budget):
 
 
 SCORING = [("explicit", None, ()), ("implicit", Budget(max_iter=5, tol=0.0), ()),
-           ("implicit", Budget(max_iter=5, tol=0.0), (1, 3))]
+           ("implicit", Budget(max_iter=5, tol=0.0), (1, 3)), ("implicit", Budget(max_iter=40, tol=1e-3), ())]
 
 
 @pytest.mark.parametrize("kind,budget,anytime", SCORING)
@@ -169,7 +169,8 @@ def test_graphed_scoring_forward_gives_the_eager_numbers(kind, budget, anytime, 
     """graphs "capture": a forward without state (scoring) runs at a padded length (51 -> 52), captured when that
     shape comes twice in a row and replayed after: exactly the numbers of its first, eager run at that shape and of
     the capture's warm-up, and the eager numbers at the exact length to float32's tolerance (padded rows or not,
-    anytime readings and statistics included); a replay does not overwrite what an earlier one returned."""
+    anytime readings and statistics included); a replay does not overwrite what an earlier one returned. At tol > 0
+    the reading is replayed one masked update at a time (reading.MaskedReadingGraph), against the gathering solver."""
     model = tiny_model(kind, contractive=kind == "implicit").cuda()
     model.use_backend(backend)
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -223,15 +224,37 @@ def test_forward_graphs_of_several_lengths_share_one_pool_in_any_order(kind):
         assert torch.equal(captured[i], first[i]) and torch.equal(replayed[i], first[i]), f"batch {i}"
 
 
-def test_scoring_with_a_tolerance_is_not_graphed():
-    """tol > 0 looks at residuals on the host: the forward stays eager (and correct)."""
+def test_scoring_with_anderson_is_not_graphed():
+    """Anderson's update is not captured: the forward stays eager (and correct)."""
     model = tiny_model("implicit", contractive=True).cuda()
     model.use_graphs("capture")
     ids = torch.randint(0, 37, (2, 20), device="cuda")
-    budget = Budget(max_iter=30, tol=1e-3)
+    budget = Budget(max_iter=30, tol=1e-3, solver="anderson")
     with torch.no_grad():
         runs = [model(ids, budget, want_state=False) for _ in range(3)]
     assert "_forward_graphs" not in model.__dict__ and torch.equal(runs[0].hidden, runs[2].hidden)
+
+
+def test_masked_scoring_graphs_of_several_lengths_share_one_pool_and_stop_with_the_slowest_row():
+    """tol > 0: graphs of two padded shapes in one pool, replayed in another order than captured, each giving its
+    shape's first-run bits; a replay evaluates f as often as its slowest row needs, plus the final evaluation."""
+    model = tiny_model("implicit", contractive=True).cuda()
+    model.use_backend("triton")
+    budget = Budget(max_iter=40, tol=1e-3)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    batches = [torch.randint(0, 37, shape, device="cuda", generator=g) for shape in ((4, 20), (3, 45))]
+    model.use_graphs("capture")
+    with torch.no_grad():
+        first = [model(ids, budget, want_state=False) for ids in batches for _ in range(2)][::2]
+        graphs = model._forward_graphs
+        counts = [graph.solver.evaluations for graph in graphs.graphs.values()]
+        replayed = [model(ids, budget, want_state=False) for ids in reversed(batches)][::-1]
+    assert [key[0] for key in graphs.graphs] == [(3, 46), (4, 20)]
+    assert all(graph.solver.graphs["segment"].pool() == graphs.pool for graph in graphs.graphs.values())
+    for i, graph in enumerate(reversed(graphs.graphs.values())):  # made in the order of batches
+        assert torch.equal(replayed[i].hidden, first[i].hidden) and torch.equal(replayed[i].stats.iterations,
+                                                                                 first[i].stats.iterations)
+        assert graph.solver.evaluations - counts[i] == int(first[i].stats.iterations.max()) < budget.max_iter
 
 
 def test_auto_resolves_to_triton_on_cuda():
