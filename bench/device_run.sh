@@ -18,9 +18,9 @@ timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider tests/model_adapters
   tests/model_adapters/test_triton_backend.py \
   > "$OUT/gpu_tests.log" 2>&1; echo "gpu tests exit $?"; tail -3 "$OUT/gpu_tests.log"
 timeout 90 python3 bench/kernels.py --out "$OUT/kernels.json" 2>&1 | tail -32
-timeout 250 python3 bench/gpu_bench.py --out "$OUT/bench.json" --sections forward,host,overhead,profile,lengths \
+timeout 250 python3 bench/gpu_bench.py --out "$OUT/bench.json" --sections forward,host,overhead,profile,lengths,tolerance \
   > "$OUT/bench.log" 2>&1
-grep -E "forward_|host_|overhead|profile_share|lengths_.*_s|error" "$OUT/bench.log"
+grep -E "forward_|host_|overhead|profile_share|lengths_.*_s|tolerance_|error" "$OUT/bench.log"
 timeout 300 python3 bench/lm_eval_throughput.py --docs 256 --context 1024 --out "$OUT/lm_eval_throughput.json" \
   > "$OUT/lm_eval_throughput.log" 2>&1; echo "lm-eval throughput exit $?"
 timeout 300 python3 bench/cross_process.py --out "$OUT/cross_process.json" --processes 2 2>&1 | tail -30

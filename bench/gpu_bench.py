@@ -15,10 +15,11 @@ lengths     a stream of --batches batches whose lengths vary as a task's do (uni
             tokens, sorted, longest first), with logits: mamba_ssm, ours eager, ours with CUDA graphs of the exact
             batch shapes, and ours with graphs of padded lengths (graphs.padded_length: as scoring runs on a GPU);
             a cold pass (empty graph caches, captures included) and a warm one
-tolerance   implicit scoring at tol > 0 (--tol, max_iter 16, simultaneous) over the same stream of varied lengths:
-            eager (the gathering solver, a host look at the residuals each iteration) against CUDA graphs of padded
-            lengths (reading.MaskedReadingGraph: one masked update per replay), cold and warm, with the f
-            evaluations each makes; the warm graphs' time per evaluation against our explicit forward's (graphed)
+tolerance   implicit scoring at tol > 0 (--tol, default 0.1; max_iter 16; simultaneous) over the same stream of
+            varied lengths: eager (the gathering solver, a host look at the residuals each iteration) against CUDA
+            graphs of padded lengths (reading.MaskedReadingGraph: one masked update per replay), cold and warm,
+            with the f evaluations each makes; the warm graphs' time per evaluation against our explicit forward's
+            (graphed)
 sequential  implicit scoring in the sequential reading, k = 4, tol 0, batch 16 x 128, in CUDA graphs: the iterations
             with our read-only step kernel vs mamba_ssm's state update (interleaved), --eager without graphs,
             and the simultaneous reading of the same work
@@ -463,7 +464,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--batches", type=int, default=64, help="lengths: batches in the stream")
-    p.add_argument("--tol", type=float, default=1e-2, help="tolerance: the residual tolerance")
+    p.add_argument("--tol", type=float, default=0.1, help="tolerance: the residual tolerance (at random init the "
+                   "residual falls slowly: at 0.01 every row runs to max_iter)")
     p.add_argument("--eager", action="store_true", help="sequential: also the reading without graphs (minutes)")
     args = p.parse_args()
     RESULTS.update(device=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bfloat16",
