@@ -145,7 +145,7 @@ def read_masked(model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor, s
     one update per segment): what read(..., want_state=False) returns, to float tolerance (the eager solver gathers
     the rows still iterating). solver: a PieceSolve of u's shape and this budget (captured, MaskedReadingGraph); None:
     one made for this call, uncaptured. Every sequence has at least one token."""
-    batch, length = u.shape[:2]
+    length = u.shape[1]
     solver = solver or PieceSolve(model, budget, u, None, capture=False, segment=1)
     out, solved = solver(u, lengths > 0, valid_mask(lengths, length))
     stats = _empty_stats(length, length, lengths, model.cd)
@@ -162,8 +162,9 @@ class MaskedReadingGraph:
     def __init__(self, model: ImplicitLM, budget: Budget, ids: Tensor, lengths: Tensor, pool=None,
                  capture: bool = True):
         self.model, self.budget = model, budget
-        self.solver = PieceSolve(model, budget, model.inject(ids), None, capture, segment=1, pool=pool)
-        self.first = self(ids, lengths)
+        u = model.inject(ids)  # once: the capture's shapes and the first reading's injection
+        self.solver = PieceSolve(model, budget, u, None, capture, segment=1, pool=pool)
+        self.first = read_masked(model, u, budget, lengths, self.solver)
 
     def __call__(self, ids: Tensor, lengths: Tensor) -> Reading:
         return read_masked(self.model, self.model.inject(ids), self.budget, lengths, self.solver)
