@@ -7,6 +7,11 @@ one_chunk      the one-chunk SSD scan of a block (40 rows of the bundled a5 mode
 damped_update  a piece solve's masked update (40 rows x T x 128, and the 130M step: 16 x 768) against its torch twin
 step_read      an iteration's step without its state (130M: 16 rows, 24 heads of 64, d_state 128) against mamba_ssm's
                state update on a copy of the state
+norms          the residual add + RMSNorm and the gated RMSNorm: our row-blocked kernels (triton_norm) against
+               mamba_ssm's one-row-per-program kernels, at the a5 model's widths (128, 256) from a step of 40 rows to
+               a block of 64 tokens of 100 rows, and at the 130M model's (768, 1,536)
+conv           the causal conv + SiLU per tile shape, at the a5 model's 320 channels (steps and blocks) and the 130M
+               model's 1,792 (2,048 tokens)
 
 Times are device microseconds per call: 100 calls captured in a CUDA graph, median of 5 replays (launch gaps inside
 a graph included, host launch work not: what a captured reading pays).
@@ -20,8 +25,16 @@ import statistics
 from pathlib import Path
 
 import torch
+import triton
 
-from implicit_ssm_eval.model_adapters.backends import torch_ops, triton_ops, triton_solve, triton_ssd
+from implicit_ssm_eval.model_adapters.backends import (
+    torch_ops,
+    triton_conv,
+    triton_norm,
+    triton_ops,
+    triton_solve,
+    triton_ssd,
+)
 from implicit_ssm_eval.model_adapters.ssd import ssd_chunked
 
 
@@ -92,13 +105,62 @@ def step_read(results: dict) -> None:
     results["step_read_torch_130m_us"] = timed(torch_ops.state_step, state, x, dt, bias, A, B, C, D, False, False)
 
 
+def norms(results: dict) -> None:
+    from mamba_ssm.ops.triton.layer_norm import _layer_norm_fwd
+    from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
+
+    def mamba_add(x, residual, w, out_dtype):
+        return _layer_norm_fwd(x, w, None, 1e-5, residual=residual, out_dtype=out_dtype,
+                               residual_dtype=torch.float32, is_rms_norm=True)
+
+    def mamba_gated(y, z, w, group, out_dtype):
+        return rmsnorm_fn(y, w, None, z=z, eps=1e-5, group_size=group, norm_before_gate=False).to(out_dtype)
+
+    shapes = [(rows, 128, 256) for rows in (40, 100, 640, 1600, 3200, 6400)] + [(16 * 2048, 768, 1536)]
+    for (rows, width, inner), dtype in ((s, d) for s in shapes for d in (torch.float32, torch.bfloat16)):
+        name = f"{rows}x{width}_{str(dtype)[6:]}"
+        x, residual = torch.randn(rows, width, device="cuda").to(dtype), torch.randn(rows, width, device="cuda")
+        w = torch.ones(width, device="cuda", dtype=dtype)
+        results[f"add_rmsnorm_{name}_ours_us"] = timed(triton_norm.add_rmsnorm, x, residual, w, 1e-5, dtype)
+        results[f"add_rmsnorm_{name}_mamba_ssm_us"] = timed(mamba_add, x, residual, w, dtype)
+        y, wide = torch.randn(rows, inner, device="cuda"), torch.randn(rows, 2 * inner + 72, device="cuda").to(dtype)
+        z, wg = wide[:, :inner], torch.ones(inner, device="cuda")
+        results[f"gated_rmsnorm_{name}_ours_us"] = timed(triton_norm.gated_rmsnorm, y, z, wg, 1e-5, inner, dtype)
+        results[f"gated_rmsnorm_{name}_mamba_ssm_us"] = timed(mamba_gated, y, z, wg, inner, dtype)
+
+
+def conv_tile(x, state, weight, bias, out, tile) -> None:
+    """The conv kernel launched with one tile shape (BLOCK_L, BLOCK_C, warps), not autotuned."""
+    rows, length, channels = x.shape
+    grid = (rows, triton.cdiv(length, tile[0]), triton.cdiv(channels, tile[1]))
+    triton_conv._causal_conv_silu_kernel[grid](
+        x, state, weight, bias, out, length, channels, 0, x.stride(0), x.stride(1), x.stride(2), state.stride(0),
+        state.stride(1), state.stride(2), out.stride(0), out.stride(1), K=4, HAS_BIAS=True, HAS_INIT=True,
+        BLOCK_L=tile[0], BLOCK_C=tile[1], num_warps=tile[2])
+
+
+def conv(results: dict) -> None:
+    tiles = [(c.kwargs["BLOCK_L"], c.kwargs["BLOCK_C"], c.num_warps) for c in triton_conv.CONFIGS] + \
+        [(16, 256, 4), (8, 512, 4), (64, 64, 4), (8, 32, 1), (32, 32, 1)]
+    for rows, length, channels in ((40, 16, 320), (100, 16, 320), (100, 32, 320), (100, 64, 320), (16, 2048, 1792)):
+        wide = torch.randn(rows, length, channels + 584 - 320, device="cuda")
+        x = wide[..., 256: 256 + channels]
+        state, weight = torch.randn(rows, channels, 3, device="cuda"), torch.randn(channels, 4, device="cuda")
+        bias, out = torch.randn(channels, device="cuda"), torch.empty(rows, length, channels, device="cuda")
+        for tile in tiles:
+            results[f"conv_{rows}x{length}x{channels}_tile{tile[0]}x{tile[1]}w{tile[2]}_us"] = timed(
+                conv_tile, x, state, weight, bias, out, tile)
+        results[f"conv_{rows}x{length}x{channels}_tuned_us"] = timed(triton_conv.causal_conv_silu, x, state, weight,
+                                                                     bias)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     results = {"device": torch.cuda.get_device_name()}
     with torch.inference_mode():
-        for section in (one_chunk, damped_update, step_read):
+        for section in (one_chunk, damped_update, step_read, norms, conv):
             try:
                 section(results)
             except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others' figures

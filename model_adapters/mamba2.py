@@ -91,11 +91,12 @@ class Mamba2(nn.Module):
     def _gate_and_project(self, y: Tensor, z: Tensor) -> Tensor:
         """y (..., d_inner) float32 -> out (..., d_model) in the model dtype."""
         c = self.cfg
-        if c.rmsnorm:
-            y = self.ops.gated_rmsnorm(y, z, self.norm.weight, c.mixer_norm_eps, c.d_inner // c.ngroups)
+        dtype = self.out_proj.weight.dtype
+        if c.rmsnorm:  # written in the projection's dtype by the norm itself (no conversion pass after it)
+            y = self.ops.gated_rmsnorm(y, z, self.norm.weight, c.mixer_norm_eps, c.d_inner // c.ngroups, dtype)
         else:
             y = y * F.silu(z.to(y.dtype))
-        return self.out_proj(y.to(self.out_proj.weight.dtype))
+        return self.out_proj(y.to(dtype))
 
     def empty_state(self, batch: int, device=None) -> MixerState:
         c, w = self.cfg, self.in_proj.weight

@@ -51,8 +51,11 @@ def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tens
     return F.silu(out).transpose(1, 2)
 
 
-def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int) -> Tensor:
-    return gated_rmsnorm_ref(x, z, weight, eps, group_size)
+def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int,
+                  out_dtype: torch.dtype | None = None) -> Tensor:
+    """RMSNorm(x * SiLU(z)) per group, in out_dtype (None: the compute dtype; see norms.gated_rmsnorm_ref)."""
+    y = gated_rmsnorm_ref(x, z, weight, eps, group_size)
+    return y if out_dtype is None else y.to(out_dtype)
 
 
 def add_rmsnorm(x: Tensor | None, residual: Tensor, weight: Tensor, eps: float,

@@ -15,17 +15,20 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-# Tile shapes tried on first use per channel count: the best is device- and size-dependent, and the first call
-# happens during warm-up, before any CUDA graph is captured. A one-token step (decoding, the sequential reading) has
-# tiles of its own, one position high: the others would compute and mask 8 to 128 positions for its one.
+# Tile shapes tried on first use per channel count and length class (a block of 2..64 tokens, or a longer sequence):
+# the best is device- and size-dependent, and the first call happens during warm-up, before any CUDA graph is
+# captured. Small tiles: on an H200 (bench/kernels.py, conv section) a 16 x 32 tile with one warp took 4.1 us for 100
+# blocks of 16 tokens, where the large tiles tried before (the best of them tuned once per channel count) took 8.0, and
+# 273 us for the 130M model's 16 x 2,048 tokens against 315. A one-token step (decoding, the sequential reading) has
+# tiles of its own, one position high: the others would compute and mask 8 to 32 positions for its one.
 CONFIGS = [triton.Config({"BLOCK_L": bl, "BLOCK_C": bc}, num_warps=w)
-           for bl, bc, w in ((16, 256, 4), (32, 128, 4), (64, 128, 8), (32, 256, 8), (8, 512, 4), (128, 64, 4))]
+           for bl, bc, w in ((16, 32, 1), (16, 64, 2), (32, 64, 4), (16, 128, 4), (32, 128, 4), (8, 128, 2))]
 STEP_CONFIGS = [triton.Config({"BLOCK_L": 1, "BLOCK_C": bc}, num_warps=w)
                 for bc, w in ((128, 4), (256, 4), (512, 4), (1024, 8))]
 
 
 @triton.jit
-def _causal_conv_silu_kernel(X, INIT, W, BIAS, OUT, L, C, sxb, sxl, sxc, sib, sic, sik, sob, sol,
+def _causal_conv_silu_kernel(X, INIT, W, BIAS, OUT, L, C, L_CLASS, sxb, sxl, sxc, sib, sic, sik, sob, sol,
                              K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
                              BLOCK_L: tl.constexpr, BLOCK_C: tl.constexpr):
     b, pl, pc = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -53,7 +56,7 @@ def _causal_conv_silu_kernel(X, INIT, W, BIAS, OUT, L, C, sxb, sxl, sxc, sib, si
 # The interpreter (TRITON_INTERPRET=1, the CPU tests) cannot time configurations: it runs one fixed tile of each
 # shape (a step's one position high, as on the GPU).
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-_tuned = None if _INTERPRETED else triton.autotune(configs=CONFIGS, key=["C"])(_causal_conv_silu_kernel)
+_tuned = None if _INTERPRETED else triton.autotune(configs=CONFIGS, key=["C", "L_CLASS"])(_causal_conv_silu_kernel)
 _tuned_step = None if _INTERPRETED else triton.autotune(configs=STEP_CONFIGS, key=["C"])(_causal_conv_silu_kernel)
 
 
@@ -70,7 +73,8 @@ def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tens
         return batch, triton.cdiv(length, meta["BLOCK_L"]), triton.cdiv(channels, meta["BLOCK_C"])
 
     init = state if state is not None else x  # a placeholder pointer when there is no state
-    args = (x, init, weight, bias if bias is not None else weight, out, length, channels,
+    length_class = min(triton.next_power_of_2(length), 256)  # blocks of 2..64 tokens, then every longer sequence
+    args = (x, init, weight, bias if bias is not None else weight, out, length, channels, length_class,
             x.stride(0), x.stride(1), x.stride(2), init.stride(0), init.stride(1) if state is not None else 0,
             init.stride(2) if state is not None else 0, out.stride(0), out.stride(1))
     flags = dict(K=k, HAS_BIAS=bias is not None, HAS_INIT=state is not None)

@@ -31,7 +31,7 @@ from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa:
 from torch import Tensor  # noqa: E402
 
 from ..ssd import discretise  # noqa: E402
-from . import triton_conv, triton_ssd  # noqa: E402
+from . import triton_conv, triton_norm, triton_ssd  # noqa: E402
 from .triton_solve import damped_update  # noqa: E402, F401 - the backend's op
 
 NAME = "triton"
@@ -78,14 +78,23 @@ def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tens
     return triton_conv.causal_conv_silu(x, state, weight, bias)
 
 
-def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int) -> Tensor:
-    return rmsnorm_fn(x, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=False)
+def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int,
+                  out_dtype: torch.dtype | None = None) -> Tensor:
+    """Narrow groups (the bundled models'): our row-blocked kernel, writing out_dtype directly; wide ones: mamba_ssm's
+    kernel (one program per row suits them)."""
+    if triton_norm.takes(group_size) and x.dtype == torch.float32:
+        return triton_norm.gated_rmsnorm(x, z, weight, eps, group_size, out_dtype)
+    y = rmsnorm_fn(x, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=False)
+    return y if out_dtype is None else y.to(out_dtype)
 
 
 def add_rmsnorm(x: Tensor | None, residual: Tensor, weight: Tensor, eps: float,
                 out_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """One kernel for residual + x and RMSNorm (mamba_ssm's fused layer norm, forward only: inference)."""
+    """One kernel for residual + x and RMSNorm: ours for narrow rows (triton_norm), mamba_ssm's fused layer norm
+    (forward only: inference) for wide ones."""
     shape, width = residual.shape, residual.shape[-1]
+    if triton_norm.takes(width) and residual.dtype == torch.float32:
+        return triton_norm.add_rmsnorm(x, residual, weight, eps, out_dtype)
     source = (residual if x is None else x).reshape(-1, width)
     y, _, _, _, new_residual, *_ = _layer_norm_fwd(
         source.contiguous(), weight.contiguous(), None, eps,

@@ -72,12 +72,23 @@ def test_gated_rmsnorm(triton_ops):
           "gated norm")
 
 
+@pytest.mark.parametrize("width", [64, 1024])  # our row-blocked kernel, mamba_ssm's past triton_norm.WIDEST
+def test_gated_rmsnorm_in_the_projection_dtype(triton_ops, width):
+    y, z = torch.randn(300, width, device="cuda"), torch.randn(300, width + 8, device="cuda")[:, 8:]
+    w = torch.rand(width, device="cuda")
+    for out_dtype in (None, torch.bfloat16):
+        got = triton_ops.gated_rmsnorm(y, z, w, 1e-5, width // 2, out_dtype)
+        assert got.dtype == (out_dtype or torch.float32)
+        close(got, torch_ops.gated_rmsnorm(y, z, w, 1e-5, width // 2, out_dtype), got.dtype, "gated norm")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_x", [False, True])
-def test_fused_residual_add_and_norm(triton_ops, dtype, with_x):
-    residual = torch.randn(5, 7, 96, device="cuda")
-    x = torch.randn(5, 7, 96, device="cuda").to(dtype) if with_x else None
-    w = (1 + 0.1 * torch.randn(96, device="cuda")).to(dtype)
+@pytest.mark.parametrize("width", [96, 768])
+def test_fused_residual_add_and_norm(triton_ops, dtype, with_x, width):
+    residual = torch.randn(5, 7, width, device="cuda")
+    x = torch.randn(5, 7, width, device="cuda").to(dtype) if with_x else None
+    w = (1 + 0.1 * torch.randn(width, device="cuda")).to(dtype)
     for out_dtype in (dtype, torch.float32):
         normed, res = triton_ops.add_rmsnorm(x, residual, w, 1e-5, out_dtype)
         normed_ref, res_ref = torch_ops.add_rmsnorm(x, residual, w, 1e-5, out_dtype)
