@@ -87,8 +87,6 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--profile", type=Path, default=None, help="write each reading's kernel table (torch profiler)")
-    p.add_argument("--unfused-too", action="store_true",
-                   help="backend triton: each reading also without the fused evaluation (triton_fused), side by side")
     args = p.parse_args()
     device = torch.device(args.device)
     ckpt = load_checkpoint(args.checkpoint, dtype=getattr(torch, args.dtype), device=device)
@@ -102,27 +100,19 @@ def main() -> None:
                 **{f"blockwise {c}": base.replace(mode="blockwise", block_size=c) for c in args.block_sizes}}
     if args.simultaneous:
         readings["simultaneous"] = base
-    models = {name: ckpt.model for name in readings}
-    if args.unfused_too:  # a second copy of the model, whose piece solves are made without the fused evaluation
-        unfused = load_checkpoint(args.checkpoint, dtype=getattr(torch, args.dtype), device=device).model
-        unfused.use_backend(args.backend)
-        unfused.use_graphs(args.graphs)
-        readings.update({f"{name} unfused": budget for name, budget in list(readings.items())})
-        models.update({name: unfused for name in readings if name.endswith(" unfused")})
     rows, reference, times = [], None, {name: [] for name in readings}
     with torch.inference_mode():
         for name, budget in readings.items():
-            fused(not name.endswith(" unfused"), args.backend)  # read when a piece solve is made: the warm-up
-            answers, stats, _ = read(models[name], ids, budget, device, args.batch_size)  # warm-up (Triton compiles)
+            answers, stats, _ = read(ckpt.model, ids, budget, device, args.batch_size)  # warm-up (Triton compiles)
             reference = answers if reference is None else reference
             rows.append({"reading": name, "block_size": budget.block_size, "accuracy": float(
                 (answers == targets).double().mean()), "agrees_with_sequential": float(
                 (answers == reference).double().mean()), **stats})
         for _ in range(args.repeats):  # interleaved rounds: a shared machine's slow spells hit every reading alike
             for name, budget in readings.items():
-                times[name].append(read(models[name], ids, budget, device, args.batch_size)[2])
+                times[name].append(read(ckpt.model, ids, budget, device, args.batch_size)[2])
     if args.profile:
-        args.profile.write_text("\n\n".join(profile(models[name], ids, name, budget, device)
+        args.profile.write_text("\n\n".join(profile(ckpt.model, ids, name, budget, device)
                                             for name, budget in readings.items()))
     for row in rows:
         row["seconds"], row["seconds_all"] = statistics.median(times[row["reading"]]), times[row["reading"]]
@@ -137,14 +127,6 @@ def main() -> None:
               f"{r['evaluations_made']:6d} {r['capped']:6d} {r['seconds']:8.3f} {seq / r['seconds']:7.2f}x")
     if args.plot:
         plot(rows, args.plot, f"{args.checkpoint.name}, st_{args.task}_{args.bucket}, tol {args.tol:g}, {args.device}")
-
-
-def fused(on: bool, backend: str) -> None:
-    """Whether the piece solves made from now on use the triton backend's fused evaluation (triton_fused)."""
-    if backend == "triton":
-        from implicit_ssm_eval.model_adapters.backends import triton_fused
-
-        triton_fused.ENABLED = on
 
 
 def profile(model, ids, name: str, budget: Budget, device) -> str:

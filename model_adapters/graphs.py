@@ -112,14 +112,10 @@ class PieceSolve:
         self.active = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.segments = math.ceil(max(budget.max_iter - 1, 0) / segment) if budget.tol else 0
         self.evaluations = 0  # f evaluations made (every row at once, segments whole), counted on the host
-        # The backend's one-kernel-chain evaluation of this piece length, where it has one (triton_fused).
-        self.fused = model.ops.fused_f(model, 1 if self.step else u_like.shape[1])
         self.graphs = self._capture(pool) if capture else None
 
     # -- what is captured ------------------------------------------------------------------------------
     def _f(self, z: Tensor, commit: bool):
-        if self.fused is not None:
-            return self.fused(self.model, z, self.u, self.state, self.valid, commit)
         if self.step:
             return self.model.f_step(z, self.u, self.state, commit)
         return self.model.f(z, self.u, self.state, self.valid, commit)
@@ -133,10 +129,6 @@ class PieceSolve:
     def _update(self) -> None:
         """One damped update of the active rows; a row whose residual meets tol is converged and leaves."""
         b = self.budget
-        if self.fused is not None:  # f and the update in one chain (the update is its last kernel's epilogue)
-            self.fused(self.model, self.z, self.u, self.state, self.valid, False,
-                       update=(self.active, self.iterations, self.converged, b.tau, b.tol, b.max_iter))
-            return
         fz, _ = self._f(self.z, commit=False)
         self.model.ops.damped_update(self.z, fz, self.valid, self.active, self.iterations, self.converged, b.tau,
                                      b.tol, b.max_iter)

@@ -77,9 +77,3 @@ def damped_update(z: Tensor, fz: Tensor, valid: Tensor | None, active: Tensor, i
     done = active & (residual < tol)
     converged.logical_or_(done)
     active.logical_and_(~done & (iterations < max_iter - 1))
-
-
-def fused_f(model, tokens: int):
-    """The backend's fused evaluation of a piece of `tokens` tokens (f, or f and the damped update, in a few kernels:
-    see triton_fused.evaluate), or None where the chain of the ops above is what runs. Here: always None."""
-    return None

@@ -31,7 +31,7 @@ from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa:
 from torch import Tensor  # noqa: E402
 
 from ..ssd import discretise  # noqa: E402
-from . import triton_conv, triton_fused, triton_norm, triton_ssd  # noqa: E402
+from . import triton_conv, triton_norm, triton_ssd  # noqa: E402
 from .triton_solve import damped_update  # noqa: E402, F401 - the backend's op
 
 NAME = "triton"
@@ -101,12 +101,3 @@ def add_rmsnorm(x: Tensor | None, residual: Tensor, weight: Tensor, eps: float,
         residual=None if x is None else residual.reshape(-1, width), out_dtype=out_dtype,
         residual_dtype=residual.dtype, is_rms_norm=True)
     return y.view(shape), (residual if x is None else new_residual.view(shape))
-
-
-def fused_f(model, tokens: int):
-    """triton_fused.evaluate where it takes the model and a piece of `tokens` tokens (narrow float32-residual models,
-    pieces of at most triton_fused.MAX_TOKENS), else None (the chain of the ops above)."""
-    if (triton_fused.ENABLED and model.cd == torch.float32 and model.dtype in triton_fused.FAST_DTYPES
-            and triton_fused.takes(model.cfg, tokens, model.dtype)):
-        return triton_fused.evaluate
-    return None
