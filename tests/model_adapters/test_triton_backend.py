@@ -72,8 +72,12 @@ def test_gated_rmsnorm(triton_ops):
           "gated norm")
 
 
-@pytest.mark.parametrize("width", [64, 1024])  # our row-blocked kernel, mamba_ssm's past triton_norm.WIDEST
+# Two groups of 32 (our row-blocked kernel) or of 1,024 (mamba_ssm's: groups wider than triton_norm.WIDEST)
+@pytest.mark.parametrize("width", [64, 2048])
 def test_gated_rmsnorm_in_the_projection_dtype(triton_ops, width):
+    from implicit_ssm_eval.model_adapters.backends import triton_norm
+
+    assert triton_norm.takes(width // 2) == (width == 64)
     y, z = torch.randn(300, width, device="cuda"), torch.randn(300, width + 8, device="cuda")[:, 8:]
     w = torch.rand(width, device="cuda")
     for out_dtype in (None, torch.bfloat16):
