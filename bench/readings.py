@@ -65,8 +65,8 @@ def read(model, ids, budget: Budget, device, batch_size: int | None = None) -> t
     return torch.cat(answers), stats, seconds
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_reading_args(p: argparse.ArgumentParser) -> None:
+    """The checkpoint, the documents and the budget every reading script takes (also bench/sliding_window.py)."""
     p.add_argument("--checkpoint", type=Path, default=Path("checkpoints/a5-implicit"))
     p.add_argument("--task", default="a5")
     p.add_argument("--bucket", default="ood8x")
@@ -74,6 +74,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tol", type=float, default=0.01)
     p.add_argument("--max-iter", type=int, default=256)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_reading_args(p)
     p.add_argument("--tau", type=float, default=None, help="damping of every reading (default: the checkpoint's)")
     p.add_argument("--solver", default="fixed_point", help="the solver of every reading (fixed_point.SOLVERS)")
     p.add_argument("--block-sizes", type=int, nargs="+", default=[4, 8, 16, 32, 64])

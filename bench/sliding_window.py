@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from readings import add_reading_args, documents  # bench/readings.py: run as a script, bench/ is on sys.path
 
 from implicit_ssm_eval.model_adapters.config import Budget
 from implicit_ssm_eval.model_adapters.fixed_point import EPS
@@ -37,8 +38,11 @@ def token_residuals(fz: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (fz - z).norm(dim=-1) / (EPS + z.norm(dim=-1))
 
 
-def sliding_read(model, ids: torch.Tensor, window: int, budget: Budget) -> tuple[torch.Tensor, dict]:
-    """The last token's hidden state of each row, and the counts."""
+def sliding_read(model, ids: torch.Tensor, window: int, budget: Budget, restart: int = 0
+                 ) -> tuple[torch.Tensor, dict]:
+    """The last token's hidden state of each row, and the counts. restart > 0: a window whose front has not
+    converged after that many evaluations since the last commit starts again from z = 0 (as a sequential solve of
+    its front token would have), once per front token."""
     rows, length = ids.shape
     u = model.inject(ids)
     state = model.empty_state(rows)
@@ -54,6 +58,9 @@ def sliding_read(model, ids: torch.Tensor, window: int, budget: Budget) -> tuple
         calls, token_evals, age = calls + 1, token_evals + (end - start), age + 1
         done = (token_residuals(fz, z) < budget.tol).all(0)  # (T,): converged in every row
         prefix = int(done.long().cumprod(0).sum())
+        if restart and prefix == 0 and int(age[0]) == restart:
+            z.zero_()
+            continue
         if prefix == 0 and age[0] >= budget.max_iter:
             prefix, capped = 1, capped + 1
         if prefix == 0:
@@ -81,24 +88,17 @@ def standard_read(model, ids: torch.Tensor, budget: Budget) -> tuple[torch.Tenso
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=Path("checkpoints/a5-implicit"))
-    p.add_argument("--task", default="a5")
-    p.add_argument("--bucket", default="ood8x")
-    p.add_argument("--docs", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tol", type=float, default=0.01)
-    p.add_argument("--max-iter", type=int, default=256)
+    add_reading_args(p)
     p.add_argument("--windows", type=int, nargs="+", default=[8, 16])
     p.add_argument("--block-sizes", type=int, nargs="+", default=[8, 16])
+    p.add_argument("--restart", type=int, default=0, help="restart a stalled window from zeros (0: never)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    from implicit_ssm_eval.tasks.state_tracking import make_docs
-
     ckpt = load_checkpoint(args.checkpoint, dtype=torch.float32, device=torch.device("cpu"))
     model = ckpt.model
     model.use_backend("torch")
-    docs = make_docs(args.task, args.bucket, num_docs=args.docs, seed=args.seed)
+    docs = documents(args.task, args.bucket, args.docs, args.seed)
     ids = torch.tensor([ckpt.tokenizer.encode(d["input"]) for d in docs])
     targets = torch.tensor([ckpt.tokenizer.encode(d["target"])[0] for d in docs])
     base = Budget(max_iter=args.max_iter, tol=args.tol, tau=ckpt.default_budget.tau)
@@ -106,7 +106,7 @@ def main() -> None:
     for c in args.block_sizes:
         readings[f"blocks of {c}"] = lambda c=c: standard_read(model, ids, base.replace(mode="blockwise", block_size=c))
     for w in args.windows:
-        readings[f"window of {w}"] = lambda w=w: sliding_read(model, ids, w, base)
+        readings[f"window of {w}"] = lambda w=w: sliding_read(model, ids, w, base, args.restart)
     rows, times, reference = [], {name: [] for name in readings}, None
     with torch.inference_mode():
         for name, fn in readings.items():
