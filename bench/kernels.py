@@ -2,8 +2,8 @@
 
     python bench/kernels.py --out $OUT/kernels.json
 
-one_chunk      the one-chunk SSD scan of a block (40 rows of the bundled a5 model: 8 heads of 32, d_state 32) per
-               num_warps, against the torch twin (ssd.ssd_chunked)
+one_chunk      the one-chunk SSD scan of a block (40 or 100 rows of the bundled a5 model: 8 heads of 32, d_state 32)
+               per product precision (triton_ssd.PRECISION) and num_warps, against the torch twin (ssd.ssd_chunked)
 damped_update  a piece solve's masked update (40 rows x T x 128, and the 130M step: 16 x 768) against its torch twin
 step_read      an iteration's step without its state (130M: 16 rows, 24 heads of 64, d_state 128) against mamba_ssm's
                state update on a copy of the state
@@ -20,6 +20,7 @@ a graph included, host launch work not: what a captured reading pays).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 from pathlib import Path
@@ -64,31 +65,44 @@ def timed(fn, *args, calls: int = 100) -> float:
 
 
 def one_chunk(results: dict) -> None:
-    rows, heads, headdim, dstate = 40, 8, 32, 32
-    for length in (1, 8, 32, 64):
-        x = torch.randn(rows, length, heads, headdim, device="cuda")
+    heads, headdim, dstate = 8, 32, 32  # the bundled a5 model
+    for rows, length, dtype in ((40, 1, "float32"), (40, 8, "float32"), (40, 32, "float32"), (40, 64, "float32"),
+                                (100, 16, "bfloat16"), (100, 32, "bfloat16"), (100, 64, "bfloat16"),
+                                (100, 16, "float32"), (100, 32, "float32")):
+        x = torch.randn(rows, length, heads, headdim, device="cuda", dtype=getattr(torch, dtype))
         dt = torch.rand(rows, length, heads, device="cuda") * 0.1
         A = -torch.rand(heads, device="cuda")
-        B, C = (torch.randn(rows, length, 1, dstate, device="cuda") for _ in range(2))
+        B, C = (torch.randn(rows, length, 1, dstate, device="cuda", dtype=x.dtype) for _ in range(2))
         D, s0 = torch.randn(heads, device="cuda"), torch.randn(rows, heads, headdim, dstate, device="cuda")
-        for warps in (1, 2, 4, 8, None):  # None: the kernel's own choice
-            triton_ssd.NUM_WARPS = warps
-            results[f"one_chunk_L{length}_warps{warps}_us"] = timed(triton_ssd.ssd_one_chunk, x, dt, A, B, C, D, s0,
-                                                                    False)
-        results[f"one_chunk_L{length}_torch_us"] = timed(ssd_chunked, x, dt, A, B, C, 64, D, s0, False)
+        name = f"one_chunk_{rows}x{length}_{dtype}"
+        for precision in ("ieee", "tf32x3", "tf32"):
+            triton_ssd.PRECISION = precision
+            for warps in (1, 2, 4, None):  # None: the kernel's own choice
+                triton_ssd.NUM_WARPS = warps
+                results[f"{name}_{precision}_warps{warps}_us"] = timed(triton_ssd.ssd_one_chunk, x, dt, A, B, C, D,
+                                                                       s0, False)
+        triton_ssd.PRECISION = "tf32x3"
+        results[f"{name}_torch_us"] = timed(ssd_chunked, x, dt, A, B, C, 64, D, s0, False)
     triton_ssd.NUM_WARPS = None
 
 
 def damped_update(results: dict) -> None:
-    for name, shape in (("a5_block32", (40, 32, 128)), ("a5_step", (40, 128)), ("130m_step", (16, 768))):
+    for name, shape in (("a5_block32", (40, 32, 128)), ("a5_step", (40, 128)), ("130m_step", (16, 768)),
+                        ("a5_step_100", (100, 128)), ("a5_block16_100", (100, 16, 128)),
+                        ("a5_block32_100", (100, 32, 128)), ("a5_block64_100", (100, 64, 128))):
         z, fz = torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda")
         valid = torch.ones(shape[:2], dtype=torch.bool, device="cuda") if len(shape) == 3 else None
         rows = shape[0]
         flags = [torch.ones(rows, dtype=torch.bool, device="cuda"), torch.zeros(rows, dtype=torch.long, device="cuda"),
                  torch.zeros(rows, dtype=torch.bool, device="cuda")]
+        # every row stays active (tol 0, no last update): each call does the full update
         for label, op in (("triton", triton_solve.damped_update), ("torch", torch_ops.damped_update)):
-            # every row stays active (tol 0, no last update): each call does the full update
             results[f"damped_update_{name}_{label}_us"] = timed(op, z, fz, valid, *flags, 0.8, 0.0, 10**6)
+        for block, warps in itertools.product((1024, 2048, 4096), (2, 4, 8, 16)):  # the tiles, surveyed
+            triton_solve.BLOCK, triton_solve.NUM_WARPS = block, warps
+            results[f"damped_update_{name}_block{block}_warps{warps}_us"] = timed(
+                triton_solve.damped_update, z, fz, valid, *flags, 0.8, 0.0, 10**6)
+        triton_solve.BLOCK, triton_solve.NUM_WARPS = 2048, None
 
 
 def step_read(results: dict) -> None:
@@ -154,13 +168,17 @@ def conv(results: dict) -> None:
                                                                      bias)
 
 
+SECTIONS = {f.__name__: f for f in (one_chunk, damped_update, step_read, norms, conv)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
     args = p.parse_args()
     results = {"device": torch.cuda.get_device_name()}
     with torch.inference_mode():
-        for section in (one_chunk, damped_update, step_read, norms, conv):
+        for section in (SECTIONS[name] for name in args.sections):
             try:
                 section(results)
             except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others' figures

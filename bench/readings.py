@@ -88,12 +88,18 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--backend", default="torch")
+    p.add_argument("--scan-precision", default=None, choices=["ieee", "tf32x3", "tf32"],
+                   help="the one-chunk Triton scan's products (default: triton_ssd.PRECISION)")
     p.add_argument("--graphs", default="off", choices=["off", "capture", "masked"], help="piece solves (graphs.py)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--profile", type=Path, default=None, help="write each reading's kernel table (torch profiler)")
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.scan_precision:
+        from implicit_ssm_eval.model_adapters.backends import triton_ssd
+
+        triton_ssd.PRECISION = args.scan_precision
     ckpt = load_checkpoint(args.checkpoint, dtype=getattr(torch, args.dtype), device=device)
     ckpt.model.use_backend(args.backend)
     ckpt.model.use_graphs(args.graphs)

@@ -20,7 +20,16 @@ from torch import Tensor  # noqa: E402
 
 from ..fixed_point import EPS  # noqa: E402
 
-BLOCK = 2048  # values of a row per loop step: a 64-token block of d_model 768 is 24 steps
+BLOCK = 2048  # values of a row per loop step (at most): a 64-token block of d_model 768 is 24 steps
+NUM_WARPS = None  # per program (one row); None: by row size (_warps). bench/kernels.py sets both.
+
+
+def _warps(size: int) -> int:
+    """4 warps for a row of up to 2,048 values (a step, or a block of 16 of the a5 model), 16 above: one program per
+    row, so a block of 100 rows keeps 100 programs whatever its length, and a longer row needs more loads in flight.
+    Measured on an H200 (bench/kernels.py, 100 rows of the a5 model): a block of 32 takes 2.9 us against 4.1 with 4
+    warps, a block of 64 4.2 against 4.8; a step's row does not gain from more."""
+    return 4 if size <= 2048 else 16
 
 
 @triton.jit
@@ -68,4 +77,4 @@ def damped_update(z: Tensor, fz: Tensor, valid: Tensor | None, active: Tensor, i
     _damped_update_kernel[(rows,)](
         z, fz, valid_bytes, flags[0], iterations, flags[1], size, width,
         size // width, 1.0 - tau, tau, tol, max_iter - 1, EPS, HAS_VALID=valid is not None,
-        BLOCK=block, STEPS=triton.cdiv(size, block), num_warps=4)
+        BLOCK=block, STEPS=triton.cdiv(size, block), num_warps=NUM_WARPS or _warps(size))

@@ -26,9 +26,11 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-# The one-chunk kernel's products take this precision explicitly ("ieee" unless the user set TRITON_F32_DEFAULT), so
-# that it does not depend on whether Triton read the variable before this module set it.
-IEEE = tl.constexpr(os.environ["TRITON_F32_DEFAULT"])
+# The one-chunk kernel's products: "tf32x3" runs them on the tensor cores as three TF32 products whose sum keeps
+# float32's precision (tests/triton_ssd_check.py holds it to 1e-5 against the float32 scan; plain "tf32" fails it),
+# where "ieee" multiplies on the FMA units. Measured on an H200 (bench/kernels.py), 100 rows of the a5 model: a block
+# of 16 in 4.4 us against 9.8, a block of 32 in 7.1 against 16.8. bench/kernels.py and bench/readings.py set it.
+PRECISION = "tf32x3"
 MAX_LENGTH = 64  # longer sequences go to the chunked kernels: one program's registers hold the whole chunk
 NUM_WARPS = None  # per program of the one-chunk kernel; None: by tile size (_warps). bench/kernels.py sets it.
 
@@ -39,7 +41,8 @@ def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, L, P, 
                           ssb, ssh, ssp, syb, syl, syh, sfb, sfh, sfp,
                           RAW_DT: tl.constexpr, HAS_VALID: tl.constexpr,
                           HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_INIT: tl.constexpr, FINAL: tl.constexpr,
-                          BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+                          BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+                          PRECISION: tl.constexpr):
     b, h = tl.program_id(0), tl.program_id(1)
     g = h // heads_per_group
     t = tl.arange(0, BLOCK_T)
@@ -64,12 +67,12 @@ def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, L, P, 
     # Within the chunk: the quadratic form (C B^T * decay * dt) x, causal.
     causal = t[:, None] >= t[None, :]
     decay = tl.exp(tl.where(causal, a_cs[:, None] - a_cs[None, :], float("-inf")))
-    scores = tl.dot(Ct, tl.trans(Bt), input_precision=IEEE) * decay * dt[None, :]
-    y = tl.dot(scores, x, input_precision=IEEE)
+    scores = tl.dot(Ct, tl.trans(Bt), input_precision=PRECISION) * decay * dt[None, :]
+    y = tl.dot(scores, x, input_precision=PRECISION)
     if HAS_INIT:  # what the state entering the chunk contributes: exp(a_t) C_t S_0
         s0 = tl.load(S0 + b * ssb + h * ssh + p[:, None] * ssp + n[None, :], mask=in_p[:, None] & in_n[None, :],
                      other=0.0).to(tl.float32)
-        y += tl.exp(a_cs)[:, None] * tl.dot(Ct, tl.trans(s0), input_precision=IEEE)
+        y += tl.exp(a_cs)[:, None] * tl.dot(Ct, tl.trans(s0), input_precision=PRECISION)
     if HAS_D:
         if D_PER_P:
             y += x * tl.load(D + h * P + p, mask=in_p, other=0.0).to(tl.float32)[None, :]
@@ -79,7 +82,7 @@ def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, L, P, 
     if FINAL:
         a_end = tl.sum(a, axis=0)
         weight = dt * tl.exp(a_end - a_cs)  # padding: dt = 0, no input
-        state = tl.dot(tl.trans(x * weight[:, None]), Bt, input_precision=IEEE)  # (P, N)
+        state = tl.dot(tl.trans(x * weight[:, None]), Bt, input_precision=PRECISION)  # (P, N)
         if HAS_INIT:
             state += tl.exp(a_end) * s0
         tl.store(SF + b * sfb + h * sfh + p[:, None] * sfp + n[None, :], state, mask=in_p[:, None] & in_n[None, :])
@@ -90,12 +93,13 @@ def _block(size: int) -> int:
 
 
 def _warps(t: int, p: int, n: int) -> int:
-    """Warps for one program holding tiles of t x t, t x p, t x n and p x n values: one warp per 2,048 values of the
-    largest. Fewer warps mean fewer threads synchronising on small tiles: measured on an H200 (bench/kernels.py) with
-    the bundled a5 model's 32 x 32 state, 1 warp against 4 takes a block of 32 tokens from 13.6 to 9.6 us and a
-    block of 64 (2 warps) from 29.4 to 16.9 us; larger states keep enough values per thread (2,048 / 32 = 64)."""
+    """Warps for one program holding tiles of t x t, t x p, t x n and p x n values: one warp per 1,024 values of the
+    largest, at most 4. Fewer warps mean fewer threads synchronising on small tiles. Measured on an H200 with tf32x3
+    products (bench/kernels.py, 100 rows of the bundled a5 model, 32 x 32 state): a block of 32 tokens takes 7.1 us
+    with 1 warp against 11.9 with 4, a block of 64 16.0 us with 4 warps against 20.0 with 2. The 130M
+    configuration's 64 x 128 state keeps the 4 warps it had with IEEE products (not timed with tf32x3)."""
     largest = max(t * t, t * p, t * n, p * n)
-    return min(8, max(1, triton.next_power_of_2(largest // 2048)))
+    return min(4, max(1, triton.next_power_of_2(largest // 1024)))
 
 
 def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
@@ -126,7 +130,8 @@ def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
         sf.stride(0), sf.stride(1), sf.stride(2),
         RAW_DT=dt_bias is not None, HAS_VALID=valid is not None,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_INIT=init is not None, FINAL=final_state,
-        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=NUM_WARPS or _warps(block_t, block_p, block_n))
+        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, PRECISION=PRECISION,
+        num_warps=NUM_WARPS or _warps(block_t, block_p, block_n))
     return y, final
 
 
