@@ -4,7 +4,8 @@ Imported only when backend=triton is resolved, so mamba_ssm and triton stay opti
 returns what its torch_ops twin returns (tests/model_adapters/test_triton_backend.py checks it on the GPU).
 
 float32 means float32: unless the user chose otherwise (TRITON_F32_DEFAULT=tf32), Triton's float32 matrix
-products run in IEEE precision, not TF32 (which is ~1e-3 relative off). Use bfloat16 for speed.
+products run in IEEE precision, not TF32 (which is ~1e-3 relative off). Our one-chunk scan takes tf32x3, three
+TF32 products that keep float32's precision on the tensor cores (triton_ssd.PRECISION). Use bfloat16 for speed.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """backend=triton (mamba_ssm's kernels) against the torch backend, on CUDA, and the CUDA-graph readings and decoding
-against the eager ones. Tolerances are testing.RTOL's: the Triton backend runs float32 in IEEE precision (not TF32,
-see backends/triton_ops.py), so float32 is held to float32's tolerance; bfloat16 to bfloat16's."""
+against the eager ones. Tolerances are testing.RTOL's: the Triton backend runs float32 in IEEE precision, or tf32x3
+in the one-chunk scan (not TF32, see backends/triton_ops.py), so float32 is held to float32's tolerance; bfloat16 to
+bfloat16's."""
 
 import pytest
 import torch
