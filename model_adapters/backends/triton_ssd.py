@@ -8,8 +8,8 @@ launch-bound, so the count of launches is the cost. One program per (row, head) 
     y_t = sum_{s <= t} (C_t . B_s) exp(a_t - a_s) dt_s x_s  +  exp(a_t) C_t S_0  +  D x_t,   a = cumsum(dt A)
 
 and, when asked, the state after the last token: S_L = exp(a_L) S_0 + sum_s exp(a_L - a_s) dt_s x_s B_s^T.
-Everything is computed in float32 (y and the state come out float32, as from the torch twin). dt arrives
-discretised and zero on padding, so padded steps leave the state unchanged.
+Everything is computed in float32, the products as tf32x3 (PRECISION); y and the state come out float32, as from
+the torch twin. dt arrives discretised and zero on padding, so padded steps leave the state unchanged.
 
 A second kernel, ssd_step_read, is one recurrence step that returns its output and no new state: what every
 fixed-point iteration of the sequential reading needs (only the final evaluation commits a state).
@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # float32 products in float32, not TF32 (see triton_ops)
+# Not for this module's products (PRECISION below says theirs), but for every Triton kernel compiled after the first
+# import of any of our backend modules: float32 products in float32, not TF32 (see triton_ops).
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -93,13 +95,15 @@ def _block(size: int) -> int:
 
 
 def _warps(t: int, p: int, n: int) -> int:
-    """Warps for one program holding tiles of t x t, t x p, t x n and p x n values: one warp per 1,024 values of the
-    largest, at most 4. Fewer warps mean fewer threads synchronising on small tiles. Measured on an H200 with tf32x3
-    products (bench/kernels.py, 100 rows of the bundled a5 model, 32 x 32 state): a block of 32 tokens takes 7.1 us
-    with 1 warp against 11.9 with 4, a block of 64 16.0 us with 4 warps against 20.0 with 2. The 130M
-    configuration's 64 x 128 state keeps the 4 warps it had with IEEE products (not timed with tf32x3)."""
+    """Warps for one program holding tiles of t x t, t x p, t x n and p x n values: one warp per 2,048 values of the
+    largest, and at least 4 for 64 tokens. Fewer warps mean fewer threads synchronising on small tiles. Measured on an
+    H200 with tf32x3 products (bench/kernels.py, 100 rows of the bundled a5 model, 32 x 32 state): a block of 32
+    tokens takes 7.1 us with 1 warp against 11.9 with 4; a block of 64, whose 64 x 64 scores are the largest tile,
+    16.0 us with 4 warps against 20.0 with 2. Larger states keep the warps they had (the 130M configuration's
+    64 x 128: 4), not timed with tf32x3."""
     largest = max(t * t, t * p, t * n, p * n)
-    return min(4, max(1, triton.next_power_of_2(largest // 1024)))
+    warps = min(8, max(1, triton.next_power_of_2(largest // 2048)))
+    return max(warps, 4) if t >= 64 else warps
 
 
 def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
