@@ -112,11 +112,11 @@ def _run(command: str, rest: list[str]) -> int:
 
 def classify(exc: Exception) -> tuple[int, str]:
     """(exit code, one-line message) of an exception."""
-    from implicit_ssm_eval.model_adapters.config import ConfigError
-    from implicit_ssm_eval.model_adapters.formats import CheckpointError
-    from implicit_ssm_eval.model_adapters.tensors import NonFiniteError
-    from implicit_ssm_eval.model_adapters.tokenizer import TokenizerError
-    from implicit_ssm_eval.tasks.registry import UnknownTaskError
+    from ..model_adapters.config import ConfigError
+    from ..model_adapters.formats import CheckpointError
+    from ..model_adapters.tensors import NonFiniteError
+    from ..model_adapters.tokenizer import TokenizerError
+    from ..tasks.registry import UnknownTaskError
 
     # The same five classes end stock `lm_eval` runs in one line: keep model_adapters/lm_eval_hook.ONE_LINE_ERRORS,
     # which names them without importing them (it runs at interpreter start-up), in step with this.

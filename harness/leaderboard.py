@@ -11,8 +11,7 @@ from collections import defaultdict
 
 from tabulate import tabulate
 
-from implicit_ssm_eval.model_adapters.convergence import UNCONVERGED_WARN
-
+from ..model_adapters.convergence import UNCONVERGED_WARN
 from .report import bucket_order
 from .results import Run
 

@@ -12,8 +12,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from implicit_ssm_eval.tasks.registry import UnknownTaskError, family_of
-
+from ..tasks.registry import UnknownTaskError, family_of
 from .results import Run
 from .sweep import write_json_atomic
 

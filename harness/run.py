@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import implicit_ssm_eval.tasks as tasks_package
+from .. import tasks as tasks_package
 
 TASKS_DIR = Path(tasks_package.__file__).parent
 SSM_MODELS = ("implicit_ssm", "explicit_ssm")
@@ -43,10 +43,10 @@ def cache_fingerprint(model: str, model_args: str) -> str:
     """The adapter's fingerprint for these model_args, computed without building the model."""
     from lm_eval.utils import simple_parse_args_string
 
-    from implicit_ssm_eval.model_adapters.backends import resolve_backend
-    from implicit_ssm_eval.model_adapters.eval_args import DEFAULT_MAX_LENGTH, parse_model_args
-    from implicit_ssm_eval.model_adapters.formats import inspect_checkpoint
-    from implicit_ssm_eval.model_adapters.lm_eval_models import model_fingerprint
+    from ..model_adapters.backends import resolve_backend
+    from ..model_adapters.eval_args import DEFAULT_MAX_LENGTH, parse_model_args
+    from ..model_adapters.formats import inspect_checkpoint
+    from ..model_adapters.lm_eval_models import model_fingerprint
 
     kind = model.split("_")[0]
     args = parse_model_args(kind, simple_parse_args_string(model_args))

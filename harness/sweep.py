@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from implicit_ssm_eval.model_adapters.config import Budget, ConfigError
+from ..model_adapters.config import Budget, ConfigError
 
 DEFAULT_MAX_ITERS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_TOLS = (0.0, 0.01)
@@ -121,7 +121,7 @@ def budget_key(budget: Budget | None) -> str:
 def plan(spec: SweepSpec) -> list[Job]:
     """Every (checkpoint, budget) of the grid: fixed budgets k at tol 0, adaptive ones (tol > 0) capped at
     adaptive_max_iter, for each mode (and block size); one job for an explicit checkpoint."""
-    from implicit_ssm_eval.model_adapters.formats import inspect_checkpoint
+    from ..model_adapters.formats import inspect_checkpoint
 
     check_tasks(spec)
     ckpts = [inspect_checkpoint(path) for path in spec.checkpoints]  # no weights read: planning is instant
@@ -171,7 +171,7 @@ def tasks_for(ckpt, requested: tuple[str, ...]) -> tuple[str, ...]:
     """The requested tasks, or with "auto" the lm-eval group of the task the checkpoint was trained on."""
     if tuple(requested) != ("auto",):
         return tuple(requested)
-    from implicit_ssm_eval.tasks.registry import family_for_task
+    from ..tasks.registry import family_for_task
 
     config = json.loads((Path(ckpt.path) / "config.json").read_text())
     task = ((config.get("training") or {}).get("config") or {}).get("task")
@@ -381,7 +381,7 @@ def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | None =
             save_failure(job, out, spec, message)
             yield job, message
         return
-    from implicit_ssm_eval.model_adapters.anytime import split_anytime
+    from ..model_adapters.anytime import split_anytime
 
     per_budget = split_anytime(results)
     wall = time.monotonic() - started
@@ -410,7 +410,7 @@ def model_args(job: Job, spec: SweepSpec, greedy_path: Path, anytime: list[int])
 
 def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int]) -> dict:
     """One real lm-eval run (its anytime budgets included); the greedy log is written next to its results."""
-    from implicit_ssm_eval.model_adapters.lm_eval_models import ExplicitSSMLM, ImplicitSSMLM
+    from ..model_adapters.lm_eval_models import ExplicitSSMLM, ImplicitSSMLM
 
     target = job.dir(out)
     target.mkdir(parents=True, exist_ok=True)
@@ -453,7 +453,7 @@ def evaluate_loaded(lm, tasks: dict, spec: SweepSpec, args: dict) -> dict:
     import torch
     from lm_eval import evaluator
 
-    from implicit_ssm_eval.model_adapters.anytime import evaluate_with_anytime
+    from ..model_adapters.anytime import evaluate_with_anytime
 
     random.seed(SEEDS["random_seed"])
     np.random.seed(SEEDS["numpy_seed"])

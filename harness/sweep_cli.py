@@ -7,11 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from implicit_ssm_eval.model_adapters.backends import BACKENDS
-from implicit_ssm_eval.model_adapters.config import MODES, ConfigError
-from implicit_ssm_eval.model_adapters.eval_args import DTYPES
-from implicit_ssm_eval.model_adapters.fixed_point import SOLVERS
-
+from ..model_adapters.backends import BACKENDS
+from ..model_adapters.config import MODES, ConfigError
+from ..model_adapters.eval_args import DTYPES
+from ..model_adapters.fixed_point import SOLVERS
 from . import leaderboard, plots, report
 from .results import Loaded, load_runs
 from .sweep import DEFAULT_MAX_ITERS, DEFAULT_MODES, DEFAULT_TOLS, Outcome, SweepSpec, resolve_workers, run_sweep
@@ -109,7 +108,7 @@ def json_object(text: str) -> dict:
 
 
 def spec_from(args) -> SweepSpec:
-    from implicit_ssm_eval.tasks.registry import families
+    from ..tasks.registry import families
 
     num_docs = {f.num_docs_option: args.num_docs for f in families().values() if f.num_docs_option}
     batch = args.batch_size

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from implicit_ssm_eval.model_adapters.config import Budget, ConfigError, ModelConfig, reject_unknown_keys
-from implicit_ssm_eval.model_adapters.fixed_point import solve
-from implicit_ssm_eval.model_adapters.formats import save
-from implicit_ssm_eval.model_adapters.formats.common import fold_weight_norm
-from implicit_ssm_eval.model_adapters.models import ImplicitLM, build_model
-from implicit_ssm_eval.model_adapters.tensors import valid_mask
+from ..model_adapters.config import Budget, ConfigError, ModelConfig, reject_unknown_keys
+from ..model_adapters.fixed_point import solve
+from ..model_adapters.formats import save
+from ..model_adapters.formats.common import fold_weight_norm
+from ..model_adapters.models import ImplicitLM, build_model
+from ..model_adapters.tensors import valid_mask
 
 STATE_FILE, LOG_FILE = "train_state.pt", "train_log.csv"
 LOG_FIELDS = ("step", "loss", "token_acc", "last_acc", "mean_iters", "lr", "elapsed_s")
@@ -125,7 +125,7 @@ class Trainer:
     elapsed: float = 0.0
 
     def __post_init__(self):
-        from implicit_ssm_eval.tasks.registry import family_for_task
+        from ..tasks.registry import family_for_task
 
         torch.manual_seed(self.cfg.seed)
         self.device = torch.device(self.cfg.device)
@@ -141,7 +141,7 @@ class Trainer:
 
     def _load_weights(self, directory: Path) -> None:
         """Weights of a checkpoint of the same architecture (weight norm is applied afterwards, from them)."""
-        from implicit_ssm_eval.model_adapters.formats import load_checkpoint
+        from ..model_adapters.formats import load_checkpoint
 
         ckpt = load_checkpoint(directory)
         ours = {k: v for k, v in self.model.cfg.to_dict().items() if k != "budget"}

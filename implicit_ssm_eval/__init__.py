@@ -1,13 +1,10 @@
-"""The installed import name of this project: ``implicit_ssm_eval.model_adapters``, ``.tasks``, ``.harness``.
+"""The package implicit_ssm_eval in a source checkout: the repository root (see the root's __init__.py).
 
-The repository keeps its three folders at the top (``model_adapters/``, ``tasks/``, ``harness/``), but a user's
-environment must not gain packages called ``tasks`` or ``harness``: an lm-eval user very often has a ``tasks/``
-folder of their own. A wheel installs the folders under this package; in a source checkout (an editable
-install, or running from the repository root) they sit beside it, so the package path points there too.
+Python finds this folder when the checkout is on sys.path (an editable install puts it there; so does PYTHONPATH);
+the package's path is then the root, whose folders model_adapters/, tasks/ and harness/ are its subpackages. A wheel
+installs the root's __init__.py in place of this file.
 """
 
 import os as _os
 
-_here = _os.path.dirname(_os.path.abspath(__file__))
-if not _os.path.isdir(_os.path.join(_here, "model_adapters")):  # a source checkout: the folders are siblings
-    __path__.append(_os.path.dirname(_here))
+__path__ = [_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))]

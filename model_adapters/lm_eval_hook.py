@@ -93,7 +93,7 @@ def wrap_evaluator(module) -> None:
     def evaluate_with_anytime(lm, task_dict, *args, **kwargs):
         if args or not getattr(lm, "budgets_scored", ())[1:]:  # not ours, or no anytime budgets
             return evaluate(lm, task_dict, *args, **kwargs)
-        from implicit_ssm_eval.model_adapters.anytime import evaluate_with_anytime as run
+        from .anytime import evaluate_with_anytime as run
 
         return run(evaluate, lm, task_dict, **kwargs)
 
@@ -115,7 +115,7 @@ def wrap_make_table(module) -> None:
         info = (result_dict.get("config") or {}).get("ssm_model") if isinstance(result_dict, dict) else None
         if column != "results" or not info or not info.get("budget"):
             return text
-        from implicit_ssm_eval.model_adapters.convergence import convergence_block
+        from .convergence import convergence_block
 
         return f"{text}\n{convergence_block(info)}"
 

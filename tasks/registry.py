@@ -139,7 +139,7 @@ class Family:
 
     def write_tokenizer(self, task: str, path: str | Path) -> Path:
         """Write the task's tokenizer as a ``tokenizers`` ``tokenizer.json`` at ``path``; returns the path."""
-        from implicit_ssm_eval.tasks.common import save_tokenizer
+        from .common import save_tokenizer
 
         return save_tokenizer(self.tokenizer_for(task), path)
 

@@ -10,7 +10,7 @@ Public API:
   tokenizer_for(task) -> tokenizers.Tokenizer (one vocabulary for all tasks);  write_tokenizer(task, path)
 """
 
-from implicit_ssm_eval.tasks.babi.data import (
+from .data import (
     BUCKETS,
     bucket_lengths,
     make_docs,
@@ -19,7 +19,7 @@ from implicit_ssm_eval.tasks.babi.data import (
     training_examples,
     write_tokenizer,
 )
-from implicit_ssm_eval.tasks.babi.stories import TASKS, BabiTask
+from .stories import TASKS, BabiTask
 
 __all__ = [
     "BUCKETS",

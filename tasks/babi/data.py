@@ -16,9 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
-from implicit_ssm_eval.tasks.babi.stories import MAX_PATH_EDGES, TASKS, BabiTask, generate
-from implicit_ssm_eval.tasks.babi.vocabulary import ANSWERS, vocabulary
-from implicit_ssm_eval.tasks.common import (
+from ..common import (
     IGNORE_INDEX,
     PAD_ID,
     as_int,
@@ -27,6 +25,8 @@ from implicit_ssm_eval.tasks.common import (
     save_tokenizer,
     word_level_tokenizer,
 )
+from .stories import MAX_PATH_EDGES, TASKS, BabiTask, generate
+from .vocabulary import ANSWERS, vocabulary
 
 if TYPE_CHECKING:
     import torch

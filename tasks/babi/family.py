@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from implicit_ssm_eval.tasks.babi.data import BUCKETS, FAMILY_NAME, bucket_lengths, tokenizer_for, training_batches
-from implicit_ssm_eval.tasks.babi.stories import TASKS
-from implicit_ssm_eval.tasks.registry import BucketInfo, Family
+from ..registry import BucketInfo, Family
+from .data import BUCKETS, FAMILY_NAME, bucket_lengths, tokenizer_for, training_batches
+from .stories import TASKS
 
 # Story lengths vary naturally, so the out-of-distribution buckets are bands: (L, 2L], (2L, 4L].
 _MULTIPLIERS = {"id": 1.0, "ood2x": 2.0, "ood4x": 4.0}

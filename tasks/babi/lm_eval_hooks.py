@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from implicit_ssm_eval.tasks.babi.data import BUCKETS, bucket_lengths, get_task, make_docs
-from implicit_ssm_eval.tasks.common import as_int, parse_length_overrides, split_options, yaml_task_and_bucket
-from implicit_ssm_eval.tasks.scoring import process_greedy_answer
+from ..common import as_int, parse_length_overrides, split_options, yaml_task_and_bucket
+from ..scoring import process_greedy_answer
+from .data import BUCKETS, bucket_lengths, get_task, make_docs
 
 if TYPE_CHECKING:
     import datasets

@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from implicit_ssm_eval.tasks.babi.data import BUCKETS, HASHED_FIELDS, make_docs
-from implicit_ssm_eval.tasks.babi.family import FAMILY
-from implicit_ssm_eval.tasks.babi.stories import TASKS
-from implicit_ssm_eval.tasks.yaml_writer import family_fingerprints, family_yaml_files, make_yamls_main
+from ..yaml_writer import family_fingerprints, family_yaml_files, make_yamls_main
+from .data import BUCKETS, HASHED_FIELDS, make_docs
+from .family import FAMILY
+from .stories import TASKS
 
 MODULE = "implicit_ssm_eval.tasks.babi.make_yamls"
 HERE = Path(__file__).parent

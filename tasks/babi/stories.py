@@ -15,7 +15,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from implicit_ssm_eval.tasks.babi.vocabulary import (
+from ..common import accepts_key, bounded_attempts
+from .vocabulary import (
     ACTORS,
     ANSWERS,
     DIRECTION_WORDS,
@@ -26,8 +27,7 @@ from implicit_ssm_eval.tasks.babi.vocabulary import (
     PLACES,
     YES_NO,
 )
-from implicit_ssm_eval.tasks.babi.world import World, render
-from implicit_ssm_eval.tasks.common import accepts_key, bounded_attempts
+from .world import World, render
 
 KEY_STATEMENTS = 4
 CAT_SEGMENT_STATEMENTS = (2, 6)  # statements per catbAbI segment, inclusive

@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from implicit_ssm_eval.tasks.babi.vocabulary import (
+from .vocabulary import (
     ACTORS,
     COUNT_WORDS,
     DROP_VERBS,

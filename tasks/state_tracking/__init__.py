@@ -11,7 +11,7 @@ Public API:
   tokenizer_for(task) -> tokenizers.Tokenizer;  write_tokenizer(task, path) -> Path
 """
 
-from implicit_ssm_eval.tasks.state_tracking.data import (
+from .data import (
     BUCKETS,
     bucket_lengths,
     buckets_of,
@@ -20,7 +20,7 @@ from implicit_ssm_eval.tasks.state_tracking.data import (
     training_batches,
     write_tokenizer,
 )
-from implicit_ssm_eval.tasks.state_tracking.specs import TASK_NAMES, TASKS, TaskSpec
+from .specs import TASK_NAMES, TASKS, TaskSpec
 
 __all__ = [
     "BUCKETS",

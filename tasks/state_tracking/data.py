@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer
 
-from implicit_ssm_eval.tasks.common import (
+from ..common import (
     BUCKET_MULTIPLIERS,
     IGNORE_INDEX,
     PAD_ID,
@@ -31,8 +31,8 @@ from implicit_ssm_eval.tasks.common import (
     save_tokenizer,
     word_level_tokenizer,
 )
-from implicit_ssm_eval.tasks.state_tracking.shifts import SHIFT_MULTIPLIER, identity_of, identity_run, shifts_of
-from implicit_ssm_eval.tasks.state_tracking.specs import TASKS, Plan, TaskSpec, get_spec
+from .shifts import SHIFT_MULTIPLIER, identity_of, identity_run, shifts_of
+from .specs import TASKS, Plan, TaskSpec, get_spec
 
 if TYPE_CHECKING:
     import torch

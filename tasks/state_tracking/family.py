@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from implicit_ssm_eval.tasks.common import BUCKET_MULTIPLIERS
-from implicit_ssm_eval.tasks.registry import BucketInfo, Family
-from implicit_ssm_eval.tasks.state_tracking.data import (
+from ..common import BUCKET_MULTIPLIERS
+from ..registry import BucketInfo, Family
+from .data import (
     BUCKETS,
     FAMILY_NAME,
     bucket_lengths,
     tokenizer_for,
     training_batches,
 )
-from implicit_ssm_eval.tasks.state_tracking.shifts import shifts_of
-from implicit_ssm_eval.tasks.state_tracking.specs import TASK_NAMES, get_spec
+from .shifts import shifts_of
+from .specs import TASK_NAMES, get_spec
 
 _LENGTH_DESCRIPTIONS = {
     "id": "in distribution: the training lengths",

@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from implicit_ssm_eval.tasks.common import as_int, parse_length_overrides, split_options, yaml_task_and_bucket
-from implicit_ssm_eval.tasks.scoring import process_greedy_answer
-from implicit_ssm_eval.tasks.state_tracking.data import BUCKETS, bucket_lengths, buckets_of, make_docs
-from implicit_ssm_eval.tasks.state_tracking.specs import TASK_NAMES, get_spec
+from ..common import as_int, parse_length_overrides, split_options, yaml_task_and_bucket
+from ..scoring import process_greedy_answer
+from .data import BUCKETS, bucket_lengths, buckets_of, make_docs
+from .specs import TASK_NAMES, get_spec
 
 if TYPE_CHECKING:
     import datasets

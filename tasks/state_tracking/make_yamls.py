@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from implicit_ssm_eval.tasks.state_tracking.data import HASHED_FIELDS, buckets_of, make_docs
-from implicit_ssm_eval.tasks.state_tracking.family import FAMILY
-from implicit_ssm_eval.tasks.state_tracking.specs import TASK_NAMES, get_spec
-from implicit_ssm_eval.tasks.yaml_writer import family_fingerprints, family_yaml_files, make_yamls_main
+from ..yaml_writer import family_fingerprints, family_yaml_files, make_yamls_main
+from .data import HASHED_FIELDS, buckets_of, make_docs
+from .family import FAMILY
+from .specs import TASK_NAMES, get_spec
 
 MODULE = "implicit_ssm_eval.tasks.state_tracking.make_yamls"
 HERE = Path(__file__).parent

@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from implicit_ssm_eval.tasks.state_tracking.algebra import named_algebra
-from implicit_ssm_eval.tasks.state_tracking.specs import KEY_LEN, MOD, OPERATORS, Draw, Plan, get_spec
+from .algebra import named_algebra
+from .specs import KEY_LEN, MOD, OPERATORS, Draw, Plan, get_spec
 
 SHIFT_MULTIPLIER = 2  # shifted buckets have length 2L by default, as ood2x
 IDENTITY_RUN = 16  # identities in the identrun16 bucket's run

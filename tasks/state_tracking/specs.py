@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 
-from implicit_ssm_eval.tasks.common import accepts_key, bounded_attempts
-from implicit_ssm_eval.tasks.state_tracking.algebra import FiniteMonoid, named_algebra
+from ..common import accepts_key, bounded_attempts
+from .algebra import FiniteMonoid, named_algebra
 
 # Sequences at least this long are split between training and evaluation by the held-out partition of
 # their first KEY_LEN symbols. Shorter ones cannot be split (parity has only 2^12 strings of length 12).

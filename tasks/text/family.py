@@ -7,8 +7,8 @@ training data.
 
 from __future__ import annotations
 
-from implicit_ssm_eval.tasks.registry import Family, no_chance
-from implicit_ssm_eval.tasks.text.lm_eval_hooks import FAMILY_NAME, TASK
+from ..registry import Family, no_chance
+from .lm_eval_hooks import FAMILY_NAME, TASK
 
 FAMILY = Family(
     name=FAMILY_NAME,

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from implicit_ssm_eval.tasks.common import data_hash, split_options
+from ..common import data_hash, split_options
 
 if TYPE_CHECKING:
     import datasets
