@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from implicit_ssm_eval.model_adapters.formats import load_checkpoint
+from implicit_ssm_eval.model_adapters.runtime import Runtime
 from implicit_ssm_eval.model_adapters.testing import rel_err
 
 
@@ -66,8 +67,8 @@ def main() -> None:
         for backend in args.backends:
             for dtype in (torch.float32, torch.bfloat16):
                 ckpt = load_checkpoint(root, dtype=dtype, device=dev)
-                ckpt.model.use_backend(backend)
-                lg = ckpt.model.logits(ckpt.model(ids).hidden)[..., : golden.shape[-1]]
+                runtime = Runtime(ckpt.model, backend)
+                lg = runtime.logits(runtime(ids).hidden)[..., : golden.shape[-1]]
                 lp = next_token_logprobs(lg, ids)
                 out[f"ours_{backend}_{str(dtype)[6:]}"] = {
                     "rel_err": rel_err(lg, golden),

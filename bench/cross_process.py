@@ -25,12 +25,13 @@ import hashlib, sys, torch
 from implicit_ssm_eval.model_adapters.config import Budget
 from implicit_ssm_eval.model_adapters.formats import load_checkpoint
 ckpt = load_checkpoint(sys.argv[1], dtype=torch.bfloat16, device=torch.device("cuda"))
-ckpt.model.use_backend("triton")
+from implicit_ssm_eval.model_adapters.runtime import Runtime
+runtime = Runtime(ckpt.model, "triton")
 ids = torch.randint(2, 50000, (8, 512), generator=torch.Generator().manual_seed(0)).cuda()
 digest = hashlib.sha256()
 with torch.inference_mode():
     for ids_, mode in ((ids, "simultaneous"), (ids[:, :64], "sequential")):
-        digest.update(ckpt.model(ids_, Budget(max_iter=2, tol=0.0, mode=mode)).hidden.float().cpu().numpy().tobytes())
+        digest.update(runtime(ids_, Budget(max_iter=2, tol=0.0, mode=mode)).hidden.float().cpu().numpy().tobytes())
 print("HASH", digest.hexdigest())
 """
 

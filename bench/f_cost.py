@@ -45,7 +45,6 @@ def main() -> None:
                    "without commit, per length")
     args = p.parse_args()
     model = load_checkpoint(args.checkpoint, dtype=torch.float32, device=torch.device("cpu")).model
-    model.use_backend("torch")
     gen = torch.Generator().manual_seed(0)
     print(f"{'length':>6s} {'commit (us)':>12s} {'no commit (us)':>15s} {'ratio':>6s}", end="   ")
     print(f"threads {torch.get_num_threads()}")

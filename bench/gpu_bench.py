@@ -45,6 +45,7 @@ import torch
 from implicit_ssm_eval.model_adapters.config import Budget, ModelConfig
 from implicit_ssm_eval.model_adapters.formats import load_checkpoint
 from implicit_ssm_eval.model_adapters.models import build_model
+from implicit_ssm_eval.model_adapters.runtime import Runtime
 
 VOCAB = 50277
 RESULTS: dict = {}
@@ -67,7 +68,8 @@ def timed(fn, warmup: int = 3, reps: int = 10) -> float:
 
 
 def mamba_pair(root: Path):
-    """(mamba_ssm's model, ours) on the same random 130M weights, bfloat16, on the GPU."""
+    """(mamba_ssm's model, ours) on the same random 130M weights, bfloat16, on the GPU (ours: the model; each section
+    runs it through Runtimes of the triton kernels, eagerly or with CUDA graphs)."""
     from mamba_ssm.models.config_mamba import MambaConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 
@@ -79,16 +81,19 @@ def mamba_pair(root: Path):
     theirs.save_pretrained(str(root))
     theirs = theirs.to(torch.bfloat16).eval()
     ours = load_checkpoint(root, dtype=torch.bfloat16, device="cuda").model
-    ours.use_backend("triton")
     return theirs, ours
+
+
+def runtimes(model) -> dict[str, Runtime]:
+    """The model on the triton kernels, eagerly ("off") and with CUDA graphs ("capture"): each keeps its own
+    captures, so switching between them drops nothing."""
+    return {graphs: Runtime(model, "triton", graphs) for graphs in ("off", "capture")}
 
 
 def implicit_twin(explicit):
     cfg = ModelConfig.from_dict({**explicit.cfg.to_dict(), "kind": "implicit", "budget": {"max_iter": 4}})
     model = build_model(cfg).to("cuda", torch.bfloat16).eval()
     model.load_state_dict(explicit.state_dict(), strict=False)  # the same stack; the injection is its own
-    model.use_backend("triton")
-    model.use_graphs("capture")  # sequential readings (the decoding prefill) in CUDA graphs
     return model
 
 
@@ -105,21 +110,14 @@ def forward_variants(pair, ids) -> dict:
     """The timed forwards, each returning logits. Ours as lm-eval scores (want_state=False: no final states, which
     mamba_ssm's forward does not compute either), with the states (as a prefill computes them), and with float32
     logits (what `logits()` gives the log-softmax)."""
-    theirs, ours = pair
+    theirs, model = pair
     bf16 = torch.bfloat16
-
-    def ours_graphs():  # as lm-eval scores on a GPU (cuda_graphs=auto): replayed from a graph of its shape
-        ours.graphs = "capture"  # set directly: use_graphs() would drop the captured graph
-        try:
-            return ours.lm_head(ours(ids, want_state=False).hidden.to(bf16))
-        finally:
-            ours.graphs = "off"
-
+    rt = runtimes(model)  # graphs: as lm-eval scores on a GPU (cuda_graphs=auto), replayed from a graph of its shape
     return {"mamba_ssm": lambda: theirs(ids).logits,
-            "ours": lambda: ours.lm_head(ours(ids, want_state=False).hidden.to(bf16)),
-            "ours_graphs": ours_graphs,
-            "ours_with_state": lambda: ours.lm_head(ours(ids).hidden.to(bf16)),
-            "ours_fp32_logits": lambda: ours.logits(ours(ids, want_state=False).hidden)}
+            "ours": lambda: model.lm_head(rt["off"](ids, want_state=False).hidden.to(bf16)),
+            "ours_graphs": lambda: model.lm_head(rt["capture"](ids, want_state=False).hidden.to(bf16)),
+            "ours_with_state": lambda: model.lm_head(rt["off"](ids).hidden.to(bf16)),
+            "ours_fp32_logits": lambda: model.logits(rt["off"](ids, want_state=False).hidden)}
 
 
 def section_forward(args, pair) -> None:
@@ -145,14 +143,15 @@ KINDS = (("gemm", ("gemm", "nvjet", "cutlass", "sm90_xmma", "ampere", "cublas"))
 def section_profile(args, pair) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    _, ours = pair
+    _, model = pair
+    ours = runtimes(model)["off"]
     ids = torch.randint(0, VOCAB, (args.batch, args.length), device="cuda")
     with torch.inference_mode():
-        ours.lm_head(ours(ids, want_state=False).hidden.to(torch.bfloat16))
+        model.lm_head(ours(ids, want_state=False).hidden.to(torch.bfloat16))
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(3):
-                ours.lm_head(ours(ids, want_state=False).hidden.to(torch.bfloat16))
+                model.lm_head(ours(ids, want_state=False).hidden.to(torch.bfloat16))
             torch.cuda.synchronize()
     totals: dict[str, float] = {}
     for event in prof.key_averages():
@@ -235,19 +234,18 @@ def section_host(args, pair) -> None:
 def section_overhead(args, pair) -> None:
     """Implicit forward at a forced k (tol 0) against k explicit forwards, both eager and both replayed from CUDA
     graphs (as scoring runs them on a GPU); no logits, no states."""
-    _, ours = pair
-    implicit = implicit_twin(ours)
+    _, model = pair
+    explicit, implicit = runtimes(model), runtimes(implicit_twin(model))
     ids = torch.randint(0, VOCAB, (args.batch, args.length), device="cuda")
     best = {}
     with torch.inference_mode():
         for _ in range(2):  # interleaved rounds, the best of each: host-bound times drift with the machine
             for graphs in ("off", "capture"):
-                ours.graphs = implicit.graphs = graphs  # set directly: use_graphs() would drop the captured graphs
+                ex, im = explicit[graphs], implicit[graphs]
                 for k in (0, 1, 4):
-                    ms = timed(lambda: ours(ids, want_state=False)) if k == 0 else timed(
-                        lambda k=k: implicit(ids, Budget(max_iter=k, tol=0.0), want_state=False), warmup=2, reps=5)
+                    ms = timed(lambda ex=ex: ex(ids, want_state=False)) if k == 0 else timed(
+                        lambda k=k, im=im: im(ids, Budget(max_iter=k, tol=0.0), want_state=False), warmup=2, reps=5)
                     best[graphs, k] = min(best.get((graphs, k), ms), ms)
-        ours.graphs = "off"
     for graphs, name in (("off", "eager"), ("capture", "graphs")):
         RESULTS[f"overhead_{name}_explicit_ms"] = best[graphs, 0]
         for k in (1, 4):
@@ -270,9 +268,11 @@ def length_stream(args) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def section_lengths(args, pair) -> None:
-    from implicit_ssm_eval.model_adapters import graphs, models
+    from implicit_ssm_eval.model_adapters.runtime import graphs
+    from implicit_ssm_eval.model_adapters.runtime import runtime as runtime_module
 
-    theirs, ours = pair
+    theirs, model = pair
+    rt = runtimes(model)
     stream = length_stream(args)
     counts = {"captures": 0, "replays": 0}
     replay = graphs.ForwardGraph.__call__
@@ -290,21 +290,21 @@ def section_lengths(args, pair) -> None:
             if name == "mamba_ssm":
                 theirs(ids)
             else:
-                ours.lm_head(ours(ids, lengths=lengths, want_state=False).hidden.to(torch.bfloat16))
+                ours = rt["off" if name == "ours_eager" else "capture"]
+                model.lm_head(ours(ids, lengths=lengths, want_state=False).hidden.to(torch.bfloat16))
 
     best: dict[str, float] = {}
-    padded_length = models.padded_length
+    padded_length = runtime_module.padded_length
     graphs.ForwardGraph.__call__ = counted
     with torch.inference_mode():
         for name in ("ours", "mamba_ssm"):  # warm-up: compiles every kernel
             run(name)
         for _ in range(2):  # interleaved rounds, the best of each
             for name in ("mamba_ssm", "ours_eager", "ours_graphs_exact", "ours_graphs_padded"):
-                ours.graphs = "off" if name == "ours_eager" else "capture"  # set directly: use_graphs() drops caches
-                models.padded_length = (lambda n: n) if name.endswith("exact") else padded_length
-                ours.__dict__.pop("_forward_graphs", None)
+                runtime_module.padded_length = (lambda n: n) if name.endswith("exact") else padded_length
+                rt["capture"]._caches.clear()  # cold: no graph kept from the last variant
                 fresh = graphs.ForwardGraphs(make=make)
-                ours.captured("_forward_graphs", lambda fresh=fresh: fresh)
+                rt["capture"].cache("forward_graphs", lambda fresh=fresh: fresh)
                 for run_name in ("cold", "warm"):
                     counts.update(captures=0, replays=0)
                     torch.cuda.synchronize()
@@ -314,7 +314,7 @@ def section_lengths(args, pair) -> None:
                     key = f"lengths_{name}_{run_name}"
                     best[key + "_s"] = min(best.get(key + "_s", float("inf")), time.perf_counter() - start)
                     RESULTS[key + "_captures"], RESULTS[key + "_replays"] = counts["captures"], counts["replays"]
-    graphs.ForwardGraph.__call__, models.padded_length, ours.graphs = replay, padded_length, "off"
+    graphs.ForwardGraph.__call__, runtime_module.padded_length = replay, padded_length
     RESULTS.update(best, lengths_batches=len(stream), lengths_tokens=sum(int(n.sum()) for _, n in stream))
     for name in ("ours_eager", "ours_graphs_exact", "ours_graphs_padded"):
         for run_name in ("cold", "warm"):
@@ -324,36 +324,34 @@ def section_lengths(args, pair) -> None:
 
 def section_tolerance(args, pair) -> None:
     """Scoring at tol > 0 over a stream of varied lengths: eager against masked CUDA graphs (cold, then warm)."""
-    _, ours = pair
-    implicit = implicit_twin(ours)
+    _, model = pair
+    ours, implicit = runtimes(model), runtimes(implicit_twin(model))
     budget = Budget(max_iter=16, tol=args.tol)
     stream = length_stream(args)
     iterations = []
 
-    def run(model, **kw) -> None:
+    def run(runtime, **kw) -> None:
         for ids, lengths in stream:
-            out = model(ids, lengths=lengths, want_state=False, **kw)
-            model.lm_head(out.hidden.to(torch.bfloat16))
+            out = runtime(ids, lengths=lengths, want_state=False, **kw)
+            runtime.model.lm_head(out.hidden.to(torch.bfloat16))
             if kw:
                 iterations.append(out.stats.iterations[:, 0])
 
     best: dict[str, float] = {}
     with torch.inference_mode():
-        implicit.graphs = ours.graphs = "capture"
-        run(ours)  # warm-up: compiles every kernel, captures the explicit graphs
+        run(ours["capture"])  # warm-up: compiles every kernel, captures the explicit graphs
         for _ in range(2):  # interleaved rounds, the best of each
             for name in ("explicit_graphs", "eager", "graphs"):
-                implicit.graphs = "off" if name == "eager" else "capture"  # set directly: use_graphs() drops caches
-                implicit.__dict__.pop("_forward_graphs", None)
+                runtime = implicit["off" if name == "eager" else "capture"]
+                runtime._caches.clear()  # cold: captures made afresh
                 for run_name in ("cold", "warm"):
                     iterations.clear()
                     torch.cuda.synchronize()
                     start = time.perf_counter()
-                    run(ours) if name == "explicit_graphs" else run(implicit, budget=budget)
+                    run(ours["capture"]) if name == "explicit_graphs" else run(runtime, budget=budget)
                     torch.cuda.synchronize()
                     key = f"tolerance_{name}_{run_name}_s"
                     best[key] = min(best.get(key, float("inf")), time.perf_counter() - start)
-    implicit.graphs = ours.graphs = "off"
     slowest = sum(int(i.max()) for i in iterations)  # what the masked graphs evaluate: every row, to the slowest
     RESULTS.update(best, tolerance_tol=args.tol, tolerance_max_iter=budget.max_iter, tolerance_batches=len(stream),
                    tolerance_mean_iterations=float(torch.cat(iterations).float().mean()),
@@ -366,8 +364,8 @@ def section_tolerance(args, pair) -> None:
 
 
 def section_sequential(args, pair) -> None:
-    _, ours = pair
-    implicit = implicit_twin(ours)
+    _, model = pair
+    implicit = implicit_twin(model)
     ids = torch.randint(0, VOCAB, (16, 128), device="cuda")
     budget = Budget(max_iter=4, tol=0.0, mode="sequential")
     variants = {"capture": contextlib.nullcontext, "capture_state_update": _iterations_update_the_state}
@@ -376,16 +374,16 @@ def section_sequential(args, pair) -> None:
         for _ in range(2):  # interleaved rounds, each variant captured afresh (a graph keeps the kernels it saw)
             for name, patch in variants.items():
                 with patch():
-                    implicit.use_graphs("capture")
-                    best[name] = min(best[name], timed(lambda: implicit(ids, budget), warmup=1, reps=3))
+                    runtime = Runtime(implicit, "triton", "capture")
+                    best[name] = min(best[name], timed(lambda runtime=runtime: runtime(ids, budget), warmup=1, reps=3))
         for name, ms in best.items():
             RESULTS[f"sequential_k4_{name}_tokens_per_s"] = ids.numel() / ms * 1e3
         args.out.write_text(json.dumps(RESULTS, indent=2))
+        eager = Runtime(implicit, "triton", "off")
         if args.eager:
-            implicit.use_graphs("off")
-            RESULTS["sequential_k4_off_tokens_per_s"] = ids.numel() / timed(lambda: implicit(ids, budget), 1, 3) * 1e3
-        RESULTS["simultaneous_k4_tokens_per_s"] = ids.numel() / timed(lambda: implicit(ids, budget.replace(
-            mode="simultaneous")), 1, 3) * 1e3
+            RESULTS["sequential_k4_off_tokens_per_s"] = ids.numel() / timed(lambda: eager(ids, budget), 1, 3) * 1e3
+        simultaneous = budget.replace(mode="simultaneous")
+        RESULTS["simultaneous_k4_tokens_per_s"] = ids.numel() / timed(lambda: eager(ids, simultaneous), 1, 3) * 1e3
 
 
 @contextlib.contextmanager
@@ -422,17 +420,18 @@ def decode_rate(generate, prompts, short: int = 64, long: int = 320) -> float:
 
 
 def section_decode(args, pair) -> None:
-    from implicit_ssm_eval.model_adapters.generation import greedy_generate
+    from implicit_ssm_eval.model_adapters.runtime.generation import greedy_generate
 
-    theirs, ours = pair
-    implicit = implicit_twin(ours)
+    theirs, model = pair
+    ours = Runtime(model, "triton", "capture")
+    implicit = Runtime(implicit_twin(model), "triton", "capture")  # the prefill's sequential reading in graphs
 
     def mamba(prompts, n):
         theirs.generate(prompts, max_length=prompts.shape[1] + n, cg=True, top_k=1)
 
-    def ours_fn(model, budget):
+    def ours_fn(runtime, budget):
         def run(prompts, n):
-            greedy_generate(model, prompts.tolist(), n, budget, lambda r, t: False, VOCAB, check_every=64,
+            greedy_generate(runtime, prompts.tolist(), n, budget, lambda r, t: False, VOCAB, check_every=64,
                             cuda_graphs=True)
         return run
 

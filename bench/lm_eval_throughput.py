@@ -64,7 +64,7 @@ COUNTS = {"captures": 0, "replays": 0}  # of forward graphs, counted by count_gr
 
 
 def count_graphs() -> None:
-    from implicit_ssm_eval.model_adapters import graphs
+    from implicit_ssm_eval.model_adapters.runtime import graphs
 
     init, call = graphs.ForwardGraph.__init__, graphs.ForwardGraph.__call__
 
@@ -82,15 +82,15 @@ def count_graphs() -> None:
 @contextlib.contextmanager
 def shapes(name: str):
     """The "_exact" variant captures the exact batch shapes: padded_length switched off while it runs."""
-    from implicit_ssm_eval.model_adapters import models
+    from implicit_ssm_eval.model_adapters.runtime import runtime
 
-    original = models.padded_length
+    original = runtime.padded_length
     if name.endswith("_exact"):
-        models.padded_length = lambda n: n
+        runtime.padded_length = lambda n: n
     try:
         yield
     finally:
-        models.padded_length = original
+        runtime.padded_length = original
 
 
 def request_rates(models: dict, rounds: int = 2) -> dict:
@@ -151,7 +151,7 @@ def main() -> None:
     for lm in (ours, eager, theirs):
         evaluate(lm, 32)  # warm-up: Triton compilation, allocator
     for lm in (ours, exact):
-        lm.model.use_graphs("capture")  # no capture of the warm-up kept: both start cold
+        lm.runtime._caches.clear()  # no capture of the warm-up kept: both start cold
     results = {}
     for name, lm in (("explicit_ssm", ours), ("mamba_ssm", theirs), ("explicit_ssm_eager", eager),
                      ("explicit_ssm_exact", exact), ("explicit_ssm_repeat", ours)):

@@ -23,6 +23,7 @@ import torch
 
 from implicit_ssm_eval.model_adapters.config import Budget
 from implicit_ssm_eval.model_adapters.formats import load_checkpoint
+from implicit_ssm_eval.model_adapters.runtime import Runtime
 
 
 def documents(task: str, bucket: str, num_docs: int, seed: int):
@@ -34,7 +35,7 @@ def documents(task: str, bucket: str, num_docs: int, seed: int):
 def read(model, ids, budget: Budget, device, batch_size: int | None = None) -> tuple[torch.Tensor, dict, float]:
     """Final-position greedy answers, statistics, and the wall time of one reading, in batches of `batch_size`
     documents (default: all at once)."""
-    solves = model.__dict__.get("_piece_solves", {}).values()
+    solves = model._caches.get("piece_solves", {}).values()
     for solve in solves:
         solve.evaluations = 0
     if device.type == "cuda":
@@ -57,7 +58,7 @@ def read(model, ids, budget: Budget, device, batch_size: int | None = None) -> t
              # the f calls made one after another: each batch's pieces count their slowest row
              "sequential_f_evaluations": sum(int(s.iterations.max(0).values.sum()) for s in batches),
              # with --graphs: the evaluations the piece solves made (every row at once, whole segments)
-             "evaluations_made": sum(solve.evaluations for solve in model.__dict__.get("_piece_solves", {}).values()),
+             "evaluations_made": sum(solve.evaluations for solve in model._caches.get("piece_solves", {}).values()),
              "converged": float(converged.double().mean()),
              # (sequence, piece) pairs that used the whole budget without converging: in lockstep solves each costs
              # every row max_iter evaluations of its piece
@@ -101,8 +102,7 @@ def main() -> None:
 
         triton_ssd.PRECISION = args.scan_precision
     ckpt = load_checkpoint(args.checkpoint, dtype=getattr(torch, args.dtype), device=device)
-    ckpt.model.use_backend(args.backend)
-    ckpt.model.use_graphs(args.graphs)
+    runtime = Runtime(ckpt.model, args.backend, args.graphs)
     docs = documents(args.task, args.bucket, args.docs, args.seed)
     ids = torch.tensor([ckpt.tokenizer.encode(d["input"]) for d in docs], device=device)
     targets = torch.tensor([ckpt.tokenizer.encode(d["target"])[0] for d in docs], device=device)
@@ -114,16 +114,16 @@ def main() -> None:
     rows, reference, times = [], None, {name: [] for name in readings}
     with torch.inference_mode():
         for name, budget in readings.items():
-            answers, stats, _ = read(ckpt.model, ids, budget, device, args.batch_size)  # warm-up (Triton compiles)
+            answers, stats, _ = read(runtime, ids, budget, device, args.batch_size)  # warm-up (Triton compiles)
             reference = answers if reference is None else reference
             rows.append({"reading": name, "block_size": budget.block_size, "accuracy": float(
                 (answers == targets).double().mean()), "agrees_with_sequential": float(
                 (answers == reference).double().mean()), **stats})
         for _ in range(args.repeats):  # interleaved rounds: a shared machine's slow spells hit every reading alike
             for name, budget in readings.items():
-                times[name].append(read(ckpt.model, ids, budget, device, args.batch_size)[2])
+                times[name].append(read(runtime, ids, budget, device, args.batch_size)[2])
     if args.profile:
-        args.profile.write_text("\n\n".join(profile(ckpt.model, ids, name, budget, device)
+        args.profile.write_text("\n\n".join(profile(runtime, ids, name, budget, device)
                                             for name, budget in readings.items()))
     for row in rows:
         row["seconds"], row["seconds_all"] = statistics.median(times[row["reading"]]), times[row["reading"]]

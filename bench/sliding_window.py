@@ -97,7 +97,6 @@ def main() -> None:
     args = p.parse_args()
     ckpt = load_checkpoint(args.checkpoint, dtype=torch.float32, device=torch.device("cpu"))
     model = ckpt.model
-    model.use_backend("torch")
     docs = documents(args.task, args.bucket, args.docs, args.seed)
     ids = torch.tensor([ckpt.tokenizer.encode(d["input"]) for d in docs])
     targets = torch.tensor([ckpt.tokenizer.encode(d["target"])[0] for d in docs])

@@ -104,26 +104,22 @@ def _run(command: str, rest: list[str]) -> int:
         from . import train_cli
 
         return train_cli.main(rest)
+    if command == "report":  # imports neither torch nor lm-eval
+        from . import report_cli
+
+        return report_cli.report_main(rest)
     from . import sweep_cli
 
-    return {"sweep": sweep_cli.sweep_main, "report": sweep_cli.report_main,
-            "leaderboard": sweep_cli.leaderboard_main}[command](rest)
+    return {"sweep": sweep_cli.sweep_main, "leaderboard": sweep_cli.leaderboard_main}[command](rest)
 
 
 def classify(exc: Exception) -> tuple[int, str]:
     """(exit code, one-line message) of an exception."""
-    from ..model_adapters.config import ConfigError
-    from ..model_adapters.formats import CheckpointError
-    from ..model_adapters.tensors import NonFiniteError
-    from ..model_adapters.tokenizer import TokenizerError
-    from ..tasks.registry import UnknownTaskError
+    from ..model_adapters.errors import USER_ERRORS, one_line_error
 
-    # The same five classes end stock `lm_eval` runs in one line: keep model_adapters/lm_eval_hook.ONE_LINE_ERRORS,
-    # which names them without importing them (it runs at interpreter start-up), in step with this.
-    if isinstance(exc, (ConfigError, CheckpointError, TokenizerError, UnknownTaskError)):
-        return USER_ERROR, str(exc)
-    if isinstance(exc, NonFiniteError):
-        return FAULT, str(exc)
+    ours = one_line_error(exc)  # the same errors end stock `lm_eval` runs in one line (model_adapters/errors.py)
+    if ours is not None:
+        return (USER_ERROR if type(ours).__name__ in USER_ERRORS else FAULT), str(ours)
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         user = exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES)

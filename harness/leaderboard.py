@@ -11,7 +11,8 @@ from collections import defaultdict
 
 from tabulate import tabulate
 
-from ..model_adapters.convergence import UNCONVERGED_WARN
+from ..model_adapters.readings import reading_label
+from ..model_adapters.summaries import UNCONVERGED_WARN
 from .report import bucket_order
 from .results import Run
 
@@ -21,7 +22,7 @@ UNCONVERGED_MARK = "†"
 def budget_label(row: dict) -> str:
     if row["kind"] == "explicit":
         return "explicit"
-    reading = row["mode"] if row["mode"] != "blockwise" else f"blockwise {row['block_size']}"
+    reading = reading_label(row)
     if row["tol"]:
         return f"tol={row['tol']:g} (≤{row['max_iter']}), {reading}"
     return f"k={row['max_iter']}, {reading}"

@@ -13,11 +13,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..model_adapters.readings import reading_label, reading_unit
+from .io import save_figure_atomic
 from .leaderboard import bucket_heading, budget_label
-from .report import bucket_order, iteration_samples, reading_label
+from .report import bucket_order, iteration_samples
 from .results import Run
 
 READING_STYLE = {"simultaneous": ("-", "o"), "sequential": ("--", "s"), "blockwise": ("-.", "^"), None: (":", "D")}
+OTHER_READING = ("-", "v")  # a reading registered elsewhere (readings.py)
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
           "tab:cyan", "tab:gray")
 
@@ -48,7 +51,7 @@ def colors_of(rows: list[dict]) -> dict[str, str]:
 
 
 def _style(row: dict, colors: dict[str, str]) -> tuple[str, str, str]:
-    linestyle, marker = READING_STYLE[row["mode"] if row["kind"] == "implicit" else None]
+    linestyle, marker = READING_STYLE.get(row["mode"] if row["kind"] == "implicit" else None, OTHER_READING)
     return colors[row["checkpoint"]], linestyle, marker
 
 
@@ -213,14 +216,10 @@ def iteration_distributions(runs: list[Run], out: Path) -> list[Path]:
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(_plain_numbers())
         ax.set_xlabel("iterations used")
-        ax.set_title(f"{reading}: per {_unit(reading)}", fontsize=9)
+        ax.set_title(f"{reading}: per {reading_unit(reading_runs[0].budget['mode'])}", fontsize=9)
     axes[0][0].set_ylabel("fraction per bin")
     _legend_outside(fig, axes[0][-1])
     return [_save(fig, out / "iterations_adaptive.png")]
-
-
-def _unit(reading: str) -> str:
-    return {"simultaneous": "sequence", "sequential": "token"}.get(reading, "block")
 
 
 def agreement(rows: list[dict], out: Path) -> list[Path]:
@@ -286,11 +285,13 @@ def _by(rows: list[dict], *keys: str) -> dict:
 
 
 def save_figure(fig, path: Path) -> Path:
-    """Write a figure as PNG (parents created) and release it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a figure as PNG (parents created; atomically: an earlier plot is replaced whole or kept) and release
+    it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
+    try:
+        save_figure_atomic(fig, path, dpi=120, bbox_inches="tight")
+    finally:
+        _pyplot().close(fig)
     return path
 
 

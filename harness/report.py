@@ -12,9 +12,10 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..model_adapters.readings import reading_label
 from ..tasks.registry import UnknownTaskError, family_of
+from .io import write_json_atomic
 from .results import Run
-from .sweep import write_json_atomic
 
 METRICS = ("acc", "scaled_acc", "acc_norm", "exact_match", "bits_per_byte", "byte_perplexity", "word_perplexity")
 COLUMNS = ("checkpoint", "kind", "family", "group", "task", "bucket", "shift", "multiplier", "length_min",
@@ -118,10 +119,6 @@ def greedy_records(run: Run) -> dict[tuple, dict]:
             record = json.loads(line)
             records[tuple(record["input"])] = record
     return records
-
-
-def reading_label(budget: dict) -> str:
-    return budget["mode"] if budget["mode"] != "blockwise" else f"blockwise {budget['block_size']}"
 
 
 def mode_agreement(runs: list[Run]) -> list[dict]:

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model_adapters.anytime import split_anytime
-from ..model_adapters.config import ConfigError
+from ..model_adapters.errors import ConfigError
+from ..model_adapters.summaries import split_anytime
 
 FAILED = "failed.json"
 

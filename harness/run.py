@@ -4,7 +4,7 @@ Everything after `run` is lm-eval's `run` arguments. Two additions:
 - `--include_path` defaults to the project's tasks/ folder (lm-eval's CLI takes one path: a user's own
   --include_path replaces it).
 - `--use_cache DIR` becomes DIR/<model fingerprint>, because lm-eval keys its cache on the request text
-  only (see model_adapters/lm_eval_models.py, set_cache_hook).
+  only (see model_adapters/adapter/lm.py, set_cache_hook).
 """
 
 from __future__ import annotations
@@ -41,17 +41,16 @@ def _model_of(args: list[str]) -> str | None:
 
 def cache_fingerprint(model: str, model_args: str) -> str:
     """The adapter's fingerprint for these model_args, computed without building the model."""
-    from lm_eval.utils import simple_parse_args_string
-
+    from ..model_adapters.adapter.args import DEFAULT_MAX_LENGTH, parse_model_args, split_model_args
+    from ..model_adapters.adapter.info import model_fingerprint
     from ..model_adapters.backends import resolve_backend
-    from ..model_adapters.eval_args import DEFAULT_MAX_LENGTH, parse_model_args
+    from ..model_adapters.config import resolve_budget
     from ..model_adapters.formats import inspect_checkpoint
-    from ..model_adapters.lm_eval_models import model_fingerprint
 
     kind = model.split("_")[0]
-    args = parse_model_args(kind, simple_parse_args_string(model_args))
+    args = parse_model_args(kind, split_model_args(model_args))
     ckpt = inspect_checkpoint(args.pretrained, tokenizer=args.tokenizer)
-    budget = ckpt.default_budget.replace(**args.budget_overrides) if kind == "implicit" else None
+    budget = resolve_budget(ckpt.default_budget, args.budget_overrides) if kind == "implicit" else None
     return model_fingerprint(ckpt.content_hash, budget, args.dtype_name, resolve_backend(args.backend, args.device),
                              args.max_length or DEFAULT_MAX_LENGTH)
 

@@ -28,7 +28,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model_adapters.config import Budget, ConfigError
+from ..model_adapters.config import Budget
+from ..model_adapters.errors import ConfigError
+from ..model_adapters.readings import reading_label
+from ..model_adapters.summaries import split_anytime
+from .io import write_json_atomic
 
 DEFAULT_MAX_ITERS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_TOLS = (0.0, 0.01)
@@ -105,17 +109,19 @@ class Job:
 
 
 def reading_key(budget: Budget | None) -> str:
-    """"explicit", or the budget's mode with its block size: "sequential", "blockwise8", ..."""
+    """"explicit", or the budget's reading with its parameters' values: "sequential", "blockwise8", ..."""
     if budget is None:
         return "explicit"
-    return budget.mode if budget.mode != "blockwise" else f"blockwise{budget.block_size}"
+    return reading_label(budget.to_dict()).replace(" ", "")
 
 
 def budget_key(budget: Budget | None) -> str:
+    """The folder of a budget's results. Numbers are written exactly (repr: the shortest text that reads back as
+    the same float), so budgets that differ only beyond six digits (tol 0.01 and 0.0100000001) never share one."""
     if budget is None:
         return "explicit"
-    tol = "0" if budget.tol == 0 else f"{budget.tol:g}"
-    return f"k{budget.max_iter}_tol{tol}_tau{budget.tau:g}_{reading_key(budget)}_{budget.solver}"
+    tol = "0" if budget.tol == 0 else repr(budget.tol)
+    return f"k{budget.max_iter}_tol{tol}_tau{budget.tau!r}_{reading_key(budget)}_{budget.solver}"
 
 
 def plan(spec: SweepSpec) -> list[Job]:
@@ -381,7 +387,6 @@ def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | None =
             save_failure(job, out, spec, message)
             yield job, message
         return
-    from ..model_adapters.anytime import split_anytime
 
     per_budget = split_anytime(results)
     wall = time.monotonic() - started
@@ -410,15 +415,15 @@ def model_args(job: Job, spec: SweepSpec, greedy_path: Path, anytime: list[int])
 
 def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int]) -> dict:
     """One real lm-eval run (its anytime budgets included); the greedy log is written next to its results."""
-    from ..model_adapters.lm_eval_models import ExplicitSSMLM, ImplicitSSMLM
+    from ..model_adapters.adapter.lm import ExplicitSSMLM, ImplicitSSMLM
 
     target = job.dir(out)
     target.mkdir(parents=True, exist_ok=True)
     greedy = target / (GREEDY + ".tmp")
     greedy.unlink(missing_ok=True)
     args = model_args(job, spec, greedy, anytime)
-    lm = (ImplicitSSMLM if job.kind == "implicit" else ExplicitSSMLM)(**args)
-    lm.show_progress = False  # the sweep's own bar counts jobs
+    adapter = ImplicitSSMLM if job.kind == "implicit" else ExplicitSSMLM
+    lm = adapter(**args, progress=False)  # the sweep's own bar counts jobs
     results = evaluate_loaded(lm, load_tasks(spec, job.tasks), spec, args)
     if greedy.exists():
         os.replace(greedy, target / GREEDY)
@@ -453,7 +458,7 @@ def evaluate_loaded(lm, tasks: dict, spec: SweepSpec, args: dict) -> dict:
     import torch
     from lm_eval import evaluator
 
-    from ..model_adapters.anytime import evaluate_with_anytime
+    from ..model_adapters.adapter.anytime import evaluate_with_anytime
 
     random.seed(SEEDS["random_seed"])
     np.random.seed(SEEDS["numpy_seed"])
@@ -485,19 +490,6 @@ def save_failure(job: Job, out: Path, spec: SweepSpec, message: str) -> None:
               "job_key": job.job_key(spec), "tasks": list(job.tasks), "error": message, "date": time.time()}
     write_json_atomic(job.dir(out) / FAILED, record)
     (job.dir(out) / RESULTS).unlink(missing_ok=True)  # never leave results that claim these settings
-
-
-def write_json_atomic(path: Path, data, default=None) -> None:
-    """Written to a temporary name and renamed: a reader sees the old file or the new one, never a part; a failed
-    write (a full disk) leaves nothing behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=default) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def git_commit() -> str:

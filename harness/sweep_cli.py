@@ -1,4 +1,4 @@
-"""Argument parsing for `implicit-eval sweep`, `report` and `leaderboard`."""
+"""Argument parsing for `implicit-eval sweep` and `leaderboard` (`report`: report_cli.py, which needs no torch)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from ..model_adapters.adapter.args import DTYPES
 from ..model_adapters.backends import BACKENDS
-from ..model_adapters.config import MODES, ConfigError
-from ..model_adapters.eval_args import DTYPES
+from ..model_adapters.errors import ConfigError
 from ..model_adapters.fixed_point import SOLVERS
-from . import leaderboard, plots, report
-from .results import Loaded, load_runs
+from ..model_adapters.readings import READINGS
+from .report_cli import write_report
 from .sweep import DEFAULT_MAX_ITERS, DEFAULT_MODES, DEFAULT_TOLS, Outcome, SweepSpec, resolve_workers, run_sweep
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -70,7 +70,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=non_negative_float, nargs="+", default=list(DEFAULT_TOLS),
                    help="tolerances; 0 = the fixed budgets, > 0 = adaptive budgets capped at --adaptive-max-iter")
     p.add_argument("--adaptive-max-iter", type=positive_int, default=256, help="the cap of the adaptive budgets")
-    p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=list(MODES), help="readings")
+    p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=list(READINGS), help="readings")
     p.add_argument("--block-size", type=positive_int, nargs="+", default=[8], help="blockwise mode: block sizes")
     p.add_argument("--solver", default="fixed_point", choices=sorted(SOLVERS), help="the fixed-point solver of every "
                    "implicit job (fixed_point: the reference's damped iteration)")
@@ -150,43 +150,6 @@ def summary_line(outcome: Outcome, out: Path, report_dir: Path) -> str:
             f"leaderboard: {report_dir}")
 
 
-def write_report(paths: list[Path], out: Path, command: str, sweep_meta: dict | None = None,
-                 timings_dir: Path | None = None) -> str:
-    """Table, plots, leaderboard.md and timings.md of the runs found in `paths`; returns the leaderboard."""
-    loaded = load_runs(paths)
-    meta = sweep_meta if sweep_meta is not None else _sweep_meta(paths)
-    return render_report(loaded, out, command, meta, timings_dir)
-
-
-def render_report(loaded: Loaded, out: Path, command: str, sweep_meta: dict, timings_dir: Path | None = None) -> str:
-    """Everything a report writes; wall times go to timings_dir (default: out), so that a committed leaderboard
-    folder holds only what the results determine."""
-    rows = report.tidy_rows(loaded.runs)
-    report.write_table(rows, out)
-    agreement = report.mode_agreement(loaded.runs)
-    plots.accuracy_vs_budget(rows, out)
-    plots.accuracy_vs_length(rows, out)
-    plots.robustness(rows, out)
-    plots.iteration_distributions(loaded.runs, out)
-    plots.agreement(agreement, out)
-    text = leaderboard.render(rows, loaded.runs, sweep_meta, command, agreement=agreement)
-    (out / "leaderboard.md").write_text(text)
-    (timings_dir or out).mkdir(parents=True, exist_ok=True)
-    (timings_dir or out).joinpath("timings.md").write_text(leaderboard.timings(rows))
-    return text
-
-
-def _sweep_meta(paths: list[Path]) -> dict:
-    for path in paths:
-        meta = Path(path) / "sweep.json"
-        if meta.is_file():
-            try:
-                return json.loads(meta.read_text())
-            except json.JSONDecodeError:
-                return {}
-    return {}
-
-
 LEADERBOARD_COMMAND = "implicit-eval leaderboard"
 
 
@@ -213,20 +176,3 @@ def leaderboard_main(argv: list[str]) -> int:
         failed += len(outcome.failed)
     print(write_report([args.results], args.out, command=LEADERBOARD_COMMAND, timings_dir=args.results))
     return 1 if failed else 0
-
-
-def report_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="implicit-eval report", description="Tidy table, plots and leaderboard from any "
-                                "lm-eval results of implicit_ssm/explicit_ssm: a sweep folder, `lm_eval "
-                                "--output_path` folders, or results JSON files.")
-    p.add_argument("paths", nargs="+", type=Path, help="results files or folders (searched recursively)")
-    p.add_argument("--out", type=Path, default=None, help="default: PATH/report for one folder, else ./report")
-    args = p.parse_args(argv)
-    out = args.out or (args.paths[0] / "report" if len(args.paths) == 1 and args.paths[0].is_dir() else Path("report"))
-    loaded = load_runs(args.paths)
-    for path, why in loaded.skipped:
-        print(f"implicit-eval report: skipped {path}: {why}", file=sys.stderr)
-    render_report(loaded, out, " ".join(["implicit-eval", "report", *argv]), _sweep_meta(args.paths))
-    print(f"implicit-eval report: {len(loaded.runs)} runs -> {out} (leaderboard.md, results.csv, plots)",
-          file=sys.stderr)
-    return 0

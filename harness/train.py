@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model_adapters.config import Budget, ConfigError, ModelConfig, reject_unknown_keys
-from ..model_adapters.fixed_point import solve
+from ..model_adapters.fixed_point import damp, solve
 from ..model_adapters.formats import save
 from ..model_adapters.formats.common import fold_weight_norm
 from ..model_adapters.models import ImplicitLM, build_model
@@ -251,7 +251,7 @@ def phantom_forward(model: ImplicitLM, ids: torch.Tensor, lengths: torch.Tensor,
 
 def phantom_steps(model: ImplicitLM, z: torch.Tensor, u: torch.Tensor, valid, steps: int, tau: float) -> torch.Tensor:
     for _ in range(steps - 1):
-        z = (1 - tau) * z + tau * model.f(z, u, None, valid)[0]
+        z = damp(z, model.f(z, u, None, valid)[0], tau)
     return model.f(z, u, None, valid)[0]
 
 

@@ -11,14 +11,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigError
 from .fixed_point import SOLVERS
+from .readings import READINGS
 
 KINDS = ("explicit", "implicit")
-MODES = ("simultaneous", "sequential", "blockwise")  # how a sequence is cut into pieces: see reading.py
-
-
-class ConfigError(ValueError):
-    """A user-supplied configuration value is invalid; the message says what was expected."""
+READING_PARAMS = ("block_size",)  # Budget fields that readings may declare as their parameters (readings.py)
 
 
 def reject_unknown_keys(where: str, given: dict, valid: list[str] | tuple[str, ...]) -> None:
@@ -139,11 +137,11 @@ class Budget:
     tau: damping, z <- (1 - tau) z + tau f(z) (also Anderson's mixing weight).
     solver: a name in fixed_point.SOLVERS: "fixed_point" (damped iteration, the reference semantics) or
         "anderson" (Anderson acceleration).
-    mode: how the sequence is read (reading.py): "simultaneous" (all tokens iterated together, one parallel scan
-        per f), "sequential" (token by token with the recurrent states frozen at the previous token: the RNN and
-        generation reading) or "blockwise" (blocks of block_size tokens, each iterated simultaneously from the
-        state the previous block committed).
-    block_size: tokens per block; set exactly when mode is "blockwise".
+    mode: how the sequence is read: a reading of the registry (readings.py): "simultaneous" (all tokens iterated
+        together, one parallel scan per f), "sequential" (token by token with the recurrent states frozen at the
+        previous token: the RNN and generation reading) or "blockwise" (blocks of block_size tokens, each iterated
+        simultaneously from the state the previous block committed).
+    block_size: tokens per block; set exactly when the reading declares it as a parameter (blockwise).
     anderson_m: Anderson's history length.
     """
 
@@ -164,18 +162,16 @@ class Budget:
             raise ConfigError(f"tau must be a number in (0, 1], got {self.tau!r}")
         if self.solver not in SOLVERS:
             raise ConfigError(f"solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
-        if self.mode == "blockwise" and (not _is_int(self.block_size) or self.block_size < 1):
-            raise ConfigError(f"mode=blockwise needs block_size, an integer >= 1, got {self.block_size!r}")
-        if self.mode != "blockwise" and self.block_size is not None:
-            raise ConfigError(f"block_size applies to mode=blockwise only, got mode={self.mode}")
+        if self.mode not in READINGS:
+            raise ConfigError(f"mode must be one of {list(READINGS)}, got {self.mode!r}")
+        for name in READING_PARAMS:
+            _check_reading_param(self, name)
         if not _is_int(self.anderson_m) or self.anderson_m < 1:
             raise ConfigError(f"anderson_m must be an integer >= 1, got {self.anderson_m!r}")
 
     def piece_size(self, length: int) -> int:
-        """Tokens per piece when reading `length` tokens: all of them, one, or block_size."""
-        return {"simultaneous": max(length, 1), "sequential": 1}.get(self.mode, self.block_size)
+        """Tokens per piece when reading `length` tokens, as the reading says (all of them, one, block_size)."""
+        return READINGS[self.mode].piece_size(self, length)
 
     def anytime_budgets(self, budgets) -> tuple[int, ...]:
         """The budgets one trajectory serves exactly, validated: `budgets` plus max_iter, sorted. Only a single
@@ -208,10 +204,32 @@ class Budget:
         return d
 
     def replace(self, **changes) -> Budget:
+        """This budget with `changes`. A change of reading drops the parameters the new reading does not take (a
+        blockwise budget read sequentially loses its block size), unless they are changed too."""
         reject_unknown_keys("budget", changes, _field_names(Budget))
-        if changes.get("mode", "blockwise") != "blockwise" and "block_size" not in changes:
-            changes["block_size"] = None  # leaving blockwise mode drops its block size
+        mode = changes.get("mode", self.mode)
+        if mode in READINGS:
+            for name in READING_PARAMS:
+                if name not in READINGS[mode].params and name not in changes:
+                    changes[name] = None
         return dataclasses.replace(self, **changes)
+
+
+def resolve_budget(default: Budget, overrides: dict[str, Any]) -> Budget:
+    """The budget of a run: the checkpoint's default with the user's overrides (model_args, flags), validated as a
+    whole. One function for the adapter and `implicit-eval run`: overrides are checked against the checkpoint's
+    budget, not a blank one (block_size=16 alone is valid for a checkpoint that reads blockwise)."""
+    return default.replace(**overrides)
+
+
+def _check_reading_param(budget: Budget, name: str) -> None:
+    """A reading parameter is set, to an integer >= 1, exactly when the budget's reading declares it."""
+    value, takes = getattr(budget, name), name in READINGS[budget.mode].params
+    if takes and (not _is_int(value) or value < 1):
+        raise ConfigError(f"mode={budget.mode} needs {name}, an integer >= 1, got {value!r}")
+    if not takes and value is not None:
+        users = [r for r, spec in READINGS.items() if name in spec.params]
+        raise ConfigError(f"{name} applies to mode={'/'.join(users)} only, got mode={budget.mode}")
 
 
 def _is_int(x) -> bool:

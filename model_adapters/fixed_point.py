@@ -29,15 +29,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from .tensors import broadcast_mask, compute_dtype, take_rows
 
-if TYPE_CHECKING:
-    from .config import Budget
+
+class Budget(Protocol):
+    """What a solve reads of config.Budget (declared here so that the solvers need not import the config)."""
+
+    max_iter: int
+    tol: float
+    tau: float
+    solver: str
+    anderson_m: int
+
 
 EPS = 1e-6  # the reference's denominator guard in the relative residual
 
@@ -81,6 +89,12 @@ def row_norms(t: Tensor, valid: Tensor | None) -> Tensor:
 
 def relative_residual(fz: Tensor, z: Tensor, valid: Tensor | None = None) -> Tensor:
     return row_norms(fz - z, valid) / (EPS + row_norms(z, valid))
+
+
+def damp(z: Tensor, fz: Tensor, tau: float) -> Tensor:
+    """The damped update z <- (1 - tau) z + tau f(z): the one definition, used by the eager solver, the masked update
+    of captured solves (backends' damped_update, whose Triton kernel is held to it) and training."""
+    return (1 - tau) * z + tau * fz
 
 
 def solve(f: RowMap, z0: Tensor, budget: Budget, context: Any = None, valid: Tensor | None = None,
@@ -157,7 +171,7 @@ class Damped:
         self.tau = budget.tau
 
     def update(self, rows: Tensor | None, z: Tensor, fz: Tensor, valid: Tensor | None, k: int) -> Tensor:
-        return (1 - self.tau) * z + self.tau * fz
+        return damp(z, fz, self.tau)
 
 
 @register_solver("anderson")

@@ -2,13 +2,15 @@
 
 Two forms of one function: `forward` runs a whole sequence with a chunked parallel scan, `step` runs one
 token against a recurrent state. Both take an optional injection `inject` added to the in_proj output
-(the implicit model's input injection) and return the new state without mutating the old one.
+(the implicit model's input injection) and return the new state without mutating the old one. The kernels are an
+argument (`ops`: a backend module, backends/; the plain PyTorch twin by default): which ones run is the runtime's
+choice (runtime/), not the model's.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,8 @@ from torch import Tensor, nn
 from .backends import torch_ops
 from .config import ModelConfig
 from .tensors import compute_dtype
+
+Ops = Any  # a backend module with torch_ops' functions (backends/__init__.py)
 
 
 class Derived(NamedTuple):
@@ -35,11 +39,13 @@ class MixerState(NamedTuple):
     ssm: Tensor
 
 
+State = list[MixerState]  # a stack's recurrent state: one MixerState per layer
+
+
 class Mamba2(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.ops = torch_ops  # swapped by the model's use_backend(); same signatures on every backend
         self.in_proj = nn.Linear(cfg.d_model, cfg.d_in_proj, bias=cfg.bias)
         self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim, bias=cfg.conv_bias)
         self.dt_bias = nn.Parameter(_init_dt_bias(cfg))
@@ -88,12 +94,12 @@ class Mamba2(nn.Module):
         out = torch.addmm(inject.reshape(-1, inject.shape[-1]), u.reshape(-1, u.shape[-1]), self.in_proj.weight.t())
         return out.view(*u.shape[:-1], out.shape[-1])
 
-    def _gate_and_project(self, y: Tensor, z: Tensor) -> Tensor:
+    def _gate_and_project(self, y: Tensor, z: Tensor, ops: Ops) -> Tensor:
         """y (..., d_inner) float32 -> out (..., d_model) in the model dtype."""
         c = self.cfg
         dtype = self.out_proj.weight.dtype
         if c.rmsnorm:  # written in the projection's dtype by the norm itself (no conversion pass after it)
-            y = self.ops.gated_rmsnorm(y, z, self.norm.weight, c.mixer_norm_eps, c.d_inner // c.ngroups, dtype)
+            y = ops.gated_rmsnorm(y, z, self.norm.weight, c.mixer_norm_eps, c.d_inner // c.ngroups, dtype)
         else:
             y = y * F.silu(z.to(y.dtype))
         return self.out_proj(y.to(dtype))
@@ -106,7 +112,8 @@ class Mamba2(nn.Module):
 
     # -- parallel form -------------------------------------------------------------------------------
     def forward(self, u: Tensor, inject: Tensor | None = None, state: MixerState | None = None,
-                valid: Tensor | None = None, commit: bool = True) -> tuple[Tensor, MixerState | None]:
+                valid: Tensor | None = None, commit: bool = True, ops: Ops = torch_ops
+                ) -> tuple[Tensor, MixerState | None]:
         """u (B, L, d_model) -> (out (B, L, d_model), state after each sequence's last valid token; None unless
         commit: the iterations of a fixed-point solve before its final evaluation need no state).
 
@@ -117,24 +124,24 @@ class Mamba2(nn.Module):
         z, xbc, dt = self._split(self._project(u, inject))
         conv, ssm = (None, None) if state is None else state  # None: zeros, which the kernels take without a tensor
         conv_state = _last_inputs(xbc, conv, valid, self.cfg.d_conv - 1) if commit else None
-        xbc = self.ops.causal_conv_silu(xbc, conv, self.conv1d.weight[:, 0], self.conv1d.bias)
+        xbc = ops.causal_conv_silu(xbc, conv, self.conv1d.weight[:, 0], self.conv1d.bias)
         x, B, C = self._split_xbc(xbc)
-        y, ssm_state = self.ops.chunk_scan(x, dt, derived.dt_bias, derived.A, B, C, self.cfg.chunk_size, derived.D,
+        y, ssm_state = ops.chunk_scan(x, dt, derived.dt_bias, derived.A, B, C, self.cfg.chunk_size, derived.D,
                                            ssm, final_state=commit, valid=valid)
-        out = self._gate_and_project(y.flatten(-2), z)
+        out = self._gate_and_project(y.flatten(-2), z, ops)
         return out, MixerState(conv_state, ssm_state.to(self.cd)) if commit else None
 
     # -- recurrent form ------------------------------------------------------------------------------
-    def step(self, u: Tensor, state: MixerState, inject: Tensor | None = None,
-             in_place: bool = False, commit: bool = True) -> tuple[Tensor, MixerState | None]:
+    def step(self, u: Tensor, state: MixerState, inject: Tensor | None = None, in_place: bool = False,
+             commit: bool = True, ops: Ops = torch_ops) -> tuple[Tensor, MixerState | None]:
         """u (B, d_model) -> (out (B, d_model), new state, or None unless commit). `state` is left untouched
         unless in_place, where the backend may advance its SSM state in place (decoding, which owns the state)."""
         derived = self._derived()
         z, xbc, dt = self._split(self._project(u, inject))
-        conv = self.ops.causal_conv_silu(xbc[:, None], state.conv, self.conv1d.weight[:, 0], self.conv1d.bias)[:, 0]
+        conv = ops.causal_conv_silu(xbc[:, None], state.conv, self.conv1d.weight[:, 0], self.conv1d.bias)[:, 0]
         x, B, C = self._split_xbc(conv)
-        y, ssm = self.ops.state_step(state.ssm, x, dt, derived.dt_bias, derived.A, B, C, derived.D, in_place, commit)
-        out = self._gate_and_project(y.flatten(-2), z)
+        y, ssm = ops.state_step(state.ssm, x, dt, derived.dt_bias, derived.A, B, C, derived.D, in_place, commit)
+        out = self._gate_and_project(y.flatten(-2), z, ops)
         if not commit:
             return out, None
         window = torch.cat([state.conv.to(xbc.dtype), xbc[..., None]], dim=-1)  # (B, C, k): the next conv state

@@ -1,4 +1,4 @@
-"""Explicit and implicit Mamba2 language models.
+"""Explicit and implicit Mamba2 language models: parameters and semantics (the production path).
 
 ExplicitLM: embedding -> N pre-norm residual Mamba2 blocks -> RMSNorm -> LM head.
 ImplicitLM: the same stack used as a map f(z; u) = RMSNorm_f(blocks(z; u)) and iterated to a fixed point,
@@ -6,12 +6,15 @@ with the input entering only through the injection u = W_u RMSNorm_u(emb) + b_u,
 in_proj output on every iteration. The residual stream and the fixed-point iterate stay in float32 whatever
 the parameter dtype.
 
-Both models share one interface, used by the lm-eval adapters and the harness:
-    forward(input_ids, budget=None, lengths=None, state=None, anytime=()) -> LMOutput   (whole sequences)
-    step(token_ids, state, budget=None) -> LMOutput                                  (one token, decoding)
+Both models share one interface:
+    forward(input_ids, budget=None, lengths=None, state=None, anytime=(), want_state=True, ops=torch_ops) -> LMOutput
+    step(token_ids, state, budget=None, ops=torch_ops) -> LMOutput          (one token, decoding)
     logits(hidden) -> float32 logits over the padded vocabulary
 An implicit model reads a sequence in the way its Budget's mode says (reading.py); step() is the reading of one
-token, so decoding and sequential scoring are the same computation.
+token, so decoding and sequential scoring are the same computation. The kernels are an argument (`ops`, a backend
+module); which ones run, and whether a computation is replayed from CUDA graphs, is the runtime's business
+(runtime/): these classes know nothing of it. The same model in one plain file, the oracle the tests hold this one
+to, is implicit_lm.py.
 """
 
 from __future__ import annotations
@@ -19,29 +22,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backends import get_ops
-from .config import Budget, ConfigError, ModelConfig
-from .graphs import ForwardGraphs, padded_length, trim_length
-from .mamba2 import Mamba2, MixerState
+from .backends import torch_ops
+from .config import Budget, ModelConfig
+from .errors import ConfigError
+from .mamba2 import Mamba2, Ops, State
 from .norms import RMSNorm
-from .reading import (
-    MaskedReadingGraph,
-    Reading,
-    Readout,
-    ReadStats,
-    can_capture_masked,
-    can_capture_whole,
-    read,
-    read_masked,
-    read_whole,
-)
+from .reading import Readout, ReadStats, read
 from .tensors import compute_dtype, valid_mask
-
-State = list[MixerState]  # one MixerState per layer
-GRAPH_MODES = ("off", "capture", "masked")
 
 
 @dataclass
@@ -66,9 +55,6 @@ class _LM(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.backend = "torch"
-        self.ops = get_ops("torch")
-        self.graphs = "off"  # see use_graphs
         self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -85,72 +71,24 @@ class _LM(nn.Module):
         """Residual / iterate dtype: float32, or float64 for a float64 model."""
         return compute_dtype(self.embedding.weight)
 
-    def use_backend(self, resolved: str) -> None:
-        """Switch every mixer to a concrete backend (see backends.resolve_backend)."""
-        ops = get_ops(resolved)
-        for layer in self.layers:
-            layer.mixer.ops = ops
-        self.ops, self.backend = ops, resolved
-
-    def use_graphs(self, mode: str) -> None:
-        """How an implicit model solves the pieces of sequential and blockwise readings (reading.py, graphs.py):
-        "off" (eagerly, gathering the rows still iterating), "capture" (masked, in CUDA graphs: the GPU path) or
-        "masked" (masked without capture: the same arithmetic on any device, for the tests). Numbers are the same.
-        On an explicit model, "capture" replays the scoring forward (no state) from CUDA graphs by shape."""
-        if mode not in GRAPH_MODES:
-            raise ConfigError(f"graphs must be one of {GRAPH_MODES}, got {mode!r}")
-        self.graphs = mode
-        self.__dict__.pop("_piece_solves", None)
-        self.__dict__.pop("_forward_graphs", None)
-
     def stack(self, h: Tensor, inject: Tensor | None = None, state: State | None = None, valid: Tensor | None = None,
-              step: bool = False, in_place: bool = False, commit: bool = True) -> tuple[Tensor, State | None]:
+              step: bool = False, in_place: bool = False, commit: bool = True, ops: Ops = torch_ops
+              ) -> tuple[Tensor, State | None]:
         """RMSNorm_f(h_L) with h_l = h_{l-1} + Mixer_l(RMSNorm_l(h_{l-1}); inject), h_0 = h, and each layer's new
         recurrent state (None unless commit). h: (B, L, D) (or (B, D) with step=True, against `state`). The residual
         stays in float32; each residual add is fused with the next norm (backend add_rmsnorm: one kernel on the
         GPU)."""
         out, residual, new_state = None, h.to(self.cd), []
         for i, layer in enumerate(self.layers):
-            normed, residual = self.ops.add_rmsnorm(out, residual, layer.norm.weight, layer.norm.eps, self.dtype)
+            normed, residual = ops.add_rmsnorm(out, residual, layer.norm.weight, layer.norm.eps, self.dtype)
             s = None if state is None else state[i]
             if step:
-                out, s = layer.mixer.step(normed, s, inject, in_place, commit)
+                out, s = layer.mixer.step(normed, s, inject, in_place, commit, ops)
             else:
-                out, s = layer.mixer(normed, inject, s, valid, commit)
+                out, s = layer.mixer(normed, inject, s, valid, commit, ops)
             new_state.append(s)
-        final, _ = self.ops.add_rmsnorm(out, residual, self.norm_f.weight, self.norm_f.eps, self.cd)
+        final, _ = ops.add_rmsnorm(out, residual, self.norm_f.weight, self.norm_f.eps, self.cd)
         return final, new_state if commit else None
-
-    def _graphable(self, ids: Tensor, state: State | None, want_state: bool) -> bool:
-        """With graphs "capture", a forward on CUDA without state in or out (scoring) may replay a CUDA graph."""
-        return (self.graphs == "capture" and ids.is_cuda and state is None and not want_state
-                and not torch.is_grad_enabled() and not torch.cuda.is_current_stream_capturing())
-
-    def _captured_scoring(self, key: tuple, fn, ids: Tensor, lengths: Tensor | None, make=None):
-        """fn(ids, lengths), the scoring forward, run at graphs.padded_length(L) (right padding, masked): eagerly, or
-        captured in a CUDA graph and replayed once that padded shape comes twice in a row (graphs.ForwardGraphs; the
-        same shape, so the same bits; make: how to capture it, if not as one graph). Its outputs come back cut to the
-        L positions asked for."""
-        batch, length = ids.shape
-        if lengths is None:
-            lengths = torch.full((batch,), length, dtype=torch.long, device=ids.device)
-        padded = padded_length(length)
-        ids = F.pad(ids, (0, padded - length))
-        graphs = self.captured("_forward_graphs", ForwardGraphs)
-        return trim_length(graphs(key, fn, ids, lengths, make), padded, length)
-
-    def captured(self, name: str, make):
-        """The model's cache `name` of captured computations (forward graphs, piece solves), made by make() and
-        emptied whenever a parameter changes (in place or replaced): a CUDA graph reads the weights, and what was
-        derived from them (A = -exp(A_log)), at the addresses and with the values it was captured with."""
-        version = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        if self.__dict__.get("_weights_version") != version:
-            self.__dict__["_weights_version"] = version
-            self.__dict__.pop("_piece_solves", None)
-            self.__dict__.pop("_forward_graphs", None)
-        if name not in self.__dict__:
-            self.__dict__[name] = make()
-        return self.__dict__[name]
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
@@ -175,25 +113,20 @@ class ExplicitLM(_LM):
     kind = "explicit"
 
     def forward(self, input_ids: Tensor, budget: Budget | None = None, lengths: Tensor | None = None,
-                state: State | None = None, anytime=(), want_state: bool = True) -> LMOutput:
+                state: State | None = None, anytime=(), want_state: bool = True, ops: Ops = torch_ops) -> LMOutput:
         """input_ids (B, L), right padded to `lengths` (B,) if given. want_state=False (scoring): the returned state is
         None, and no layer computes its final conv window and SSM state."""
         _no_budget(budget, anytime)
         self.check_ids(input_ids)
-        if self._graphable(input_ids, state, want_state):
-            return LMOutput(self._captured_scoring((), self._scoring_forward, input_ids, lengths), None)
         hidden, new_state = self.stack(self.embed(input_ids), None, state, valid_mask(lengths, input_ids.shape[1]),
-                                       commit=want_state)
+                                       commit=want_state, ops=ops)
         return LMOutput(hidden, new_state)
 
-    def _scoring_forward(self, ids: Tensor, lengths: Tensor) -> Tensor:
-        return self.stack(self.embed(ids), None, None, valid_mask(lengths, ids.shape[1]), commit=False)[0]
-
-    def step(self, token_ids: Tensor, state: State, budget: Budget | None = None) -> LMOutput:
+    def step(self, token_ids: Tensor, state: State, budget: Budget | None = None, ops: Ops = torch_ops) -> LMOutput:
         """token_ids (B,) -> hidden (B, d_model): O(1) work per token. `state` may be advanced in place (decoding
         owns it): use the returned state."""
         _no_budget(budget, ())
-        hidden, new_state = self.stack(self.embed(token_ids), None, state, step=True, in_place=True)
+        hidden, new_state = self.stack(self.embed(token_ids), None, state, step=True, in_place=True, ops=ops)
         return LMOutput(hidden, new_state)
 
 
@@ -216,17 +149,18 @@ class ImplicitLM(_LM):
         return self.injection(x)
 
     def f(self, z: Tensor, u: Tensor, state: State | None = None, valid: Tensor | None = None,
-          commit: bool = True) -> tuple[Tensor, State | None]:
+          commit: bool = True, ops: Ops = torch_ops) -> tuple[Tensor, State | None]:
         """The map over whole sequences: z (B, L, D) -> RMSNorm_f(blocks(z; u)), one parallel scan per layer, and
         the recurrent states it ends in (None unless commit)."""
-        return self.stack(z, u, state, valid, commit=commit)
+        return self.stack(z, u, state, valid, commit=commit, ops=ops)
 
-    def f_step(self, z: Tensor, u: Tensor, state: State, commit: bool = True) -> tuple[Tensor, State | None]:
+    def f_step(self, z: Tensor, u: Tensor, state: State, commit: bool = True, ops: Ops = torch_ops
+               ) -> tuple[Tensor, State | None]:
         """The map for one token: z (B, D) against the recurrent states of the previous token."""
-        return self.stack(z, u, state, step=True, commit=commit)
+        return self.stack(z, u, state, step=True, commit=commit, ops=ops)
 
     def forward(self, input_ids: Tensor, budget: Budget | None = None, lengths: Tensor | None = None,
-                state: State | None = None, anytime=(), want_state: bool = True) -> LMOutput:
+                state: State | None = None, anytime=(), want_state: bool = True, ops: Ops = torch_ops) -> LMOutput:
         """input_ids (B, L), right padded to `lengths` (B,) if given; `state` continues earlier tokens.
 
         anytime: budgets k <= max_iter whose readings to return as well, read off the one trajectory (simultaneous
@@ -237,41 +171,13 @@ class ImplicitLM(_LM):
         budget = budget or self.cfg.default_budget()
         keep = budget.anytime_budgets(anytime)
         self.check_ids(input_ids)
-        if self._graphable(input_ids, state, want_state) and (lengths is None or bool(lengths.min() > 0)):
-            r = self._captured_reading(budget, keep, input_ids, lengths)
-            if r is not None:
-                return LMOutput(r.hidden, None, r.stats, r.anytime)
-        r = read(self, self.inject(input_ids), budget, lengths, state, keep, want_state)
+        r = read(self, self.inject(input_ids), budget, lengths, state, keep, want_state, ops)
         return LMOutput(r.hidden, r.state, r.stats, r.anytime)
 
-    def _captured_reading(self, budget: Budget, keep: tuple[int, ...], ids: Tensor, lengths: Tensor | None
-                          ) -> Reading | None:
-        """The scoring reading from CUDA graphs where its budget allows (one piece of damped iteration): read_whole
-        at tol = 0, read_masked at tol > 0; None where it does not."""
-        length = ids.shape[1]
-        if all(can_capture_whole(budget, n) for n in (length, padded_length(length))):
-            return self._captured_scoring((budget, keep), self._whole_reading(budget, keep), ids, lengths)
-        if all(can_capture_masked(budget, n) for n in (length, padded_length(length))):
-            return self._captured_scoring((budget, keep), self._masked_reading(budget), ids, lengths,
-                                          lambda fn, i, n, pool: MaskedReadingGraph(self, budget, i, n, pool))
-        return None
-
-    def _whole_reading(self, budget: Budget, keep: tuple[int, ...]):
-        def fn(ids: Tensor, lengths: Tensor) -> Reading:
-            return read_whole(self, self.inject(ids), budget, lengths, keep)
-
-        return fn
-
-    def _masked_reading(self, budget: Budget):
-        def fn(ids: Tensor, lengths: Tensor) -> Reading:
-            return read_masked(self, self.inject(ids), budget, lengths)
-
-        return fn
-
-    def step(self, token_ids: Tensor, state: State, budget: Budget | None = None) -> LMOutput:
+    def step(self, token_ids: Tensor, state: State, budget: Budget | None = None, ops: Ops = torch_ops) -> LMOutput:
         """token_ids (B,) -> hidden (B, d_model): the reading of one more token (the generation path)."""
         budget = budget or self.cfg.default_budget()
-        r = read(self, self.inject(token_ids)[:, None], budget, None, state)
+        r = read(self, self.inject(token_ids)[:, None], budget, None, state, ops=ops)
         return LMOutput(r.hidden[:, 0], r.state, r.stats)
 
 

@@ -69,6 +69,3 @@ def put_rows(tree: Any, rows: Tensor | None, new: Any) -> Any:
         return {k: put_rows(v, rows, new[k]) for k, v in tree.items()}
     return tree
 
-
-class NonFiniteError(FloatingPointError):
-    """The model produced NaN or inf: no score or generated token may be computed from it."""

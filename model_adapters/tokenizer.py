@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import TokenizerError
+
 EOS_CANDIDATES = ("<eos>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<|eot_id|>")
-
-
-class TokenizerError(ValueError):
-    pass
 
 
 class Tokenizer:

@@ -1,4 +1,5 @@
-"""Shared test set-up: offline hubs, deterministic CPU threads, the gpu mark skipping without CUDA."""
+"""Shared test set-up: offline hubs, deterministic CPU threads, the gpu mark skipping without CUDA, and tiny
+checkpoints (a word tokenizer over {a, b, c}) of both kinds."""
 
 import os
 import sys
@@ -11,6 +12,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+
+from implicit_ssm_eval.model_adapters.formats import save  # noqa: E402
+from implicit_ssm_eval.model_adapters.testing import tiny_model  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -20,3 +25,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def write_tokenizer(path: Path) -> Path:
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<eos>", "a", "b", "c"])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpts")
+    tok = write_tokenizer(root / "tokenizer.json")
+    out = {}
+    for kind in ("implicit", "explicit"):
+        model = tiny_model(kind, contractive=kind == "implicit", vocab_size=6, pad_vocab_size_multiple=8)
+        out[kind] = save(model, root / kind, tokenizer_path=tok)
+    return out

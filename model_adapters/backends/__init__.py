@@ -14,7 +14,7 @@ from types import ModuleType
 
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 BACKENDS = ("auto", "torch", "triton")
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..fixed_point import relative_residual
+from ..fixed_point import damp, relative_residual
 from ..norms import add_rmsnorm_ref, gated_rmsnorm_ref
 from ..ssd import discretise, ssd_chunked, ssd_step
 from ..tensors import broadcast_mask
@@ -71,8 +71,7 @@ def damped_update(z: Tensor, fz: Tensor, valid: Tensor | None, active: Tensor, i
     (1 - tau) z + tau fz and counts the update; it has converged once its residual ||fz - z|| / (eps + ||z||) over
     its valid tokens is below tol, and stays active while neither that nor max_iter - 1 updates is reached."""
     residual = relative_residual(fz, z, valid)
-    moved = (1 - tau) * z + tau * fz
-    z.copy_(torch.where(broadcast_mask(active, z), moved, z))
+    z.copy_(torch.where(broadcast_mask(active, z), damp(z, fz, tau), z))
     iterations.add_(active.long())
     done = active & (residual < tol)
     converged.logical_or_(done)

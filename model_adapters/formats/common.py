@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..config import ModelConfig
+from ..errors import CheckpointError
 from ..models import build_model
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -34,10 +35,6 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
 FLOAT_DTYPES = "float32, float16, bfloat16 or float64"
 TYPE_NAMES = {int: "an integer", float: "a finite number", bool: "true or false", dict: "a JSON object",
               list: "a JSON list"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory cannot be loaded; the message names the file and the key."""
 
 
 def read_json(path: Path) -> dict:

@@ -152,7 +152,7 @@ def test_quiet_leaves_the_callers_logging_as_it_was(capsys, caplog, ckpt, tmp_pa
     assert {name: logging.getLogger(name).level for name in before} == before
     assert [list(h.filters) for h in logging.getLogger().handlers] == filters
     assert {key: os.environ.get(key) for key in env} == env
-    logging.getLogger("implicit_ssm_eval.model_adapters.lm_eval_models").warning("still heard")
+    logging.getLogger("implicit_ssm_eval.model_adapters.adapter.lm").warning("still heard")
     assert "still heard" in caplog.text
 
 

@@ -12,9 +12,10 @@ import pytest
 
 from implicit_ssm_eval.harness import plots, report
 from implicit_ssm_eval.harness.leaderboard import budget_label
+from implicit_ssm_eval.harness.report_cli import render_report
 from implicit_ssm_eval.harness.results import load_runs
 from implicit_ssm_eval.harness.sweep import SweepSpec, anytime_groups, plan, run_sweep
-from implicit_ssm_eval.harness.sweep_cli import render_report, spec_from, sweep_parser
+from implicit_ssm_eval.harness.sweep_cli import spec_from, sweep_parser
 from implicit_ssm_eval.model_adapters.config import ConfigError
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "sweep_small"

@@ -1,33 +1,10 @@
-"""Tiny checkpoints (word tokenizer over {a, b, c}) and a helper that runs lm-eval's Python API on them."""
+"""A helper that runs lm-eval's Python API on the tiny checkpoints (tests/conftest.py) and tasks."""
 
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
-
-from implicit_ssm_eval.model_adapters.formats import save
-from implicit_ssm_eval.model_adapters.testing import tiny_model
 
 TASKS = Path(__file__).parent / "tasks"
-
-
-def write_tokenizer(path: Path) -> Path:
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<eos>", "a", "b", "c"])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.save(str(path))
-    return path
-
-
-@pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ckpts")
-    tok = write_tokenizer(root / "tokenizer.json")
-    out = {}
-    for kind in ("implicit", "explicit"):
-        model = tiny_model(kind, contractive=kind == "implicit", vocab_size=6, pad_vocab_size_multiple=8)
-        out[kind] = save(model, root / kind, tokenizer_path=tok)
-    return out
 
 
 @pytest.fixture

@@ -8,9 +8,11 @@ import pytest
 import torch
 from lm_eval_adapters.by_hand import direct_logprobs, expected_ll_acc, expected_mc_acc, tiny_docs  # tests/ on sys.path
 
+from implicit_ssm_eval.model_adapters.adapter.lm import ExplicitSSMLM, ImplicitSSMLM
+from implicit_ssm_eval.model_adapters.adapter.records import Answer
 from implicit_ssm_eval.model_adapters.config import Budget, ConfigError
+from implicit_ssm_eval.model_adapters.errors import NonFiniteError
 from implicit_ssm_eval.model_adapters.formats import load_checkpoint
-from implicit_ssm_eval.model_adapters.lm_eval_models import ExplicitSSMLM, ImplicitSSMLM, NonFiniteError
 
 ALL_TASKS = ["tiny_ll", "tiny_mc", "tiny_gen", "tiny_roll"]
 
@@ -104,12 +106,12 @@ def test_scoring_computes_no_recurrent_state(checkpoints, monkeypatch, kind):
 def test_graphed_scoring_through_lm_eval_scores_as_eager_scoring(checkpoints, evaluate, kind, extra, monkeypatch):
     """On a GPU, cuda_graphs=auto captures the scoring forwards of (padded) shapes that come twice in a row (at batch
     size 1 these tasks have a few) and replays them when the same model evaluates again: every request's answer is
-    the eager one, at every budget, to 1e-5 (at tol > 0 the graphs are reading.MaskedReadingGraph's)."""
-    from implicit_ssm_eval.model_adapters import graphs as graph_module
-    from implicit_ssm_eval.model_adapters import reading
+    the eager one, at every budget, to 1e-5 (at tol > 0 the graphs are runtime.readings.MaskedReadingGraph's)."""
+    from implicit_ssm_eval.model_adapters.runtime import graphs as graph_module
+    from implicit_ssm_eval.model_adapters.runtime import readings
 
     replays = []
-    for cls in (graph_module.ForwardGraph, reading.MaskedReadingGraph):
+    for cls in (graph_module.ForwardGraph, readings.MaskedReadingGraph):
         monkeypatch.setattr(cls, "__call__", lambda *a, replay=cls.__call__: replays.append(1) or replay(*a))
     runs, used = {}, {}
     for graphs in ("auto", "false"):
@@ -245,7 +247,7 @@ def test_left_truncation_keeps_exactly_the_last_max_length_tokens(checkpoints, e
     expected = direct_logprobs(lm, lm.tok_decode(window))[-1, cont[0]]
     assert logprob == pytest.approx(float(expected), abs=1e-6)
     assert logprob != pytest.approx(float(direct_logprobs(lm, lm.tok_decode(window[1:]))[-1, cont[0]]), abs=1e-6)
-    assert lm.truncated == 0 and lm._local_truncated == 1
+    assert lm.view.truncated == 0 and lm.scorer.truncated == 1  # merged at the end of a request type
     res = evaluate("explicit_ssm", {"pretrained": str(checkpoints["explicit"]), "max_length": 8}, ["tiny_ll"])
     long_docs = sum(len(lm.tok_encode(d["text"])) + 1 > 9 for d in tiny_docs())
     assert res["config"]["ssm_model"]["truncated_requests"] == long_docs > 0
@@ -277,8 +279,8 @@ def test_non_finite_anytime_budgets_are_refused_too(checkpoints):
     lm = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=4, tol=0, anytime="1;2")
     original = lm.model.f
 
-    def blows_up_early(z, u, state=None, valid=None, commit=True):  # the first evaluation is NaN, later finite
-        out, new_state = original(z, u, state, valid, commit)
+    def blows_up_early(z, u, state=None, valid=None, commit=True, ops=None):  # the first evaluation NaN, later not
+        out, new_state = original(z, u, state, valid, commit, ops)
         return (out * float("nan") if not z.abs().sum() else out), new_state
 
     lm.model.f = blows_up_early
@@ -341,9 +343,9 @@ def lm_request(lm, context: str, target: str):
                     metadata=("tiny_ll", 0, 1))
 
 
-def test_batched_tokenization_splits_pairs_as_lm_eval_does(checkpoints):
-    """Requests are tokenized in batches, and each pair is split exactly as lm-eval's own _encode_pair splits it:
-    trailing whitespace of the context moves to the continuation, an empty context becomes the prefix token."""
+def test_pairs_are_split_by_lm_evals_own_tokenisation(checkpoints, monkeypatch):
+    """Each pair is split exactly as lm-eval's TemplateLM splits it (its _encode_pair: trailing whitespace of the
+    context moves to the continuation; an empty context becomes the prefix token), and the items keep their task."""
     from lm_eval.api.instance import Instance
     from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -357,18 +359,23 @@ def test_batched_tokenization_splits_pairs_as_lm_eval_does(checkpoints):
              ("c a b", " b c a b"), ("a zz", " q")]
     requests = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=0, metadata=("tiny_ll", i, 1))
                 for i, p in enumerate(pairs)]
-    items = lm._items(requests, lm._observe(requests))
-    for (context, continuation), item in zip(pairs, items):
-        expected = ([lm.prefix_token_id], lm.tok_encode(continuation)) if context == "" else \
-            lm._encode_pair(context, continuation)
+    seen = []
+    monkeypatch.setattr(lm.scorer, "score", lambda items, bar: seen.extend(items) or [
+        {0: Answer(0.0, False)} for _ in items])
+    lm.loglikelihood(requests)
+    for (context, continuation), item in zip(pairs, seen):
+        cont = lm.tok_encode(continuation)
+        expected = (([lm.prefix_token_id], cont) if lm.prefix_token_id != cont[0] else (cont[:1], cont[1:])) \
+            if context == "" else lm._encode_pair(context, continuation)
         assert (item.context, item.continuation) == expected, (context, continuation)
-    assert [len(i.context) for i in items] == [3, 2, 1, 2, 1, 0, 3, 2]  # the cases differ
+        assert item.task == "tiny_ll" and item.key == ("loglikelihood", (context, continuation))
+    assert [len(i.context) for i in seen] == [3, 2, 1, 2, 1, 0, 3, 2]  # the cases differ
 
 
 def test_a_task_the_tokenizer_cannot_read_is_refused_or_flagged(checkpoints):
     requests = [lm_request(None, "a b zz yy", "c"), lm_request(None, "a b", "q")]
     lm = ExplicitSSMLM(pretrained=str(checkpoints["explicit"]))
-    with pytest.raises(ConfigError, match=r"cannot read 1 task\(s\): tiny_ll: 38% of 8 tokens unknown \(e.g. 'zz', "
+    with pytest.raises(ConfigError, match=r"cannot read 1 task\(s\): tiny_ll: 37.5% of 8 tokens unknown \(e.g. 'zz', "
                                           r"'yy', 'q'\).*unknown_tokens=flag"):
         lm.loglikelihood(requests)
     flagged = ExplicitSSMLM(pretrained=str(checkpoints["explicit"]), unknown_tokens="flag")
@@ -417,7 +424,7 @@ def test_an_oscillating_model_is_warned_about(checkpoints, caplog):
     import logging
 
     lm = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=12, tol=1e-4, tau=1.0)
-    lm.model.f = lambda z, u, state=None, valid=None, commit=True: (-z + 1.0, state)
+    lm.model.f = lambda z, u, state=None, valid=None, commit=True, ops=None: (-z + 1.0, state)
     with caplog.at_level(logging.WARNING):
         lm.loglikelihood([lm_request(lm, "a b", "c")])
     assert "tiny_ll: 100% of its sequences hit max_iter=12 unconverged" in caplog.text

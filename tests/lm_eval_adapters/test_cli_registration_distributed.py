@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from lm_eval_adapters.by_hand import expected_ll_acc, tiny_docs  # tests/ is on sys.path (tests/conftest.py)
 
-from implicit_ssm_eval.model_adapters.lm_eval_models import ExplicitSSMLM, ImplicitSSMLM
+from implicit_ssm_eval.model_adapters.adapter.lm import ExplicitSSMLM, ImplicitSSMLM
 
 TASKS = Path(__file__).parent / "tasks"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -46,7 +46,7 @@ def test_registration_hook_adds_under_5ms_to_startup():
         out = run([sys.executable, "-X", "importtime", "-c", "import sys; assert 'torch' not in sys.modules"],
                   Path.cwd())
         assert out.returncode == 0, out.stderr
-        hook = "implicit_ssm_eval.model_adapters.lm_eval_hook"
+        hook = "implicit_ssm_eval.model_adapters.adapter.hook"
         line = next(x for x in out.stderr.splitlines() if x.rstrip().endswith(hook))
         costs.append(int(re.match(r"import time:\s+\d+ \|\s+(\d+) \|", line).group(1)))
     assert min(costs) < 5000, costs  # microseconds; the minimum of 5 filters out a busy machine
@@ -54,8 +54,8 @@ def test_registration_hook_adds_under_5ms_to_startup():
 
 def test_entry_points_for_newer_lm_eval_are_declared():
     names = {ep.name: ep.value for ep in entry_points(group="lm_eval.models")}
-    assert names["implicit_ssm"] == "implicit_ssm_eval.model_adapters.lm_eval_models:ImplicitSSMLM"
-    assert names["explicit_ssm"] == "implicit_ssm_eval.model_adapters.lm_eval_models:ExplicitSSMLM"
+    assert names["implicit_ssm"] == "implicit_ssm_eval.model_adapters.adapter.lm:ImplicitSSMLM"
+    assert names["explicit_ssm"] == "implicit_ssm_eval.model_adapters.adapter.lm:ExplicitSSMLM"
 
 
 def model_for(kind: str, checkpoints, args: str):
@@ -137,8 +137,8 @@ def test_stock_cli_bad_argument_fails_in_one_line_with_the_valid_list(checkpoint
 
 
 def test_only_our_errors_lose_their_traceback():
-    from implicit_ssm_eval.model_adapters.config import ConfigError
-    from implicit_ssm_eval.model_adapters.lm_eval_hook import ours
+    from implicit_ssm_eval.model_adapters.errors import ConfigError
+    from implicit_ssm_eval.model_adapters.errors import one_line_error as ours
 
     mine = ConfigError("bad")
     assert ours(mine) is mine and ours(ValueError("bad")) is None and ours(KeyboardInterrupt()) is None

@@ -58,7 +58,7 @@ def test_explicit_ssm_scores_like_lm_evals_mamba_ssm(tmp_path, dtype, tolerance)
     rounding; bfloat16 to its rounding (lm-eval's mamba_ssm takes log-softmax in bfloat16, we in float32)."""
     from lm_eval.models.mamba_lm import MambaLMWrapper
 
-    from implicit_ssm_eval.model_adapters.lm_eval_models import ExplicitSSMLM
+    from implicit_ssm_eval.model_adapters.adapter.lm import ExplicitSSMLM
 
     root, tasks = make_checkpoint(tmp_path / "ckpt"), make_task(tmp_path / "tasks")
     ours = scores(ExplicitSSMLM(pretrained=str(root), dtype=dtype, batch_size=8, device="cuda"), tasks)

@@ -6,8 +6,9 @@ import torch
 
 from implicit_ssm_eval.harness.leaderboard import UNCONVERGED_MARK, cell
 from implicit_ssm_eval.model_adapters.config import Budget
-from implicit_ssm_eval.model_adapters.convergence import ConvergenceLog, convergence_block, unconverged_tasks
+from implicit_ssm_eval.model_adapters.convergence import ConvergenceLog
 from implicit_ssm_eval.model_adapters.reading import ReadStats
+from implicit_ssm_eval.model_adapters.summaries import convergence_block, unconverged_tasks
 
 
 def info(share: float, tol: float = 0.01) -> dict:

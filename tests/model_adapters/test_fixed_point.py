@@ -16,10 +16,10 @@ class CountingF:
         self.model, self.calls, self.rows = model, 0, 0
         self.inner = model.f
 
-    def __call__(self, z, u, state=None, valid=None, commit=True):
+    def __call__(self, z, u, state=None, valid=None, commit=True, ops=None):
         self.calls += 1
         self.rows += z.shape[0]
-        return self.inner(z, u, state, valid, commit)
+        return self.inner(z, u, state, valid, commit, ops)
 
 
 def reference_eval(model, ids, k, tau, tol):

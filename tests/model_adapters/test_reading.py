@@ -5,6 +5,7 @@ import torch
 
 from implicit_ssm_eval.model_adapters.config import Budget
 from implicit_ssm_eval.model_adapters.reading import pieces
+from implicit_ssm_eval.model_adapters.runtime import Runtime
 from implicit_ssm_eval.model_adapters.testing import assert_close, tiny_model
 
 LENGTHS = torch.tensor([13, 5, 9, 1])
@@ -89,25 +90,23 @@ def test_pieces():
     Budget(max_iter=30, tol=0.0, mode="blockwise", block_size=5),
 ])
 def test_masked_piece_solves_give_the_eager_readings(budget):
-    """The arithmetic the GPU captures in CUDA graphs (every row, masked; graphs.py), run uncaptured on the CPU."""
+    """The arithmetic the GPU captures in CUDA graphs (every row, masked; runtime/graphs.py), run uncaptured on the
+    CPU."""
     model = tiny_model("implicit", contractive=True, dtype=torch.float64)
     ids, lengths = padded_batch(3)
     eager = model(ids, budget, lengths=lengths)
-    model.use_graphs("masked")
-    try:
-        for _ in range(2):  # the second reading reuses the cached solves
-            masked = model(ids, budget, lengths=lengths)
-            for i, n in enumerate(lengths.tolist()):
-                assert_close(masked.hidden[i, :n], eager.hidden[i, :n], 1e-10, f"hidden {i}")
-            assert (masked.hidden[1, 5:] == 0).all()
-            for a, b in zip(masked.state, eager.state):
-                assert_close(a.ssm, b.ssm, 1e-10, "ssm state")
-                assert_close(a.conv, b.conv, 1e-10, "conv state")
-            for name in ("iterations", "converged", "tokens"):
-                assert torch.equal(getattr(masked.stats, name), getattr(eager.stats, name)), name
-            assert_close(masked.stats.residual, eager.stats.residual, 1e-5, "residuals (near 1e-12 at tol 0)")
-    finally:
-        model.use_graphs("off")
+    runtime = Runtime(model, graphs="masked")
+    for _ in range(2):  # the second reading reuses the cached solves
+        masked = runtime(ids, budget, lengths=lengths)
+        for i, n in enumerate(lengths.tolist()):
+            assert_close(masked.hidden[i, :n], eager.hidden[i, :n], 1e-10, f"hidden {i}")
+        assert (masked.hidden[1, 5:] == 0).all()
+        for a, b in zip(masked.state, eager.state):
+            assert_close(a.ssm, b.ssm, 1e-10, "ssm state")
+            assert_close(a.conv, b.conv, 1e-10, "conv state")
+        for name in ("iterations", "converged", "tokens"):
+            assert torch.equal(getattr(masked.stats, name), getattr(eager.stats, name)), name
+        assert_close(masked.stats.residual, eager.stats.residual, 1e-5, "residuals (near 1e-12 at tol 0)")
 
 
 @pytest.mark.parametrize("budget", [Budget(max_iter=7, tol=0.0, mode="sequential"),
@@ -115,14 +114,13 @@ def test_masked_piece_solves_give_the_eager_readings(budget):
 def test_piece_solves_count_the_evaluations_they_make(budget):
     """Every row is evaluated at once, whole segments of SEGMENT updates, then the final evaluation: the count the
     readings bench reports (what a GPU pays, against the iterations the statistics show)."""
-    from implicit_ssm_eval.model_adapters.graphs import SEGMENT
+    from implicit_ssm_eval.model_adapters.runtime.graphs import SEGMENT
 
     model = tiny_model("implicit", contractive=True, dtype=torch.float64)
     ids, lengths = padded_batch(3)
-    model.use_graphs("masked")
-    out = model(ids, budget, lengths=lengths)
-    made = sum(s.evaluations for s in model.__dict__["_piece_solves"].values())
-    model.use_graphs("off")
+    runtime = Runtime(model, graphs="masked")
+    out = runtime(ids, budget, lengths=lengths)
+    made = sum(s.evaluations for s in runtime.cache("piece_solves", dict).values())
     slowest = out.stats.iterations.max(0).values  # each piece runs until its slowest row is done
     if budget.tol == 0:
         assert made == slowest.numel() * budget.max_iter

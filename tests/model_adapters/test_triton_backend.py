@@ -8,6 +8,7 @@ import torch
 
 from implicit_ssm_eval.model_adapters.backends import get_ops, resolve_backend, torch_ops
 from implicit_ssm_eval.model_adapters.config import Budget
+from implicit_ssm_eval.model_adapters.runtime import Runtime
 from implicit_ssm_eval.model_adapters.testing import RTOL, rel_err, tiny_model
 
 pytestmark = pytest.mark.gpu
@@ -103,10 +104,9 @@ def test_fused_residual_add_and_norm(triton_ops, dtype, with_x, width):
 
 
 def pair(kind, dtype, **kw):
-    ref = tiny_model(kind, contractive=kind == "implicit", dtype=dtype, **kw).cuda()
-    fast = tiny_model(kind, contractive=kind == "implicit", dtype=dtype, **kw).cuda()
-    fast.use_backend("triton")
-    return ref, fast
+    """The same model on the torch kernels and on the triton ones (eagerly: no graphs)."""
+    model = tiny_model(kind, contractive=kind == "implicit", dtype=dtype, **kw).cuda()
+    return Runtime(model, "torch"), Runtime(model, "triton")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -141,16 +141,14 @@ def test_implicit_fixed_point_at_fixed_k(dtype, mode, block):
 def test_captured_readings_equal_uncaptured_and_eager_ones(budget, backend):
     """CUDA graphs replay exactly the masked arithmetic; the masked arithmetic is the eager solver's."""
     model = tiny_model("implicit", contractive=True).cuda()
-    model.use_backend(backend)
     ids = torch.randint(0, 37, (4, 29), device="cuda")
     lengths = torch.tensor([29, 11, 20, 1], device="cuda")
     readings = {}
     with torch.no_grad():
         for mode in ("off", "masked", "capture"):
-            model.use_graphs(mode)
-            readings[mode] = model(ids, budget, lengths=lengths)
-        replayed = model(ids, budget, lengths=lengths)  # the cached graphs, replayed
-    model.use_graphs("off")
+            runtime = Runtime(model, backend, mode)
+            readings[mode] = runtime(ids, budget, lengths=lengths)
+        replayed = runtime(ids, budget, lengths=lengths)  # the cached graphs, replayed
     captured, masked, eager = readings["capture"], readings["masked"], readings["off"]
     assert torch.equal(replayed.hidden, captured.hidden)
     assert torch.equal(captured.hidden, masked.hidden)
@@ -165,13 +163,12 @@ def test_captured_readings_equal_uncaptured_and_eager_ones(budget, backend):
 @pytest.mark.parametrize("kind,budget", [("explicit", None), ("implicit", Budget(max_iter=4, mode="sequential")),
                                          ("implicit", Budget(max_iter=30, tol=1e-3, mode="sequential"))])
 def test_graphed_decoding_generates_what_eager_decoding_does(kind, budget):
-    from implicit_ssm_eval.model_adapters.generation import greedy_generate
+    from implicit_ssm_eval.model_adapters.runtime.generation import greedy_generate
 
-    model = tiny_model(kind, contractive=kind == "implicit").cuda()
-    model.use_backend("triton")
+    runtime = Runtime(tiny_model(kind, contractive=kind == "implicit").cuda(), "triton", "capture")
     prompts = [[1, 2, 3, 4], [5, 6], [7, 8, 9]]
-    eager = greedy_generate(model, prompts, 20, budget, lambda r, t: False, 37, cuda_graphs=False)
-    graphed = greedy_generate(model, prompts, 20, budget, lambda r, t: False, 37, cuda_graphs=True)
+    eager = greedy_generate(runtime, prompts, 20, budget, lambda r, t: False, 37, cuda_graphs=False)
+    graphed = greedy_generate(runtime, prompts, 20, budget, lambda r, t: False, 37, cuda_graphs=True)
     assert graphed == eager and all(len(t) == 20 for t in graphed)
 
 
@@ -186,21 +183,21 @@ def test_graphed_scoring_forward_gives_the_eager_numbers(kind, budget, anytime, 
     shape comes twice in a row and replayed after: exactly the numbers of its first, eager run at that shape and of
     the capture's warm-up, and the eager numbers at the exact length to float32's tolerance (padded rows or not,
     anytime readings and statistics included); a replay does not overwrite what an earlier one returned. At tol > 0
-    the reading is replayed one masked update at a time (reading.MaskedReadingGraph), against the gathering solver."""
+    the reading is replayed one masked update at a time (runtime.readings.MaskedReadingGraph), against the gathering
+    solver."""
     model = tiny_model(kind, contractive=kind == "implicit").cuda()
-    model.use_backend(backend)
+    eager_runtime, runtime = Runtime(model, backend, "off"), Runtime(model, backend, "capture")
     g = torch.Generator(device="cuda").manual_seed(0)
     batches = [torch.randint(0, 37, (4, 51), device="cuda", generator=g) for _ in range(3)]
     lengths = torch.tensor([51, 3, 27, 1], device="cuda")
     kw = dict(want_state=False, **({"budget": budget, "anytime": anytime} if budget else {}))
     with torch.no_grad():
-        eager = [model(ids, lengths=lengths, **kw) for ids in batches] + [model(batches[0], **kw)]
-        model.use_graphs("capture")
-        replays = [model(ids, lengths=lengths, **kw) for ids in batches] + [model(batches[0], **kw)]
-        again = [model(ids, lengths=lengths, **kw) for ids in batches[:2]]
-        with_state = model(batches[0], budget) if budget else model(batches[0])
-    assert list(model._forward_graphs.graphs) == [((4, 52), *((budget, budget.anytime_budgets(anytime)) if budget
-                                                               else ()))]  # captured at the second call
+        eager = [eager_runtime(ids, lengths=lengths, **kw) for ids in batches] + [eager_runtime(batches[0], **kw)]
+        replays = [runtime(ids, lengths=lengths, **kw) for ids in batches] + [runtime(batches[0], **kw)]
+        again = [runtime(ids, lengths=lengths, **kw) for ids in batches[:2]]
+        with_state = runtime(batches[0], budget) if budget else runtime(batches[0])
+    key = (budget, budget.anytime_budgets(anytime)) if budget else ()
+    assert list(runtime.cache("forward_graphs", dict).graphs) == [((4, 52), *key)]  # captured at the second call
     assert torch.equal(again[0].hidden, replays[0].hidden)  # a replay gives the bits of the first, eager run
     assert torch.equal(again[1].hidden, replays[1].hidden)  # and of the capture's warm-up
     for a, b in zip(replays, eager):
@@ -221,19 +218,17 @@ def test_forward_graphs_of_several_lengths_share_one_pool_in_any_order(kind):
     """Graphs of three padded shapes, each captured when it came twice in a row, into one memory pool, and replayed
     in another order than captured: each gives the bits of its shape's first (eager) run, and no replay overwrites
     what an earlier one returned."""
-    model = tiny_model(kind, contractive=kind == "implicit").cuda()
-    model.use_backend("triton")
+    runtime = Runtime(tiny_model(kind, contractive=kind == "implicit").cuda(), "triton", "capture")
     kw = {"want_state": False, **({"budget": Budget(max_iter=4, tol=0.0)} if kind == "implicit" else {})}
     g = torch.Generator(device="cuda").manual_seed(0)
     batches = [torch.randint(0, 37, shape, device="cuda", generator=g) for shape in ((4, 20), (4, 33), (2, 51))]
-    model.use_graphs("capture")
     with torch.no_grad():
         first, captured = [], []
         for ids in batches:
-            first.append(model(ids, **kw).hidden)  # eager, at the padded shape
-            captured.append(model(ids, **kw).hidden)  # the capture's warm-up
-        replayed = [model(ids, **kw).hidden for ids in reversed(batches)][::-1]
-    graphs = model._forward_graphs
+            first.append(runtime(ids, **kw).hidden)  # eager, at the padded shape
+            captured.append(runtime(ids, **kw).hidden)  # the capture's warm-up
+        replayed = [runtime(ids, **kw).hidden for ids in reversed(batches)][::-1]
+    graphs = runtime.cache("forward_graphs", dict)
     assert [key[0] for key in graphs.graphs] == [(2, 52), (4, 34), (4, 20)]  # the most recently used last
     assert graphs.pool is not None and all(graph.graph.pool() == graphs.pool for graph in graphs.graphs.values())
     for i in range(3):
@@ -242,29 +237,26 @@ def test_forward_graphs_of_several_lengths_share_one_pool_in_any_order(kind):
 
 def test_scoring_with_anderson_is_not_graphed():
     """Anderson's update is not captured: the forward stays eager (and correct)."""
-    model = tiny_model("implicit", contractive=True).cuda()
-    model.use_graphs("capture")
+    runtime = Runtime(tiny_model("implicit", contractive=True).cuda(), "torch", "capture")
     ids = torch.randint(0, 37, (2, 20), device="cuda")
     budget = Budget(max_iter=30, tol=1e-3, solver="anderson")
     with torch.no_grad():
-        runs = [model(ids, budget, want_state=False) for _ in range(3)]
-    assert "_forward_graphs" not in model.__dict__ and torch.equal(runs[0].hidden, runs[2].hidden)
+        runs = [runtime(ids, budget, want_state=False) for _ in range(3)]
+    assert "forward_graphs" not in runtime._caches and torch.equal(runs[0].hidden, runs[2].hidden)
 
 
 def test_masked_scoring_graphs_of_several_lengths_share_one_pool_and_stop_with_the_slowest_row():
     """tol > 0: graphs of two padded shapes in one pool, replayed in another order than captured, each giving its
     shape's first-run bits; a replay evaluates f as often as its slowest row needs, plus the final evaluation."""
-    model = tiny_model("implicit", contractive=True).cuda()
-    model.use_backend("triton")
+    runtime = Runtime(tiny_model("implicit", contractive=True).cuda(), "triton", "capture")
     budget = Budget(max_iter=40, tol=1e-3)
     g = torch.Generator(device="cuda").manual_seed(1)
     batches = [torch.randint(0, 37, shape, device="cuda", generator=g) for shape in ((4, 20), (3, 45))]
-    model.use_graphs("capture")
     with torch.no_grad():
-        first = [model(ids, budget, want_state=False) for ids in batches for _ in range(2)][::2]
-        graphs = model._forward_graphs
+        first = [runtime(ids, budget, want_state=False) for ids in batches for _ in range(2)][::2]
+        graphs = runtime.cache("forward_graphs", dict)
         counts = [graph.solver.evaluations for graph in graphs.graphs.values()]
-        replayed = [model(ids, budget, want_state=False) for ids in reversed(batches)][::-1]
+        replayed = [runtime(ids, budget, want_state=False) for ids in reversed(batches)][::-1]
     assert [key[0] for key in graphs.graphs] == [(3, 46), (4, 20)]
     assert all(graph.solver.graphs["segment"].pool() == graphs.pool for graph in graphs.graphs.values())
     for i, graph in enumerate(reversed(graphs.graphs.values())):  # made in the order of batches

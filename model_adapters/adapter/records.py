@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .convergence import ConvergenceLog
-from .reading import ReadStats
+from ..convergence import ConvergenceLog
+from ..reading import ReadStats
+from .requests import RequestKey
 
-RequestKey = tuple[str, tuple]  # (lm-eval request type, the request's args)
 DOC_FIELDS = ("family", "task", "bucket", "data_hash", "chance")  # carried by documents of registered task families
 
 

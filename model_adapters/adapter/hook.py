@@ -1,9 +1,13 @@
-"""Plugs this project into lm-eval at import time: the two model names, and anytime budgets in the results.
+"""Plugs this project into lm-eval at import time: the two model names, and the few patches, all here.
 
-lm-eval 0.4.13 has no plugin discovery, so `pip install` drops a one-line .pth file (implicit_ssm_lm_eval.pth)
-that imports this module at interpreter start-up. It only appends a finder to sys.meta_path (it imports nothing but
-sys: no torch, no lm-eval, not even functools; 2-3 ms on the 2-core development machine, BENCHMARKS.md). The
-finder lets two lm-eval modules load normally and then:
+The patches of lm-eval (pinned: lm-eval==0.4.13), each small and each tested against the pinned version
+(tests/lm_eval_adapters/test_hook.py): the registry entries, a wrapper of evaluator.evaluate (anytime budgets), a
+wrapper of utils.make_table (the convergence summary) and a chained sys.excepthook (one-line errors).
+
+lm-eval 0.4.13 has no plugin discovery, so `pip install` drops a one-line .pth file
+(model_adapters/implicit_ssm_lm_eval.pth) that imports this module at interpreter start-up. It only appends a finder
+to sys.meta_path (it imports nothing but sys: no torch, no lm-eval, not even functools; 2-3 ms on the 2-core
+development machine, BENCHMARKS.md). The finder lets two lm-eval modules load normally and then:
 - lm_eval.api.registry: registers `implicit_ssm` and `explicit_ssm` as lazy "module:Class" placeholders, so the
   adapters (and torch) are imported only when one of these models is used;
 - lm_eval.evaluator: wraps `evaluate` so that a run of our adapter with anytime budgets also reports each budget's
@@ -19,28 +23,11 @@ to the previous hook untouched.
 
 import sys
 
-PACKAGE = "implicit_ssm_eval.model_adapters"
+PACKAGE = "implicit_ssm_eval.model_adapters.adapter"
 MODELS = {
-    "implicit_ssm": f"{PACKAGE}.lm_eval_models:ImplicitSSMLM",
-    "explicit_ssm": f"{PACKAGE}.lm_eval_models:ExplicitSSMLM",
+    "implicit_ssm": f"{PACKAGE}.lm:ImplicitSSMLM",
+    "explicit_ssm": f"{PACKAGE}.lm:ExplicitSSMLM",
 }
-
-
-# Our errors that are the user's to fix (or a model's fault, NonFiniteError): their messages name what was wrong and
-# what is valid, so a traceback through lm-eval adds nothing. Matched by name: this module imports nothing of ours.
-# The same classes as harness/cli.classify's, which implicit-eval reports in one line.
-ONE_LINE_ERRORS = frozenset({"ConfigError", "CheckpointError", "TokenizerError", "UnknownTaskError", "NonFiniteError"})
-
-
-def ours(exc: BaseException | None) -> BaseException | None:
-    """exc, or the exception it was raised from or during, if it is one of ONE_LINE_ERRORS."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if type(exc).__name__ in ONE_LINE_ERRORS and type(exc).__module__.startswith("implicit_ssm_eval."):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def running_lm_eval_cli() -> bool:
@@ -61,7 +48,9 @@ def install_excepthook() -> None:
     def one_line_errors(kind, exc, tb):
         import os
 
-        error = ours(exc)
+        from ..errors import one_line_error  # the errors that end a run in one line (errors.py)
+
+        error = one_line_error(exc)
         if error is None or not running_lm_eval_cli() or os.environ.get("IMPLICIT_SSM_TRACEBACK") == "1":
             return previous(kind, exc, tb)
         sys.stderr.write(f"lm_eval: error: {error} (IMPLICIT_SSM_TRACEBACK=1 shows the traceback)\n")
@@ -115,7 +104,7 @@ def wrap_make_table(module) -> None:
         info = (result_dict.get("config") or {}).get("ssm_model") if isinstance(result_dict, dict) else None
         if column != "results" or not info or not info.get("budget"):
             return text
-        from .convergence import convergence_block
+        from ..summaries import convergence_block
 
         return f"{text}\n{convergence_block(info)}"
 

@@ -8,7 +8,7 @@ that answers from those scores (no model compute), and puts the metrics into the
     results["anytime"][str(k)] = {"results": ..., "groups": ..., "ssm_model": model info at budget k}
     results["results"][task]["acc@k=4,none"] = ...      (so lm-eval's printed table shows every budget)
 
-The sweep calls it directly; for the stock `lm_eval` CLI the registration hook (lm_eval_hook.py) installs it in
+The sweep calls it directly; for the stock `lm_eval` CLI the registration hook (hook.py) installs it in
 place of lm_eval.evaluator.evaluate. It changes nothing for any other model or without anytime budgets.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from lm_eval.api.model import LM
 
-from .config import ConfigError
+from ..errors import ConfigError
 
 
 class BudgetView(LM):
@@ -30,7 +30,7 @@ class BudgetView(LM):
         if k not in source.budgets_scored:
             raise ConfigError(f"budget {k} was not scored by this run (it scored {list(source.budgets_scored)})")
         self.source, self.k = source, k
-        self.record = source.records[k]
+        self.record = source.view.records[k]
 
     def _answers(self, kind: str, requests) -> list:
         try:
@@ -103,20 +103,3 @@ def add_anytime(results: dict, per_budget: dict[int, dict], view) -> None:
                         stderr = metrics.get(f"{metric}_stderr,{rest}")
                         if stderr is not None:
                             target[f"{metric}@k={k}_stderr,{rest}"] = stderr
-
-
-def split_anytime(results: dict) -> dict[int | None, dict]:
-    """One standalone results dict per budget of a run: its own (keyed by its max_iter; None for an explicit model)
-    and each anytime budget's, as if that budget had been run alone. Used by the sweep (a file per budget) and by
-    the report (plain lm-eval results of a run with anytime budgets)."""
-    info = results.get("config", {}).get("ssm_model", {})
-    own = {k: v for k, v in results.items() if k != "anytime"}
-    for section in ("results", "groups"):
-        if section in own:
-            own[section] = {task: {m: v for m, v in metrics.items() if "@k=" not in m}
-                            for task, metrics in own[section].items()}
-    out = {(info.get("budget") or {}).get("max_iter"): own}
-    for k, part in (results.get("anytime") or {}).items():
-        out[int(k)] = {**own, "results": part["results"], "groups": part["groups"],
-                       "config": {**own.get("config", {}), "ssm_model": part["ssm_model"]}}
-    return out

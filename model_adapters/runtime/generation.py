@@ -1,7 +1,8 @@
 """Greedy decoding with the recurrent state: the prompt is read once, then one step per token.
 
 For an explicit model a step is O(1) work; for an implicit model it is the reading of one more token at the
-budget (reading.py): the same computation as the sequential reading. The host looks at the generated tokens only
+budget (reading.py): the same computation as the sequential reading. Decoding runs through a Runtime (its kernels,
+graphs and piece solves). The host looks at the generated tokens only
 every `check_every` tokens (to test stop sequences); tokens produced past a stop are discarded, which cannot change
 greedy output before it.
 
@@ -20,13 +21,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .config import Budget
-from .convergence import ConvergenceLog
+from ..config import Budget
+from ..convergence import ConvergenceLog
+from ..errors import NonFiniteError
+from ..mamba2 import MixerState
+from ..reading import ReadStats
+from ..tensors import take_rows
 from .graphs import can_capture
-from .mamba2 import MixerState
-from .models import ExplicitLM, ImplicitLM
-from .reading import ReadStats
-from .tensors import NonFiniteError, take_rows
+from .runtime import Runtime
 
 
 def right_pad(seqs: list[list[int]], device: torch.device, pad: int = 0) -> tuple[Tensor, Tensor]:
@@ -44,13 +46,13 @@ def next_token(logits: Tensor, vocab_size: int) -> tuple[Tensor, Tensor]:
 
 
 class EagerStep:
-    def __init__(self, model, state, budget: Budget | None, vocab_size: int):
-        self.model, self.state, self.budget, self.vocab_size = model, state, budget, vocab_size
+    def __init__(self, runtime: Runtime, state, budget: Budget | None, vocab_size: int):
+        self.runtime, self.state, self.budget, self.vocab_size = runtime, state, budget, vocab_size
 
     def __call__(self, token: Tensor) -> tuple[Tensor, Tensor, ReadStats | None]:
-        out = self.model.step(token, self.state, self.budget)
+        out = self.runtime.step(token, self.state, self.budget)
         self.state = out.state
-        return (*next_token(self.model.logits(out.hidden), self.vocab_size), out.stats)
+        return (*next_token(self.runtime.logits(out.hidden), self.vocab_size), out.stats)
 
     def keep(self, positions: Tensor) -> None:
         """Rows that finished leave the batch (a fixed-batch stepper keeps them, their tokens ignored)."""
@@ -61,19 +63,19 @@ class GraphedStep:
     """model.step, logits and argmax for one batch size, captured as one CUDA graph. The state lives in static
     buffers that the graph itself advances, so a replay copies in nothing but the token."""
 
-    def __init__(self, model, state, budget: Budget | None, vocab_size: int):
-        self.token = torch.zeros(state[0].ssm.shape[0], dtype=torch.long, device=model.embedding.weight.device)
+    def __init__(self, runtime: Runtime, state, budget: Budget | None, vocab_size: int):
+        self.token = torch.zeros(state[0].ssm.shape[0], dtype=torch.long, device=state[0].ssm.device)
         self.state = [MixerState(s.conv.clone(), s.ssm.clone()) for s in state]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up: compile and autotune kernels, settle the allocator
             for _ in range(2):
-                model.step(self.token, self.state, budget)
+                runtime.step(self.token, self.state, budget)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            out = model.step(self.token, self.state, budget)
-            self.next_token, self.finite = next_token(model.logits(out.hidden), vocab_size)
+            out = runtime.step(self.token, self.state, budget)
+            self.next_token, self.finite = next_token(runtime.logits(out.hidden), vocab_size)
             self.stats = out.stats
             for static, new in zip(self.state, out.state):
                 static.conv.copy_(new.conv)
@@ -92,57 +94,55 @@ class GraphedStep:
 class SolvedStep:
     """An implicit model's step at tol > 0 on CUDA: the token's solve replayed in captured segments."""
 
-    def __init__(self, model: ImplicitLM, state, budget: Budget, vocab_size: int):
-        from .reading import piece_solve
-
-        self.model, self.vocab_size = model, vocab_size
+    def __init__(self, runtime: Runtime, state, budget: Budget, vocab_size: int):
+        self.runtime, self.vocab_size = runtime, vocab_size
         self.tokens = torch.ones(state[0].ssm.shape[0], 1, dtype=torch.long, device=state[0].ssm.device)
-        u = model.inject(self.tokens[:, 0])
-        self.solve = piece_solve(model, budget, u, state)
+        u = runtime.model.inject(self.tokens[:, 0])
+        self.solve = runtime.piece_solve(budget, u, state)
         self.solve.load_state(state)
         self.alive = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
 
     def __call__(self, token: Tensor) -> tuple[Tensor, Tensor, ReadStats]:
-        hidden, solved = self.solve(self.model.inject(token), self.alive, None)
+        hidden, solved = self.solve(self.runtime.model.inject(token), self.alive, None)
         stats = ReadStats(solved.iterations[:, None].clone(), solved.residual[:, None].clone(),
                           solved.converged[:, None].clone(), self.tokens)
-        return (*next_token(self.model.logits(hidden), self.vocab_size), stats)
+        return (*next_token(self.runtime.logits(hidden), self.vocab_size), stats)
 
     def keep(self, positions: Tensor) -> None:
         pass
 
 
-def make_stepper(model, state, budget: Budget | None, vocab_size: int, cuda_graphs: bool | None):
+def make_stepper(runtime: Runtime, state, budget: Budget | None, vocab_size: int, cuda_graphs: bool | None):
     """Graphs need CUDA; None = whenever possible. Explicit models and implicit ones at tol = 0 capture the whole
     step; implicit ones at tol > 0 capture the solve in segments (damped iteration only)."""
-    on_cuda = model.embedding.weight.is_cuda
+    on_cuda = runtime.model.embedding.weight.is_cuda
     if cuda_graphs and not on_cuda:
         raise ValueError("cuda_graphs needs a CUDA device")
     if cuda_graphs is False or not on_cuda:
-        return EagerStep(model, state, budget, vocab_size)
+        return EagerStep(runtime, state, budget, vocab_size)
     if budget is None or budget.tol == 0:
-        return GraphedStep(model, state, budget, vocab_size)
+        return GraphedStep(runtime, state, budget, vocab_size)
     if can_capture(budget):
-        return SolvedStep(model, state, budget, vocab_size)
+        return SolvedStep(runtime, state, budget, vocab_size)
     if cuda_graphs:
         raise ValueError(f"cuda_graphs at tol > 0 needs solver=fixed_point, got {budget.solver}")
-    return EagerStep(model, state, budget, vocab_size)
+    return EagerStep(runtime, state, budget, vocab_size)
 
 
 @torch.inference_mode()
-def greedy_generate(model: ExplicitLM | ImplicitLM, prompts: list[list[int]], max_new_tokens: int,
+def greedy_generate(runtime: Runtime, prompts: list[list[int]], max_new_tokens: int,
                     budget: Budget | None, is_done: Callable[[int, list[int]], bool], vocab_size: int,
                     check_every: int = 16, log: ConvergenceLog | None = None,
                     cuda_graphs: bool | None = None) -> list[list[int]]:
     """Generate up to max_new_tokens for each prompt; is_done(row, tokens) says when a row may stop."""
-    device = model.embedding.weight.device
+    device = runtime.model.embedding.weight.device
     ids, lengths = right_pad(prompts, device)
-    out = model(ids, budget, lengths=lengths)
+    out = runtime(ids, budget, lengths=lengths)
     _log(log, out.stats)
     last = out.hidden[torch.arange(len(prompts), device=device), lengths - 1]
-    token, finite = next_token(model.logits(last), vocab_size)
+    token, finite = next_token(runtime.logits(last), vocab_size)
     rows = torch.arange(len(prompts), device=device)
-    stepper = make_stepper(model, out.state, budget, vocab_size, cuda_graphs) if max_new_tokens > 1 else None
+    stepper = make_stepper(runtime, out.state, budget, vocab_size, cuda_graphs) if max_new_tokens > 1 else None
     fixed_batch = not isinstance(stepper, EagerStep)
     generated: list[list[int]] = [[] for _ in prompts]
     pending = [token]

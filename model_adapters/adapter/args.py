@@ -1,7 +1,8 @@
 """model_args of the lm-eval adapters: parsed and validated in one place, with one clear message each.
 
 lm-eval hands model_args over as a dict whose values it has already cast ("16" -> 16, "true" -> True), and
-adds batch_size, max_batch_size and device from its own flags.
+adds batch_size, max_batch_size and device from its own flags. A model_args string (the CLI's) is split here, so that
+a key given twice is refused instead of one value silently dropped (split_model_args).
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lm_eval.utils import handle_arg_string
 
-from .config import Budget, ConfigError
+from ..config import Budget
+from ..errors import ConfigError
+from ..readings import READINGS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BUDGET_ARGS = ("max_iter", "tol", "tau", "solver", "mode", "block_size", "anderson_m", "anytime")
 COMMON_ARGS = ("pretrained", "tokenizer", "eos_token", "prefix_token", "backend", "dtype", "max_length", "batch_size",
-               "max_batch_size", "device", "record_greedy", "cuda_graphs", "unknown_tokens")
+               "max_batch_size", "device", "record_greedy", "cuda_graphs", "unknown_tokens", "progress")
 UNKNOWN_TOKENS = ("refuse", "flag")  # a task the tokenizer cannot read: refuse it, or score it and mark it
 DEFAULT_MAX_LENGTH = 2048
 logger = logging.getLogger(__name__)
@@ -34,12 +38,13 @@ class EvalArgs:
     max_batch_size: int
     device: torch.device
     budget_overrides: dict
-    anytime: tuple[int, ...] = ()  # extra budgets scored from the run's one trajectory (see lm_eval_models)
+    anytime: tuple[int, ...] = ()  # extra budgets scored from the run's one trajectory (see lm.py)
     record_greedy: str | None = None  # a .jsonl path: greedy tokens at every position of each scored sequence
     cuda_graphs: bool | None = None  # decode through a captured CUDA graph; None = whenever possible
     eos_token: str | None = None  # the tokenizer's end-of-text token, when the checkpoint does not name one
     prefix_token: str | None = None  # the token an empty context is conditioned on (default: end-of-text)
     unknown_tokens: str = "refuse"  # see UNKNOWN_TOKENS
+    progress: bool = True  # the adapter's own progress bars (a sweep shows its own instead)
 
     @property
     def dtype_name(self) -> str:
@@ -61,10 +66,7 @@ def parse_model_args(kind: str, args: dict) -> EvalArgs:
         raise ConfigError(f"{model}: unknown model_args {unknown}; valid ones are {sorted(valid_args(kind))}")
     if not args.get("pretrained"):
         raise ConfigError(f"{model}: model_args needs pretrained=<checkpoint directory>")
-    overrides = {k: args[k] for k in BUDGET_ARGS if k in args and k != "anytime"}
-    if "tol" in overrides or "tau" in overrides:  # lm-eval casts "0" to int
-        overrides.update({k: float(overrides[k]) for k in ("tol", "tau") if k in overrides and _number(overrides[k])})
-    Budget().replace(**overrides)  # validates every value now, before a checkpoint is read
+    overrides = budget_overrides(args)
     return EvalArgs(
         pretrained=str(args["pretrained"]), tokenizer=_opt_str(args.get("tokenizer")),
         backend=str(args.get("backend", "auto")), dtype=_dtype(args.get("dtype", "float32"), model),
@@ -75,7 +77,38 @@ def parse_model_args(kind: str, args: dict) -> EvalArgs:
         anytime=_int_list(args.get("anytime"), "anytime", model), record_greedy=_record_path(args.get("record_greedy")),
         cuda_graphs=_opt_bool(args.get("cuda_graphs"), "cuda_graphs", model),
         eos_token=_opt_str(args.get("eos_token")), prefix_token=_opt_str(args.get("prefix_token")),
-        unknown_tokens=_choice(args.get("unknown_tokens", "refuse"), "unknown_tokens", UNKNOWN_TOKENS, model))
+        unknown_tokens=_choice(args.get("unknown_tokens", "refuse"), "unknown_tokens", UNKNOWN_TOKENS, model),
+        progress=_opt_bool(args.get("progress"), "progress", model) is not False)
+
+
+def budget_overrides(args: dict) -> dict:
+    """The budget fields among the model_args, each value checked now (before a checkpoint is read); how they
+    combine with the checkpoint's own budget is config.resolve_budget's (a block_size alone is valid for a checkpoint
+    that reads blockwise)."""
+    overrides = {k: args[k] for k in BUDGET_ARGS if k in args and k != "anytime"}
+    for k in ("tol", "tau"):  # lm-eval casts "0" to int
+        if k in overrides and _number(overrides[k]):
+            overrides[k] = float(overrides[k])
+    probe = Budget(mode="blockwise", block_size=1)  # takes every field, so each value is checked on its own
+    for key, value in overrides.items():
+        if key != "mode" and (key != "block_size" or value is not None):
+            probe.replace(**{key: value})
+    if "mode" in overrides and overrides["mode"] not in READINGS:
+        raise ConfigError(f"mode must be one of {list(READINGS)}, got {overrides['mode']!r}")
+    return overrides
+
+
+def split_model_args(arg_string: str) -> dict:
+    """A model_args string ("k=v,k2=v2") as lm-eval parses it, except that a key given twice is refused."""
+    out: dict = {}
+    for part in (p for p in (arg_string or "").split(",") if p.strip()):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key in out:
+            raise ConfigError(f"model_args gives {key} twice ({out[key]!r} and {handle_arg_string(value)!r}); give "
+                              "each argument once")
+        out[key] = handle_arg_string(value)
+    return out
 
 
 def _choice(value, name: str, valid: tuple[str, ...], model: str) -> str:

@@ -39,13 +39,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .fixed_point import SolveStats, relative_residual
-from .mamba2 import MixerState
-from .tensors import broadcast_mask, map_tensors
+from ..fixed_point import SolveStats, relative_residual
+from ..mamba2 import MixerState, Ops, State
+from ..tensors import broadcast_mask, map_tensors
 
 if TYPE_CHECKING:
-    from .config import Budget
-    from .models import ImplicitLM, State
+    from ..config import Budget
+    from ..models import ImplicitLM
 
 logger = logging.getLogger(__name__)
 SEGMENT = 8  # tol > 0: masked updates per captured segment; the host looks for convergence between segments
@@ -94,11 +94,12 @@ def capture(parts: dict, pool=None, warm: dict | None = None) -> tuple[dict, dic
 class PieceSolve:
     """The solve of pieces of one shape: u (R, d_in_proj) for one token, (R, T, d_in_proj) for a block. state_like
     None: no state in or out (a one-piece reading for scoring: the kernels read zeros, nothing is committed).
-    segment: masked updates per segment graph at tol > 0; pool: the memory pool to capture into (else a new one)."""
+    ops: the kernels (a backend module); segment: masked updates per segment graph at tol > 0; pool: the memory
+    pool to capture into (else a new one)."""
 
     def __init__(self, model: ImplicitLM, budget: Budget, u_like: Tensor, state_like: State | None, capture: bool,
-                 segment: int = SEGMENT, pool=None):
-        self.model, self.budget, self.capture, self.segment = model, budget, capture, segment
+                 ops: Ops, segment: int = SEGMENT, pool=None):
+        self.model, self.budget, self.capture, self.segment, self.ops = model, budget, capture, segment, ops
         rows, dev = u_like.shape[0], u_like.device
         self.step = u_like.dim() == 2
         self.u = torch.zeros_like(u_like)
@@ -117,8 +118,8 @@ class PieceSolve:
     # -- what is captured ------------------------------------------------------------------------------
     def _f(self, z: Tensor, commit: bool):
         if self.step:
-            return self.model.f_step(z, self.u, self.state, commit)
-        return self.model.f(z, self.u, self.state, self.valid, commit)
+            return self.model.f_step(z, self.u, self.state, commit, self.ops)
+        return self.model.f(z, self.u, self.state, self.valid, commit, self.ops)
 
     def _start(self) -> None:
         self.z.zero_()
@@ -130,7 +131,7 @@ class PieceSolve:
         """One damped update of the active rows; a row whose residual meets tol is converged and leaves."""
         b = self.budget
         fz, _ = self._f(self.z, commit=False)
-        self.model.ops.damped_update(self.z, fz, self.valid, self.active, self.iterations, self.converged, b.tau,
+        self.ops.damped_update(self.z, fz, self.valid, self.active, self.iterations, self.converged, b.tau,
                                      b.tol, b.max_iter)
 
     def _finish(self) -> None:

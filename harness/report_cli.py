@@ -1,0 +1,68 @@
+"""`implicit-eval report`: tidy table, plots and leaderboard from any lm-eval results; no torch, no lm-eval.
+
+Also the report that `implicit-eval sweep` and `leaderboard` write at their end (write_report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import leaderboard, plots, report
+from .io import write_text_atomic
+from .results import Loaded, load_runs
+
+
+def write_report(paths: list[Path], out: Path, command: str, sweep_meta: dict | None = None,
+                 timings_dir: Path | None = None) -> str:
+    """Table, plots, leaderboard.md and timings.md of the runs found in `paths`; returns the leaderboard."""
+    loaded = load_runs(paths)
+    meta = sweep_meta if sweep_meta is not None else _sweep_meta(paths)
+    return render_report(loaded, out, command, meta, timings_dir)
+
+
+def render_report(loaded: Loaded, out: Path, command: str, sweep_meta: dict, timings_dir: Path | None = None) -> str:
+    """Everything a report writes; wall times go to timings_dir (default: out), so that a committed leaderboard
+    folder holds only what the results determine."""
+    rows = report.tidy_rows(loaded.runs)
+    report.write_table(rows, out)
+    agreement = report.mode_agreement(loaded.runs)
+    plots.accuracy_vs_budget(rows, out)
+    plots.accuracy_vs_length(rows, out)
+    plots.robustness(rows, out)
+    plots.iteration_distributions(loaded.runs, out)
+    plots.agreement(agreement, out)
+    text = leaderboard.render(rows, loaded.runs, sweep_meta, command, agreement=agreement)
+    write_text_atomic(out / "leaderboard.md", text)
+    write_text_atomic((timings_dir or out) / "timings.md", leaderboard.timings(rows))
+    return text
+
+
+def _sweep_meta(paths: list[Path]) -> dict:
+    for path in paths:
+        meta = Path(path) / "sweep.json"
+        if meta.is_file():
+            try:
+                return json.loads(meta.read_text())
+            except json.JSONDecodeError:
+                return {}
+    return {}
+
+
+def report_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="implicit-eval report", description="Tidy table, plots and leaderboard from any "
+                                "lm-eval results of implicit_ssm/explicit_ssm: a sweep folder, `lm_eval "
+                                "--output_path` folders, or results JSON files.")
+    p.add_argument("paths", nargs="+", type=Path, help="results files or folders (searched recursively)")
+    p.add_argument("--out", type=Path, default=None, help="default: PATH/report for one folder, else ./report")
+    args = p.parse_args(argv)
+    out = args.out or (args.paths[0] / "report" if len(args.paths) == 1 and args.paths[0].is_dir() else Path("report"))
+    loaded = load_runs(args.paths)
+    for path, why in loaded.skipped:
+        print(f"implicit-eval report: skipped {path}: {why}", file=sys.stderr)
+    render_report(loaded, out, " ".join(["implicit-eval", "report", *argv]), _sweep_meta(args.paths))
+    print(f"implicit-eval report: {len(loaded.runs)} runs -> {out} (leaderboard.md, results.csv, plots)",
+          file=sys.stderr)
+    return 0

@@ -1,0 +1,35 @@
+"""record_greedy=PATH: one JSON line per scored sequence with the greedy next token at every position and the
+iterations of every piece, per budget (the raw material of agreement-between-readings and iteration reports)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ..reading import ReadStats
+
+
+def greedy_records(sequences, members, hidden: dict[int, torch.Tensor], stats: dict[int, ReadStats | None], logits,
+                   vocab_size: int) -> list[dict]:
+    """One record per scored sequence: its task and doc, tokens, and per budget the greedy tokens and iterations."""
+    records = []
+    for i, (seq, group) in enumerate(zip(sequences, members)):
+        n = len(seq)
+        record = {"task": group[0].task, "doc_id": group[0].doc_id, "input": list(seq), "greedy": {},
+                  "iterations": {}, "piece_tokens": {}}
+        for k, h in hidden.items():
+            record["greedy"][str(k)] = logits(h[i, :n])[:, :vocab_size].argmax(-1).tolist()
+            if stats.get(k) is not None:
+                present = stats[k].present[i]
+                record["iterations"][str(k)] = stats[k].iterations[i][present].tolist()
+                record["piece_tokens"][str(k)] = stats[k].tokens[i][present].tolist()
+        records.append(record)
+    return records
+
+
+def append_records(path: str, records: list[dict]) -> None:
+    """Whole lines, written together: a crash leaves the log's earlier lines intact."""
+    text = "".join(json.dumps(r, default=str) + "\n" for r in records)
+    with open(path, "a") as fh:
+        fh.write(text)

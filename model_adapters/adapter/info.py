@@ -1,0 +1,81 @@
+"""What a run's results say about the model (lm-eval's results JSON, `config.ssm_model`): the checkpoint, the
+budget and its reading's unit, the convergence statistics (whole run and per task), the fields each task's documents
+carry, and the fingerprint of everything that determines the scores. Read back, without torch, by summaries.py and
+the reporter."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..readings import reading_unit
+from .records import BudgetRecord, TaskRecord
+
+
+def model_fingerprint(content_hash: str, budget, dtype: str, backend: str, max_length: int) -> str:
+    """What determines scores: weights + tokenizer, budget, dtype, backend, context window."""
+    key = json.dumps([content_hash, budget.to_dict() if budget else None, dtype, backend, max_length])
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def check_checkpoint(ckpt, kind: str, path: str) -> None:
+    """The checkpoint is of the adapter's kind and has a tokenizer that fits its embeddings."""
+    if ckpt.config.kind != kind:
+        raise ConfigError(f"{path} holds an {ckpt.config.kind} model; use --model {ckpt.config.kind}_ssm")
+    if ckpt.tokenizer is None:
+        raise ConfigError(f"{path} has no tokenizer.json; pass tokenizer=<path to a tokenizer.json>")
+    if ckpt.tokenizer.vocab_size > ckpt.config.padded_vocab_size:
+        raise ConfigError(f"{ckpt.tokenizer.path} has {ckpt.tokenizer.vocab_size} tokens but the model only "
+                          f"{ckpt.config.padded_vocab_size} embeddings: tokenizer and checkpoint do not match")
+
+
+@dataclass
+class RunView:
+    """What a run has seen so far, merged over ranks (the adapter's state after each request type)."""
+
+    records: dict[int, BudgetRecord]
+    tasks: dict[str, TaskRecord]
+    generation: object  # convergence.ConvergenceLog of generate_until
+    truncated: int = 0
+    request_seconds: float = 0.0
+
+
+def model_info(lm, view: RunView, k: int | None = None) -> dict:
+    """config.ssm_model of a run at budget k (default: the run's own)."""
+    k = k or lm.budgets_scored[0]
+    info = {
+        "checkpoint": str(lm.ckpt.path), "content_hash": lm.ckpt.content_hash, "kind": lm.KIND,
+        "format": lm.ckpt.format, "backend": lm.kernels, "dtype": lm.args.dtype_name, "device": str(lm.ranks.device),
+        "world_size": lm.ranks.world_size, "max_length": lm.max_length, "truncated_requests": view.truncated,
+        "fingerprint": lm.fingerprint(k), "request_seconds": round(view.request_seconds, 3),
+        "tasks": task_info(view, k, lm.budget is not None),
+    }
+    if lm.args.record_greedy:
+        info["greedy_log"] = str(lm.args.record_greedy)
+    if lm.budget is not None:
+        info.update(budget_info(lm, view, k))
+    if lm.anytime:
+        info["anytime_budgets"] = list(lm.budgets_scored)
+        if k != lm.budgets_scored[0]:
+            info["anytime_of"] = lm.budgets_scored[0]
+    return info
+
+
+def budget_info(lm, view: RunView, k: int) -> dict:
+    budget = lm.budget.replace(max_iter=k)
+    scoring = view.records[k].scoring.summary(k)
+    generation = view.generation.summary(k) if k == lm.budgets_scored[0] else {"count": 0}
+    return {"budget": budget.to_dict(), "unit": reading_unit(budget.mode),
+            "convergence": {"scoring": scoring, "generation": generation}}
+
+
+def task_info(view: RunView, k: int, implicit: bool) -> dict:
+    out = {}
+    for task, record in sorted(view.tasks.items()):
+        out[task] = record.summary()
+        log = view.records[k].per_task.get(task) if implicit else None
+        if log is not None:
+            out[task]["convergence"] = log.summary(k)
+    return out

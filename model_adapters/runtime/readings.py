@@ -1,0 +1,107 @@
+"""The readings as the runtime runs them on a GPU: every row masked (no gathering), so that CUDA graphs can hold them.
+
+Their numbers are the eager reading's (reading.read, fixed_point.solve): the CPU tests hold these, uncaptured
+(graphs "masked"), to it, and both to the one-file oracle (implicit_lm.py).
+
+    read_whole          one piece at tol = 0, no state in or out, device ops only (one CUDA graph: the scoring
+                        forward of anytime grids and fixed budgets)
+    read_masked         one piece at tol > 0, no state in or out: a PieceSolve of the whole sequence, one update a
+                        replay (the scoring forward at an adaptive budget); MaskedReadingGraph captures it
+    read_in_pieces      the sequential and blockwise readings: each piece solved by the PieceSolve of its shape,
+                        kept by the runtime and reused by later readings of the same shape
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ..fixed_point import solve
+from ..mamba2 import Ops, State
+from ..reading import PieceContext, Reading, Readout, empty_stats, parallel_map, pieces, put_stats, single_piece
+from ..tensors import valid_mask
+from .graphs import PieceSolve, can_capture
+
+if TYPE_CHECKING:
+    from ..config import Budget
+    from ..models import ImplicitLM
+
+
+def can_read_whole(budget: Budget, length: int) -> bool:
+    """Whether read_whole reads `length` tokens under `budget`: one piece of more than one token, a fixed number of
+    damped iterations (tol = 0: no look at the residuals on the host)."""
+    return len(pieces(length, budget)) == 1 and length > 1 and budget.tol == 0 and can_capture(budget)
+
+
+def read_whole(model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor, keep: tuple[int, ...], ops: Ops
+               ) -> Reading:
+    """The one-piece reading at tol = 0 with no state in or out, from device ops only (no host synchronisation, so it
+    can be captured in a CUDA graph): what read(..., want_state=False) returns for it, the valid mask always applied
+    (masking by a mask of ones changes no bit). Every sequence has at least one token."""
+    batch, length = u.shape[:2]
+    valid = valid_mask(lengths, length)
+    z0 = torch.zeros(batch, length, model.cfg.d_model, dtype=model.cd, device=u.device)
+    solution = solve(parallel_map(model, False, ops), z0, budget, PieceContext(u, None, valid), valid, keep)
+    stats = empty_stats(length, length, lengths, model.cd)
+    put_stats(stats, None, 0, solution.stats)
+    anytime = {k: Readout(fz, single_piece(solved, stats.tokens)) for k, (fz, solved) in solution.anytime.items()}
+    return Reading(solution.fz, None, stats, anytime)
+
+
+def can_read_masked(budget: Budget, length: int) -> bool:
+    """Whether read_masked reads `length` tokens under `budget`: one piece of more than one token, damped iteration
+    that stops on residuals (tol > 0; tol = 0 is read_whole's)."""
+    return len(pieces(length, budget)) == 1 and length > 1 and budget.tol > 0 and can_capture(budget)
+
+
+def read_masked(solver: PieceSolve, u: Tensor, lengths: Tensor) -> Reading:
+    """The one-piece reading with no state in or out, every row masked (`solver`: a PieceSolve of u's shape, one
+    update per segment, captured or not): what read(..., want_state=False) returns, to float tolerance (the eager
+    solver gathers the rows still iterating). Every sequence has at least one token."""
+    length = u.shape[1]
+    out, solved = solver(u, lengths > 0, valid_mask(lengths, length))
+    stats = empty_stats(length, length, lengths, solver.model.cd)
+    put_stats(stats, None, 0, solved)
+    return Reading(out if solver.graphs is None else out.clone(), None, stats)  # a replay's buffers are the next's
+
+
+class MaskedReadingGraph:
+    """read_masked captured for ids of one (batch, length) shape, kept by graphs.ForwardGraphs as it keeps a
+    ForwardGraph: `first` is the reading of the ids it was made from, a call reads new ids (the injection eagerly,
+    the solve replayed: a start graph, one graph per update until no row is active, a finish graph). capture=False:
+    the same arithmetic uncaptured (the CPU tests)."""
+
+    def __init__(self, model: ImplicitLM, budget: Budget, ops: Ops, ids: Tensor, lengths: Tensor, pool=None,
+                 capture: bool = True):
+        self.model = model
+        u = model.inject(ids)  # once: the capture's shapes and the first reading's injection
+        self.solver = PieceSolve(model, budget, u, None, capture, ops, segment=1, pool=pool)
+        self.first = read_masked(self.solver, u, lengths)
+
+    def __call__(self, ids: Tensor, lengths: Tensor) -> Reading:
+        return read_masked(self.solver, self.model.inject(ids), lengths)
+
+
+def read_in_pieces(solver_for, model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor | None, state: State
+                   ) -> Reading:
+    """Every piece solved for every row by the PieceSolve of its size (solver_for(u_piece, state): one for the blocks,
+    one for a shorter last block), the rows whose sequence has ended masked."""
+    batch, length = u.shape[:2]
+    lengths = lengths if lengths is not None else torch.full((batch,), length, dtype=torch.long, device=u.device)
+    valid = valid_mask(lengths, length)
+    hidden = torch.zeros(batch, length, model.cfg.d_model, dtype=model.cd, device=u.device)
+    stats = empty_stats(length, budget.piece_size(length), lengths, model.cd)
+    solver = None
+    for p, (start, end) in enumerate(pieces(length, budget)):
+        u_piece = u[:, start] if end - start == 1 else u[:, start:end]
+        if solver is None or tuple(solver.u.shape) != tuple(u_piece.shape):
+            state = solver.current_state() if solver is not None else state
+            solver = solver_for(u_piece, state)
+            solver.load_state(state)
+        out, solved = solver(u_piece, lengths > start, None if end - start == 1 else valid[:, start:end])
+        hidden[:, start:end] = out if end - start > 1 else out[:, None]
+        put_stats(stats, None, p, solved)
+    hidden = hidden * valid[..., None]  # padding: zeros, as the eager reading leaves it
+    return Reading(hidden, solver.current_state(), stats)
