@@ -6,6 +6,7 @@ A family is a set of tasks generated offline and evaluated through lm-eval YAMLs
   state_tracking   st         st_<task>_<bucket>               st_<task>, state_tracking       st_*
   babi             babi_gen   babi_gen_<task>_<bucket>         babi_gen_<task>, babi_gen       babi_*
   text             ppl        ppl_local_text (no buckets)      -                               ppl_*
+  pydoc            pydoc      pydoc_<task>_<bucket>            pydoc_<task>, pydoc             pydoc_*
 
 Bucket names never contain "_", so ``<prefix>_<task>_<bucket>`` splits unambiguously even though task
 names may (``even_pairs``). Importing this module is cheap: the built-in families are imported on the
@@ -33,6 +34,7 @@ BUILTIN_FAMILY_MODULES = (
     "implicit_ssm_eval.tasks.state_tracking.family",
     "implicit_ssm_eval.tasks.babi.family",
     "implicit_ssm_eval.tasks.text.family",
+    "implicit_ssm_eval.tasks.text.pydoc_family",
 )
 
 
@@ -131,7 +133,7 @@ class Family:
         return self.train_max_len_of(task)
 
     def tokenizer_for(self, task: str) -> Tokenizer:
-        """The task's WordLevel tokenizer (<pad>=0, <unk>=1, <eos>=2, then the task's symbols)."""
+        """The task's tokenizer: <pad>=0, <unk>=1, <eos>=2, then the task's symbols (pydoc: bytes and BPE merges)."""
         self.check_task(task)
         if self.make_tokenizer is None:
             raise ValueError(f"the {self.name} family has no task tokenizer: models bring their own")
