@@ -17,7 +17,8 @@ from ..tasks.registry import UnknownTaskError, family_of
 from .io import write_json_atomic
 from .results import Run
 
-METRICS = ("acc", "scaled_acc", "acc_norm", "exact_match", "bits_per_byte", "byte_perplexity", "word_perplexity")
+METRICS = ("acc", "scaled_acc", "token_acc", "seq_acc", "scaled_token_acc", "acc_norm", "exact_match", "bits_per_byte",
+           "byte_perplexity", "word_perplexity")  # token_acc, seq_acc, scaled_token_acc: the controls family
 COLUMNS = ("checkpoint", "kind", "family", "group", "task", "bucket", "shift", "multiplier", "length_min",
            "length_max", "max_iter", "tol", "tau", "solver", "mode", "block_size", "metric", "value", "stderr",
            "chance", "iters_mean", "iters_per_token", "unit", "run_iters_mean", "fraction_converged",

@@ -7,6 +7,7 @@ A family is a set of tasks generated offline and evaluated through lm-eval YAMLs
   babi             babi_gen   babi_gen_<task>_<bucket>         babi_gen_<task>, babi_gen       babi_*
   text             ppl        ppl_local_text (no buckets)      -                               ppl_*
   pydoc            pydoc      pydoc_<task>_<bucket>            pydoc_<task>, pydoc             pydoc_*
+  controls         ctl        ctl_<task>_<bucket>              ctl_<task>, controls            ctl_*
 
 Bucket names never contain "_", so ``<prefix>_<task>_<bucket>`` splits unambiguously even though task
 names may (``even_pairs``). Importing this module is cheap: the built-in families are imported on the
@@ -35,6 +36,7 @@ BUILTIN_FAMILY_MODULES = (
     "implicit_ssm_eval.tasks.babi.family",
     "implicit_ssm_eval.tasks.text.family",
     "implicit_ssm_eval.tasks.text.pydoc_family",
+    "implicit_ssm_eval.tasks.controls.family",
 )
 
 
@@ -73,6 +75,12 @@ class Family:
     train_max_len_of: Callable[[str], int] | None = field(repr=False, compare=False)
     make_tokenizer: Callable[[str], Tokenizer] | None = field(repr=False, compare=False)
     make_batches: Callable[..., Iterator[dict]] | None = field(repr=False, compare=False)
+
+    @property
+    def seed_option(self) -> str | None:
+        """The metadata option choosing the evaluation data's seed (``st_seed``, ``babi_seed``, ``ctl_seed``; default
+        0 everywhere); None for a family that generates no data (text). A leaderboard at several seeds sets it."""
+        return None if self.num_docs_option is None else f"{self.options_prefix}seed"
 
     def check_task(self, task: str) -> str:
         """``task`` if it is one of the family's tasks, else an UnknownTaskError listing the valid ones."""

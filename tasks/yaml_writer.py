@@ -68,34 +68,41 @@ def task_yaml(module: str, task: str, template: str, dataset_kwargs: Mapping[str
     return "".join(lines)
 
 
-def group_yaml(module: str, group: str, members: Iterable[str], version: int) -> str:
-    """A group YAML averaging acc and scaled_acc over its leaf tasks, weighted by document count."""
+def group_yaml(module: str, group: str, members: Iterable[str], version: int,
+               metrics: Iterable[str] = ("acc", "scaled_acc")) -> str:
+    """A group YAML averaging ``metrics`` over its leaf tasks, weighted by document count."""
     lines = [GENERATED_NOTE.format(module=module), f"group: {group}\n", "task:\n"]
     lines += [f"  - {member}\n" for member in members]
     lines.append("aggregate_metric_list:\n")
-    for metric in ("acc", "scaled_acc"):
+    for metric in metrics:
         lines += [f"  - metric: {metric}\n", "    aggregation: mean\n", "    weight_by_size: true\n"]
     lines += ["metadata:\n", f"  version: {version}\n"]
     return "".join(lines)
 
 
 def family_yaml_files(module: str, hooks: str, template: str, family: Family, versions: Mapping[str, int],
-                      group_version: int) -> dict[str, str]:
+                      group_version: int, template_text: str | None = None,
+                      metrics: Iterable[str] = ("acc", "scaled_acc")) -> dict[str, str]:
     """Every YAML of a family: the template, a task per (task, bucket), a group per task, and the top group.
 
     ``versions`` maps each task to its version; names and buckets come from ``family``; each task YAML
-    passes ``<options_prefix>task`` and ``<options_prefix>bucket`` to the family's ``make_dataset``.
+    passes ``<options_prefix>task`` and ``<options_prefix>bucket`` to the family's ``make_dataset``. A family
+    scored otherwise than by one greedy answer gives its own ``template_text`` and the ``metrics`` its groups
+    average.
     """
-    files = {template: template_yaml(module, hooks, f"{family.prefix}_<task>_<bucket>")}
+    if template_text is None:
+        template_text = template_yaml(module, hooks, f"{family.prefix}_<task>_<bucket>")
+    metrics = tuple(metrics)
+    files = {template: template_text}
     for task, version in versions.items():
         members = [family.lm_eval_name(task, bucket) for bucket in family.buckets(task)]
         for bucket, name in zip(family.buckets(task), members, strict=True):
             kwargs = {f"{family.options_prefix}task": task, f"{family.options_prefix}bucket": bucket}
             files[f"{name}.yaml"] = task_yaml(module, name, template, kwargs, version)
         group = family.lm_eval_name(task)
-        files[f"{group}.yaml"] = group_yaml(module, group, members, group_version)
+        files[f"{group}.yaml"] = group_yaml(module, group, members, group_version, metrics)
     groups = [family.lm_eval_name(task) for task in versions]
-    files[f"{family.group}.yaml"] = group_yaml(module, family.group, groups, group_version)
+    files[f"{family.group}.yaml"] = group_yaml(module, family.group, groups, group_version, metrics)
     return files
 
 

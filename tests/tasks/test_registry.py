@@ -27,8 +27,8 @@ from implicit_ssm_eval.tasks.state_tracking import make_yamls as st_yamls
 
 def test_the_builtin_families():
     found = families()
-    assert list(found) == ["state_tracking", "babi", "text", "pydoc"]
-    st, bb, text, pydoc = found.values()
+    assert list(found) == ["state_tracking", "babi", "text", "pydoc", "controls"]
+    st, bb, text, pydoc, ctl = found.values()
     def names(family: Family) -> tuple:
         return family.prefix, family.group, family.options_prefix, family.num_docs_option
 
@@ -36,6 +36,7 @@ def test_the_builtin_families():
     assert names(bb) == ("babi_gen", "babi_gen", "babi_", "babi_num_docs")
     assert names(text) == ("ppl", "ppl_local_text", "ppl_", None) and text.tasks == ("local_text",)
     assert names(pydoc) == ("pydoc", "pydoc", "pydoc_", "pydoc_num_docs") and pydoc.tasks == ("ppl", "cloze")
+    assert names(ctl) == ("ctl", "controls", "ctl_", "ctl_num_docs")
     assert st.tasks == tuple(state_tracking.TASKS) and bb.tasks == tuple(babi.TASKS)
 
 
@@ -125,14 +126,14 @@ def test_babi_and_text_buckets():
 
 
 def test_chance():
-    st, bb, text, _ = families().values()
+    st, bb, text = (families()[name] for name in ("state_tracking", "babi", "text"))
     assert st.chance("a5") == pytest.approx(1 / 60) and st.chance("parity") == 0.5
     assert bb.chance("qa6") == 0.5 and bb.chance("cat") == babi.TASKS["cat"].chance
     assert math.isnan(text.chance("local_text"))
 
 
 def test_tokenizers(tmp_path):
-    st, bb, text, _ = families().values()
+    st, bb, text = (families()[name] for name in ("state_tracking", "babi", "text"))
     assert st.tokenizer_for("s3").get_vocab() == state_tracking.tokenizer_for("s3").get_vocab()
     assert bb.tokenizer_for("qa1").get_vocab() == babi.tokenizer_for("qa1").get_vocab()
     path = st.write_tokenizer("parity", tmp_path / "t" / "tokenizer.json")
@@ -146,7 +147,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def test_training_batches_through_the_registry():
-    st, bb, text, _ = families().values()
+    st, bb, text = (families()[name] for name in ("state_tracking", "babi", "text"))
     common = {"min_len": 2, "max_len": 9, "batch_size": 4, "seed": 1}
     mine = st.training_batches("a5", **common, start=1, p_identity_mix=(0.0, 0.5))
     assert _same(next(mine), next(state_tracking.training_batches("a5", **common, start=1, p_identity_mix=(0.0, 0.5))))
