@@ -26,6 +26,12 @@ sequential  implicit scoring in the sequential reading, k = 4, tol 0, batch 16 x
 decode      greedy decoding tokens/s, batch 1 and 16: our explicit model (CUDA graph) vs mamba_ssm
             generate(cg=True), and our implicit model at k = 4; steady state (prefill and capture excluded: the
             rate between a 64- and a 320-token generation)
+fla_forward flash-linear-attention's Mamba2 (bench/fla_anchor.py: fla 0.6.0, the same weights) as a second anchor:
+            its scoring forward with logits at the forward section's shape, its logits' error against mamba_ssm's
+            (and ours), and ours against the faster anchor (needs the forward section before it)
+fla_decode  fla's greedy decoding at batch 1 and 16, through its own generate and through a bare loop over its
+            cache, measured as the decode section measures, and ours against the faster anchor (needs decode
+            before it). Both fla sections skip with a message when fla does not import.
 
 Every time is the median of CUDA-event timings after warm-up (Triton compiles on first use). Prints a table.
 """
@@ -450,10 +456,96 @@ def section_decode(args, pair) -> None:
         RESULTS["decode_b16_ours_tok_s"] / 5)
 
 
+FLA: dict = {}  # fla's model, made once for both fla sections
+
+
+def fla_model(pair, section: str):
+    """fla's Mamba2ForCausalLM holding the pair's weights: mamba_ssm's bfloat16 model saved again and loaded by
+    bench/fla_anchor.py. None, with the reason printed and in RESULTS, when fla does not import."""
+    from fla_anchor import fla_missing, load_fla
+
+    if "model" not in FLA:
+        reason = fla_missing()
+        if reason is None:
+            root = Path(tempfile.mkdtemp())
+            pair[0].save_pretrained(str(root))
+            FLA["model"] = load_fla(root, dtype=torch.bfloat16, device="cuda")
+        else:
+            FLA["model"], FLA["reason"] = None, reason
+    if FLA["model"] is None:
+        RESULTS[f"section_{section}_skipped"] = FLA["reason"]
+        print(f"[{section} skipped: {FLA['reason']}]", flush=True)
+    return FLA["model"]
+
+
+def section_fla_forward(args, pair) -> None:
+    from fla_anchor import fla_forward_ms, fla_logits
+
+    from implicit_ssm_eval.model_adapters.testing import rel_err
+
+    model = fla_model(pair, "fla_forward")
+    if model is None:
+        return
+    ids = torch.randint(0, VOCAB, (args.batch, args.length), device="cuda")
+    RESULTS["forward_fla_ms"] = fla_forward_ms(model, ids)
+    with torch.inference_mode():  # the same 2 rows through each: bfloat16 logits against mamba_ssm's
+        rows = ids[:2]
+        reference = pair[0](rows).logits.float()
+        RESULTS["forward_fla_logits_rel_err_vs_mamba_ssm"] = rel_err(fla_logits(model, rows).float(), reference)
+        RESULTS["forward_ours_logits_rel_err_vs_mamba_ssm"] = rel_err(
+            forward_variants(pair, rows)["ours"]().float(), reference)
+    if "forward_mamba_ssm_ms" not in RESULTS:
+        RESULTS["fla_forward_note"] = "no forward section before this one: no comparison with ours"
+        return
+    faster = min(RESULTS["forward_mamba_ssm_ms"], RESULTS["forward_fla_ms"])
+    RESULTS["forward_fla_speed_vs_mamba_ssm"] = RESULTS["forward_mamba_ssm_ms"] / RESULTS["forward_fla_ms"]
+    RESULTS["forward_speed_vs_faster_anchor"] = faster / RESULTS["forward_ours_ms"]
+    RESULTS["forward_graphs_speed_vs_faster_anchor"] = faster / RESULTS["forward_ours_graphs_ms"]
+
+
+def section_fla_decode(args, pair) -> None:
+    from fla_anchor import fla_decode_tokens_per_s
+
+    model = fla_model(pair, "fla_decode")
+    if model is None:
+        return
+    for batch in (1, 16):
+        prompts = torch.randint(0, VOCAB, (batch, 64), device="cuda")
+        for how, key in (("generate", f"decode_b{batch}_fla_tok_s"), ("loop", f"decode_b{batch}_fla_loop_tok_s")):
+            try:
+                RESULTS[key] = fla_decode_tokens_per_s(model, prompts, how=how)
+            except RuntimeError as exc:  # fla's generate under a transformers that hides its cache from it
+                RESULTS[key.replace("_tok_s", "_error")] = f"{type(exc).__name__}: {exc}"[:300]
+        fla = [RESULTS[k] for k in (f"decode_b{batch}_fla_tok_s", f"decode_b{batch}_fla_loop_tok_s") if k in RESULTS]
+        if fla and f"decode_b{batch}_mamba_ssm_tok_s" in RESULTS:
+            mamba = RESULTS[f"decode_b{batch}_mamba_ssm_tok_s"]
+            RESULTS[f"decode_b{batch}_fla_speed_vs_mamba_ssm"] = max(fla) / mamba
+            RESULTS[f"decode_b{batch}_speed_vs_faster_anchor"] = (RESULTS[f"decode_b{batch}_ours_tok_s"]
+                                                                  / max(mamba, *fla))
+        else:
+            RESULTS["fla_decode_note"] = "no decode section before this one: no comparison with ours"
+        args.out.write_text(json.dumps(RESULTS, indent=2))
+
+
+def print_anchors() -> None:
+    """Ours beside both anchors, where the forward/decode and fla sections ran."""
+    rows = [("forward ms (lower is faster)", "forward_{}_ms", "forward_speed_vs_faster_anchor"),
+            ("decode b1 tok/s", "decode_b1_{}_tok_s", "decode_b1_speed_vs_faster_anchor"),
+            ("decode b16 tok/s", "decode_b16_{}_tok_s", "decode_b16_speed_vs_faster_anchor")]
+    names = ("mamba_ssm", "fla", "fla_loop", "ours")
+    if not any(ratio in RESULTS for _, _, ratio in rows):
+        return
+    print(f"\n{'':30s}" + "".join(f"{n:>12s}" for n in names) + f"{'ours vs faster anchor':>24s}")
+    for label, key, ratio in rows:
+        cells = [RESULTS.get(key.format(n)) for n in names]
+        print(f"{label:30s}" + "".join(f"{c:12.1f}" if isinstance(c, float) else f"{'-':>12s}" for c in cells)
+              + (f"{RESULTS[ratio]:23.2f}x" if ratio in RESULTS else f"{'-':>24s}"))
+
+
 SECTIONS = {"ceilings": section_ceilings, "forward": section_forward, "host": section_host, "profile": section_profile,
             "overhead": section_overhead, "lengths": section_lengths, "tolerance": section_tolerance,
             "sequential": section_sequential,
-            "decode": section_decode}
+            "decode": section_decode, "fla_forward": section_fla_forward, "fla_decode": section_fla_decode}
 
 
 def main() -> None:
@@ -481,6 +573,7 @@ def main() -> None:
         print(f"[{name} done in {RESULTS[f'section_{name}_s']:.0f}s]", flush=True)
     for key, value in RESULTS.items():
         print(f"{key:44s} {value:.4g}" if isinstance(value, float) else f"{key:44s} {value}")
+    print_anchors()
 
 
 if __name__ == "__main__":
