@@ -72,13 +72,13 @@ RECIPES |= {
 # The text trio: the same tokens, tokenizer, context, steps, batch and schedule for every model. The implicit model
 # follows the paper's LM recipe: a warm-up of a fixed 4-iteration unroll, then the fixed point without gradients
 # (16 iterations at tau 0.8) and 4 phantom-gradient steps.
-# Steps and batch (1500 x 64 x 256 = 24.6M tokens a run), estimated for one H200 shared by the four runs: forward
-# FLOPs a token are 4.25M an f evaluation of the 4-layer stack (in_proj and out_proj 0.86M a layer, the SSD scan
-# about 0.2M) and 4.2M for the head (a vocabulary of 8192 assumed); a phantom step costs 28 f evaluations (16 without gradients,
-# 4 with, their backward 8), 133M FLOPs a token, the unroll 65M; an explicit step 25M (29M with 5 layers), the
-# transformer's 27M. One step of all four at batch 64 is 3.5 TFLOPs; eager PyTorch at this width reaches about 20
-# TFLOP/s of the H200's bf16 (2%: small matrices, memory-bound scan; the CPU here reaches 16-28 GFLOP/s a thread on
-# the same code), so the four runs take about 4.4 min of GPU time together, the implicit one 2.7 min of it. Check
+# Steps and batch (1500 x 64 x 256 = 24.6M tokens a run), estimated for one H200 shared by the four runs. Forward
+# FLOPs a token: 4.25M an f evaluation of the 4-layer stack (in_proj and out_proj 0.86M a layer, the SSD scan about
+# 0.2M), 4.2M for the head (a vocabulary of 8192 assumed). A phantom step costs 28 f evaluations (16 without
+# gradients, 4 with, their backward 8): 133M FLOPs a token, the unroll 65M; an explicit step 25M (29M with 5 layers),
+# the transformer's 27M. One step of all four at batch 64 is 3.5 TFLOPs; eager PyTorch at this width reaches about
+# 20 TFLOP/s of the H200's bf16 (2%: small matrices, memory-bound scan; the CPU here reaches 16-28 GFLOP/s a thread
+# on the same code), so the four runs take about 4.2 min of GPU time together, the implicit one 2.6 min of it. Check
 # with `python bench/train_costs.py --device cuda` before a long run; the time limit and --resume cover a miss.
 TEXT_CONTEXT = 256
 TEXT = dict(task=TEXT_TASK, min_len=TEXT_CONTEXT, max_len=TEXT_CONTEXT, steps=1500, batch_size=64, lr=1e-3,

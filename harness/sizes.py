@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..model_adapters.config import ModelConfig
-from .transformer import check_arch, padded_vocab_size
+from .transformer import PAD_VOCAB_MULTIPLE, check_arch, padded_vocab_size
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ def counts_of(kind: str, arch: dict, vocab_size: int) -> Counts:
     """Counts of a TrainConfig's model: kind and (full) arch as TrainConfig records them."""
     if kind == "transformer":
         return llama_counts(arch, vocab_size)
-    return mamba2_counts(ModelConfig(**arch, kind=kind, vocab_size=vocab_size, pad_vocab_size_multiple=8))
+    padding = PAD_VOCAB_MULTIPLE
+    return mamba2_counts(ModelConfig(**arch, kind=kind, vocab_size=vocab_size, pad_vocab_size_multiple=padding))
 
 
 def intermediate_size_for(non_embedding: int, d_model: int, n_layer: int, multiple: int = 16) -> int:

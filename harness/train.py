@@ -41,9 +41,16 @@ from implicit_ssm_eval.model_adapters.formats import save
 from implicit_ssm_eval.model_adapters.formats.common import fold_weight_norm
 from implicit_ssm_eval.model_adapters.models import ImplicitLM, build_model
 from implicit_ssm_eval.model_adapters.tensors import valid_mask
-from implicit_ssm_eval.model_adapters.tokenizer import EOS_CANDIDATES
 
-from .transformer import build_transformer, check_arch, load_transformer_weights, save_hf, transformer_logits
+from .transformer import (
+    PAD_VOCAB_MULTIPLE,
+    build_transformer,
+    check_arch,
+    eos_token_of,
+    load_transformer_weights,
+    save_hf,
+    transformer_logits,
+)
 
 STATE_FILE, LOG_FILE = "train_state.pt", "train_log.csv"
 LOG_FIELDS = ("step", "loss", "token_acc", "last_acc", "mean_iters", "lr", "elapsed_s", "tokens_per_s")
@@ -120,8 +127,8 @@ class TrainConfig:
             raise ConfigError("kind=transformer has no ModelConfig (see harness/transformer.py)")
         budget = self.eval_budget if self.kind == "implicit" else None
         try:
-            return ModelConfig.from_dict({**self.arch, "kind": self.kind, "vocab_size": vocab_size,
-                                          "pad_vocab_size_multiple": 8, "budget": budget}, where="arch")
+            return ModelConfig.from_dict({**self.arch, "kind": self.kind, "vocab_size": vocab_size, "budget": budget,
+                                          "pad_vocab_size_multiple": PAD_VOCAB_MULTIPLE}, where="arch")
         except TypeError as exc:
             raise ConfigError(f"arch: {exc}") from None
 
@@ -446,9 +453,8 @@ def finish(trainer: Trainer, out: Path) -> Path:
     else:
         plain = build_model(trainer.model.cfg)
         plain.load_state_dict(folded_state(trainer.model))
-        vocab = trainer.tokenizer.get_vocab()
-        eos = next((t for t in EOS_CANDIDATES if t in vocab), None)  # the rule our adapter's Tokenizer applies
-        save(plain, target, tokenizer_path=tokenizer_path, eos_token=eos, training=training)
+        save(plain, target, tokenizer_path=tokenizer_path, eos_token=eos_token_of(trainer.tokenizer),
+             training=training)
     (out / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     return target
 

@@ -3,9 +3,10 @@ positions, RMSNorm, SwiGLU, tied embeddings), saved as an ordinary Hugging Face 
 `--model hf` loads offline.
 
 The directory reads a task's text with the same token ids our adapter feeds a Mamba2 checkpoint of the same family:
-  * tokenizer.json is the family's tokenizer, unchanged; tokenizer_config.json names its eos/pad/unk tokens, adds
-    no special tokens (add_bos_token/add_eos_token false) and names no bos token, so lm-eval's `tok_encode` (which
-    asks for special tokens) gets exactly the ids of our adapter's `encode` (which asks for none);
+  * tokenizer.json is the family's tokenizer (less a post-processor, if it has one); tokenizer_config.json names
+    its eos/pad/unk tokens, adds no special tokens (add_bos_token/add_eos_token false) and names no bos token, so
+    lm-eval's `tok_encode` (which asks for special tokens) gets exactly the ids of our adapter's `encode` (which
+    asks for none);
   * lm-eval's prefix for an empty context is the bos token if the tokenizer has one, else eos; our adapter's is
     eos unless told otherwise: with no bos both are eos;
   * max_position_embeddings is our adapter's default max_length (2048), which lm-eval reads as the model's
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 # Sizes of the transformer, as `arch` keys (d_model: hidden size, n_layer: decoder layers, n_head: attention heads,
 # each of size d_model / n_head; intermediate_size: the SwiGLU width).
 TRANSFORMER_ARCH_DEFAULTS = dict(d_model=64, n_layer=2, n_head=4, intermediate_size=176)
-PAD_VOCAB_MULTIPLE = 8  # as the Mamba2 kinds pad theirs (TrainConfig.model_config)
+PAD_VOCAB_MULTIPLE = 8  # every kind's embedding rows are padded to a multiple of this (as mamba_ssm pads)
 NORM_EPS = 1e-5  # as the Mamba2 kinds' RMSNorms
 TRAINING_FILE = "training.json"
 
@@ -59,11 +60,18 @@ def padded_vocab_size(vocab_size: int) -> int:
     return -(-vocab_size // PAD_VOCAB_MULTIPLE) * PAD_VOCAB_MULTIPLE
 
 
-def special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
-    """eos (the first of EOS_CANDIDATES in the vocabulary, the rule our adapter's Tokenizer applies), pad ("<pad>",
-    else eos) and unk ("<unk>", if present). A vocabulary without an eos token cannot be scored by lm-eval."""
+def eos_token_of(tokenizer: Tokenizer) -> str | None:
+    """The first of EOS_CANDIDATES in the vocabulary: the rule our adapter's Tokenizer applies when a checkpoint names
+    no eos token, used for every kind's saved checkpoint."""
     vocab = tokenizer.get_vocab()
-    eos = next((t for t in EOS_CANDIDATES if t in vocab), None)
+    return next((t for t in EOS_CANDIDATES if t in vocab), None)
+
+
+def special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
+    """eos (eos_token_of), pad ("<pad>", else eos) and unk ("<unk>", if present). A vocabulary without an eos token
+    cannot be scored by lm-eval (empty contexts, rolling windows, generation)."""
+    vocab = tokenizer.get_vocab()
+    eos = eos_token_of(tokenizer)
     if eos is None:
         raise ConfigError(f"the task's tokenizer has no end-of-text token (one of {list(EOS_CANDIDATES)}), which "
                           "lm-eval needs (empty contexts, rolling windows, generation)")
@@ -147,10 +155,15 @@ def save_hf(model: LlamaForCausalLM, tokenizer_path: Path, directory: Path, trai
 
 
 def write_tokenizer_files(tokenizer: Tokenizer, tokenizer_path: Path, directory: Path) -> None:
-    """tokenizer.json (a copy), and the transformers files that make it a PreTrainedTokenizerFast adding no special
-    tokens. Written by hand, not by save_pretrained, so the files do not depend on the transformers version (5.x
-    names its own class, which 4.x cannot load)."""
-    shutil.copyfile(tokenizer_path, directory / "tokenizer.json")
+    """tokenizer.json, and the transformers files that make it a PreTrainedTokenizerFast adding no special tokens.
+    Written by hand, not by save_pretrained, so the files do not depend on the transformers version (5.x names its
+    own class, which 4.x cannot load). The tokenizer.json is the family's, less any post-processor: lm-eval's `hf`
+    encodes with special tokens, our adapter without, and a post-processor is what would add them (a BOS template)."""
+    if tokenizer.post_processor is None:
+        shutil.copyfile(tokenizer_path, directory / "tokenizer.json")
+    else:
+        tokenizer.post_processor = None
+        tokenizer.save(str(directory / "tokenizer.json"))
     specials = special_tokens(tokenizer)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", **specials, "bos_token": None, "add_bos_token": False,
               "add_eos_token": False, "clean_up_tokenization_spaces": False,

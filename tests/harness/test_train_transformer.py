@@ -208,13 +208,15 @@ def packed_text_family(monkeypatch):
     from implicit_ssm_eval.tasks.registry import BucketInfo, Family, no_chance, register_family
 
     monkeypatch.setattr(registry, "_FAMILIES", registry.families())  # registered for this test only
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
     words = ["<unk>", "<|endoftext|>", *[f"w{i}" for i in range(20)]]
 
-    def tokenizer(task):
+    def tokenizer(task):  # with a template that puts <|endoftext|> first when special tokens are asked for
         tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
         tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tk.post_processor = processors.TemplateProcessing(single="<|endoftext|> $A",
+                                                          special_tokens=[("<|endoftext|>", 1)])
         return tk
 
     def batches(task, *, min_len, max_len, batch_size, seed, start=0):
@@ -240,8 +242,15 @@ def test_every_kind_trains_on_a_packed_text_family_and_names_its_eos(tmp_path, p
     out = run(cfg, tmp_path, progress=False)
     assert float(log_rows(tmp_path)[-1]["tokens_per_s"]) > 0
     if kind == "transformer":
+        from transformers import AutoTokenizer
+
+        from implicit_ssm_eval.tasks.registry import family_for_task
+
         tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
         assert (tokenizer_config["eos_token"], tokenizer_config["pad_token"]) == ("<|endoftext|>",) * 2
+        ours = family_for_task(packed_text_family).tokenizer_for(packed_text_family)
+        assert AutoTokenizer.from_pretrained(out).encode("w3 w1 w7") == ours.encode("w3 w1 w7",
+                                                                                    add_special_tokens=False).ids
     else:
         assert load_checkpoint(out).tokenizer.eos_token == "<|endoftext|>"
 
