@@ -56,9 +56,14 @@ def test_transformer_learns_parity_of_short_strings_and_exports_an_hf_directory(
 
 
 def test_transformer_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path):
+    import dataclasses
+
     cfg = TrainConfig(kind="transformer", steps=12, **TINY)
     straight = run(cfg, tmp_path / "a", progress=False)
-    assert run(cfg, tmp_path / "b", progress=False, stop_after=7) is None
+    # three calls: one stopped by its time limit (after its first step), one after 6 steps, the last to the end
+    assert run(dataclasses.replace(cfg, time_limit=1e-6), tmp_path / "b", progress=False) is None
+    assert torch.load(tmp_path / "b" / "train_state.pt", weights_only=True)["step"] == 1
+    assert run(cfg, tmp_path / "b", resume=True, progress=False, stop_after=6) is None
     resumed = run(cfg, tmp_path / "b", resume=True, progress=False)
     a, b = weights(straight), weights(resumed)
     assert a.keys() == b.keys()
@@ -174,7 +179,6 @@ def test_lm_evals_rolling_perplexity_of_the_export_starts_from_the_eos_prefix(pa
     """ppl_local_text through lm-eval's hf model: each document is scored after one end-of-text token, the prefix
     our adapter also uses, with the same token ids."""
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from transformers import LlamaForCausalLM
 
@@ -186,9 +190,9 @@ def test_lm_evals_rolling_perplexity_of_the_export_starts_from_the_eos_prefix(pa
     (tmp_path / "text.txt").write_text("\n\n".join(texts) + "\n")
     manager = TaskManager(include_path=str(Path(implicit_ssm_eval.tasks.__file__).parent), include_defaults=False,
                           metadata={"ppl_text_path": str(tmp_path / "text.txt"), "ppl_split": "paragraphs"})
-    theirs = HFLM(pretrained=str(hf_dir), device="cpu", dtype="float32", batch_size=2)
-    results = lm_eval.simple_evaluate(model=theirs, tasks=["ppl_local_text"], task_manager=manager,
-                                      log_samples=True, bootstrap_iters=0)
+    results = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(hf_dir)}, device="cpu", batch_size=2,
+                                      tasks=["ppl_local_text"], task_manager=manager, log_samples=True,
+                                      bootstrap_iters=0)  # as `lm_eval --model hf --model_args pretrained=DIR`
     model = LlamaForCausalLM.from_pretrained(hf_dir).eval()
     samples = sorted(results["samples"]["ppl_local_text"], key=lambda s: s["doc_id"])
     for text, sample in zip(texts, samples):
@@ -237,7 +241,8 @@ def packed_text_family(monkeypatch):
 def test_every_kind_trains_on_a_packed_text_family_and_names_its_eos(tmp_path, packed_text_family, kind):
     from implicit_ssm_eval.model_adapters.formats import load_checkpoint
 
-    arch = TINY["arch"] if kind == "transformer" else dict(d_model=16, n_layer=2, d_state=8, headdim=8)
+    # the text recipes' Mamba2 shape at half the width: 4 layers, d_state 64, headdim 64
+    arch = TINY["arch"] if kind == "transformer" else dict(d_model=128, n_layer=4, d_state=64, headdim=64)
     cfg = TrainConfig(task=packed_text_family, kind=kind, min_len=12, max_len=12, batch_size=4, steps=2, arch=arch)
     out = run(cfg, tmp_path, progress=False)
     assert float(log_rows(tmp_path)[-1]["tokens_per_s"]) > 0
