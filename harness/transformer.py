@@ -110,6 +110,14 @@ def transformer_logits(model: LlamaForCausalLM, ids: torch.Tensor) -> torch.Tens
     return model(input_ids=ids, use_cache=False).logits
 
 
+def is_transformer_dir(directory: Path) -> bool:
+    """Whether `directory` holds a transformer saved by save_hf (scored by lm-eval's `hf` model, not our adapters)."""
+    record = Path(directory) / TRAINING_FILE
+    if not record.is_file():
+        return False
+    return json.loads(record.read_text()).get("config", {}).get("kind") == "transformer"
+
+
 def resolve_model_dir(directory: Path) -> Path:
     """A saved transformer: the directory itself, or a run folder's `model/`."""
     for candidate in (directory, directory / "model"):

@@ -393,3 +393,12 @@ def test_model_card_of_a_transformer_reads_lm_evals_hf_results(tmp_path):
         assert needle in text, needle
     assert (target / "training_curve.png").stat().st_size > 0
     assert {"tokenizer_config.json", "special_tokens_map.json", "training.json"} <= {p.name for p in target.iterdir()}
+
+
+def test_sweeps_of_the_bundle_leave_the_transformer_twins_to_lm_evals_hf_model():
+    from implicit_ssm_eval.harness.sweep_cli import bundled_checkpoints
+
+    names = {p.name for p in bundled_checkpoints()}
+    assert {"parity-implicit", "a5-implicit", "a5-explicit-2l"} <= names
+    assert not names & {"parity-transformer", "a5-transformer"}
+    assert (ROOT / "checkpoints" / "parity-transformer" / "config.json").is_file()
