@@ -1,11 +1,13 @@
 """Model cards for trained checkpoints:
 
     python -m implicit_ssm_eval.harness.model_card RUN_DIR CKPT_DIR --sweep SWEEP_DIR --command "..."
+    python -m implicit_ssm_eval.harness.model_card RUN_DIR CKPT_DIR --lm-eval-results RESULTS --command "..."
 
 Copies the run's exported model into CKPT_DIR (with --copy) and writes CKPT_DIR/README.md: task, architecture,
 parameter count, the exact training command, data, seeds, steps, wall time and device, the evaluation tables from a
 sweep of this checkpoint through the lm-eval adapters (length buckets and distribution-shift buckets), a training
-curve and accuracy against the budget.
+curve and accuracy against the budget. A transformer (an HF directory, `--kind transformer`) is evaluated by lm-eval's
+own `--model hf`; its card reads those results (--lm-eval-results: lm-eval's results JSON files or their folder).
 """
 
 from __future__ import annotations
@@ -22,11 +24,16 @@ from . import plots, report
 from .leaderboard import bucket_heading, budget_label, cell
 from .results import load_runs
 
+HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json", "training.json")
+
 
 def copy_model(run: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "model.safetensors", "tokenizer.json"):
-        shutil.copyfile(run / "model" / name, target / name)
+    hf = (run / "model" / "training.json").is_file()  # an HF directory (the transformer kind)
+    for name in HF_FILES if hf else ("config.json", "model.safetensors", "tokenizer.json"):
+        if (run / "model" / name).is_file():
+            shutil.copyfile(run / "model" / name, target / name)
 
 
 def training_curve(run: Path, out: Path) -> Path:
@@ -118,11 +125,99 @@ def card(run: Path, ckpt: Path, sweep: Path, command: str, recipe: str | None = 
     return "\n".join(lines)
 
 
+def lm_eval_rows(paths: list[Path]) -> list[dict]:
+    """Accuracy per bucket from lm-eval results JSON files of any model (e.g. `--model hf`), with the bucket's fields
+    from the task registry (lengths under the default options)."""
+    from implicit_ssm_eval.tasks.registry import family_of
+
+    rows = []
+    for path in paths:
+        for file in sorted(path.rglob("results*.json")) if path.is_dir() else [path]:
+            for task, metrics in json.loads(file.read_text())["results"].items():
+                found = family_of(task)
+                if "acc,none" not in metrics or found is None or found[2] is None:
+                    continue
+                family, name, bucket = found
+                info = family.bucket_info(name, bucket)
+                rows.append({"group": family.lm_eval_name(name), "bucket": bucket, "shift": info.shift,
+                             "multiplier": info.multiplier, "length_min": info.lengths[0],
+                             "length_max": info.lengths[1], "chance": family.chance(name), "value": metrics["acc,none"],
+                             "kind": "one pass", "status": "ok", "tol": None})
+    return rows
+
+
+def one_pass_table(rows: list[dict], buckets: list[str]) -> str:
+    by_bucket = {r["bucket"]: r for r in rows}
+    return tabulate([["one pass", *[cell(by_bucket.get(b)) for b in buckets]]],
+                    headers=["reading", *[bucket_heading(rows, b) for b in buckets]], tablefmt="github")
+
+
+def transformer_card(run: Path, ckpt: Path, results: list[Path], command: str, recipe: str | None = None,
+                     notes: str = "") -> str:
+    """The card of a transformer (HF directory): its sizes from config.json, its training from training.json, its
+    evaluation from lm-eval's own `--model hf` results."""
+    config = json.loads((ckpt / "config.json").read_text())
+    training = json.loads((ckpt / "training.json").read_text())
+    tc = training["config"]
+    rows = lm_eval_rows(results)
+    group = next((r["group"] for r in rows if r["bucket"]), "?")
+    order = report.bucket_order(group)
+    lengths = [b for b in order if any(r["bucket"] == b and not r["shift"] for r in rows)]
+    shifted = [b for b in order if any(r["bucket"] == b and r["shift"] for r in rows)]
+    chance = next((r["chance"] for r in rows if r.get("chance") is not None), float("nan"))
+    training_curve(run, ckpt)
+    arch = {k: tc["arch"][k] for k in ("d_model", "n_layer", "n_head", "intermediate_size")}
+    lines = [
+        f"# {ckpt.name}", "",
+        f"A Llama-style transformer (transformers' `LlamaForCausalLM`: rotary positions, RMSNorm, SwiGLU) trained on "
+        f"the `{tc['task']}` task of this repository's `{training.get('family', 'state_tracking')}` family, "
+        f"sequences of length {tc['min_len']}–{tc['max_len']}: the transformer baseline beside the Mamba2 models of "
+        "the same recipe. An ordinary Hugging Face directory: `lm_eval --model hf --model_args pretrained=<this "
+        "folder>` loads it offline.", "",
+        "## Model", "",
+        f"- architecture: {arch}, head size {arch['d_model'] // arch['n_head']}; vocabulary "
+        f"{config['vocab_size']} (the task's tokenizer padded to a multiple of 8), tied embeddings, "
+        f"max_position_embeddings {config['max_position_embeddings']}",
+        f"- parameters: {parameter_count(ckpt):,}",
+        "- tokenizer: the task's own (`tokenizer.json`), adding no special tokens; no bos token, so lm-eval's prefix "
+        "for an empty context is eos, as for the Mamba2 models",
+        "", "## Training", "",
+        f"- command: `{command}` (recipe `{recipe or ckpt.name}` in `checkpoints/recipes.py`)",
+        f"- data: the family's `training_batches('{tc['task']}', seed={tc['data_seed']}"
+        + "".join(f", {k}={v}" for k, v in (tc.get("data_options") or {}).items())
+        + f")`, lengths uniform in [{tc['min_len']}, {tc['max_len']}], batch {tc['batch_size']}; evaluation "
+        "documents come from a disjoint seed namespace and held-out prefixes",
+        f"- model seed {tc['seed']}; {training['steps']} steps; AdamW lr {tc['lr']} (warm-up {tc['warmup_steps']}, "
+        f"cosine to {tc['min_lr_ratio']}x), clip {tc['clip']}, weight decay {tc['weight_decay']} on projection and "
+        "embedding weights only; ordinary backpropagation",
+    ]
+    if tc.get("init_from"):
+        lines.append(f"- fine-tuned: the weights start from the finished run `{tc['init_from']}` (its recipe and "
+                     "history are under *What was tried* below); the steps, schedule and curve here are the "
+                     "fine-tuning's")
+    lines += [f"- wall time {training['wall_time_s']:.0f} s on {training['device']} (torch {training['torch']})", "",
+              "![training curve](training_curve.png)", "",
+              "The curve is accuracy on training batches; the evaluation below is on held-out documents.", "",
+              "## Evaluation", "",
+              f"`{group}` through lm-eval's own `--model hf` (results: {', '.join(f'`{p}`' for p in results)}), "
+              f"accuracy per length bucket (chance {chance:.3f}):", "",
+              one_pass_table(rows, lengths), ""]
+    if shifted:
+        lines += ["Robustness: accuracy under distribution shift:", "",
+                  one_pass_table(rows, shifted), ""]
+    if notes:
+        lines += ["## What was tried", "", notes.strip(), ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", type=Path)
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("--sweep", type=Path, required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sweep", type=Path, help="an `implicit-eval sweep` of the checkpoint (Mamba2 kinds)")
+    source.add_argument("--lm-eval-results", type=Path, nargs="+",
+                        help="lm-eval results JSON files or folders of `--model hf` (the transformer kind)")
     p.add_argument("--command", required=True, help="the exact training command, for the card")
     p.add_argument("--recipe", help="the recipe's name in checkpoints/recipes.py (default: the checkpoint's name)")
     p.add_argument("--notes", type=Path, help="a markdown file for the card's 'What was tried' section")
@@ -131,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.copy:
         copy_model(args.run, args.checkpoint)
     notes = args.notes.read_text() if args.notes else ""
-    text = card(args.run, args.checkpoint, args.sweep, args.command, args.recipe, notes)
+    if args.lm_eval_results:
+        text = transformer_card(args.run, args.checkpoint, args.lm_eval_results, args.command, args.recipe, notes)
+    else:
+        text = card(args.run, args.checkpoint, args.sweep, args.command, args.recipe, notes)
     (args.checkpoint / "README.md").write_text(text)
     return 0
 

@@ -20,7 +20,11 @@ BUNDLED = PROJECT / "checkpoints"
 
 
 def bundled_checkpoints() -> list[Path]:
-    found = sorted(p for p in BUNDLED.iterdir() if (p / "config.json").exists()) if BUNDLED.is_dir() else []
+    """The bundled checkpoints our adapters read: not the transformer twins, which lm-eval's `hf` model scores."""
+    from .transformer import is_transformer_dir
+
+    found = sorted(p for p in BUNDLED.iterdir() if (p / "config.json").exists() and not is_transformer_dir(p)) \
+        if BUNDLED.is_dir() else []
     if not found:
         raise ConfigError(f"no checkpoints given and none bundled in {BUNDLED}")
     return found

@@ -1,15 +1,20 @@
-"""`implicit-eval train`: train small implicit or explicit Mamba2 models on the tasks of a registered family.
+"""`implicit-eval train`: train small implicit or explicit Mamba2 models, or a transformer baseline, on the tasks of a
+registered family.
 
 Implicit training follows the paper's essentials: the fixed point is found without gradients at a training
 budget, then `grad_steps` damped steps are taken with gradients from the (detached) fixed point, the last one
 undamped so that, as in evaluation, a final f evaluation feeds the head (the phantom gradient). An optional
 warm-up phase first trains a fixed short unroll with full backpropagation. Explicit training is ordinary
-backprop. Both use AdamW, linear warm-up + cosine decay, gradient clipping and, on CUDA, bf16 autocast.
+backprop. The transformer kind (harness/transformer.py: a transformers LlamaForCausalLM) is ordinary backprop too, on
+the same data stream. All use AdamW, linear warm-up + cosine decay, gradient clipping and, on CUDA, bf16 autocast
+(the loss is taken from float32 logits).
 
 A run is resumable: every `save_every` steps (and when `time_limit` runs out, or on SIGINT/SIGTERM) the full state is
 written atomically to OUT/train_state.pt; `--resume` continues from it and, batches being indexed by step
-and all RNG state saved, ends exactly where an uninterrupted run would. The finished model is written to
-OUT in the project's checkpoint format with the task's tokenizer; the step log goes to OUT/train_log.csv.
+and all RNG state saved, ends exactly where an uninterrupted run would (bit for bit on the CPU; CUDA kernels
+with atomic adds make GPU runs reproducible only up to rounding). The finished model is written to OUT/model with
+the task's tokenizer: the project's checkpoint format for the Mamba2 kinds, an ordinary Hugging Face directory for
+the transformer. The step log (with tokens per second) goes to OUT/train_log.csv.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..model_adapters.config import Budget, ConfigError, ModelConfig, reject_unknown_keys
 from ..model_adapters.fixed_point import damp, solve
@@ -36,9 +42,23 @@ from ..model_adapters.formats.common import fold_weight_norm
 from ..model_adapters.models import ImplicitLM, build_model
 from ..model_adapters.tensors import valid_mask
 
+from .transformer import (
+    PAD_VOCAB_MULTIPLE,
+    build_transformer,
+    check_arch,
+    eos_token_of,
+    load_transformer_weights,
+    save_hf,
+    transformer_logits,
+)
+
 STATE_FILE, LOG_FILE = "train_state.pt", "train_log.csv"
-LOG_FIELDS = ("step", "loss", "token_acc", "last_acc", "mean_iters", "lr", "elapsed_s")
-ARCH_DEFAULTS = dict(d_model=64, n_layer=1, d_state=16, expand=2, headdim=16, chunk_size=64)  # ModelConfig fields
+LOG_FIELDS = ("step", "loss", "token_acc", "last_acc", "mean_iters", "lr", "elapsed_s", "tokens_per_s")
+KINDS = ("implicit", "explicit", "transformer")
+# ModelConfig fields of the Mamba2 kinds (the transformer's are TRANSFORMER_ARCH_DEFAULTS)
+ARCH_DEFAULTS = dict(d_model=64, n_layer=1, d_state=16, expand=2, headdim=16, chunk_size=64, ngroups=1)
+# Device types whose training steps run under bf16 autocast (a test adds "cpu" to run that path here).
+AUTOCAST_DEVICE_TYPES = ("cuda",)
 
 
 def _help(text: str, **kw):
@@ -51,7 +71,8 @@ class TrainConfig:
     validated once, where it belongs."""
 
     task: str = _help("a task of a registered family (tasks/registry.py), e.g. parity, a5, qa1", default="parity")
-    kind: str = _help("implicit (iterated to a fixed point) or explicit (one pass)", default="implicit")
+    kind: str = _help("implicit (Mamba2 iterated to a fixed point), explicit (Mamba2, one pass) or transformer "
+                      "(LlamaForCausalLM, one pass)", default="implicit")
     seed: int = _help("model initialisation seed", default=0)
     data_seed: int = _help("training stream seed (evaluation data use a disjoint namespace)", default=0)
     min_len: int = _help("shortest training sequence", default=1)
@@ -65,7 +86,8 @@ class TrainConfig:
     warmup_steps: int = _help("linear learning-rate warm-up", default=100)
     min_lr_ratio: float = _help("the cosine schedule decays to lr * this", default=0.1)
     clip: float = _help("gradient-norm clip", default=1.0)
-    arch: dict = _help("ModelConfig fields of the model", default_factory=lambda: dict(ARCH_DEFAULTS))
+    arch: dict = _help("the model's sizes: ModelConfig fields (Mamba2 kinds) or TRANSFORMER_ARCH_DEFAULTS' keys "
+                       "(transformer); unset ones take the kind's defaults", default_factory=dict)
     train_budget: Budget = _help("fixed point without gradients (implicit)", default=Budget(max_iter=16, tau=0.8))
     grad_steps: int = _help("phantom-gradient steps from the fixed point", default=4)
     unroll_steps: int = _help("warm-up: optimiser steps that train a fixed unroll with backprop", default=0)
@@ -82,21 +104,31 @@ class TrainConfig:
     device: str = _help("cpu, cuda, cuda:1, ...", default="cpu")
 
     def __post_init__(self):
-        if self.kind not in ("implicit", "explicit"):
-            raise ConfigError(f"kind must be 'implicit' or 'explicit', got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ConfigError(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
         for name in ("steps", "batch_size", "grad_steps", "unroll_iters", "save_every", "log_every", "min_len",
                      "max_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_len < self.min_len:
             raise ConfigError(f"max_len ({self.max_len}) must be >= min_len ({self.min_len})")
-        self.model_config(8)  # validates the architecture fields now, not at the first step
+        # The architecture is recorded in full (the kind's defaults filled in) and validated now, not at the first step.
+        if self.kind == "transformer":
+            object.__setattr__(self, "arch", check_arch(self.arch))
+        else:
+            if not isinstance(self.arch, dict):
+                raise ConfigError(f"arch must be a mapping of ModelConfig fields, got {self.arch!r}")
+            object.__setattr__(self, "arch", {**ARCH_DEFAULTS, **self.arch})
+            self.model_config(8)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
+        """The Mamba2 kinds' ModelConfig (the transformer's sizes are harness/transformer.py's)."""
+        if self.kind == "transformer":
+            raise ConfigError("kind=transformer has no ModelConfig (see harness/transformer.py)")
         budget = self.eval_budget if self.kind == "implicit" else None
         try:
-            return ModelConfig.from_dict({**ARCH_DEFAULTS, **self.arch, "kind": self.kind, "vocab_size": vocab_size,
-                                          "pad_vocab_size_multiple": 8, "budget": budget}, where="arch")
+            return ModelConfig.from_dict({**self.arch, "kind": self.kind, "vocab_size": vocab_size, "budget": budget,
+                                          "pad_vocab_size_multiple": PAD_VOCAB_MULTIPLE}, where="arch")
         except TypeError as exc:
             raise ConfigError(f"arch: {exc}") from None
 
@@ -131,7 +163,10 @@ class Trainer:
         self.device = torch.device(self.cfg.device)
         self.family = family_for_task(self.cfg.task)
         self.tokenizer = self.family.tokenizer_for(self.cfg.task)
-        self.model = build_model(self.cfg.model_config(self.tokenizer.get_vocab_size())).to(self.device)
+        if self.cfg.kind == "transformer":
+            self.model = build_transformer(self.cfg.arch, self.tokenizer).to(self.device)
+        else:
+            self.model = build_model(self.cfg.model_config(self.tokenizer.get_vocab_size())).to(self.device)
         if self.cfg.init_from:
             self._load_weights(Path(self.cfg.init_from))
         if self.cfg.kind == "implicit" and self.cfg.weight_norm:
@@ -143,6 +178,9 @@ class Trainer:
         """Weights of a checkpoint of the same architecture (weight norm is applied afterwards, from them)."""
         from ..model_adapters.formats import load_checkpoint
 
+        if self.cfg.kind == "transformer":
+            load_transformer_weights(self.model, directory)
+            return
         ckpt = load_checkpoint(directory)
         ours = {k: v for k, v in self.model.cfg.to_dict().items() if k != "budget"}
         theirs = {k: v for k, v in ckpt.config.to_dict().items() if k != "budget"}
@@ -160,28 +198,36 @@ class Trainer:
         return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
     def train_step(self, batch: dict) -> dict:
+        """One optimiser step on a batch {"input_ids": (B, L), "labels": (B, L), -100 on right padding}: labels[b, t]
+        is what position t predicts (the families align them). Returns the step's loss, accuracies, mean
+        iterations and its number of labelled tokens."""
         ids, labels = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
         lengths = (labels != -100).sum(1)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            hidden, mean_iters = self.forward(ids, lengths)
-            logits = self.model.logits(hidden)
-        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        with autocast(self.device):
+            logits, mean_iters = self.forward(ids, lengths)
+        # float32 logits: a bf16 log-softmax over the vocabulary would round the loss (a no-op without autocast)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
         self.optimizer.step()
         self.step += 1
-        return {"loss": float(loss.detach()), **accuracies(logits.detach(), labels, lengths), "mean_iters": mean_iters}
+        return {"loss": float(loss.detach()), **accuracies(logits.detach(), labels, lengths), "mean_iters": mean_iters,
+                "tokens": int(lengths.sum())}
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """logits (B, L, V) and the mean f evaluations per sequence (1 for the one-pass kinds)."""
+        if self.cfg.kind == "transformer":
+            return transformer_logits(self.model, ids), 1.0
         if self.cfg.kind == "explicit":
-            return self.model(ids, lengths=lengths).hidden, 1.0
+            return self.model.logits(self.model(ids, lengths=lengths).hidden), 1.0
         if self.step < self.cfg.unroll_steps:
             hidden = unrolled_forward(self.model, ids, lengths, self.cfg.unroll_iters, self.cfg.train_budget.tau)
-            return hidden, float(self.cfg.unroll_iters)
-        return phantom_forward(self.model, ids, lengths, self.cfg)
+            return self.model.logits(hidden), float(self.cfg.unroll_iters)
+        hidden, mean_iters = phantom_forward(self.model, ids, lengths, self.cfg)
+        return self.model.logits(hidden), mean_iters
 
     # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -196,7 +242,9 @@ class Trainer:
         os.replace(tmp, self.out / STATE_FILE)
 
     def load_state(self) -> None:
-        state = torch.load(self.out / STATE_FILE, map_location=self.device, weights_only=True)
+        # Onto the CPU: the RNG states must stay CPU byte tensors (set_rng_state refuses CUDA ones); the model and
+        # the optimizer copy their tensors to the parameters' device as they load them.
+        state = torch.load(self.out / STATE_FILE, map_location="cpu", weights_only=True)
         saved = TrainConfig.from_dict(state["config"])
         free = ("steps", "time_limit", "device", "save_every", "log_every")
         changed = {f.name for f in dataclasses.fields(saved)
@@ -227,6 +275,11 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
+def autocast(device: torch.device):
+    """bf16 autocast on the device types of AUTOCAST_DEVICE_TYPES (CUDA), a no-op elsewhere."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type in AUTOCAST_DEVICE_TYPES)
+
+
 def accuracies(logits: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor) -> dict:
     pred = logits.argmax(-1)
     mask = labels != -100
@@ -241,12 +294,15 @@ def phantom_forward(model: ImplicitLM, ids: torch.Tensor, lengths: torch.Tensor,
     from the detached fixed point: grad_steps - 1 damped updates and a final f (the evaluation semantics)."""
     valid = valid_mask(lengths, ids.shape[1])
     u = model.inject(ids)
-    with torch.no_grad():
+    # Weight norm computed once per phase, not at every f evaluation. Two caches, never one: a weight first
+    # computed under no_grad would carry no gradient into the phantom steps.
+    with torch.no_grad(), parametrize.cached():
         z0 = torch.zeros(*ids.shape, model.cfg.d_model, device=ids.device)
         budget = cfg.train_budget.replace(mode="simultaneous")
         sol = solve(lambda z, ctx, commit: model.f(z, ctx[0], None, ctx[1], commit), z0, budget, (u, valid), valid)
     mean_iters = float(sol.stats.iterations.float().mean())
-    return phantom_steps(model, sol.z.detach(), u, valid, cfg.grad_steps, budget.tau), mean_iters
+    with parametrize.cached():
+        return phantom_steps(model, sol.z.detach(), u, valid, cfg.grad_steps, budget.tau), mean_iters
 
 
 def phantom_steps(model: ImplicitLM, z: torch.Tensor, u: torch.Tensor, valid, steps: int, tau: float) -> torch.Tensor:
@@ -260,7 +316,8 @@ def unrolled_forward(model: ImplicitLM, ids: torch.Tensor, lengths: torch.Tensor
     valid = valid_mask(lengths, ids.shape[1])
     u = model.inject(ids)
     z = torch.zeros(*ids.shape, model.cfg.d_model, device=ids.device)
-    return phantom_steps(model, z, u, valid, iters, tau)
+    with parametrize.cached():
+        return phantom_steps(model, z, u, valid, iters, tau)
 
 
 def weight_normed_modules(model: nn.Module) -> list[nn.Module]:
@@ -297,13 +354,15 @@ def run(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True
     _reset_log(out, trainer.step)
     first_step, call_started = trainer.step, time.monotonic()
     started, bar = call_started, tqdm(total=cfg.steps, initial=trainer.step, disable=not progress)
+    window = Throughput()
     with StopSignals() as signals:
         while trainer.step < cfg.steps:
             row = trainer.train_step(next(batches))
+            window.add(row.pop("tokens"))
             row.update(step=trainer.step, lr=trainer.lr_at(trainer.step - 1),
                        elapsed_s=trainer.elapsed + time.monotonic() - started)
             if trainer.step % cfg.log_every == 0 or trainer.step == cfg.steps:
-                _append_log(out, row)
+                _append_log(out, {**row, "tokens_per_s": window.rate()})
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['last_acc']:.2f}", iters=f"{row['mean_iters']:.1f}")
             stop = signals.received or (cfg.time_limit and time.monotonic() - call_started > cfg.time_limit) or \
@@ -329,6 +388,22 @@ def _start(cfg: TrainConfig, out: Path, resume: bool) -> Trainer:
     if resume:
         trainer.load_state()
     return trainer
+
+
+class Throughput:
+    """Labelled tokens per second of wall time since the last reading (data, steps and saves included)."""
+
+    def __init__(self):
+        self.tokens, self.since = 0, time.monotonic()
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        rate = self.tokens / max(now - self.since, 1e-9)
+        self.tokens, self.since = 0, now
+        return rate
 
 
 class StopSignals:
@@ -366,15 +441,20 @@ def export(out: Path) -> Path:
 
 
 def finish(trainer: Trainer, out: Path) -> Path:
-    """The trained model, weight norm folded, in the project's format with the task's tokenizer, at OUT/model."""
+    """The trained model with the task's tokenizer at OUT/model: the Mamba2 kinds in the project's format (weight
+    norm folded), the transformer as a Hugging Face directory (harness/transformer.py)."""
     tokenizer_path = trainer.family.write_tokenizer(trainer.cfg.task, out / "tokenizer.json")
-    plain = build_model(trainer.model.cfg)
-    plain.load_state_dict(folded_state(trainer.model))
     device = torch.cuda.get_device_name() if trainer.device.type == "cuda" else "cpu"
     training = {"config": trainer.cfg.to_dict(), "family": trainer.family.name, "steps": trainer.step,
                 "wall_time_s": round(trainer.elapsed, 1), "device": device, "torch": torch.__version__}
     target = out / "model"
-    save(plain, target, tokenizer_path=tokenizer_path, eos_token="<eos>", training=training)
+    if trainer.cfg.kind == "transformer":
+        save_hf(trainer.model, tokenizer_path, target, training)
+    else:
+        plain = build_model(trainer.model.cfg)
+        plain.load_state_dict(folded_state(trainer.model))
+        save(plain, target, tokenizer_path=tokenizer_path, eos_token=eos_token_of(trainer.tokenizer),
+             training=training)
     (out / "training.json").write_text(json.dumps(training, indent=2) + "\n")
     return target
 

@@ -1,11 +1,14 @@
-"""`implicit-eval train`: train a small implicit or explicit Mamba2 LM on a task of a registered family.
+"""`implicit-eval train`: train a small implicit or explicit Mamba2 LM, or a transformer baseline, on a task of a
+registered family.
 
-Flags are TrainConfig's fields (help text from their declarations), plus the architecture (ModelConfig fields),
+Flags are TrainConfig's fields (help text from their declarations), plus the architecture (ModelConfig fields for the
+Mamba2 kinds; d_model, n_layer, n_head and intermediate_size for the transformer; unset ones take the kind's defaults),
 the budgets (--train-max-iter/--train-tol, --eval-max-iter/--eval-tol, --tau for both) and the family's training
 options, flattened into one flag each. Examples:
 
     implicit-eval train --task parity --kind implicit --out runs/p --steps 1500
     implicit-eval train --task a5 --out runs/a5 --d-model 128 --p-identity-mix 0 0.25 0.5 0.75 --resume
+    implicit-eval train --task parity --kind transformer --out runs/pt --d-model 48 --n-head 3 --intermediate-size 96
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ import dataclasses
 from pathlib import Path
 
 from .train import ARCH_DEFAULTS, TrainConfig, export, run
+from .transformer import TRANSFORMER_ARCH_DEFAULTS
 
 NESTED = ("data_options", "arch", "train_budget", "eval_budget")
-ARCH_HELP = {"d_model": "width of the residual stream", "n_layer": "Mamba2 blocks", "d_state": "SSM state size N",
-             "expand": "d_inner = expand * d_model", "headdim": "head size P", "chunk_size": "SSD chunk length",
-             "ngroups": "B/C groups"}
+ARCH_HELP = {"d_model": "width of the residual stream (the transformer's hidden size)",
+             "n_layer": "Mamba2 blocks or transformer decoder layers", "d_state": "Mamba2: SSM state size N",
+             "expand": "Mamba2: d_inner = expand * d_model", "headdim": "Mamba2: head size P",
+             "chunk_size": "Mamba2: SSD chunk length", "ngroups": "Mamba2: B/C groups",
+             "n_head": "transformer: attention heads (of size d_model / n_head)",
+             "intermediate_size": "transformer: SwiGLU width"}
 BUDGET_FLAGS = {"train_max_iter": ("train_budget", "max_iter", int, "training fixed point: f evaluations"),
                 "train_tol": ("train_budget", "tol", float, "training fixed point: tolerance (0: fixed count)"),
                 "eval_max_iter": ("eval_budget", "max_iter", int, "stored evaluation budget: cap"),
@@ -39,9 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         if f.name not in NESTED:
             _add(parser, f.name, type(_default(f)), _default(f), f.metadata.get("help", ""))
-    for name, default in ARCH_DEFAULTS.items():
-        _add(parser, name, int, default, f"architecture: {ARCH_HELP[name]}")
-    _add(parser, "ngroups", int, 1, f"architecture: {ARCH_HELP['ngroups']}")
+    for name, text in ARCH_HELP.items():  # unset (None): the kind's default
+        defaults = {kind: table[name] for kind, table in (("Mamba2", ARCH_DEFAULTS),
+                                                           ("transformer", TRANSFORMER_ARCH_DEFAULTS)) if name in table}
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=None,
+                            help=f"architecture: {text} (default: " + ", ".join(f"{v} ({k})" for k, v in
+                                                                               defaults.items()) + ")")
     defaults = TrainConfig()
     for flag, (budget, key, kind, text) in BUDGET_FLAGS.items():
         _add(parser, flag, kind, getattr(getattr(defaults, budget), key), text)
@@ -67,7 +77,7 @@ def _add(parser: argparse.ArgumentParser, name: str, kind, default, text: str) -
 def config_from(args: dict) -> TrainConfig:
     """The flat flags, gathered into TrainConfig's nested fields."""
     defaults = TrainConfig()
-    arch = {name: args.pop(name) for name in (*ARCH_DEFAULTS, "ngroups")}
+    arch = {name: value for name in ARCH_HELP if (value := args.pop(name)) is not None}
     budgets = {"train_budget": {}, "eval_budget": {}}
     for flag, (budget, key, _, _) in BUDGET_FLAGS.items():
         budgets[budget][key] = args.pop(flag)

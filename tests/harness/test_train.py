@@ -2,10 +2,12 @@
 
 import csv
 import json
+import math
 import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from implicit_ssm_eval.harness.train import TrainConfig, Trainer, finish, phantom_steps, run
 from implicit_ssm_eval.model_adapters.config import Budget, ConfigError
@@ -252,3 +254,70 @@ def test_bundled_checkpoints_were_trained_by_their_recipe(bundled):
     recorded = json.loads((root / "checkpoints" / bundled / "config.json").read_text())["training"]["config"]
     assert {k: v for k, v in made.items() if k != "time_limit"} == {k: v for k, v in recorded.items()
                                                                     if k != "time_limit"}
+
+
+@pytest.mark.parametrize("kind,extra", [("implicit", dict(unroll_steps=1)), ("explicit", {}), ("transformer", {})])
+def test_a_bf16_autocast_step_trains_every_parameter(tmp_path, monkeypatch, kind, extra):
+    """The CUDA path's bf16 autocast, run on the CPU's autocast: the warm-up unroll (step 1), the phantom gradient
+    (step 2) and the one-pass kinds give logits of a bf16 head, a finite float32 loss and finite gradients for every
+    parameter; the loss falls when the step is repeated on one batch."""
+    from implicit_ssm_eval.harness import train
+
+    monkeypatch.setattr(train, "AUTOCAST_DEVICE_TYPES", ("cuda", "cpu"))
+    arch = dict(d_model=32, n_layer=2, n_head=2, intermediate_size=64) if kind == "transformer" else \
+        dict(d_model=32, n_layer=4, d_state=8, headdim=8)
+    trainer = Trainer(TrainConfig(kind=kind, **{**TINY, "arch": arch, "max_len": 40, "lr": 1e-2}, **extra), tmp_path)
+    seen = []
+    forward = trainer.forward
+    monkeypatch.setattr(trainer, "forward", lambda *a: seen.append(forward(*a)) or seen[-1])
+    batch = next(trainer.family.training_batches("parity", min_len=30, max_len=40, batch_size=8, seed=0))
+    losses = []
+    for _ in range(3):
+        losses.append(trainer.train_step(batch)["loss"])
+        for name, p in trainer.model.named_parameters():
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        logits = seen[-1][0].detach()
+        assert torch.equal(logits.float(), logits.float().bfloat16().float())  # a bf16 head (Mamba2's: as float32)
+        expected = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+        assert losses[-1] == pytest.approx(float(expected), rel=1e-6)  # the loss of float32 logits, not bf16's
+    assert math.isfinite(losses[0]) and losses[-1] < losses[0], losses
+
+
+def test_the_weight_norm_cache_keeps_the_phantom_gradient(tmp_path, monkeypatch):
+    """Weight norm is computed once for the solve and once for the phantom steps: the gradients of the magnitudes
+    and directions equal those of computing it at every f evaluation (a cache shared with the no-grad solve would
+    hand the phantom steps weights without a gradient)."""
+    import contextlib
+
+    from implicit_ssm_eval.harness import train
+
+    cfg = TrainConfig(kind="implicit", **{**TINY, "arch": dict(d_model=32, n_layer=2, d_state=8, headdim=8)})
+    trainer = Trainer(cfg, tmp_path)
+    ids = torch.randint(3, 5, (4, 6))
+    lengths = torch.full((4,), 6)
+
+    def grads():
+        trainer.model.zero_grad()
+        hidden, _ = train.phantom_forward(trainer.model, ids, lengths, cfg)
+        hidden.square().mean().backward()
+        return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if "parametrizations" in n}
+
+    cached = grads()
+    monkeypatch.setattr(train.parametrize, "cached", contextlib.nullcontext)
+    plain = grads()
+    assert len(cached) == (3 * 2 + 1) * 2  # in_proj, conv1d, out_proj of 2 layers, and the injection: g and v
+    for name, grad in plain.items():
+        assert grad.abs().max() > 0 and rel_err(cached[name], grad) < 1e-5, name
+
+
+def test_a_saved_state_loads_onto_the_cpu_first(tmp_path, monkeypatch):
+    """On CUDA, torch.load(map_location=cuda) would make the saved CPU RNG state a CUDA tensor, which
+    torch.set_rng_state refuses: the state is read onto the CPU, the model and optimizer move it to their device."""
+    from implicit_ssm_eval.harness import train
+
+    run(TrainConfig(kind="explicit", steps=4, **TINY), tmp_path, progress=False, stop_after=2)
+    where = []
+    load = torch.load
+    monkeypatch.setattr(train.torch, "load", lambda *a, **kw: where.append(kw.get("map_location")) or load(*a, **kw))
+    run(TrainConfig(kind="explicit", steps=4, **TINY), tmp_path, resume=True, progress=False)
+    assert where == ["cpu"]
