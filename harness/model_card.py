@@ -128,7 +128,7 @@ def card(run: Path, ckpt: Path, sweep: Path, command: str, recipe: str | None = 
 def lm_eval_rows(paths: list[Path]) -> list[dict]:
     """Accuracy per bucket from lm-eval results JSON files of any model (e.g. `--model hf`), with the bucket's fields
     from the task registry (lengths under the default options)."""
-    from implicit_ssm_eval.tasks.registry import family_of
+    from ..tasks.registry import family_of
 
     rows = []
     for path in paths:

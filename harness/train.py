@@ -41,7 +41,6 @@ from ..model_adapters.formats import save
 from ..model_adapters.formats.common import fold_weight_norm
 from ..model_adapters.models import ImplicitLM, build_model
 from ..model_adapters.tensors import valid_mask
-
 from .transformer import (
     PAD_VOCAB_MULTIPLE,
     build_transformer,
