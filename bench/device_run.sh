@@ -8,7 +8,7 @@ set -uo pipefail
 OUT=${1:?output folder}
 export TOKENIZERS_PARALLELISM=false
 # The project is on PYTHONPATH, not pip-installed: emulate its .pth registration hook for lm-eval.
-echo "import implicit_ssm_eval.model_adapters.lm_eval_hook" > /tmp/site/sitecustomize.py
+echo "import implicit_ssm_eval.model_adapters.adapter.hook" > /tmp/site/sitecustomize.py
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 for backend in triton torch; do
   timeout 270 python3 bench/readings.py --device cuda --backend $backend --graphs capture --block-sizes 8 16 32 64 \

@@ -141,7 +141,7 @@ def main() -> None:
     count_graphs()
     from lm_eval.models.mamba_lm import MambaLMWrapper
 
-    from implicit_ssm_eval.model_adapters.lm_eval_models import ExplicitSSMLM
+    from implicit_ssm_eval.model_adapters.adapter.lm import ExplicitSSMLM
 
     root = make_checkpoint(Path(tempfile.mkdtemp()))
     ours = ExplicitSSMLM(pretrained=str(root), dtype="bfloat16", batch_size=16, device="cuda")

@@ -28,12 +28,27 @@ HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "token
             "special_tokens_map.json", "training.json")
 
 
-def copy_model(run: Path, target: Path) -> None:
+def copy_model(run: Path, target: Path, weights_dtype: str | None = None) -> None:
+    """The run's exported model into the bundle. weights_dtype ("bfloat16"): its floating-point weights stored in
+    that dtype (half the size; loaders compute in the dtype asked for, float32 by default)."""
     target.mkdir(parents=True, exist_ok=True)
     hf = (run / "model" / "training.json").is_file()  # an HF directory (the transformer kind)
     for name in HF_FILES if hf else ("config.json", "model.safetensors", "tokenizer.json"):
         if (run / "model" / name).is_file():
             shutil.copyfile(run / "model" / name, target / name)
+    if weights_dtype is not None:
+        store_weights_as(target / "model.safetensors", weights_dtype)
+
+
+def store_weights_as(path: Path, dtype_name: str) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    dtype = getattr(torch, dtype_name)
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    tmp.replace(path)
 
 
 def training_curve(run: Path, out: Path) -> Path:

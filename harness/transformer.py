@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..model_adapters.adapter.args import DEFAULT_MAX_LENGTH
 from ..model_adapters.config import ConfigError, reject_unknown_keys
-from ..model_adapters.eval_args import DEFAULT_MAX_LENGTH
 from ..model_adapters.tokenizer import EOS_CANDIDATES
 
 if TYPE_CHECKING:

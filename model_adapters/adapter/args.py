@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from lm_eval.utils import handle_arg_string
 
 from ..config import Budget
 from ..errors import ConfigError
@@ -100,6 +99,8 @@ def budget_overrides(args: dict) -> dict:
 
 def split_model_args(arg_string: str) -> dict:
     """A model_args string ("k=v,k2=v2") as lm-eval parses it, except that a key given twice is refused."""
+    from lm_eval.utils import handle_arg_string  # here: training imports this module's constants without lm-eval
+
     out: dict = {}
     for part in (p for p in (arg_string or "").split(",") if p.strip()):
         key, _, value = part.partition("=")
@@ -195,3 +196,27 @@ def _device(value) -> torch.device:
         logger.warning("device %s requested but CUDA is not available: running on cpu", device)
         return torch.device("cpu")
     return device
+
+
+def cli_duplicates(argv: list[str] | None = None) -> None:
+    """In lm-eval's own command line, a key given twice in --model_args (which lm-eval turns into a dict, keeping
+    the last) is refused. Other callers (scripts, the sweep) pass dicts, which cannot repeat a key."""
+    import sys
+
+    from .hook import running_lm_eval_cli
+
+    argv = sys.argv if argv is None else argv
+    if argv is not sys.argv or running_lm_eval_cli():
+        for i, arg in enumerate(argv[:-1]):
+            if arg == "--model_args":
+                split_model_args(",".join(_model_args_values(argv[i + 1:])))
+
+
+def _model_args_values(rest: list[str]) -> list[str]:
+    """--model_args takes "k=v,k2=v2" or "k=v k2=v2": the values up to the next flag."""
+    values = []
+    for arg in rest:
+        if arg.startswith("--"):
+            break
+        values.append(arg)
+    return values

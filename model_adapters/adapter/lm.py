@@ -271,13 +271,22 @@ class SSMLM(TemplateLM):
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
-        """lm-eval's --batch_size/--device flags join model_args; the same key in model_args wins (the README
-        documents device= and batch_size= there), instead of the TypeError of a key given twice."""
+        """A model_args string (a key given twice is refused); lm-eval's --batch_size/--device flags join it."""
         from .args import split_model_args
 
-        args = split_model_args(arg_string)
-        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in args}
-        return cls(**args, **extra)
+        return cls.create_from_arg_obj(split_model_args(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        """lm-eval's --batch_size/--device flags join model_args; the same key in model_args wins (the README
+        documents device= and batch_size= there), instead of the TypeError of a key given twice. lm-eval's own
+        command line parses --model_args into a dict before it reaches here: a key given twice there is found in
+        its command line (args.cli_duplicates)."""
+        from .args import cli_duplicates
+
+        cli_duplicates()
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
 
 
 class ImplicitSSMLM(SSMLM):

@@ -141,7 +141,7 @@ def test_the_stock_cli_runs_a_control_offline(tmp_path):
 @pytest.mark.slow
 def test_a_model_trained_on_a_control_reads_its_documents(tmp_path):
     from implicit_ssm_eval.harness.train import TrainConfig, run
-    from implicit_ssm_eval.model_adapters.lm_eval_models import ExplicitSSMLM
+    from implicit_ssm_eval.model_adapters.adapter.lm import ExplicitSSMLM
 
     cfg = TrainConfig(task="stack_manipulation", kind="explicit", steps=3, min_len=1, max_len=8, batch_size=8,
                       arch=dict(d_model=16, d_state=8, headdim=8), warmup_steps=1, save_every=100, log_every=1)
