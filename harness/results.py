@@ -78,6 +78,8 @@ def _runs_of(file: Path) -> tuple[list[Run], str | None]:
         return [], f"not valid JSON ({exc})"
     if isinstance(data, list) or file.name == "sweep.json":  # a report's tidy table, a sweep's spec
         return [], None
+    if file.parent.parts[-2:] == ("slurm", "submissions") and "tasks" in data:  # a SLURM submission's record
+        return [], None
     if not isinstance(data, dict):
         return [], "not an lm-eval results file"
     if file.name == FAILED and "error" in data:

@@ -5,7 +5,7 @@ log (greedy token at every position of every scored sequence, and iterations per
 
 - Anytime: in simultaneous mode with tol = 0, every max_iter of the grid (per checkpoint, solver and tau) comes from
   ONE run at the largest of them: the adapter scores every budget along its one trajectory and lm-eval's metrics are
-  computed for each (model_adapters/anytime.py). Results are identical to separate runs.
+  computed for each (model_adapters/adapter/anytime.py). Results are identical to separate runs.
 - Keyed: a job's key covers everything that determines its numbers (weights and tokenizer, budget, dtype, backend,
   tasks, task parameters, limit, seeds). A rerun skips a job whose results carry the same key and recomputes, with a
   notice, one whose settings changed; the results never claim settings they were not made with.
@@ -193,11 +193,17 @@ def anytime_groups(jobs: list[Job], spec: SweepSpec) -> list[list[Job]]:
     singles = []
     for job in jobs:
         b = job.budget
-        if spec.anytime and b is not None and b.tol == 0 and b.mode == "simultaneous":
+        if on_trajectory(job, spec):
             groups.setdefault((job.label, b.solver, b.tau, job.tasks), []).append(job)
         else:
             singles.append([job])
     return list(groups.values()) + singles
+
+
+def on_trajectory(job: Job, spec: SweepSpec) -> bool:
+    """Whether the job belongs to an anytime group: its budgets are all scored along one trajectory."""
+    b = job.budget
+    return spec.anytime and b is not None and b.tol == 0 and b.mode == "simultaneous"
 
 
 @dataclass
@@ -212,8 +218,6 @@ def run_sweep(spec: SweepSpec, out: Path, progress: bool = True, worker: int | N
     """Run every job not done yet with these settings. With spec.workers > 1, worker processes (one per GPU, each
     seeing its own) take the groups of jobs from a shared pool, the costliest first; `worker` is the index of the
     worker this process is (None: the sweep itself), and it runs the groups it claims."""
-    from tqdm import tqdm
-
     out.mkdir(parents=True, exist_ok=True)
     spawned = time.time()
     procs = _spawn_workers(spec, out) if spec.workers > 1 and worker is None else []
@@ -224,10 +228,22 @@ def run_sweep(spec: SweepSpec, out: Path, progress: bool = True, worker: int | N
             p.kill()
         raise
     if worker is None:
-        write_json_atomic(out / "sweep.json", {"spec": spec.to_dict(), "commit": git_commit(),
-                                               "jobs": [str(j.dir(out).relative_to(out)) for j in jobs],
-                                               **({"workers_spawned": spawned} if procs else {})})
+        write_sweep_json(spec, out, jobs, **({"workers_spawned": spawned} if procs else {}))
     outcome = Outcome(jobs)
+    pending = pending_groups(jobs, spec, out, outcome)
+    if procs:
+        return _wait_for_workers(procs, spec, out, outcome, pending)
+    return run_groups(pending, spec, out, outcome, progress, worker, claim=worker is not None)
+
+
+def write_sweep_json(spec: SweepSpec, out: Path, jobs: list[Job], **extra) -> None:
+    """The plan, read back by the report and by `sweep --status`."""
+    write_json_atomic(out / "sweep.json", {"spec": spec.to_dict(), "commit": git_commit(),
+                                           "jobs": [str(j.dir(out).relative_to(out)) for j in jobs], **extra})
+
+
+def pending_groups(jobs: list[Job], spec: SweepSpec, out: Path, outcome: Outcome) -> list[list[Job]]:
+    """The groups of jobs not done with these settings, the costliest first; the done ones go to outcome.skipped."""
     pending = []
     for group in anytime_groups(jobs, spec):
         todo = [j for j in group if _status(j, out, spec) != "done"]
@@ -235,11 +251,18 @@ def run_sweep(spec: SweepSpec, out: Path, progress: bool = True, worker: int | N
         if todo:
             pending.append(todo)
     pending.sort(key=estimated_cost, reverse=True)  # the longest jobs first: workers end closer together
-    if procs:
-        return _wait_for_workers(procs, spec, out, outcome, pending)
+    return pending
+
+
+def run_groups(pending: list[list[Job]], spec: SweepSpec, out: Path, outcome: Outcome, progress: bool = False,
+               worker: int | str | None = None, claim: bool = False) -> Outcome:
+    """Run the groups in this process (with claim: only those no other worker has taken). The one code path of
+    every executor: the sweep itself, each worker of --workers N, each SLURM task."""
+    from tqdm import tqdm
+
     bar = tqdm(total=sum(len(g) for g in pending), disable=not progress, desc="sweep", unit="job", smoothing=0)
     for group in pending:
-        if worker is not None and not _claim(out, group):
+        if claim and not _claim(out, group):
             continue
         bar.set_postfix_str(f"{group[0].label}/{group[-1].key}")
         for job, error in run_group(group, spec, out, worker):
@@ -372,15 +395,19 @@ def _status(job: Job, out: Path, spec: SweepSpec) -> str:
 JOB_ERRORS = (ConfigError, FloatingPointError, ValueError, RuntimeError)
 
 
-def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | None = None
+def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | str | None = None
               ) -> Iterable[tuple[Job, str | None]]:
     """The largest budget for real, scoring the others along its trajectory; one results file per budget.
-    Yields (job, error message or None)."""
+    Yields (job, error message or None). `worker` (recorded with the results): the index of a --workers N process,
+    or the id of the SLURM task."""
     group = sorted(group, key=lambda j: j.budget.max_iter if j.budget else 0)
-    main, others = group[-1], group[:-1]
+    main = group[-1]
+    # Every smaller budget of the grid rides along, done or not (only the group's are written): a group resumed
+    # after an interruption records the same run as an uninterrupted one, and its results files are identical.
+    anytime = sorted({k for k in spec.max_iters if k < main.budget.max_iter}) if on_trajectory(main, spec) else []
     started, started_at = time.monotonic(), time.time()
     try:
-        results = evaluate_job(main, spec, out, [j.budget.max_iter for j in others])
+        results = evaluate_job(main, spec, out, anytime)
     except JOB_ERRORS as exc:
         message = f"{type(exc).__name__}: {exc}"
         for job in group:

@@ -12,6 +12,7 @@ from ..model_adapters.backends import BACKENDS
 from ..model_adapters.errors import ConfigError
 from ..model_adapters.fixed_point import SOLVERS
 from ..model_adapters.readings import READINGS
+from .executors import EXECUTORS, Executor, LocalExecutor, SlurmExecutor, Submission, cluster_settings, status_text
 from .report_cli import write_report
 from .sweep import DEFAULT_MAX_ITERS, DEFAULT_MODES, DEFAULT_TOLS, Outcome, SweepSpec, resolve_workers, run_sweep
 
@@ -98,7 +99,50 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results/sweep"), help="results folder (a rerun resumes it)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines; the leaderboard and "
                    "where it was written are still printed")
+    p.add_argument("--executor", default="local", choices=list(EXECUTORS), help="local: this host (--workers); "
+                   "slurm: one SLURM job array through submitit, one task per group of jobs (README: Running on a "
+                   "cluster)")
+    p.add_argument("--status", action="store_true", help="say which jobs of the sweep in --out are done, running, "
+                   "queued, failed (with the task's log) and pending, and run nothing")
+    cluster = p.add_argument_group("--executor slurm (flags over --cluster-config over the defaults)")
+    cluster.add_argument("--cluster-config", type=Path, default=None, metavar="FILE", help="a YAML file of the "
+                         "settings below (keys: partition, account, time, gpus_per_task, cpus_per_task, mem, "
+                         "array_parallelism, sbatch: {option: value}, setup: [shell lines])")
+    cluster.add_argument("--partition", default=None, help="SLURM partition (default: the cluster's)")
+    cluster.add_argument("--account", default=None, help="SLURM account to charge")
+    cluster.add_argument("--time", default=None, help="each task's time limit: minutes or HH:MM:SS (default 60); "
+                         "a task that reaches it is requeued and goes on from the jobs it had not written")
+    cluster.add_argument("--gpus-per-task", default=None, help="GPUs of each task (default 0; >= 1 with --device "
+                         "cuda)")
+    cluster.add_argument("--cpus-per-task", default=None, help="CPUs of each task (default: the cluster's)")
+    cluster.add_argument("--mem", default=None, help="memory of each task, e.g. 16G (default: the cluster's)")
+    cluster.add_argument("--array-parallelism", default=None, help="tasks running at once (default 256)")
+    cluster.add_argument("--sbatch", action="append", default=[], metavar="OPTION[=VALUE]",
+                         help="any other sbatch option, repeatable: --sbatch qos=high --sbatch constraint=a100 "
+                         "(default: none)")
+    cluster.add_argument("--wait", action="store_true", help="wait for the tasks, then write the report as a local "
+                         "run does (default: submit and return)")
     return p
+
+
+CLUSTER_FLAGS = ("partition", "account", "time", "gpus_per_task", "cpus_per_task", "mem", "array_parallelism",
+                 "sbatch")
+
+
+def executor_from(args) -> Executor:
+    """--executor and its settings; settings of SLURM given with --executor local are refused, not ignored."""
+    given = [f"--{k.replace('_', '-')}" for k in CLUSTER_FLAGS if getattr(args, k) not in (None, [])]
+    given += ["--cluster-config"] * (args.cluster_config is not None) + ["--wait"] * args.wait
+    if args.executor == "local":
+        if given:
+            raise ConfigError(f"{', '.join(given)}: settings of --executor slurm, given with --executor local")
+        return LocalExecutor()
+    if args.workers not in ("auto", 1):
+        raise ConfigError(f"--workers {args.workers} is the local executor's; with --executor slurm each group of "
+                          "jobs is its own task (--gpus-per-task GPUs each)")
+    args.workers = 1
+    settings = cluster_settings(args.cluster_config, **{k: getattr(args, k) for k in CLUSTER_FLAGS})
+    return SlurmExecutor(settings, wait=args.wait)
 
 
 def json_object(text: str) -> dict:
@@ -136,10 +180,28 @@ def sweep_main(argv: list[str]) -> int:
         spec = SweepSpec.from_dict({**json.loads(args.worker_spec.read_text()), "workers": 1})
         outcome = run_sweep(spec, args.out, progress=False, worker=args.worker_index)
         return 1 if outcome.failed else 0
-    outcome = run_sweep(spec_from(args), args.out, progress=not args.quiet)
+    if args.status:
+        print(status_text(args.out))
+        return 0
+    executor = executor_from(args)
+    outcome = executor.run(spec_from(args), args.out, progress=not args.quiet)
+    if isinstance(outcome, Submission) and not outcome.waited:
+        print(submission_line(outcome, args.out), file=sys.stderr)
+        return 0
     print(write_report([args.out], args.out / "report", command=f"implicit-eval report {args.out}"))
     print(summary_line(outcome, args.out, args.out / "report"), file=sys.stderr)
     return 1 if outcome.failed else 0
+
+
+def submission_line(outcome: Submission, out: Path) -> str:
+    n = len(outcome.jobs)
+    held = f", {len(outcome.held)} in tasks of an earlier submission" if outcome.held else ""
+    if not outcome.tasks:
+        return f"sweep: nothing to submit: {len(outcome.skipped)} of {n} jobs done{held}"
+    first = outcome.tasks[0].split("_")[0]
+    return (f"sweep: {len(outcome.submitted)} of {n} jobs submitted as {len(outcome.tasks)} SLURM tasks (job "
+            f"{first}), {len(outcome.skipped)} already done{held}. Follow them with `implicit-eval sweep --status "
+            f"--out {out}`; the report of what is done: `implicit-eval report {out}`")
 
 
 def summary_line(outcome: Outcome, out: Path, report_dir: Path) -> str:

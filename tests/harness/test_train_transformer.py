@@ -144,7 +144,7 @@ def test_lm_evals_hf_model_scores_the_export_as_computed_directly_on_our_adapter
     from transformers import LlamaForCausalLM
 
     import implicit_ssm_eval.tasks
-    from implicit_ssm_eval.model_adapters.lm_eval_models import ExplicitSSMLM
+    from implicit_ssm_eval.model_adapters.adapter.lm import ExplicitSSMLM
 
     hf_dir, native_dir = parity_pair
     theirs = HFLM(pretrained=str(hf_dir), device="cpu", dtype="float32", batch_size=4)
