@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .exits import DEFAULT_EXIT, EXITS, ExitPoint, threshold_problem
 from .fixed_point import SOLVERS
 from .readings import READINGS
 
@@ -133,7 +134,8 @@ class Budget:
 
     max_iter: number of f evaluations, the final one (whose output feeds the LM head) included. This is
         the reference code's `f_thres`: z0 = 0, max_iter - 1 solver updates, then one final f.
-    tol: stop early once ||f(z) - z|| / (1e-6 + ||z||) < tol, per sequence and piece; 0 never stops early.
+    tol: stop early once ||f(z) - z|| / (1e-6 + ||z||) < tol, per sequence and piece; 0 never stops early. With
+        another exit criterion, tol is that criterion's threshold (see `exit`).
     tau: damping, z <- (1 - tau) z + tau f(z) (also Anderson's mixing weight).
     solver: a name in fixed_point.SOLVERS: "fixed_point" (damped iteration, the reference semantics) or
         "anderson" (Anderson acceleration).
@@ -143,6 +145,13 @@ class Budget:
         simultaneously from the state the previous block committed).
     block_size: tokens per block; set exactly when the reading declares it as a parameter (blockwise).
     anderson_m: Anderson's history length.
+    exit: the criterion a piece stops on, a name in exits.EXITS: "residual" (the relative residual above, the
+        default), "residual_abs", "kl", "entropy" or "argmax", each at threshold tol (> 0: a fixed budget, tol 0,
+        stops on nothing, so it takes the default). tol is the threshold rather than a field of its own because it
+        already is one everywhere: tol 0 is what makes a budget fixed (anytime trajectories, CUDA graphs), tol > 0
+        what makes it adaptive (the sweep's grid, the report's adaptive rows, the unconverged warnings), and a
+        second number would leave one of the two meaningless in every budget. The default is left out of to_dict()
+        and the sweep's folder names, so residual budgets keep their keys.
     """
 
     max_iter: int = 16
@@ -152,6 +161,7 @@ class Budget:
     mode: str = "simultaneous"
     block_size: int | None = None
     anderson_m: int = 5
+    exit: str = DEFAULT_EXIT
 
     def __post_init__(self):
         if not _is_int(self.max_iter) or self.max_iter < 1:
@@ -168,17 +178,25 @@ class Budget:
             _check_reading_param(self, name)
         if not _is_int(self.anderson_m) or self.anderson_m < 1:
             raise ConfigError(f"anderson_m must be an integer >= 1, got {self.anderson_m!r}")
+        problem = threshold_problem(self.exit, self.tol) if isinstance(self.exit, str) else \
+            f"exit must be one of {sorted(EXITS)}, got {self.exit!r}"
+        if problem:
+            raise ConfigError(problem)
 
     def piece_size(self, length: int) -> int:
         """Tokens per piece when reading `length` tokens, as the reading says (all of them, one, block_size)."""
         return READINGS[self.mode].piece_size(self, length)
 
-    def anytime_budgets(self, budgets) -> tuple[int, ...]:
-        """The budgets one trajectory serves exactly, validated: `budgets` plus max_iter, sorted. Only a single
-        simultaneous piece at tol = 0 has one trajectory whose evaluation k is the run at max_iter = k."""
+    def anytime_budgets(self, budgets) -> tuple[int | ExitPoint, ...]:
+        """The budgets one trajectory serves exactly, validated: `budgets` (max_iter values k, and ExitPoints: a
+        criterion at a threshold, capped at this max_iter) plus max_iter; the k sorted, then the points. Only a
+        single simultaneous piece at tol = 0 has one trajectory whose evaluation k is the run at max_iter = k, and
+        whose rows each stop where a run at a threshold stops them."""
         budgets = tuple(budgets)
         if not budgets:
             return ()
+        points = tuple(sorted({b for b in budgets if isinstance(b, ExitPoint)}))
+        budgets = tuple(b for b in budgets if not isinstance(b, ExitPoint))
         if self.mode != "simultaneous" or self.tol != 0:
             raise ConfigError("anytime budgets need mode=simultaneous and tol=0 (only then is one trajectory exact "
                               f"for every budget); got mode={self.mode}, tol={self.tol}. A grid of budgets in any "
@@ -187,7 +205,17 @@ class Budget:
         bad = [k for k in budgets if not _is_int(k) or not 1 <= k <= self.max_iter]
         if bad:
             raise ConfigError(f"anytime budgets must be integers in [1, max_iter={self.max_iter}], got {bad}")
-        return tuple(sorted(set(budgets) | {self.max_iter}))
+        for p in points:
+            problem = threshold_problem(p.exit, p.tol) if p.tol > 0 else f"an anytime exit needs a threshold > 0: {p}"
+            if problem:
+                raise ConfigError(problem)
+        return tuple(sorted(set(budgets) | {self.max_iter})) + points
+
+    def at(self, point: int | ExitPoint) -> Budget:
+        """The budget an anytime point of this (tol-0) budget stands for: max_iter k, or a criterion at a threshold."""
+        if isinstance(point, ExitPoint):
+            return self.replace(exit=point.exit, tol=point.tol)
+        return self.replace(max_iter=point)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "budget") -> Budget:
@@ -197,10 +225,13 @@ class Budget:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field; block_size only where it applies, so a budget's key is the same as before blockwise."""
+        """Every field; block_size only where it applies and exit only where it is not the default, so a budget's
+        key is the same as before blockwise and exit criteria."""
         d = dataclasses.asdict(self)
         if d["block_size"] is None:
             del d["block_size"]
+        if d["exit"] == DEFAULT_EXIT:
+            del d["exit"]
         return d
 
     def replace(self, **changes) -> Budget:

@@ -1,6 +1,6 @@
 """Fixed-point solvers behind one contract, and the registry that names them.
 
-    solve(f, z0, budget, context=None, valid=None, keep=()) -> Solution
+    solve(f, z0, budget, context=None, valid=None, keep=(), head=None) -> Solution
 
 f(z, context, commit) -> (fz, aux) evaluates the map on some batch rows. `context` is whatever f needs per row
 (the input injection, the frozen recurrent state, the valid mask): a tensor or a nesting of tuples, lists, dicts
@@ -11,14 +11,19 @@ solve() returns its aux; the others may return None and skip the work (a block's
 
 Semantics (the reference code's evaluation, for f_thres = max_iter): from z0, at most max_iter - 1 solver
 updates, a row stopping once its relative residual ||f(z) - z|| / (1e-6 + ||z||), measured over its own valid
-positions, falls below tol; then one final evaluation on every row, whose output fz is what the model reads.
+positions, falls below tol (or budget.exit's criterion meets it); then one final evaluation on every row, whose
+output fz is what the model reads.
 
 Solution.stats, one entry per row:
     iterations  f evaluations made for the row, the final one included (1 .. max_iter)
     residual    the relative residual at the final evaluation's input z
-    converged   the row met tol (never when tol == 0)
+    converged   the row met its criterion (never when tol == 0)
 Solution.anytime: with tol == 0 every row follows one trajectory, and the output of evaluation k is exactly what a
-run at max_iter = k returns; `keep` names the budgets whose outputs and stats to keep (anytime evaluation).
+run at max_iter = k returns; `keep` names the budgets whose outputs and stats to keep (anytime evaluation), and
+the ExitPoints (criterion, threshold) whose runs to read off it as well (exact for one piece: _ExitPoints).
+
+The criterion a row stops on is budget.exit at threshold budget.tol, measured by an exit test of the registry
+(exits.py; the default, "residual", is the relative residual above), per row over its valid positions.
 
 A solver is its update rule only: SOLVERS[name](budget, z0) returns an object whose
 update(rows, z, fz, valid, k) gives the next iterate of those rows. `@register_solver("name")` adds one; Budget,
@@ -34,7 +39,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from .tensors import broadcast_mask, compute_dtype, take_rows
+from .exits import EPS, ExitPoint, ExitTest, Head, exit_test, relative_residual, row_norms  # noqa: F401 - re-exported
+from .tensors import broadcast_mask, take_rows
 
 
 class Budget(Protocol):
@@ -45,9 +51,8 @@ class Budget(Protocol):
     tau: float
     solver: str
     anderson_m: int
+    exit: str
 
-
-EPS = 1e-6  # the reference's denominator guard in the relative residual
 
 RowMap = Callable[[Tensor, Any, bool], tuple[Tensor, Any]]
 SOLVERS: dict[str, Callable] = {}
@@ -76,19 +81,8 @@ class Solution:
     fz: Tensor  # f(z) of the final evaluation: what the model reads
     aux: Any  # f's auxiliary output of the final evaluation
     stats: SolveStats
-    anytime: dict[int, tuple[Tensor, SolveStats]] = field(default_factory=dict)  # budget k -> (output, stats)
-
-
-def row_norms(t: Tensor, valid: Tensor | None) -> Tensor:
-    """Frobenius norm of each batch row of t (B, ...), counting only valid (B, L) positions."""
-    t = t.to(compute_dtype(t))
-    if valid is not None:
-        t = t * broadcast_mask(valid, t)
-    return torch.linalg.vector_norm(t.flatten(1), dim=1)
-
-
-def relative_residual(fz: Tensor, z: Tensor, valid: Tensor | None = None) -> Tensor:
-    return row_norms(fz - z, valid) / (EPS + row_norms(z, valid))
+    # budget k (or an ExitPoint) -> (output, stats)
+    anytime: dict[int | ExitPoint, tuple[Tensor, SolveStats]] = field(default_factory=dict)
 
 
 def damp(z: Tensor, fz: Tensor, tau: float) -> Tensor:
@@ -98,14 +92,19 @@ def damp(z: Tensor, fz: Tensor, tau: float) -> Tensor:
 
 
 def solve(f: RowMap, z0: Tensor, budget: Budget, context: Any = None, valid: Tensor | None = None,
-          keep: Iterable[int] = ()) -> Solution:
-    """Run budget.solver from z0 (B, ...). The solver's own arithmetic is autocast-safe (elementwise and reductions
-    in the iterate's dtype; Anderson's normal equations in float64, which autocast leaves alone)."""
+          keep: Iterable[int | ExitPoint] = (), head: Head | None = None) -> Solution:
+    """Run budget.solver from z0 (B, ...), each row stopping on budget.exit at threshold budget.tol (exits.py); head:
+    the LM head, for the criteria that read the next-token distribution. keep (tol 0 only): budgets k and
+    ExitPoints whose outputs and statistics to read off the one trajectory. The solver's own arithmetic is
+    autocast-safe (elementwise and reductions in the iterate's dtype; Anderson's normal equations in float64, which
+    autocast leaves alone)."""
     keep = frozenset(keep)
     if keep and budget.tol != 0:
         raise ValueError("anytime outputs need tol == 0 (one trajectory for every row)")
     batch = z0.shape[0]
     solver = SOLVERS[budget.solver](budget, z0)
+    test = exit_test(budget.exit, batch, head)
+    points = _ExitPoints([p for p in keep if isinstance(p, ExitPoint)], batch, head)
     z = z0.clone()  # every row's iterate; a row's is written back when it leaves the working set
     work = _Working(None, z0.clone(), context, valid)
     iterations = torch.zeros(batch, dtype=torch.long, device=z0.device)
@@ -113,10 +112,14 @@ def solve(f: RowMap, z0: Tensor, budget: Budget, context: Any = None, valid: Ten
     anytime = {}
     for k in range(1, budget.max_iter):
         fz, _ = f(work.z, work.context, False)
-        if budget.tol or k in keep:  # at tol 0 only an anytime reading looks at this residual
+        if k in keep or points:  # at tol 0 only an anytime reading looks at this residual
             residual = relative_residual(fz, work.z, work.valid)
         if k in keep:  # tol == 0: the working set is every row, in order
             anytime[k] = (fz, SolveStats(torch.full_like(iterations, k), residual, torch.zeros_like(converged)))
+        if points:
+            points.see(k, work.z, fz, work.valid, residual, final=False)
+        if budget.tol:
+            value = test.value(work.rows, work.z, fz, work.valid)
         work.z = solver.update(work.rows, work.z, fz, work.valid, k)
         if work.rows is None:
             iterations.fill_(k)
@@ -124,7 +127,7 @@ def solve(f: RowMap, z0: Tensor, budget: Budget, context: Any = None, valid: Ten
             iterations.index_fill_(0, work.rows, k)  # no host-to-device copy: CUDA-graph capturable
         if budget.tol == 0:  # never stops early: no host synchronisation
             continue
-        done = residual < budget.tol
+        done = test.stops(value, budget.tol)
         if bool(done.any()):
             work = work.leave(done, z, converged)
             if work.z.shape[0] == 0:
@@ -132,10 +135,53 @@ def solve(f: RowMap, z0: Tensor, budget: Budget, context: Any = None, valid: Ten
     work.write_back(z)
     fz, aux = f(z, context, True)
     residual = relative_residual(fz, z, valid)
-    stats = SolveStats(iterations + 1, residual, converged | (residual < budget.tol))
+    met = test.stops(test.value(None, z, fz, valid), budget.tol) if budget.tol else torch.zeros_like(converged)
+    stats = SolveStats(iterations + 1, residual, converged | met)
     if budget.max_iter in keep:
         anytime[budget.max_iter] = (fz, stats)
+    if points:
+        anytime.update(points.see(budget.max_iter, z, fz, valid, residual, final=True))
     return Solution(z, fz, aux, stats, anytime)
+
+
+class _ExitPoints:
+    """Anytime thresholds on a tol-0 trajectory (every row, in order): for each ExitPoint, the output and statistics
+    of a run that stops on it. A run stopping at evaluation k (its criterion met there) ends with evaluation k + 1,
+    which is the trajectory's: the damped iterate it evaluates is the trajectory's, and a row's criterion depends on
+    its own evaluations only. Exact for one piece (a later piece would start from another state)."""
+
+    def __init__(self, points: list[ExitPoint], batch: int, head: Head | None):
+        self.points = sorted(points)
+        self.tests = {name: exit_test(name, batch, head) for name in sorted({p.exit for p in points})}
+        self.ends: dict[ExitPoint, Tensor] = {}  # per row, the evaluation whose output is the point's (0: not yet)
+        self.out: dict[ExitPoint, tuple[Tensor, Tensor, Tensor]] = {}  # output, residual, converged
+
+    def __bool__(self) -> bool:
+        return bool(self.points)
+
+    def see(self, k: int, z: Tensor, fz: Tensor, valid: Tensor | None, residual: Tensor, final: bool
+            ) -> dict[ExitPoint, tuple[Tensor, SolveStats]]:
+        """Evaluation k of every row; final: the trajectory's last, which ends every row not ended yet."""
+        values = {name: test.value(None, z, fz, valid) for name, test in self.tests.items()}
+        for p in self.points:
+            if p not in self.ends:
+                self.ends[p] = torch.zeros(fz.shape[0], dtype=torch.long, device=fz.device)
+                self.out[p] = (torch.zeros_like(fz), torch.zeros_like(residual), torch.zeros_like(residual).bool())
+            ends, (out, res, conv) = self.ends[p], self.out[p]
+            met = self.tests[p.exit].stops(values[p.exit], p.tol)
+            if final:
+                conv = conv | ((ends == 0) & met)
+                ends = torch.where(ends == 0, k, ends)
+            now = ends == k
+            out = torch.where(broadcast_mask(now, out), fz, out)
+            res = torch.where(now, residual.to(res.dtype), res)
+            if not final:
+                new = (ends == 0) & met
+                ends, conv = torch.where(new, k + 1, ends), conv | new
+            self.ends[p], self.out[p] = ends, (out, res, conv)
+        if not final:
+            return {}
+        return {p: (self.out[p][0], SolveStats(self.ends[p], self.out[p][1], self.out[p][2])) for p in self.points}
 
 
 @dataclass

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .backends import torch_ops
 from .config import Budget, ModelConfig
 from .errors import ConfigError
+from .exits import ExitPoint
 from .mamba2 import Mamba2, Ops, State
 from .norms import RMSNorm
 from .reading import Readout, ReadStats, read
@@ -38,7 +39,7 @@ class LMOutput:
     hidden: Tensor  # (B, L, d_model) after the final norm, float32; (B, d_model) from step()
     state: State | None  # recurrent state after each sequence's last valid token (None: not asked for)
     stats: ReadStats | None = None  # implicit only: solver statistics per (sequence, piece), see reading.py
-    anytime: dict[int, Readout] = field(default_factory=dict)  # budget k -> the reading at max_iter = k
+    anytime: dict[int | ExitPoint, Readout] = field(default_factory=dict)  # budget k (exit point) -> its reading
 
 
 class Block(nn.Module):
@@ -164,7 +165,8 @@ class ImplicitLM(_LM):
         """input_ids (B, L), right padded to `lengths` (B,) if given; `state` continues earlier tokens.
 
         anytime: budgets k <= max_iter whose readings to return as well, read off the one trajectory (simultaneous
-        mode with tol = 0 only: that is when they equal separate runs at each k); max_iter is included.
+        mode with tol = 0 only: that is when they equal separate runs at each k); max_iter is included. ExitPoints
+        among them: the readings of runs that stop on a criterion at a threshold (capped at max_iter), read off it too.
         want_state=False (scoring): the state may be returned as None, which spares a one-piece reading's final
         evaluation its conv windows and SSM states.
         """

@@ -11,8 +11,9 @@ recurrent state frozen where the previous piece left it; the solver's final eval
 A one-token piece is evaluated in the recurrent (step) form, a longer one in the parallel form. So block_size = 1
 is the sequential reading and block_size >= L the simultaneous one, by construction: one code path.
 
-Every (sequence, piece) stops on its own residual, measured over its own valid tokens; a sequence that ended
-before a piece takes no part in it. ReadStats keeps the solver statistics per (sequence, piece).
+Every (sequence, piece) stops on its own residual (or the budget's exit criterion, exits.py: the distribution
+criteria read the model's head), measured over its own valid tokens; a sequence that ended before a piece takes no
+part in it. ReadStats keeps the solver statistics per (sequence, piece).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .backends import torch_ops
+from .exits import ExitPoint
 from .fixed_point import SolveStats, solve
 from .mamba2 import Ops, State
 from .tensors import put_rows, take_rows, valid_mask
@@ -44,6 +46,8 @@ class PieceMaps(Protocol):
     def f_step(self, z: Tensor, u: Tensor, state: State, commit: bool, ops: Ops) -> tuple[Tensor, State | None]: ...
 
     def empty_state(self, batch: int) -> State: ...
+
+    def logits(self, hidden: Tensor) -> Tensor: ...
 
 
 @dataclass
@@ -73,7 +77,7 @@ class Reading:
     hidden: Tensor  # (B, L, d_model)
     state: State | None  # each layer's recurrent state after each sequence's last valid token (None: not asked for)
     stats: ReadStats
-    anytime: dict[int, Readout] = field(default_factory=dict)  # budget k -> the reading at max_iter = k
+    anytime: dict[int | ExitPoint, Readout] = field(default_factory=dict)  # budget k (exit point) -> its reading
 
 
 class PieceContext(NamedTuple):
@@ -91,9 +95,9 @@ def pieces(length: int, budget: Budget) -> list[tuple[int, int]]:
 
 
 def read(model: PieceMaps, u: Tensor, budget: Budget, lengths: Tensor | None = None, state: State | None = None,
-         keep: tuple[int, ...] = (), want_state: bool = True, ops: Ops = torch_ops) -> Reading:
+         keep: tuple[int | ExitPoint, ...] = (), want_state: bool = True, ops: Ops = torch_ops) -> Reading:
     """u (B, L, d_in_proj): the injection of a right-padded batch with `lengths` (B,); `state` continues earlier
-    tokens. keep: anytime budgets (a single simultaneous piece at tol = 0, see Budget.anytime_budgets).
+    tokens. keep: anytime budgets and exit points (a single simultaneous piece at tol = 0, see Budget.anytime_budgets).
     want_state=False: a one-piece reading commits no state (its final evaluation is then as cheap as the others) and
     returns None for it. Each piece is solved by fixed_point.solve, which gathers the rows still iterating (the
     runtime's masked piece solves, runtime/readings.py, give the same numbers on a GPU from CUDA graphs)."""
@@ -108,7 +112,7 @@ def read(model: PieceMaps, u: Tensor, budget: Budget, lengths: Tensor | None = N
     hidden = torch.zeros(batch, length, model.cfg.d_model, dtype=model.cd, device=u.device)
     full = torch.full((batch,), length, dtype=torch.long, device=u.device) if lengths is None else lengths
     stats = empty_stats(length, budget.piece_size(length), full.to(u.device), model.cd)
-    anytime: dict[int, Readout] = {}
+    anytime: dict[int | ExitPoint, Readout] = {}
     commit = want_state or len(cuts) > 1
     for p, (start, end) in enumerate(cuts):
         rows = _rows_alive(ends, start, u.device)
@@ -124,20 +128,20 @@ def read(model: PieceMaps, u: Tensor, budget: Budget, lengths: Tensor | None = N
 
 
 def _solve_piece(model: PieceMaps, u: Tensor, budget: Budget, state: State, rows: Tensor | None,
-                 span: tuple[int, int], valid: Tensor | None, ends: list[int], keep: tuple[int, ...], commit: bool,
+                 span: tuple[int, int], valid: Tensor | None, ends: list[int], keep: tuple, commit: bool,
                  ops: Ops):
     start, end = span
     u_piece = take_rows(u[:, start:end], rows).contiguous()  # once per piece, not once per f evaluation
     if end - start == 1:  # the step form: the recurrent update of one token
         context = PieceContext(u_piece[:, 0], state, None)
         z0 = torch.zeros(u_piece.shape[0], model.cfg.d_model, dtype=model.cd, device=u.device)
-        return solve(step_map(model, commit, ops), z0, budget, context, None, keep)
+        return solve(step_map(model, commit, ops), z0, budget, context, None, keep, model.logits)
     piece_valid = None
     if any(e < end for e in ends if e > start):  # some sequence ends inside the piece: mask its padding
         piece_valid = take_rows(valid[:, start:end], rows)
     context = PieceContext(u_piece, state, piece_valid)
     z0 = torch.zeros(*u_piece.shape[:2], model.cfg.d_model, dtype=model.cd, device=u.device)
-    return solve(parallel_map(model, commit, ops), z0, budget, context, piece_valid, keep)
+    return solve(parallel_map(model, commit, ops), z0, budget, context, piece_valid, keep, model.logits)
 
 
 def step_map(model: PieceMaps, commit_last: bool = True, ops: Ops = torch_ops):

@@ -14,21 +14,30 @@ from .readings import reading_label, reading_unit
 UNCONVERGED_WARN = 0.1  # above this share of pieces at the cap unconverged, a score is flagged as unconverged
 
 
-def split_anytime(results: dict) -> dict[int | None, dict]:
+def split_anytime(results: dict) -> dict[int | str | None, dict]:
     """One standalone results dict per budget of a run: its own (keyed by its max_iter; None for an explicit model)
-    and each anytime budget's, as if that budget had been run alone. Used by the sweep (a file per budget) and by
+    and each anytime budget's (by max_iter, or by name for an exit point: "kl=0.001"), as if that budget had been
+    run alone. Used by the sweep (a file per budget) and by
     the report (plain lm-eval results of a run with anytime budgets)."""
     info = results.get("config", {}).get("ssm_model", {})
+    anytime = results.get("anytime") or {}
+    copies = {f"k={k}" if k.isdigit() else k for k in anytime}  # acc@k=4, acc@kl=0.001: the points' metrics
     own = {k: v for k, v in results.items() if k != "anytime"}
     for section in ("results", "groups"):
         if section in own:
-            own[section] = {task: {m: v for m, v in metrics.items() if "@k=" not in m}
+            own[section] = {task: {m: v for m, v in metrics.items() if not _anytime_copy(m, copies)}
                             for task, metrics in own[section].items()}
-    out = {(info.get("budget") or {}).get("max_iter"): own}
-    for k, part in (results.get("anytime") or {}).items():
-        out[int(k)] = {**own, "results": part["results"], "groups": part["groups"],
-                       "config": {**own.get("config", {}), "ssm_model": part["ssm_model"]}}
+    out: dict[int | str | None, dict] = {(info.get("budget") or {}).get("max_iter"): own}
+    for k, part in anytime.items():
+        out[int(k) if k.isdigit() else k] = {**own, "results": part["results"], "groups": part["groups"],
+                                             "config": {**own.get("config", {}), "ssm_model": part["ssm_model"]}}
     return out
+
+
+def _anytime_copy(name: str, points: set[str]) -> bool:
+    """Whether a metric name ("acc@k=4,none", "acc@kl=0.001_stderr,none") is an anytime point's copy."""
+    base, at, point = name.partition(",")[0].rpartition("@")
+    return bool(at) and point.removesuffix("_stderr") in points
 
 
 def unconverged_tasks(info: dict) -> dict[str, float]:
@@ -47,7 +56,8 @@ def convergence_block(info: dict) -> str:
     if not budget:
         return ""
     unit = info.get("unit") or reading_unit(budget.get("mode"))
-    lines = [f"{info.get('kind', '')}_ssm convergence: max_iter={budget['max_iter']}, tol={budget['tol']:g}, "
+    exit = f", exit={budget['exit']}" if budget.get("exit") else ""  # the default (the residual) goes unsaid
+    lines = [f"{info.get('kind', '')}_ssm convergence: max_iter={budget['max_iter']}, tol={budget['tol']:g}{exit}, "
              f"tau={budget['tau']:g}, {budget['solver']}, {reading_label(budget)} (iterations per {unit})", "",
              "| task | mean iterations | p90 | per token | hit max_iter unconverged |", "|---|---|---|---|---|"]
     overall = (info.get("convergence") or {}).get("scoring") or {}

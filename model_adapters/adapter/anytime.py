@@ -1,12 +1,14 @@
 """Anytime budgets: the metrics of every budget of one trajectory, through lm-eval's own evaluation.
 
 `anytime=1;4;16` (simultaneous mode, tol 0) makes the adapter score every request at each of those budgets from the
-one trajectory of its run (scores.py keeps the answers). lm-eval computes metrics for the run's own budget; for the
+one trajectory of its run (scores.py keeps the answers); `anytime_exits=kl:0.01;kl:0.001` adds the runs that stop on
+an exit criterion at those thresholds (capped at the run's max_iter), read off the same trajectory. lm-eval computes metrics for the run's own budget; for the
 others, `evaluate_with_anytime` evaluates the same tasks once more per budget with a BudgetView, an lm-eval model
 that answers from those scores (no model compute), and puts the metrics into the results:
 
     results["anytime"][str(k)] = {"results": ..., "groups": ..., "ssm_model": model info at budget k}
     results["results"][task]["acc@k=4,none"] = ...      (so lm-eval's printed table shows every budget)
+    results["anytime"]["kl=0.001"], results["results"][task]["acc@kl=0.001,none"]    (an exit point)
 
 The sweep calls it directly; for the stock `lm_eval` CLI the registration hook (hook.py) installs it in
 place of lm_eval.evaluator.evaluate. It changes nothing for any other model or without anytime budgets.
@@ -19,6 +21,8 @@ from typing import Any
 from lm_eval.api.model import LM
 
 from ..errors import ConfigError
+from ..exits import ExitPoint, point_name
+from .samples import add_compute
 
 
 class BudgetView(LM):
@@ -76,8 +80,10 @@ def extra_budgets(lm) -> tuple[int, ...]:
 
 
 def evaluate_with_anytime(evaluate, lm, task_dict, **kwargs) -> Any:
-    """lm-eval's evaluate(lm, task_dict, **kwargs), plus one replay per anytime budget merged into its results."""
+    """lm-eval's evaluate(lm, task_dict, **kwargs), its logged samples with their compute (samples.py), plus one
+    replay per anytime budget merged into its results."""
     results = evaluate(lm=lm, task_dict=task_dict, **kwargs)
+    add_compute(results, lm)
     budgets = extra_budgets(lm)
     if not budgets:
         return results
@@ -88,18 +94,20 @@ def evaluate_with_anytime(evaluate, lm, task_dict, **kwargs) -> Any:
     return results
 
 
-def add_anytime(results: dict, per_budget: dict[int, dict], view) -> None:
+def add_anytime(results: dict, per_budget: dict, view) -> None:
+    """Each point's metrics under results["anytime"][name] ("4", "kl=0.001") and as `acc@k=4`, `acc@kl=0.001`."""
     results["anytime"] = {}
     for k, replay in per_budget.items():
-        results["anytime"][str(k)] = {"results": replay.get("results", {}), "groups": replay.get("groups", {}),
-                                      "ssm_model": view(k).get_model_info()["ssm_model"]}
+        results["anytime"][point_name(k)] = {"results": replay.get("results", {}), "groups": replay.get("groups", {}),
+                                             "ssm_model": view(k).get_model_info()["ssm_model"]}
+        at = k.label if isinstance(k, ExitPoint) else f"k={k}"
         for section in ("results", "groups"):
             for task, metrics in replay.get(section, {}).items():
                 target = results.setdefault(section, {}).setdefault(task, {})
                 for name, value in metrics.items():
                     metric, sep, rest = name.partition(",")
                     if sep and metric not in ("alias", "samples") and not metric.endswith("_stderr"):
-                        target[f"{metric}@k={k},{rest}"] = value
+                        target[f"{metric}@{at},{rest}"] = value
                         stderr = metrics.get(f"{metric}_stderr,{rest}")
                         if stderr is not None:
-                            target[f"{metric}@k={k}_stderr,{rest}"] = stderr
+                            target[f"{metric}@{at}_stderr,{rest}"] = stderr

@@ -15,10 +15,13 @@ import torch
 
 from ..config import Budget
 from ..errors import ConfigError
+from ..exits import ExitPoint, parse_exit_point
 from ..readings import READINGS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BUDGET_ARGS = ("max_iter", "tol", "tau", "solver", "mode", "block_size", "anderson_m", "anytime")
+BUDGET_ARGS = ("max_iter", "tol", "tau", "solver", "mode", "block_size", "anderson_m", "exit", "anytime",
+               "anytime_exits")
+ANYTIME_ARGS = ("anytime", "anytime_exits")  # budgets read off the run's trajectory, not fields of its Budget
 COMMON_ARGS = ("pretrained", "tokenizer", "eos_token", "prefix_token", "backend", "dtype", "max_length", "batch_size",
                "max_batch_size", "device", "record_greedy", "cuda_graphs", "unknown_tokens", "progress")
 UNKNOWN_TOKENS = ("refuse", "flag")  # a task the tokenizer cannot read: refuse it, or score it and mark it
@@ -38,6 +41,7 @@ class EvalArgs:
     device: torch.device
     budget_overrides: dict
     anytime: tuple[int, ...] = ()  # extra budgets scored from the run's one trajectory (see lm.py)
+    anytime_exits: tuple[ExitPoint, ...] = ()  # thresholds of exit criteria read off that trajectory as well
     record_greedy: str | None = None  # a .jsonl path: greedy tokens at every position of each scored sequence
     cuda_graphs: bool | None = None  # decode through a captured CUDA graph; None = whenever possible
     eos_token: str | None = None  # the tokenizer's end-of-text token, when the checkpoint does not name one
@@ -73,7 +77,9 @@ def parse_model_args(kind: str, args: dict) -> EvalArgs:
         batch_size=_batch_size(args.get("batch_size", 1), model),
         max_batch_size=_positive_int(args.get("max_batch_size"), "max_batch_size", model) or 64,
         device=_device(args.get("device")), budget_overrides=overrides,
-        anytime=_int_list(args.get("anytime"), "anytime", model), record_greedy=_record_path(args.get("record_greedy")),
+        anytime=_int_list(args.get("anytime"), "anytime", model),
+        anytime_exits=_exit_points(args.get("anytime_exits"), model),
+        record_greedy=_record_path(args.get("record_greedy")),
         cuda_graphs=_opt_bool(args.get("cuda_graphs"), "cuda_graphs", model),
         eos_token=_opt_str(args.get("eos_token")), prefix_token=_opt_str(args.get("prefix_token")),
         unknown_tokens=_choice(args.get("unknown_tokens", "refuse"), "unknown_tokens", UNKNOWN_TOKENS, model),
@@ -84,11 +90,11 @@ def budget_overrides(args: dict) -> dict:
     """The budget fields among the model_args, each value checked now (before a checkpoint is read); how they
     combine with the checkpoint's own budget is config.resolve_budget's (a block_size alone is valid for a checkpoint
     that reads blockwise)."""
-    overrides = {k: args[k] for k in BUDGET_ARGS if k in args and k != "anytime"}
+    overrides = {k: args[k] for k in BUDGET_ARGS if k in args and k not in ANYTIME_ARGS}
     for k in ("tol", "tau"):  # lm-eval casts "0" to int
         if k in overrides and _number(overrides[k]):
             overrides[k] = float(overrides[k])
-    probe = Budget(mode="blockwise", block_size=1)  # takes every field, so each value is checked on its own
+    probe = Budget(mode="blockwise", block_size=1, tol=1.0)  # takes every field: each value is checked on its own
     for key, value in overrides.items():
         if key != "mode" and (key != "block_size" or value is not None):
             probe.replace(**{key: value})
@@ -151,6 +157,17 @@ def _int_list(value, name: str, model: str) -> tuple[int, ...]:
     if any(k < 1 for k in out):
         raise ConfigError(f"{model}: {name} budgets must be >= 1, got {value!r}")
     return out
+
+
+def _exit_points(value, model: str) -> tuple[ExitPoint, ...]:
+    """Thresholds of exit criteria, CRITERION:THRESHOLD separated by ';' (kl:0.01;kl:0.001;argmax:2)."""
+    if value is None or value == "":
+        return ()
+    items = value.split(";") if isinstance(value, str) else list(value)
+    try:
+        return tuple(parse_exit_point(str(x)) for x in items)
+    except ValueError as exc:
+        raise ConfigError(f"{model}: anytime_exits: {exc}") from None
 
 
 def _number(x) -> bool:

@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from ..exits import point_name
 from ..reading import ReadStats
 
 
@@ -19,11 +20,12 @@ def greedy_records(sequences, members, hidden: dict[int, torch.Tensor], stats: d
         record = {"task": group[0].task, "doc_id": group[0].doc_id, "input": list(seq), "greedy": {},
                   "iterations": {}, "piece_tokens": {}}
         for k, h in hidden.items():
-            record["greedy"][str(k)] = logits(h[i, :n])[:, :vocab_size].argmax(-1).tolist()
+            name = point_name(k)  # "4", or "kl=0.001" for an exit point read off the trajectory
+            record["greedy"][name] = logits(h[i, :n])[:, :vocab_size].argmax(-1).tolist()
             if stats.get(k) is not None:
                 present = stats[k].present[i]
-                record["iterations"][str(k)] = stats[k].iterations[i][present].tolist()
-                record["piece_tokens"][str(k)] = stats[k].tokens[i][present].tolist()
+                record["iterations"][name] = stats[k].iterations[i][present].tolist()
+                record["piece_tokens"][name] = stats[k].tokens[i][present].tolist()
         records.append(record)
     return records
 

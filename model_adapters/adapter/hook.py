@@ -1,8 +1,9 @@
 """Plugs this project into lm-eval at import time: the two model names, and the few patches, all here.
 
 The patches of lm-eval (pinned: lm-eval==0.4.13), each small and each tested against the pinned version
-(tests/lm_eval_adapters/test_hook.py): the registry entries, a wrapper of evaluator.evaluate (anytime budgets), a
-wrapper of utils.make_table (the convergence summary) and a chained sys.excepthook (one-line errors).
+(tests/lm_eval_adapters/test_hook.py): the registry entries, a wrapper of evaluator.evaluate (anytime budgets and
+the samples' compute), a wrapper of utils.make_table (the convergence summary) and a chained sys.excepthook
+(one-line errors).
 
 lm-eval 0.4.13 has no plugin discovery, so `pip install` drops a one-line .pth file
 (model_adapters/implicit_ssm_lm_eval.pth) that imports this module at interpreter start-up. It only appends a finder
@@ -11,7 +12,8 @@ development machine, BENCHMARKS.md). The finder lets two lm-eval modules load no
 - lm_eval.api.registry: registers `implicit_ssm` and `explicit_ssm` as lazy "module:Class" placeholders, so the
   adapters (and torch) are imported only when one of these models is used;
 - lm_eval.evaluator: wraps `evaluate` so that a run of our adapter with anytime budgets also reports each budget's
-  metrics (anytime.py); for every other model the wrapper calls lm-eval's function unchanged;
+  metrics (anytime.py), and its logged samples (--log_samples) carry what each cost (samples.py); for every other
+  model the wrapper calls lm-eval's function unchanged;
 - lm_eval.utils: wraps `make_table` so that lm-eval's printed results of our adapter are followed by a short
   convergence summary (budget, iterations, the share that hit max_iter unconverged); other results are unchanged.
 When lm-eval's registry loads, it also chains a sys.excepthook: in lm-eval's command line, an error of ours that
@@ -80,7 +82,7 @@ def wrap_evaluator(module) -> None:
 
     @functools.wraps(evaluate)
     def evaluate_with_anytime(lm, task_dict, *args, **kwargs):
-        if args or not getattr(lm, "budgets_scored", ())[1:]:  # not ours, or no anytime budgets
+        if args or not getattr(lm, "budgets_scored", ()):  # not ours
             return evaluate(lm, task_dict, *args, **kwargs)
         from .anytime import evaluate_with_anytime as run
 

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..exits import ExitPoint, point_name
 from ..readings import reading_unit
 from .records import BudgetRecord, TaskRecord
 
@@ -42,40 +43,44 @@ class RunView:
     request_seconds: float = 0.0
 
 
-def model_info(lm, view: RunView, k: int | None = None) -> dict:
-    """config.ssm_model of a run at budget k (default: the run's own)."""
+def model_info(lm, view: RunView, k: int | ExitPoint | None = None) -> dict:
+    """config.ssm_model of a run at budget k, or at an exit point read off its trajectory (default: the run's own)."""
     k = k or lm.budgets_scored[0]
     info = {
         "checkpoint": str(lm.ckpt.path), "content_hash": lm.ckpt.content_hash, "kind": lm.KIND,
         "format": lm.ckpt.format, "backend": lm.kernels, "dtype": lm.args.dtype_name, "device": str(lm.ranks.device),
         "world_size": lm.ranks.world_size, "max_length": lm.max_length, "truncated_requests": view.truncated,
         "fingerprint": lm.fingerprint(k), "request_seconds": round(view.request_seconds, 3),
-        "tasks": task_info(view, k, lm.budget is not None),
+        "tasks": task_info(view, k, lm.budget.at(k).max_iter if lm.budget is not None else None),
     }
     if lm.args.record_greedy:
         info["greedy_log"] = str(lm.args.record_greedy)
     if lm.budget is not None:
         info.update(budget_info(lm, view, k))
     if lm.anytime:
-        info["anytime_budgets"] = list(lm.budgets_scored)
+        info["anytime_budgets"] = [point_name(p) if isinstance(p, ExitPoint) else p for p in lm.budgets_scored]
         if k != lm.budgets_scored[0]:
             info["anytime_of"] = lm.budgets_scored[0]
+        if isinstance(k, ExitPoint):  # its records (the greedy log's) are kept under this name
+            info["anytime_point"] = point_name(k)
     return info
 
 
-def budget_info(lm, view: RunView, k: int) -> dict:
-    budget = lm.budget.replace(max_iter=k)
-    scoring = view.records[k].scoring.summary(k)
-    generation = view.generation.summary(k) if k == lm.budgets_scored[0] else {"count": 0}
-    return {"budget": budget.to_dict(), "unit": reading_unit(budget.mode),
+def budget_info(lm, view: RunView, k: int | ExitPoint) -> dict:
+    """The budget, its reading's unit, its exit criterion and the convergence statistics (per reading unit)."""
+    budget = lm.budget.at(k)
+    scoring = view.records[k].scoring.summary(budget.max_iter)
+    generation = view.generation.summary(budget.max_iter) if k == lm.budgets_scored[0] else {"count": 0}
+    return {"budget": budget.to_dict(), "unit": reading_unit(budget.mode), "exit": budget.exit,
             "convergence": {"scoring": scoring, "generation": generation}}
 
 
-def task_info(view: RunView, k: int, implicit: bool) -> dict:
+def task_info(view: RunView, k: int | ExitPoint, max_iter: int | None) -> dict:
+    """Per task: what its documents carry, and (implicit: max_iter given) its convergence statistics."""
     out = {}
     for task, record in sorted(view.tasks.items()):
         out[task] = record.summary()
-        log = view.records[k].per_task.get(task) if implicit else None
+        log = view.records[k].per_task.get(task) if max_iter is not None else None
         if log is not None:
-            out[task]["convergence"] = log.summary(k)
+            out[task]["convergence"] = log.summary(max_iter)
     return out

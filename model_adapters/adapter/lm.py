@@ -30,6 +30,7 @@ from ..backends import resolve_backend
 from ..config import resolve_budget
 from ..convergence import ConvergenceLog
 from ..errors import ConfigError
+from ..exits import ExitPoint
 from ..formats import load_checkpoint
 from ..readings import reading_unit
 from ..runtime import Runtime
@@ -39,7 +40,7 @@ from .args import DEFAULT_MAX_LENGTH, parse_model_args
 from .batching import BatchSizer
 from .info import RunView, check_checkpoint, model_fingerprint, model_info
 from .ranks import Ranks
-from .records import BudgetRecord
+from .records import BudgetRecord, Compute
 from .requests import before_eot, cut_at_stops, loglikelihood_items, parse_gen_kwargs, rolling_items
 from .scoring import Scorer
 from .task_records import check_readable, observe
@@ -65,7 +66,8 @@ class SSMLM(TemplateLM):
         self.runtime = Runtime(self.model, self.kernels, _graph_mode(args.cuda_graphs, self.ranks.device))
         self.max_length = args.max_length or DEFAULT_MAX_LENGTH
         # Budgets scored per request: the run's own first, then anytime budgets read off the same trajectory.
-        self.anytime = self.budget.anytime_budgets(args.anytime) if implicit and args.anytime else ()
+        extra = args.anytime + args.anytime_exits
+        self.anytime = self.budget.anytime_budgets(extra) if implicit and extra else ()
         self.budgets_scored = (self.budget.max_iter if implicit else 0, *[k for k in self.anytime
                                                                            if k != self.budget.max_iter])
         self.local = RunView({k: BudgetRecord() for k in self.budgets_scored}, {}, ConvergenceLog())
@@ -146,6 +148,8 @@ class SSMLM(TemplateLM):
                 continue
             for k, scored in by_budget.items():
                 self.local.records[k].answers[item.key] = scored
+                if scored.compute is not None:
+                    self.local.records[k].compute[item.key] = scored.compute
             self.cache_hook.add_partial("loglikelihood", item.key[1], by_budget[self.budgets_scored[0]].as_lm_eval())
         return [a[self.budgets_scored[0]].as_lm_eval() for a in answers]
 
@@ -155,12 +159,17 @@ class SSMLM(TemplateLM):
         items, owners = rolling_items(requests, encoded, self.prefix_token_id, self.max_length)
         answers = self._score(items, "loglikelihood_rolling", disable_tqdm)
         totals = {k: [0.0] * len(requests) for k in self.budgets_scored}
+        windows: dict = {k: [[] for _ in requests] for k in self.budgets_scored}
         for owner, by_budget in zip(owners, answers):
             for k, scored in by_budget.items():
                 totals[k][owner] += scored.logprob
+                windows[k][owner].append(scored.compute)
         for k, values in totals.items():
-            self.local.records[k].answers.update({("loglikelihood_rolling", r.args): v
-                                                  for r, v in zip(requests, values)})
+            record = self.local.records[k]
+            record.answers.update({("loglikelihood_rolling", r.args): v for r, v in zip(requests, values)})
+            if self.budget is not None:
+                record.compute.update({("loglikelihood_rolling", r.args): Compute.joined(parts)
+                                       for r, parts in zip(requests, windows[k])})
         main = totals[self.budgets_scored[0]]
         for req, total in zip(requests, main):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
@@ -242,18 +251,18 @@ class SSMLM(TemplateLM):
         return results
 
     # -- results --------------------------------------------------------------------------------------
-    def fingerprint(self, k: int | None = None) -> str:
-        budget = self.budget.replace(max_iter=k) if self.budget and k else self.budget
+    def fingerprint(self, k: int | ExitPoint | None = None) -> str:
+        budget = self.budget.at(k) if self.budget and k else self.budget
         return model_fingerprint(self.ckpt.content_hash, budget, self.args.dtype_name, self.kernels, self.max_length)
 
-    def model_info(self, k: int | None = None) -> dict:
+    def model_info(self, k: int | ExitPoint | None = None) -> dict:
         """What results must say about this run at budget k (default: the run's own budget)."""
         return model_info(self, self.view, k)
 
     def get_model_info(self) -> dict:
         return {"ssm_model": self.model_info()}
 
-    def at_budget(self, k: int):
+    def at_budget(self, k: int | ExitPoint):
         """This run's answers at anytime budget k as an lm-eval model (no model compute): see anytime.py."""
         from .anytime import BudgetView
 

@@ -61,7 +61,8 @@ class Ranks:
             return local
         parts = [None] * self.world_size
         dist.all_gather_object(parts, RunView(
-            {k: BudgetRecord(scoring=r.scoring, per_task=r.per_task) for k, r in local.records.items()},
+            {k: BudgetRecord(scoring=r.scoring, per_task=r.per_task, compute=r.compute)
+             for k, r in local.records.items()},
             local.tasks, local.generation, local.truncated, local.request_seconds))
         return RunView(merge_records(local.records, [p.records for p in parts]),
                        merge_tasks([p.tasks for p in parts]), merge_logs([p.generation for p in parts]),

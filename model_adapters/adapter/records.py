@@ -1,7 +1,8 @@
 """What an evaluation run produces, typed: answers at every scored budget, statistics per budget and per task.
 
-    Answer          one loglikelihood request at one budget: (logprob, greedy)
-    BudgetRecord    one budget's answers (by request key) and convergence logs (whole run, per task)
+    Answer          one loglikelihood request at one budget: (logprob, greedy), and its Compute
+    Compute         what a request cost: iterations, final residual, convergence and tokens per piece
+    BudgetRecord    one budget's answers and compute (by request key) and convergence logs (whole run, per task)
     TaskRecord      what the run learnt about one lm-eval task from its requests: the fields the task's documents
                     carry (family, task, bucket, length, data_hash, chance) and how well the tokenizer read it
 
@@ -23,9 +24,33 @@ DOC_FIELDS = ("family", "task", "bucket", "data_hash", "chance")  # carried by d
 
 
 @dataclass(frozen=True)
+class Compute:
+    """What one request cost at one budget, per piece of the sequence it was scored on (of every window, in order,
+    for a rolling request): f evaluations (the final one included), the relative residual at the final evaluation,
+    whether the piece met the exit criterion, and its tokens."""
+
+    iterations: tuple[int, ...]
+    residual: tuple[float, ...]
+    converged: tuple[bool, ...]
+    tokens: tuple[int, ...]
+
+    @classmethod
+    def of_row(cls, stats: ReadStats, row: int) -> Compute:
+        present = stats.present[row]
+        return cls(*(tuple(getattr(stats, f)[row][present].tolist()) for f in ("iterations", "residual", "converged",
+                                                                                "tokens")))
+
+    @classmethod
+    def joined(cls, parts: list[Compute]) -> Compute:
+        return cls(*(sum((getattr(p, f) for p in parts), ()) for f in ("iterations", "residual", "converged",
+                                                                       "tokens")))
+
+
+@dataclass(frozen=True)
 class Answer:
     logprob: float
     greedy: bool
+    compute: Compute | None = None  # an implicit model's cost of the request (None: an explicit model)
 
     def as_lm_eval(self) -> tuple[float, bool]:
         return self.logprob, self.greedy
@@ -36,16 +61,19 @@ class BudgetRecord:
     answers: dict[RequestKey, Answer | float] = field(default_factory=dict)  # float: loglikelihood_rolling totals
     scoring: ConvergenceLog = field(default_factory=ConvergenceLog)
     per_task: dict[str, ConvergenceLog] = field(default_factory=dict)
+    compute: dict[RequestKey, Compute] = field(default_factory=dict)  # per request, for the logged samples
 
     def log(self, task: str, stats: ReadStats) -> None:
         self.scoring.add(stats)
         self.per_task.setdefault(task, ConvergenceLog()).add(stats)
 
     def extend(self, other: BudgetRecord) -> None:
-        """Merge another rank's record (answers stay per rank: each rank replays its own shard)."""
+        """Merge another rank's record (answers stay per rank: each rank replays its own shard; the compute of every
+        request is merged, since lm-eval gathers every rank's samples on rank 0)."""
         self.scoring.extend(other.scoring)
         for task, log in other.per_task.items():
             self.per_task.setdefault(task, ConvergenceLog()).extend(log)
+        self.compute.update(other.compute)
 
 
 @dataclass

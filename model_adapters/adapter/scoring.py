@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import NonFiniteError
+from ..exits import ExitPoint
 from ..reading import ReadStats
 from ..runtime import Runtime
 from ..runtime.generation import right_pad
+from ..tensors import map_tensors
 from .greedy_log import append_records, greedy_records
-from .records import Answer, BudgetRecord
+from .records import Answer, BudgetRecord, Compute
 from .requests import Item, model_input
 
 
@@ -26,8 +28,8 @@ from .requests import Item, model_input
 class Scorer:
     runtime: Runtime
     budget: object  # config.Budget, or None for an explicit model
-    anytime: tuple[int, ...]  # the anytime budgets read off the run's trajectory (its own included)
-    budgets: tuple[int, ...]  # the budgets scored: the run's own first (0 for an explicit model)
+    anytime: tuple  # the anytime budgets (max_iter values, ExitPoints) read off the run's trajectory (its own included)
+    budgets: tuple  # the budgets scored: the run's own max_iter first (0 for an explicit model)
     max_length: int
     vocab_size: int
     batch_size: Callable[[int], int]  # longest sequence -> sequences per forward
@@ -68,18 +70,21 @@ class Scorer:
         if self.greedy_log:
             append_records(self.greedy_log, greedy_records(sequences, members, hidden, stats, self.runtime.logits,
                                                            self.vocab_size))
+        cpu_stats = {k: map_tensors(s, torch.Tensor.cpu) for k, s in stats.items()}  # one copy, not one per row
         results = []
         for i, (n, group) in enumerate(zip(lengths.tolist(), members)):
             span = max(len(item.continuation) for item in group)
             logprobs = {k: self._logprobs(h[i, n - span: n], group[0], k) for k, h in hidden.items()}
-            results.append([{k: answer(lp, item.continuation) for k, lp in logprobs.items()} for item in group])
+            compute = {k: Compute.of_row(s, i) if s is not None else None for k, s in cpu_stats.items()}
+            results.append([{k: answer(lp, item.continuation, compute[k]) for k, lp in logprobs.items()}
+                            for item in group])
         return results
 
     def _logprobs(self, hidden: torch.Tensor, item: Item, k: int) -> torch.Tensor:
         logits = self.runtime.logits(hidden)
         if not torch.isfinite(logits).all():
             where = f"task {item.task} doc {item.doc_id}" if item.key else "a request"
-            at = f" at max_iter={k}" if self.budget is not None else ""
+            at = f" at {k.label if isinstance(k, ExitPoint) else f'max_iter={k}'}" if self.budget is not None else ""
             raise NonFiniteError(f"{self.model_name} produced non-finite logits (NaN/inf) for {where}{at}; no score "
                                  "is reported from them")
         return F.log_softmax(logits, dim=-1)
@@ -95,9 +100,9 @@ class Scorer:
                                                     s.tokens[rows]))
 
 
-def answer(logprobs: torch.Tensor, cont_toks: list[int]) -> Answer:
+def answer(logprobs: torch.Tensor, cont_toks: list[int], compute: Compute | None = None) -> Answer:
     """logprobs (positions, vocab): the trailing len(cont_toks) positions score the continuation."""
     logprobs = logprobs[-len(cont_toks):]
     target = torch.tensor(cont_toks, device=logprobs.device)
     greedy = bool((logprobs.argmax(-1) == target).all())
-    return Answer(float(logprobs.gather(1, target[:, None]).sum()), greedy)
+    return Answer(float(logprobs.gather(1, target[:, None]).sum()), greedy, compute)

@@ -114,7 +114,7 @@ class SolvedStep:
 
 def make_stepper(runtime: Runtime, state, budget: Budget | None, vocab_size: int, cuda_graphs: bool | None):
     """Graphs need CUDA; None = whenever possible. Explicit models and implicit ones at tol = 0 capture the whole
-    step; implicit ones at tol > 0 capture the solve in segments (damped iteration only)."""
+    step; implicit ones at tol > 0 capture the solve in segments (damped iteration stopping on the residual only)."""
     on_cuda = runtime.model.embedding.weight.is_cuda
     if cuda_graphs and not on_cuda:
         raise ValueError("cuda_graphs needs a CUDA device")
@@ -125,7 +125,8 @@ def make_stepper(runtime: Runtime, state, budget: Budget | None, vocab_size: int
     if can_capture(budget):
         return SolvedStep(runtime, state, budget, vocab_size)
     if cuda_graphs:
-        raise ValueError(f"cuda_graphs at tol > 0 needs solver=fixed_point, got {budget.solver}")
+        raise ValueError(f"cuda_graphs at tol > 0 needs solver=fixed_point and exit=residual, got "
+                         f"solver={budget.solver}, exit={budget.exit}")
     return EagerStep(runtime, state, budget, vocab_size)
 
 

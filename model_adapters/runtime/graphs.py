@@ -12,8 +12,8 @@ holds static buffers for one piece shape (rows, piece length) and budget, and th
 Each update after f is the backend's damped_update (one kernel on the triton backend, the plain twin on the
 torch backend). Masked updates give exactly what the gathering solver (fixed_point.solve) gives: a row that
 converges keeps its iterate and its count, and stops at max_iter - 1 updates; rows outside the piece (a sequence
-that has ended) take no part and keep their state. Only damped iteration (solver "fixed_point") is captured;
-Anderson runs eagerly. The same code runs without capture (capture=False), on any device: that is what the CPU
+that has ended) take no part and keep their state. Only damped iteration (solver "fixed_point") stopping on the
+relative residual (exit "residual") is captured; Anderson and the other exit criteria run eagerly. The same code runs without capture (capture=False), on any device: that is what the CPU
 tests hold to the eager solver, and what the GPU tests hold the captured graphs to.
 
 The forward that scoring runs (no state in, none out: the explicit stack, or the simultaneous reading at tol = 0) is
@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..exits import DEFAULT_EXIT
 from ..fixed_point import SolveStats, relative_residual
 from ..mamba2 import MixerState, Ops, State
 from ..tensors import broadcast_mask, map_tensors
@@ -66,7 +67,9 @@ def trim_length(tree, padded: int, length: int):
 
 
 def can_capture(budget: Budget) -> bool:
-    return budget.solver == "fixed_point"
+    """Masked solves run damped iteration stopping on the relative residual (the backends' damped_update); Anderson
+    and the other exit criteria (exits.py) run in the eager solver."""
+    return budget.solver == "fixed_point" and budget.exit == DEFAULT_EXIT
 
 
 def capture(parts: dict, pool=None, warm: dict | None = None) -> tuple[dict, dict]:

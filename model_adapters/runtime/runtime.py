@@ -7,7 +7,8 @@ decides how each computation runs, in one place:
     graphs      "off": eagerly, the solver gathering the rows still iterating (reading.read);
                 "capture": on CUDA, the scoring forward replayed from CUDA graphs by padded shape (graphs.ForwardGraphs;
                 the implicit one-piece reading through read_whole at tol = 0, read_masked at tol > 0), and the
-                sequential and blockwise readings solved piece by piece in captured PieceSolves;
+                sequential and blockwise readings solved piece by piece in captured PieceSolves (budgets of damped
+                iteration stopping on the relative residual; other solvers and exit criteria run eagerly, logged);
                 "masked": the same masked piece solves without capture, on any device (what the CPU tests hold to
                 the eager reading)
     caches      forward graphs and piece solves, emptied whenever a parameter changes (in place or replaced): a
@@ -19,6 +20,8 @@ the one-file oracle, implicit_lm.py).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,6 +29,7 @@ from torch import Tensor
 from ..backends import get_ops
 from ..config import Budget
 from ..errors import ConfigError
+from ..exits import DEFAULT_EXIT, ExitPoint
 from ..mamba2 import State
 from ..models import ExplicitLM, ImplicitLM, LMOutput
 from ..reading import Reading, pieces
@@ -40,6 +44,7 @@ from .readings import (
     read_whole,
 )
 
+logger = logging.getLogger(__name__)
 GRAPH_MODES = ("off", "capture", "masked")
 PIECE_SOLVES_KEPT = 8  # a few shapes per run: the batch size, a shorter last batch, a last block
 
@@ -54,6 +59,7 @@ class Runtime:
         self.ops = get_ops(backend)
         self._caches: dict[str, object] = {}
         self._weights_version: tuple | None = None
+        self._noted_exits: set[str] = set()  # exit criteria whose eager solves were logged
 
     @property
     def cfg(self):
@@ -89,6 +95,7 @@ class Runtime:
         budget = budget or model.cfg.default_budget()
         keep = budget.anytime_budgets(anytime)
         model.check_ids(ids)
+        self._note_eager_exit(budget, keep)
         if self._graphable(ids, state, want_state) and (lengths is None or bool(lengths.min() > 0)):
             r = self._captured_reading(budget, keep, ids, lengths)
             if r is not None:
@@ -106,6 +113,8 @@ class Runtime:
         at tol = 0, read_masked at tol > 0; None where it does not."""
         length = ids.shape[1]
         model, ops = self.model, self.ops
+        if any(isinstance(k, ExitPoint) for k in keep):  # exit tests read the head: eagerly
+            return None
         if all(can_read_whole(budget, n) for n in (length, padded_length(length))):
             def whole(ids: Tensor, lengths: Tensor) -> Reading:
                 return read_whole(model, model.inject(ids), budget, lengths, keep, ops)
@@ -129,6 +138,18 @@ class Runtime:
             return False
         capturing = u.is_cuda and torch.cuda.is_current_stream_capturing()
         return not capturing and (self.graphs == "masked" or u.is_cuda)
+
+    def _note_eager_exit(self, budget: Budget, keep: tuple) -> None:
+        """Masked and captured solves test the relative residual only (graphs.can_capture): a budget that stops on
+        another criterion, or reads exit points off a trajectory, runs in the eager solver. Said once per criterion."""
+        exits = {budget.exit} - {DEFAULT_EXIT} if budget.tol else set()
+        exits |= {k.exit for k in keep if isinstance(k, ExitPoint)}
+        if self.graphs == "off" or not exits - self._noted_exits:
+            return
+        self._noted_exits |= exits
+        logger.info("exit criteria %s: masked and captured solves (graphs=%s) test the relative residual only; these "
+                    "budgets' readings run in the eager solver (fixed_point.solve), with a head evaluation per "
+                    "iteration where the criterion reads the next-token distribution", sorted(exits), self.graphs)
 
     # -- captured computations and their caches ------------------------------------------------------
     def _graphable(self, ids: Tensor, state: State | None, want_state: bool) -> bool:
