@@ -16,7 +16,7 @@ from pathlib import Path
 from ..model_adapters.readings import reading_label, reading_unit
 from .io import save_figure_atomic
 from .leaderboard import bucket_heading, budget_label
-from .report import bucket_order, iteration_samples
+from .report import LOWER_IS_BETTER, bucket_order, iteration_samples, one_pass
 from .results import Run
 
 READING_STYLE = {"simultaneous": ("-", "o"), "sequential": ("--", "s"), "blockwise": ("-.", "^"), None: (":", "D")}
@@ -74,8 +74,8 @@ def budget_series(rows: list[dict], colors: dict[str, str]) -> tuple[list[Series
             if r["kind"] == "implicit" and r["tol"] and r["iters_mean"]:
                 adaptive.append(Series(f"{checkpoint}, {budget_label(r)}", [r["iters_mean"]], [r["value"]], color,
                                        "none", marker))
-            if r["kind"] == "explicit":
-                explicit.append(Series(f"{checkpoint} (explicit)", [], [r["value"]], color, ls, marker))
+            if one_pass(r):
+                explicit.append(Series(f"{checkpoint} ({r['kind']})", [], [r["value"]], color, ls, marker))
     return fixed, adaptive, explicit
 
 
@@ -144,7 +144,7 @@ def accuracy_vs_length(rows: list[dict], out: Path, metric: str = "acc") -> list
         ax.set_xticks(range(len(buckets)), [bucket_heading(group_rows, b).replace(" (", "\n(") for b in buckets])
         ax.set_xlabel("length bucket (multiple of the training length)")
         ax.set_ylabel(metric)
-        ax.set_ylim(-0.03, 1.05)
+        _metric_axis(ax, metric)
         ax.set_title(group)
         _legend_outside(fig, ax)
         paths.append(_save(fig, out / f"acc_vs_length_{group}.png"))
@@ -154,7 +154,7 @@ def accuracy_vs_length(rows: list[dict], out: Path, metric: str = "acc") -> list
 # -- robustness ------------------------------------------------------------------------------------------------------
 def robustness_series(rows: list[dict], buckets: list[str], colors: dict[str, str]) -> list[Series]:
     """A row of points per (model, adaptive budget or explicit) over the distribution-shift buckets."""
-    keep = [r for r in rows if r["kind"] == "explicit" or r["tol"]]
+    keep = [r for r in rows if one_pass(r) or r["tol"]]
     out = []
     for (checkpoint, label), series in _by(keep, "checkpoint", "_label").items():
         values = {r["bucket"]: r["value"] for r in series}
@@ -182,7 +182,7 @@ def robustness(rows: list[dict], out: Path, metric: str = "acc") -> list[Path]:
         ax.set_xticks(range(len(buckets)), [bucket_heading(group_rows, b).replace(" (", "\n(") for b in buckets],
                       fontsize=8)
         ax.set_ylabel(metric)
-        ax.set_ylim(-0.03, 1.05)
+        _metric_axis(ax, metric)
         ax.grid(axis="y", alpha=0.3)
         ax.set_title(f"{group}: robustness under distribution shift (adaptive budgets)")
         _legend_outside(fig, ax)
@@ -273,6 +273,14 @@ def _legend_outside(fig, ax) -> None:
                 handles.append(h)
                 labels.append(lab)
     ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def _metric_axis(ax, metric: str) -> None:
+    """Accuracies on [0, 1]; bits per byte and perplexities on their own scale, lower marked as better."""
+    if metric in LOWER_IS_BETTER:
+        ax.set_ylabel(f"{metric} (lower is better)")
+    else:
+        ax.set_ylim(-0.03, 1.05)
 
 
 def _by(rows: list[dict], *keys: str) -> dict:

@@ -84,7 +84,7 @@ class Job:
 
     @property
     def key(self) -> str:
-        return budget_key(self.budget)
+        return "hf" if self.kind == "hf" else budget_key(self.budget)
 
     def dir(self, out: Path) -> Path:
         return out / self.label / self.key
@@ -130,17 +130,38 @@ def plan(spec: SweepSpec) -> list[Job]:
     from ..model_adapters.formats import inspect_checkpoint
 
     check_tasks(spec)
-    ckpts = [inspect_checkpoint(path) for path in spec.checkpoints]  # no weights read: planning is instant
+    ckpts = [hf_checkpoint(path) or inspect_checkpoint(path) for path in spec.checkpoints]  # no weights read
     labels = checkpoint_labels(ckpts)
     jobs = []
     for ckpt, label in zip(ckpts, labels):
         tasks = tasks_for(ckpt, spec.tasks)
+        if isinstance(ckpt, HFCheckpoint):
+            jobs.append(Job(Path(ckpt.path), label, "hf", ckpt.content_hash, tasks, None))
+            continue
         if ckpt.config.kind == "explicit":
             jobs.append(Job(Path(ckpt.path), label, "explicit", ckpt.content_hash, tasks, None))
             continue
         base = ckpt.default_budget.replace(solver=spec.solver, **({"tau": spec.tau} if spec.tau is not None else {}))
         jobs += [Job(Path(ckpt.path), label, "implicit", ckpt.content_hash, tasks, b) for b in budget_grid(base, spec)]
     return jobs
+
+
+@dataclass(frozen=True)
+class HFCheckpoint:
+    """A transformer saved as a Hugging Face directory (harness/transformer.py): lm-eval's own `hf` model scores it."""
+
+    path: Path
+    content_hash: str
+
+
+def hf_checkpoint(path: Path) -> HFCheckpoint | None:
+    from ..model_adapters.formats.common import content_hash
+    from .transformer import is_transformer_dir
+
+    if not is_transformer_dir(path):
+        return None
+    files = [f for f in Path(path).iterdir() if f.is_file() and f.suffix in (".json", ".safetensors")]
+    return HFCheckpoint(Path(path), content_hash(Path(path), files))
 
 
 def checkpoint_labels(ckpts) -> list[str]:
@@ -179,7 +200,12 @@ def tasks_for(ckpt, requested: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(requested)
     from ..tasks.registry import family_for_task
 
-    config = json.loads((Path(ckpt.path) / "config.json").read_text())
+    if isinstance(ckpt, HFCheckpoint):
+        from .transformer import TRAINING_FILE
+
+        config = {"training": json.loads((Path(ckpt.path) / TRAINING_FILE).read_text())}
+    else:
+        config = json.loads((Path(ckpt.path) / "config.json").read_text())
     task = ((config.get("training") or {}).get("config") or {}).get("task")
     if not task:
         raise ConfigError(f"{ckpt.path}: no training task recorded in config.json; pass --tasks explicitly")
@@ -419,8 +445,9 @@ def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | str | 
     wall = time.monotonic() - started
     for job in group:
         results = per_budget[job.budget.max_iter if job.budget else None]
-        greedy = GREEDY if job is main else f"../{main.key}/{GREEDY}"  # relative: a sweep folder can move
-        results["config"]["ssm_model"]["greedy_log"] = greedy
+        if "ssm_model" in results["config"]:  # our adapters keep a greedy log (lm-eval's hf model does not)
+            greedy = GREEDY if job is main else f"../{main.key}/{GREEDY}"  # relative: a sweep folder can move
+            results["config"]["ssm_model"]["greedy_log"] = greedy
         info = {"wall_s": wall if job is main else 0.0, "started": started_at}
         if worker is not None:
             info["worker"] = worker
@@ -431,6 +458,9 @@ def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | str | 
 
 
 def model_args(job: Job, spec: SweepSpec, greedy_path: Path, anytime: list[int]) -> dict:
+    if job.kind == "hf":  # lm-eval's own model: its context window is our adapters' default (DEFAULT_MAX_LENGTH)
+        return {"pretrained": str(job.checkpoint), "batch_size": spec.batch_size, "device": spec.device,
+                "dtype": spec.dtype, "max_length": 2048}
     args = {"pretrained": str(job.checkpoint), "batch_size": spec.batch_size, "device": spec.device,
             "dtype": spec.dtype, "backend": spec.backend, "record_greedy": str(greedy_path)}
     if job.budget is not None:
@@ -449,8 +479,13 @@ def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int]) -> di
     greedy = target / (GREEDY + ".tmp")
     greedy.unlink(missing_ok=True)
     args = model_args(job, spec, greedy, anytime)
-    adapter = ImplicitSSMLM if job.kind == "implicit" else ExplicitSSMLM
-    lm = adapter(**args, progress=False)  # the sweep's own bar counts jobs
+    if job.kind == "hf":
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(**args)
+    else:
+        adapter = ImplicitSSMLM if job.kind == "implicit" else ExplicitSSMLM
+        lm = adapter(**args, progress=False)  # the sweep's own bar counts jobs
     results = evaluate_loaded(lm, load_tasks(spec, job.tasks), spec, args)
     if greedy.exists():
         os.replace(greedy, target / GREEDY)
@@ -504,6 +539,7 @@ def save_job(job: Job, out: Path, spec: SweepSpec, results: dict, sweep_info: di
 
     results = {k: v for k, v in results.items() if k != "samples"}
     results["sweep"] = {"checkpoint": job.label, "checkpoint_path": str(job.checkpoint), "kind": job.kind,
+                        "content_hash": job.content_hash,
                         "budget": job.budget.to_dict() if job.budget else None, "key": job.key,
                         "job_key": job.job_key(spec), "tasks": list(job.tasks), **sweep_info}
     write_json_atomic(job.dir(out) / RESULTS, results, default=handle_non_serializable)
