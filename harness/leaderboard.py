@@ -143,6 +143,11 @@ def render(rows: list[dict], runs: list[Run], sweep: dict, command: str, agreeme
     return "\n".join(parts)
 
 
+def group_section_lines(group: str, rows: list[dict], metric: str) -> list[str]:
+    """One task group's section (its tables), for the leaderboard and the model cards."""
+    return _group_section(group, rows, metric)
+
+
 def _group_section(group: str, rows: list[dict], metric: str) -> list[str]:
     order = bucket_order(group) or sorted({r["bucket"] for r in rows if r["bucket"]})
     present = {r["bucket"] for r in rows}

@@ -102,7 +102,7 @@ def accuracy_vs_budget(rows: list[dict], out: Path, metric: str = "acc") -> list
             ax.set_xscale("log", base=2)
             ax.xaxis.set_major_formatter(_plain_numbers())
             ax.set_xlabel("fixed-point iterations (max_iter)")
-        axes[0][0].set_ylabel(metric)
+        axes[0][0].set_ylabel(f"{metric} (lower is better)" if metric in LOWER_IS_BETTER else metric)
         fig.suptitle(group, fontsize=10)
         _legend_outside(fig, axes[0][-1])
         paths.append(_save(fig, out / f"acc_vs_budget_{group}.png"))

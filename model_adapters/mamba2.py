@@ -75,7 +75,9 @@ class Mamba2(nn.Module):
     def _derived(self) -> Derived:
         """A = -exp(A_log) and the dt bias in the compute dtype, and D per head or channel. Computed once per weight
         version at inference (no autograd), every call while training (autograd must see them)."""
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in (self.A_log, self.dt_bias, self.D))
+        # Weights made under inference_mode have no version counter; they cannot change outside it either.
+        key = tuple((p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype)
+                    for p in (self.A_log, self.dt_bias, self.D))
         cache = self.__dict__.get("_derived_cache")
         if torch.is_grad_enabled() or cache is None or cache[0] != key:
             cd = self.cd
