@@ -109,7 +109,7 @@ def _failed(by_bucket: dict) -> dict | None:
 
 def best_budgets(summaries: list[dict]) -> str:
     """Each model's best budget: highest mean accuracy over buckets, ties to the fewest iterations."""
-    best = {}
+    best: dict[str, dict] = {}
     for s in summaries:
         current = best.get(s["checkpoint"])
         if current is None or (round(s["mean"], 4), -s["iters"]) > (round(current["mean"], 4), -current["iters"]):
@@ -172,7 +172,7 @@ def _agreement_section(agreement: list[dict]) -> list[str]:
 
 def timings(rows: list[dict]) -> str:
     """Wall time per run (machine-dependent, so kept out of the leaderboard)."""
-    seen = {}
+    seen: dict[tuple[str, str], float | None] = {}
     for r in rows:
         if r["status"] == "ok":
             seen.setdefault((r["checkpoint"], budget_label(r)), r["wall_s"])

@@ -159,7 +159,7 @@ def _agree(run: Run, reference: Run, k: int) -> tuple[int, int]:
 
 def iteration_samples(run: Run) -> list[int]:
     """Iterations used per solved piece (sequence, token or block) at this run's budget, from its greedy log."""
-    k = str(run.budget["max_iter"])
+    k = str(run.implicit_budget["max_iter"])
     values = []
     for record in greedy_records(run).values():
         values += record.get("iterations", {}).get(k, [])
