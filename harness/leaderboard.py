@@ -115,7 +115,7 @@ def best_budgets(summaries: list[dict], lower_is_better: bool = False) -> str:
     """Each model's best budget: the best mean over buckets (highest accuracy, lowest bits per byte), ties to the
     fewest iterations."""
     sign = -1 if lower_is_better else 1
-    best = {}
+    best: dict[str, dict] = {}
     for s in summaries:
         current = best.get(s["checkpoint"])
         if current is None or (round(sign * s["mean"], 4), -s["iters"]) > (round(sign * current["mean"], 4),
@@ -186,7 +186,7 @@ def _agreement_section(agreement: list[dict]) -> list[str]:
 
 def timings(rows: list[dict]) -> str:
     """Wall time per run (machine-dependent, so kept out of the leaderboard)."""
-    seen = {}
+    seen: dict[tuple[str, str], float | None] = {}
     for r in rows:
         if r["status"] == "ok":
             seen.setdefault((r["checkpoint"], budget_label(r)), r["wall_s"])

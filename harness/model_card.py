@@ -151,9 +151,11 @@ def lm_eval_rows(paths: list[Path]) -> list[dict]:
         for file in sorted(path.rglob("results*.json")) if path.is_dir() else [path]:
             for task, metrics in json.loads(file.read_text())["results"].items():
                 found = family_of(task)
-                if "acc,none" not in metrics or found is None or found[2] is None:
+                if "acc,none" not in metrics or found is None:
                     continue
                 family, name, bucket = found
+                if bucket is None:
+                    continue
                 info = family.bucket_info(name, bucket)
                 rows.append({"group": family.lm_eval_name(name), "bucket": bucket, "shift": info.shift,
                              "multiplier": info.multiplier, "length_min": info.lengths[0],

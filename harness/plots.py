@@ -69,7 +69,8 @@ def budget_series(rows: list[dict], colors: dict[str, str]) -> tuple[list[Series
         color, ls, marker = _style(series[0], colors)
         points = sorted((r["max_iter"], r["value"]) for r in series if r["kind"] == "implicit" and not r["tol"])
         if points:
-            fixed.append(Series(f"{checkpoint}, {reading}", *map(list, zip(*points)), color, ls, marker))
+            xs, ys = map(list, zip(*points))
+            fixed.append(Series(f"{checkpoint}, {reading}", xs, ys, color, ls, marker))
         for r in series:
             if r["kind"] == "implicit" and r["tol"] and r["iters_mean"]:
                 adaptive.append(Series(f"{checkpoint}, {budget_label(r)}", [r["iters_mean"]], [r["value"]], color,
@@ -114,7 +115,8 @@ def length_series(rows: list[dict], buckets: list[str], colors: dict[str, str], 
                   ) -> list[Series]:
     """A line per (model, budget) over the length buckets (x = bucket index); fixed budgets only at max_iters.
     Series with identical values are spread by a small horizontal offset so that none hides another."""
-    out, seen = [], defaultdict(int)
+    out: list[Series] = []
+    seen: defaultdict[tuple, int] = defaultdict(int)
     for (checkpoint, label), series in _by(rows, "checkpoint", "_label").items():
         r0 = series[0]
         if r0["kind"] == "implicit" and not r0["tol"] and r0["max_iter"] not in max_iters:
@@ -212,11 +214,12 @@ def iteration_distributions(runs: list[Run], out: Path) -> list[Path]:
             values = samples[id(run)]
             if values:
                 ax.hist(values, bins=[e - 0.5 for e in edges], histtype="step", color=colors[run.checkpoint],
-                        weights=[1 / len(values)] * len(values), label=f"{run.checkpoint} tol={run.budget['tol']:g}")
+                        weights=[1 / len(values)] * len(values),
+                        label=f"{run.checkpoint} tol={run.implicit_budget['tol']:g}")
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(_plain_numbers())
         ax.set_xlabel("iterations used")
-        ax.set_title(f"{reading}: per {reading_unit(reading_runs[0].budget['mode'])}", fontsize=9)
+        ax.set_title(f"{reading}: per {reading_unit(reading_runs[0].implicit_budget['mode'])}", fontsize=9)
     axes[0][0].set_ylabel("fraction per bin")
     _legend_outside(fig, axes[0][-1])
     return [_save(fig, out / "iterations_adaptive.png")]

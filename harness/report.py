@@ -154,6 +154,7 @@ def _agree(run: Run, reference: Run) -> tuple[int, int]:
     """Positions where the two runs (each at its own budget) pick the same greedy token, over the sequences both
     scored."""
     a, b = greedy_records(run), greedy_records(reference)
+    assert run.budget is not None and reference.budget is not None  # only implicit runs are paired
     ka, kb = str(run.budget["max_iter"]), str(reference.budget["max_iter"])
     same = total = 0
     for tokens, record in a.items():
@@ -168,7 +169,7 @@ def _agree(run: Run, reference: Run) -> tuple[int, int]:
 
 def iteration_samples(run: Run) -> list[int]:
     """Iterations used per solved piece (sequence, token or block) at this run's budget, from its greedy log."""
-    k = str(run.budget["max_iter"])
+    k = str(run.implicit_budget["max_iter"])
     values = []
     for record in greedy_records(run).values():
         values += record.get("iterations", {}).get(k, [])

@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from ..model_adapters.errors import ConfigError
 from ..model_adapters.summaries import split_anytime
@@ -34,6 +35,11 @@ class Run:
     git_hash: str | None = None
     wall_s: float | None = None
     error: str | None = None  # a failed run: the message
+
+    @property
+    def implicit_budget(self) -> dict:
+        """budget, of an implicit run (an explicit run has none)."""
+        return cast(dict, self.budget)
 
     @property
     def greedy_log(self) -> Path | None:

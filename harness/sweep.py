@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, cast
 
 from ..model_adapters.config import Budget
 from ..model_adapters.errors import ConfigError
@@ -70,7 +71,8 @@ class SweepSpec:
     @classmethod
     def from_dict(cls, d: dict) -> SweepSpec:
         d = {**d, "checkpoints": tuple(Path(p) for p in d["checkpoints"])}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,8 @@ def plan(spec: SweepSpec) -> list[Job]:
         if ckpt.config.kind == "explicit":
             jobs.append(Job(Path(ckpt.path), label, "explicit", ckpt.content_hash, tasks, None))
             continue
-        base = ckpt.default_budget.replace(solver=spec.solver, **({"tau": spec.tau} if spec.tau is not None else {}))
+        default = cast(Budget, ckpt.default_budget)  # an implicit checkpoint's
+        base = default.replace(solver=spec.solver, **({"tau": spec.tau} if spec.tau is not None else {}))
         jobs += [Job(Path(ckpt.path), label, "implicit", ckpt.content_hash, tasks, b) for b in budget_grid(base, spec)]
     return jobs
 
@@ -220,6 +223,7 @@ def anytime_groups(jobs: list[Job], spec: SweepSpec) -> list[list[Job]]:
     for job in jobs:
         b = job.budget
         if on_trajectory(job, spec):
+            assert b is not None  # on a trajectory: implicit
             groups.setdefault((job.label, b.solver, b.tau, job.tasks), []).append(job)
         else:
             singles.append([job])
@@ -339,7 +343,7 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def resolve_workers(workers: int | str, device: str) -> int:
+def resolve_workers(workers: int | Literal["auto"], device: str) -> int:
     """--workers: "auto" is one worker per visible GPU with --device cuda, else 1; a number is checked against
     the device (worker i sees the i-th visible GPU alone, as its "cuda")."""
     on_gpus = device == "cuda"
@@ -430,7 +434,8 @@ def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | str | 
     main = group[-1]
     # Every smaller budget of the grid rides along, done or not (only the group's are written): a group resumed
     # after an interruption records the same run as an uninterrupted one, and its results files are identical.
-    anytime = sorted({k for k in spec.max_iters if k < main.budget.max_iter}) if on_trajectory(main, spec) else []
+    top = cast(Budget, main.budget)  # read only on a trajectory: implicit
+    anytime = sorted({k for k in spec.max_iters if k < top.max_iter}) if on_trajectory(main, spec) else []
     started, started_at = time.monotonic(), time.time()
     try:
         results = evaluate_job(main, spec, out, anytime)
@@ -448,7 +453,7 @@ def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | str | 
         if "ssm_model" in results["config"]:  # our adapters keep a greedy log (lm-eval's hf model does not)
             greedy = GREEDY if job is main else f"../{main.key}/{GREEDY}"  # relative: a sweep folder can move
             results["config"]["ssm_model"]["greedy_log"] = greedy
-        info = {"wall_s": wall if job is main else 0.0, "started": started_at}
+        info: dict[str, Any] = {"wall_s": wall if job is main else 0.0, "started": started_at}
         if worker is not None:
             info["worker"] = worker
         if job is not main:
@@ -461,8 +466,8 @@ def model_args(job: Job, spec: SweepSpec, greedy_path: Path, anytime: list[int])
     if job.kind == "hf":  # lm-eval's own model: its context window is our adapters' default (DEFAULT_MAX_LENGTH)
         return {"pretrained": str(job.checkpoint), "batch_size": spec.batch_size, "device": spec.device,
                 "dtype": spec.dtype, "max_length": 2048}
-    args = {"pretrained": str(job.checkpoint), "batch_size": spec.batch_size, "device": spec.device,
-            "dtype": spec.dtype, "backend": spec.backend, "record_greedy": str(greedy_path)}
+    args: dict[str, Any] = {"pretrained": str(job.checkpoint), "batch_size": spec.batch_size, "device": spec.device,
+                            "dtype": spec.dtype, "backend": spec.backend, "record_greedy": str(greedy_path)}
     if job.budget is not None:
         args.update({k: v for k, v in job.budget.to_dict().items() if k != "anderson_m"})
         if anytime:

@@ -233,12 +233,13 @@ def bundled_job(args, executor: Executor, argv: list[str]) -> int:
                  "--batch-size", args.batch_size, "--dtype", args.dtype, "--backend", args.backend]
         specs.append(spec_from(sweep_parser().parse_args([*map(str, models), *grid, *extra])))
     failed, outcome = 0, None
+    assert specs  # the state-tracking part is always there
     for spec in specs:
         outcome = executor.run(spec, args.out, progress=not args.quiet)
         if isinstance(outcome, Submission):
             print(submission_line(outcome, args.out), file=sys.stderr)
         failed += len(outcome.failed)
-    if isinstance(outcome, Submission) and not outcome.waited:
+    if outcome is None or isinstance(outcome, Submission) and not outcome.waited:
         return 0
     print(write_report([args.out], args.out / "report", command=f"implicit-eval report {args.out}"))
     print(summary_line(outcome, args.out, args.out / "report"), file=sys.stderr)

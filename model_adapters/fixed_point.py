@@ -38,13 +38,19 @@ from .tensors import broadcast_mask, compute_dtype, take_rows
 
 
 class Budget(Protocol):
-    """What a solve reads of config.Budget (declared here so that the solvers need not import the config)."""
+    """What a solve reads of config.Budget (declared here so that the solvers need not import the config).
+    Read-only members (properties), since config.Budget is a frozen dataclass."""
 
-    max_iter: int
-    tol: float
-    tau: float
-    solver: str
-    anderson_m: int
+    @property
+    def max_iter(self) -> int: ...
+    @property
+    def tol(self) -> float: ...
+    @property
+    def tau(self) -> float: ...
+    @property
+    def solver(self) -> str: ...
+    @property
+    def anderson_m(self) -> int: ...
 
 
 EPS = 1e-6  # the reference's denominator guard in the relative residual

@@ -10,7 +10,7 @@ choice (runtime/), not the model's.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,7 @@ class Mamba2(nn.Module):
     # -- shared pieces -------------------------------------------------------------------------------
     def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         c = self.cfg
-        return torch.split(zxbcdt, [c.d_inner, c.conv_dim, c.nheads], dim=-1)
+        return cast("tuple[Tensor, Tensor, Tensor]", torch.split(zxbcdt, [c.d_inner, c.conv_dim, c.nheads], dim=-1))
 
     def _split_xbc(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         c = self.cfg
@@ -131,7 +131,7 @@ class Mamba2(nn.Module):
         y, ssm_state = ops.chunk_scan(x, dt, derived.dt_bias, derived.A, B, C, self.cfg.chunk_size, derived.D,
                                            ssm, final_state=commit, valid=valid)
         out = self._gate_and_project(y.flatten(-2), z, ops)
-        return out, MixerState(conv_state, ssm_state.to(self.cd)) if commit else None
+        return out, MixerState(cast(Tensor, conv_state), ssm_state.to(self.cd)) if commit else None  # set if commit
 
     # -- recurrent form ------------------------------------------------------------------------------
     def step(self, u: Tensor, state: MixerState, inject: Tensor | None = None, in_place: bool = False,

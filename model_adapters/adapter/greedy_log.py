@@ -20,10 +20,10 @@ def greedy_records(sequences, members, hidden: dict[int, torch.Tensor], stats: d
                   "iterations": {}, "piece_tokens": {}}
         for k, h in hidden.items():
             record["greedy"][str(k)] = logits(h[i, :n])[:, :vocab_size].argmax(-1).tolist()
-            if stats.get(k) is not None:
-                present = stats[k].present[i]
-                record["iterations"][str(k)] = stats[k].iterations[i][present].tolist()
-                record["piece_tokens"][str(k)] = stats[k].tokens[i][present].tolist()
+            if (s := stats.get(k)) is not None:
+                present = s.present[i]
+                record["iterations"][str(k)] = s.iterations[i][present].tolist()
+                record["piece_tokens"][str(k)] = s.tokens[i][present].tolist()
         records.append(record)
     return records
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from ..convergence import ConvergenceLog
 from ..errors import ConfigError
 from ..readings import reading_unit
 from .records import BudgetRecord, TaskRecord
@@ -37,7 +38,7 @@ class RunView:
 
     records: dict[int, BudgetRecord]
     tasks: dict[str, TaskRecord]
-    generation: object  # convergence.ConvergenceLog of generate_until
+    generation: ConvergenceLog  # of generate_until
     truncated: int = 0
     request_seconds: float = 0.0
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 import torch
 from lm_eval.api.model import TemplateLM
@@ -225,7 +226,8 @@ class SSMLM(TemplateLM):
         """A progress bar on rank 0 (unless progress=false: a sweep shows its own); otherwise tqdm's own defaults
         apply (TQDM_DISABLE=1 silences it)."""
         off = disable or self.rank != 0 or not self.args.progress
-        return tqdm(total=total, desc=desc, **({"disable": True} if off else {}))
+        options: dict[str, Any] = {"disable": True} if off else {}
+        return tqdm(total=total, desc=desc, **options)
 
     def _finish_call(self, results: list, started: float) -> list:
         """After each request type: merge records across ranks, report truncation and unconverged tasks."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -59,7 +60,7 @@ class Ranks:
         request type once, so this collective is matched."""
         if self.world_size == 1:
             return local
-        parts = [None] * self.world_size
+        parts = cast("list[RunView]", [None] * self.world_size)  # filled in by all_gather_object
         dist.all_gather_object(parts, RunView(
             {k: BudgetRecord(scoring=r.scoring, per_task=r.per_task) for k, r in local.records.items()},
             local.tasks, local.generation, local.truncated, local.request_seconds))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config import Budget
 from ..errors import NonFiniteError
 from ..reading import ReadStats
 from ..runtime import Runtime
@@ -25,7 +26,7 @@ from .requests import Item, model_input
 @dataclass
 class Scorer:
     runtime: Runtime
-    budget: object  # config.Budget, or None for an explicit model
+    budget: Budget | None  # None for an explicit model
     anytime: tuple[int, ...]  # the anytime budgets read off the run's trajectory (its own included)
     budgets: tuple[int, ...]  # the budgets scored: the run's own first (0 for an explicit model)
     max_length: int
@@ -63,7 +64,8 @@ class Scorer:
         ids, lengths = right_pad([list(s) for s in sequences], device)
         out = self.runtime(ids, self.budget, lengths=lengths, anytime=self.anytime, want_state=False)
         hidden = {k: r.hidden for k, r in out.anytime.items()} or {self.budgets[0]: out.hidden}
-        stats = {k: r.stats for k, r in out.anytime.items()} or {self.budgets[0]: out.stats}
+        stats: dict[int, ReadStats | None] = ({k: r.stats for k, r in out.anytime.items()}
+                                              or {self.budgets[0]: out.stats})
         self._log_stats(stats, [m[0].task for m in members])
         if self.greedy_log:
             append_records(self.greedy_log, greedy_records(sequences, members, hidden, stats, self.runtime.logits,
@@ -89,6 +91,7 @@ class Scorer:
         if self.budget is None:
             return
         for k, s in stats.items():
+            assert s is not None  # an implicit model's reading has statistics
             for task in dict.fromkeys(tasks):
                 rows = torch.tensor([t == task for t in tasks], device=s.iterations.device)
                 self.records[k].log(task, ReadStats(s.iterations[rows], s.residual[rows], s.converged[rows],

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
@@ -118,7 +118,7 @@ class PieceSolve:
     # -- what is captured ------------------------------------------------------------------------------
     def _f(self, z: Tensor, commit: bool):
         if self.step:
-            return self.model.f_step(z, self.u, self.state, commit, self.ops)
+            return self.model.f_step(z, self.u, self.held_state, commit, self.ops)
         return self.model.f(z, self.u, self.state, self.valid, commit, self.ops)
 
     def _start(self) -> None:
@@ -193,13 +193,18 @@ class PieceSolve:
         else:
             self.graphs[name].replay()
 
+    @property
+    def held_state(self) -> State:
+        """The state buffers of a solve made with a state_like (a one-token piece always is: reading.read)."""
+        return cast(State, self.state)
+
     def load_state(self, state: State) -> None:
-        for s, live in zip(self.state, state):
+        for s, live in zip(self.held_state, state):
             s.conv.copy_(live.conv)
             s.ssm.copy_(live.ssm)
 
     def current_state(self) -> State:
-        return [MixerState(s.conv.clone(), s.ssm.clone()) for s in self.state]
+        return [MixerState(s.conv.clone(), s.ssm.clone()) for s in self.held_state]
 
 
 class ForwardGraph:
@@ -237,7 +242,7 @@ class ForwardGraphs:
         self.graphs: dict[tuple, ForwardGraph] = {}
         self.last: tuple | None = None  # the previous call's key
         self.failed: set[tuple] = set()  # keys whose capture ran out of memory
-        self.pool = None  # the shared memory pool, made with the first capture
+        self.pool: object | None = None  # the shared memory pool, made with the first capture
 
     def __call__(self, key: tuple, fn, ids: Tensor, lengths: Tensor, make=None):
         """fn(ids, lengths): replayed, captured (the capture's warm-up gives this call's outputs) or run eagerly.
