@@ -131,7 +131,7 @@ class OncePerMessage(logging.Filter):
     """lm-eval repeats some warnings for every task ("st_s5_id: Custom kwargs can be passed to --metadata ..."): let
     each one through once, whatever task it names."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.seen: set[str] = set()
 

@@ -34,7 +34,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..model_adapters.config import ConfigError
 from . import sweep
@@ -132,7 +132,7 @@ def cluster_settings(config: Path | None = None, **flags) -> ClusterSettings:
     unknown = sorted(set(values) - set(KEYS))
     if unknown:
         raise ConfigError(f"--cluster-config {config}: unknown key(s) {unknown}; valid keys are {sorted(KEYS)}")
-    out = {}
+    out: dict[str, Any] = {}
     for key in ("partition", "account"):
         if key in values:
             out[key] = _text(f"--{key}", values[key])
@@ -301,7 +301,7 @@ class SlurmExecutor:
 
         folder = (out / SLURM_DIR / "%j").absolute()
         if self.cluster == "local":
-            ex = submitit.LocalExecutor(folder=folder)
+            ex: submitit.Executor = submitit.LocalExecutor(folder=folder)
             ex.update_parameters(timeout_min=self.settings.time_min)  # submitit's default is 2 minutes
             return ex
         ex = submitit.SlurmExecutor(folder=folder)

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..model_adapters.errors import ConfigError
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
     """write(tmp) fills a temporary file, which then replaces `path`; on any failure the temporary is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,21 +7,22 @@ committed leaderboard from the same results changes nothing.
 from __future__ import annotations
 
 import datetime
+import math
 from collections import defaultdict
 
 from tabulate import tabulate
 
 from ..model_adapters.readings import reading_label
 from ..model_adapters.summaries import UNCONVERGED_WARN
-from .report import bucket_order
+from .report import LOWER_IS_BETTER, bucket_order, headline_metrics, one_pass
 from .results import Run
 
 UNCONVERGED_MARK = "†"
 
 
 def budget_label(row: dict) -> str:
-    if row["kind"] == "explicit":
-        return "explicit"
+    if one_pass(row):
+        return row["kind"]  # "explicit", "hf", "mamba_ssm"
     reading = reading_label(row)
     if row["tol"]:
         return f"tol={row['tol']:g} (≤{row['max_iter']}), {reading}"
@@ -56,7 +57,8 @@ def header(runs: list[Run], sweep: dict, command: str) -> str:
 
 
 def _budget_sort(row: dict) -> tuple:
-    return (row["kind"] != "explicit", row["mode"] or "", row["block_size"] or 0, bool(row["tol"]), row["tol"] or 0,
+    return (not one_pass(row), row["kind"], row["mode"] or "", row["block_size"] or 0, bool(row["tol"]),
+            row["tol"] or 0,
             row["max_iter"] or 0)
 
 
@@ -67,6 +69,8 @@ def cell(row: dict | None) -> str:
         return "–"
     if row["status"] == "failed":
         return "failed"
+    if not math.isfinite(row["value"]):
+        return f"non-finite ({row['value']})"
     text = f"{row['value']:.3f}"
     if row["kind"] == "implicit" and row["tol"] and row.get("iters_mean") is not None:
         text += f" ({row['iters_mean']:.0f} it)"
@@ -107,12 +111,15 @@ def _failed(by_bucket: dict) -> dict | None:
     return next((r for r in by_bucket.values() if r["status"] == "failed"), None)
 
 
-def best_budgets(summaries: list[dict]) -> str:
-    """Each model's best budget: highest mean accuracy over buckets, ties to the fewest iterations."""
-    best = {}
+def best_budgets(summaries: list[dict], lower_is_better: bool = False) -> str:
+    """Each model's best budget: the best mean over buckets (highest accuracy, lowest bits per byte), ties to the
+    fewest iterations."""
+    sign = -1 if lower_is_better else 1
+    best: dict[str, dict] = {}
     for s in summaries:
         current = best.get(s["checkpoint"])
-        if current is None or (round(s["mean"], 4), -s["iters"]) > (round(current["mean"], 4), -current["iters"]):
+        if current is None or (round(sign * s["mean"], 4), -s["iters"]) > (round(sign * current["mean"], 4),
+                                                                            -current["iters"]):
             best[s["checkpoint"]] = s
     rows = [[s["checkpoint"], s["budget"], f"{s['mean']:.3f}", "–" if s["hardest"] is None else f"{s['hardest']:.3f}",
              f"{s['iters']:.1f}"] for s in sorted(best.values(), key=lambda s: s["checkpoint"])]
@@ -120,12 +127,14 @@ def best_budgets(summaries: list[dict]) -> str:
                     tablefmt="github")
 
 
-def render(rows: list[dict], runs: list[Run], sweep: dict, command: str, metric: str = "acc",
-           agreement: list[dict] | None = None) -> str:
+def render(rows: list[dict], runs: list[Run], sweep: dict, command: str, agreement: list[dict] | None = None) -> str:
+    """Every task group with buckets, each in its headline metric (report.headline_metrics)."""
     parts = ["# Leaderboard\n", header(runs, sweep, command)]
-    scored = [r for r in rows if r["metric"] == metric or r["status"] == "failed"]
-    for group in sorted({r["group"] for r in scored if r["bucket"] is not None}):
-        parts += _group_section(group, [r for r in scored if r["group"] == group], metric)
+    metrics = headline_metrics(rows)
+    for group in sorted({r["group"] for r in rows if r["bucket"] is not None}):
+        scored = [r for r in rows if r["group"] == group and (r["metric"] == metrics.get(group)
+                                                               or r["status"] == "failed")]
+        parts += _group_section(group, scored, metrics.get(group, "acc"))
     if agreement:
         parts += _agreement_section(agreement)
     failures = sorted({(r["checkpoint"], budget_label(r), r["error"]) for r in rows if r["status"] == "failed"})
@@ -134,13 +143,18 @@ def render(rows: list[dict], runs: list[Run], sweep: dict, command: str, metric:
     return "\n".join(parts)
 
 
+def group_section_lines(group: str, rows: list[dict], metric: str) -> list[str]:
+    """One task group's section (its tables), for the leaderboard and the model cards."""
+    return _group_section(group, rows, metric)
+
+
 def _group_section(group: str, rows: list[dict], metric: str) -> list[str]:
     order = bucket_order(group) or sorted({r["bucket"] for r in rows if r["bucket"]})
     present = {r["bucket"] for r in rows}
     lengths = [b for b in order if b in present and not _shifted(rows, b)]
     shifted = [b for b in order if b in present and _shifted(rows, b)]
     chance = next((r["chance"] for r in rows if r.get("chance") is not None), None)
-    title = f"## {group}" + (f" (chance {chance:.3f})" if chance is not None else "")
+    title = f"## {group}" + (f" (chance {chance:.3f})" if chance is not None and math.isfinite(chance) else "")
     parts = [title, ""]
     if lengths:
         table, summaries = group_table(rows, lengths)
@@ -148,9 +162,9 @@ def _group_section(group: str, rows: list[dict], metric: str) -> list[str]:
                   "iterations per piece: per sequence in simultaneous mode, per token in sequential mode, per "
                   f"block in blockwise mode; {UNCONVERGED_MARK}: more than {UNCONVERGED_WARN:.0%} of pieces hit the "
                   "cap unconverged); iters = mean f evaluations per piece over the run:", "", table, "",
-                  "Best budget per model:", "", best_budgets(summaries), ""]
+                  "Best budget per model:", "", best_budgets(summaries, metric in LOWER_IS_BETTER), ""]
     if shifted:
-        robust = [r for r in rows if r["kind"] == "explicit" or r["tol"] or r["status"] == "failed"]
+        robust = [r for r in rows if one_pass(r) or r["tol"] or r["status"] == "failed"]
         table, _ = group_table(robust or rows, shifted)
         parts += [f"Robustness: {metric} under distribution shift (adaptive budgets and explicit models):", "",
                   table, ""]
@@ -162,8 +176,8 @@ def _shifted(rows: list[dict], bucket: str) -> bool:
 
 
 def _agreement_section(agreement: list[dict]) -> list[str]:
-    table = [[a["checkpoint"], a["reading"], f"k={a['max_iter']}" if not a["tol"] else f"tol={a['tol']:g} "
-              f"(≤{a['max_iter']})", a["positions"], f"{a['agreement']:.4f}"] for a in agreement]
+    table = [[a["checkpoint"], a["reading"], f"tol={a['tol']:g}" if a["tol"] else f"k={a['max_iter']}", a["positions"],
+              f"{a['agreement']:.4f}"] for a in agreement]
     return ["## Agreement with the sequential reading", "",
             "Fraction of positions where a reading chooses the same greedy token as the sequential (RNN) reading "
             "(the paper: 97.6% for simultaneous at 1.3B).", "",
@@ -172,7 +186,7 @@ def _agreement_section(agreement: list[dict]) -> list[str]:
 
 def timings(rows: list[dict]) -> str:
     """Wall time per run (machine-dependent, so kept out of the leaderboard)."""
-    seen = {}
+    seen: dict[tuple[str, str], float | None] = {}
     for r in rows:
         if r["status"] == "ok":
             seen.setdefault((r["checkpoint"], budget_label(r)), r["wall_s"])

@@ -21,6 +21,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from . import plots, report
+from .io import write_text_atomic
 from .leaderboard import bucket_heading, budget_label, cell
 from .results import load_runs
 
@@ -150,9 +151,11 @@ def lm_eval_rows(paths: list[Path]) -> list[dict]:
         for file in sorted(path.rglob("results*.json")) if path.is_dir() else [path]:
             for task, metrics in json.loads(file.read_text())["results"].items():
                 found = family_of(task)
-                if "acc,none" not in metrics or found is None or found[2] is None:
+                if "acc,none" not in metrics or found is None:
                     continue
                 family, name, bucket = found
+                if bucket is None:
+                    continue
                 info = family.bucket_info(name, bucket)
                 rows.append({"group": family.lm_eval_name(name), "bucket": bucket, "shift": info.shift,
                              "multiplier": info.multiplier, "length_min": info.lengths[0],
@@ -233,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--sweep", type=Path, help="an `implicit-eval sweep` of the checkpoint (Mamba2 kinds)")
     source.add_argument("--lm-eval-results", type=Path, nargs="+",
                         help="lm-eval results JSON files or folders of `--model hf` (the transformer kind)")
+    source.add_argument("--language-results", type=Path, nargs="+",
+                        help="results folders of the language leaderboard (a model of the text trio, any kind)")
     p.add_argument("--command", required=True, help="the exact training command, for the card")
     p.add_argument("--recipe", help="the recipe's name in checkpoints/recipes.py (default: the checkpoint's name)")
     p.add_argument("--notes", type=Path, help="a markdown file for the card's 'What was tried' section")
@@ -241,12 +246,133 @@ def main(argv: list[str] | None = None) -> int:
     if args.copy:
         copy_model(args.run, args.checkpoint)
     notes = args.notes.read_text() if args.notes else ""
-    if args.lm_eval_results:
+    if args.language_results:
+        text = language_card(args.run, args.checkpoint, args.language_results, args.command, args.recipe, notes)
+    elif args.lm_eval_results:
         text = transformer_card(args.run, args.checkpoint, args.lm_eval_results, args.command, args.recipe, notes)
     else:
         text = card(args.run, args.checkpoint, args.sweep, args.command, args.recipe, notes)
-    (args.checkpoint / "README.md").write_text(text)
+    write_text_atomic(args.checkpoint / "README.md", text)
     return 0
+
+
+# -- language models (the pydoc family) --------------------------------------------------------------------------------
+def heldout_loss(ckpt: Path, split: str = "validation", length: int = 256) -> dict:
+    """Mean next-token loss (nats) and bits per byte on a held-out split, packed as the training rows are (pages
+    joined by the end-of-text token, rows of `length` + 1 tokens): an implicit model at its checkpoint's default
+    budget, an explicit one in one pass, a transformer (HF directory) through transformers."""
+    import math
+
+    import torch
+
+    from ..tasks.text.shipped import corpus_tokenizer, held_out
+
+    tokenizer = corpus_tokenizer()
+    eos = tokenizer.token_to_id("<eos>")
+    stream = [t for page in held_out(split) for t in [eos, *tokenizer.encode(page["text"]).ids]]
+    rows = torch.tensor([stream[i: i + length + 1] for i in range(0, len(stream) - length - 1, length)])
+    nll = torch.zeros(())
+    with torch.inference_mode():
+        for batch in rows.split(16):
+            logits = _logits_of(ckpt, batch[:, :-1])
+            nll += torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
+    tokens = rows[:, 1:].numel()
+    text_bytes = sum(len(tokenizer.decode(r[1:].tolist()).encode()) for r in rows)
+    return {"split": split, "tokens": tokens, "loss": float(nll / tokens),
+            "bits_per_byte": float(nll / text_bytes / math.log(2))}
+
+
+def _logits_of(ckpt: Path, ids):
+    from .transformer import is_transformer_dir
+
+    if is_transformer_dir(ckpt):
+        from transformers import LlamaForCausalLM
+
+        model = _cached(ckpt, lambda: LlamaForCausalLM.from_pretrained(ckpt).eval())
+        return model(ids).logits[..., : model.config.vocab_size].float()
+    from ..model_adapters.formats import load_checkpoint
+
+    loaded = _cached(ckpt, lambda: load_checkpoint(ckpt))
+    out = loaded.model(ids, loaded.default_budget, want_state=False) if loaded.default_budget else loaded.model(ids)
+    return loaded.model.logits(out.hidden)
+
+
+_MODELS: dict = {}
+
+
+def _cached(key, make):
+    if key not in _MODELS:
+        _MODELS[key] = make()
+    return _MODELS[key]
+
+
+def loss_curve(run: Path, out: Path) -> Path:
+    """Training loss against step (a language model's curve: its token accuracy says little)."""
+    plt = plots.pyplot()
+    with open(run / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    ax.plot([int(r["step"]) for r in rows], [float(r["loss"]) for r in rows], label="training loss (nats a token)")
+    ax.set_xlabel("training step")
+    ax.legend(fontsize=7, loc="upper right")
+    return plots.save_figure(fig, out / "training_curve.png")
+
+
+def language_card(run: Path, ckpt: Path, results: list[Path], command: str, recipe: str | None = None,
+                  notes: str = "") -> str:
+    """The card of a model of the text trio: sizes, training (corpus and tokenizer hashes), training curve, held-out
+    loss, and its rows of the language leaderboard (perplexity and cloze, per budget and length)."""
+    from ..tasks.text.shipped import manifest, tokenizer_sha256
+    from . import leaderboard
+    from .transformer import TRAINING_FILE, is_transformer_dir
+
+    hf = is_transformer_dir(ckpt)
+    training = json.loads((ckpt / TRAINING_FILE).read_text()) if hf else \
+        json.loads((ckpt / "config.json").read_text())["training"]
+    tc, data = training["config"], manifest()
+    rows = report.tidy_rows([r for r in load_runs(results).runs if r.checkpoint == ckpt.name])
+    metrics = report.headline_metrics(rows)
+    loss_curve(run, ckpt)
+    val = heldout_loss(ckpt)
+    lines = [f"# {ckpt.name}", "", _language_intro(ckpt, tc, hf), "", "## Model", "",
+             f"- parameters: {parameter_count(ckpt):,}", f"- architecture: {tc['arch']}",
+             "", "## Training", "",
+             f"- command: `{command}` (recipe `{recipe or ckpt.name}` in `checkpoints/recipes.py`)",
+             f"- data: the pydoc corpus's training split ({data['splits']['train']['tokens']:,} tokens, sha256 "
+             f"`{data['splits']['train']['sha256'][:16]}`), packed in rows of {tc['max_len']} tokens, batch "
+             f"{tc['batch_size']}, {training['steps']} steps ({training['steps'] * tc['batch_size'] * tc['max_len']:,} "
+             f"tokens); tokenizer sha256 `{tokenizer_sha256()[:16]}` (tasks/text/data/MANIFEST.json)",
+             f"- AdamW lr {tc['lr']} (warm-up {tc['warmup_steps']}, cosine to {tc['min_lr_ratio']}x), clip "
+             f"{tc['clip']}, weight decay {tc['weight_decay']}; bf16 autocast on {training.get('device', '?')}; wall "
+             f"time {training.get('wall_time_s', 0):.0f} s",
+             "- weights stored in bfloat16 (the bundle's size); every evaluation computes in float32",
+             "", "![training curve](training_curve.png)", "",
+             f"Held-out loss on the validation split ({val['tokens']:,} tokens, packed as in training, "
+             f"{'the default budget' if tc.get('kind') == 'implicit' else 'one pass'}): **{val['loss']:.3f} "
+             f"nats a token, {val['bits_per_byte']:.3f} bits per byte**; final training loss "
+             f"{_last_loss(run):.3f}.", "", "## Evaluation", "",
+             f"The language leaderboard's rows of this model (`{', '.join(map(str, results))}`; 16 documents a "
+             "bucket of the test split; see leaderboards/language/leaderboard.md for all models):", ""]
+    for group in sorted(metrics):
+        group_rows = [r for r in rows if r["group"] == group and r["metric"] == metrics[group]]
+        lines += leaderboard.group_section_lines(group, group_rows, metrics[group])
+    if notes:
+        lines += ["## What was tried and what it showed", "", notes.strip(), ""]
+    return "\n".join(lines)
+
+
+def _language_intro(ckpt: Path, tc: dict, hf: bool) -> str:
+    kind = "A Llama-style transformer (LlamaForCausalLM, rotary positions)" if hf else \
+        f"An {tc['kind']} Mamba2 language model"
+    return (f"{kind} trained on English prose: the pydoc corpus (the Python 3.11 documentation, PSF licence; "
+            f"tasks/text/README.md), training context {tc['max_len']} tokens, one of the text trio that share tokens, "
+            "tokenizer, context, steps and schedule (`text-implicit`, `text-explicit`, `text-explicit-deep`, "
+            "`text-transformer`).")
+
+
+def _last_loss(run: Path) -> float:
+    with open(run / "train_log.csv") as fh:
+        return float(list(csv.DictReader(fh))[-1]["loss"])
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..model_adapters.readings import reading_label, reading_unit
 from .io import save_figure_atomic
 from .leaderboard import bucket_heading, budget_label
-from .report import bucket_order, iteration_samples
+from .report import LOWER_IS_BETTER, bucket_order, iteration_samples, one_pass
 from .results import Run
 
 READING_STYLE = {"simultaneous": ("-", "o"), "sequential": ("--", "s"), "blockwise": ("-.", "^"), None: (":", "D")}
@@ -69,13 +69,14 @@ def budget_series(rows: list[dict], colors: dict[str, str]) -> tuple[list[Series
         color, ls, marker = _style(series[0], colors)
         points = sorted((r["max_iter"], r["value"]) for r in series if r["kind"] == "implicit" and not r["tol"])
         if points:
-            fixed.append(Series(f"{checkpoint}, {reading}", *map(list, zip(*points)), color, ls, marker))
+            xs, ys = map(list, zip(*points))
+            fixed.append(Series(f"{checkpoint}, {reading}", xs, ys, color, ls, marker))
         for r in series:
             if r["kind"] == "implicit" and r["tol"] and r["iters_mean"]:
                 adaptive.append(Series(f"{checkpoint}, {budget_label(r)}", [r["iters_mean"]], [r["value"]], color,
                                        "none", marker))
-            if r["kind"] == "explicit":
-                explicit.append(Series(f"{checkpoint} (explicit)", [], [r["value"]], color, ls, marker))
+            if one_pass(r):
+                explicit.append(Series(f"{checkpoint} ({r['kind']})", [], [r["value"]], color, ls, marker))
     return fixed, adaptive, explicit
 
 
@@ -102,7 +103,7 @@ def accuracy_vs_budget(rows: list[dict], out: Path, metric: str = "acc") -> list
             ax.set_xscale("log", base=2)
             ax.xaxis.set_major_formatter(_plain_numbers())
             ax.set_xlabel("fixed-point iterations (max_iter)")
-        axes[0][0].set_ylabel(metric)
+        axes[0][0].set_ylabel(f"{metric} (lower is better)" if metric in LOWER_IS_BETTER else metric)
         fig.suptitle(group, fontsize=10)
         _legend_outside(fig, axes[0][-1])
         paths.append(_save(fig, out / f"acc_vs_budget_{group}.png"))
@@ -114,7 +115,8 @@ def length_series(rows: list[dict], buckets: list[str], colors: dict[str, str], 
                   ) -> list[Series]:
     """A line per (model, budget) over the length buckets (x = bucket index); fixed budgets only at max_iters.
     Series with identical values are spread by a small horizontal offset so that none hides another."""
-    out, seen = [], defaultdict(int)
+    out: list[Series] = []
+    seen: defaultdict[tuple, int] = defaultdict(int)
     for (checkpoint, label), series in _by(rows, "checkpoint", "_label").items():
         r0 = series[0]
         if r0["kind"] == "implicit" and not r0["tol"] and r0["max_iter"] not in max_iters:
@@ -144,7 +146,7 @@ def accuracy_vs_length(rows: list[dict], out: Path, metric: str = "acc") -> list
         ax.set_xticks(range(len(buckets)), [bucket_heading(group_rows, b).replace(" (", "\n(") for b in buckets])
         ax.set_xlabel("length bucket (multiple of the training length)")
         ax.set_ylabel(metric)
-        ax.set_ylim(-0.03, 1.05)
+        _metric_axis(ax, metric)
         ax.set_title(group)
         _legend_outside(fig, ax)
         paths.append(_save(fig, out / f"acc_vs_length_{group}.png"))
@@ -154,7 +156,7 @@ def accuracy_vs_length(rows: list[dict], out: Path, metric: str = "acc") -> list
 # -- robustness ------------------------------------------------------------------------------------------------------
 def robustness_series(rows: list[dict], buckets: list[str], colors: dict[str, str]) -> list[Series]:
     """A row of points per (model, adaptive budget or explicit) over the distribution-shift buckets."""
-    keep = [r for r in rows if r["kind"] == "explicit" or r["tol"]]
+    keep = [r for r in rows if one_pass(r) or r["tol"]]
     out = []
     for (checkpoint, label), series in _by(keep, "checkpoint", "_label").items():
         values = {r["bucket"]: r["value"] for r in series}
@@ -182,7 +184,7 @@ def robustness(rows: list[dict], out: Path, metric: str = "acc") -> list[Path]:
         ax.set_xticks(range(len(buckets)), [bucket_heading(group_rows, b).replace(" (", "\n(") for b in buckets],
                       fontsize=8)
         ax.set_ylabel(metric)
-        ax.set_ylim(-0.03, 1.05)
+        _metric_axis(ax, metric)
         ax.grid(axis="y", alpha=0.3)
         ax.set_title(f"{group}: robustness under distribution shift (adaptive budgets)")
         _legend_outside(fig, ax)
@@ -212,11 +214,12 @@ def iteration_distributions(runs: list[Run], out: Path) -> list[Path]:
             values = samples[id(run)]
             if values:
                 ax.hist(values, bins=[e - 0.5 for e in edges], histtype="step", color=colors[run.checkpoint],
-                        weights=[1 / len(values)] * len(values), label=f"{run.checkpoint} tol={run.budget['tol']:g}")
+                        weights=[1 / len(values)] * len(values),
+                        label=f"{run.checkpoint} tol={run.implicit_budget['tol']:g}")
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(_plain_numbers())
         ax.set_xlabel("iterations used")
-        ax.set_title(f"{reading}: per {reading_unit(reading_runs[0].budget['mode'])}", fontsize=9)
+        ax.set_title(f"{reading}: per {reading_unit(reading_runs[0].implicit_budget['mode'])}", fontsize=9)
     axes[0][0].set_ylabel("fraction per bin")
     _legend_outside(fig, axes[0][-1])
     return [_save(fig, out / "iterations_adaptive.png")]
@@ -273,6 +276,14 @@ def _legend_outside(fig, ax) -> None:
                 handles.append(h)
                 labels.append(lab)
     ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+
+
+def _metric_axis(ax, metric: str) -> None:
+    """Accuracies on [0, 1]; bits per byte and perplexities on their own scale, lower marked as better."""
+    if metric in LOWER_IS_BETTER:
+        ax.set_ylabel(f"{metric} (lower is better)")
+    else:
+        ax.set_ylim(-0.03, 1.05)
 
 
 def _by(rows: list[dict], *keys: str) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import lzma
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from ..tasks.registry import UnknownTaskError, family_of
 from .io import write_json_atomic
 from .results import Run
 
+MAIN_METRICS = ("acc", "token_acc", "bits_per_byte")  # a task group's headline metric: the first of these it has
+LOWER_IS_BETTER = frozenset({"bits_per_byte", "byte_perplexity", "word_perplexity"})
 METRICS = ("acc", "scaled_acc", "token_acc", "seq_acc", "scaled_token_acc", "acc_norm", "exact_match", "bits_per_byte",
            "byte_perplexity", "word_perplexity")  # token_acc, seq_acc, scaled_token_acc: the controls family
 COLUMNS = ("checkpoint", "kind", "family", "group", "task", "bucket", "shift", "multiplier", "length_min",
@@ -110,12 +113,15 @@ def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
 
 
 def greedy_records(run: Run) -> dict[tuple, dict]:
-    """The greedy log of a run, keyed by the scored token sequence."""
+    """The greedy log of a run, keyed by the scored token sequence (greedy.jsonl, or greedy.jsonl.xz where a
+    committed leaderboard keeps it compressed)."""
     path = run.greedy_log
+    if path is not None and not path.exists() and path.with_name(path.name + ".xz").exists():
+        path = path.with_name(path.name + ".xz")
     if path is None or not path.exists():
         return {}
     records = {}
-    with path.open() as fh:
+    with (lzma.open(path, "rt") if path.suffix == ".xz" else path.open()) as fh:
         for line in fh:
             record = json.loads(line)
             records[tuple(record["input"])] = record
@@ -126,10 +132,10 @@ def mode_agreement(runs: list[Run]) -> list[dict]:
     """For each implicit checkpoint and (max_iter, tol): the fraction of positions where a reading picks the same
     greedy token as the sequential (RNN) reading (the paper reports 97.6% over 3M tokens at 1.3B for simultaneous)."""
     by_key: dict[tuple, dict[str, Run]] = {}
-    for run in runs:
+    for run in runs:  # adaptive budgets pair by tolerance: their caps only bound what converges anyway
         if run.budget and not run.error:
             b = run.budget
-            key = (run.checkpoint, b["max_iter"], b["tol"], b["tau"], b["solver"])
+            key = (run.checkpoint, 0 if b["tol"] else b["max_iter"], b["tol"], b["tau"], b["solver"])  # 0: any cap
             by_key.setdefault(key, {})[reading_label(b)] = run
     rows = []
     for (checkpoint, max_iter, tol, tau, solver), readings in sorted(by_key.items()):
@@ -137,21 +143,25 @@ def mode_agreement(runs: list[Run]) -> list[dict]:
         for label, run in sorted(readings.items()):
             if reference is None or label == "sequential":
                 continue
-            same, total = _agree(run, reference, max_iter)
+            same, total = _agree(run, reference)
             if total:
                 rows.append({"checkpoint": checkpoint, "reading": label, "max_iter": max_iter, "tol": tol, "tau": tau,
                              "solver": solver, "positions": total, "agreement": same / total})
     return rows
 
 
-def _agree(run: Run, reference: Run, k: int) -> tuple[int, int]:
+def _agree(run: Run, reference: Run) -> tuple[int, int]:
+    """Positions where the two runs (each at its own budget) pick the same greedy token, over the sequences both
+    scored."""
     a, b = greedy_records(run), greedy_records(reference)
+    assert run.budget is not None and reference.budget is not None  # only implicit runs are paired
+    ka, kb = str(run.budget["max_iter"]), str(reference.budget["max_iter"])
     same = total = 0
     for tokens, record in a.items():
         other = b.get(tokens)
-        if other is None or str(k) not in record["greedy"] or str(k) not in other["greedy"]:
+        if other is None or ka not in record["greedy"] or kb not in other["greedy"]:
             continue
-        x, y = record["greedy"][str(k)], other["greedy"][str(k)]
+        x, y = record["greedy"][ka], other["greedy"][kb]
         same += sum(int(p == q) for p, q in zip(x, y))
         total += len(x)
     return same, total
@@ -159,9 +169,23 @@ def _agree(run: Run, reference: Run, k: int) -> tuple[int, int]:
 
 def iteration_samples(run: Run) -> list[int]:
     """Iterations used per solved piece (sequence, token or block) at this run's budget, from its greedy log."""
-    k = str(run.budget["max_iter"])
+    k = str(run.implicit_budget["max_iter"])
     values = []
     for record in greedy_records(run).values():
         values += record.get("iterations", {}).get(k, [])
     return values
+
+
+def headline_metrics(rows: list[dict]) -> dict[str, str]:
+    """Each task group's headline metric (accuracy where the group has one, else bits per byte)."""
+    found: dict[str, set[str]] = {}
+    for r in rows:
+        if r["metric"] is not None:
+            found.setdefault(r["group"], set()).add(r["metric"])
+    return {g: next((m for m in MAIN_METRICS if m in ms), sorted(ms)[0]) for g, ms in found.items()}
+
+
+def one_pass(row: dict) -> bool:
+    """A model read in one pass, with no fixed-point budget: explicit Mamba2, or another lm-eval model (hf, ...)."""
+    return row["kind"] != "implicit"
 

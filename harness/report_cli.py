@@ -29,9 +29,12 @@ def render_report(loaded: Loaded, out: Path, command: str, sweep_meta: dict, tim
     rows = report.tidy_rows(loaded.runs)
     report.write_table(rows, out)
     agreement = report.mode_agreement(loaded.runs)
-    plots.accuracy_vs_budget(rows, out)
-    plots.accuracy_vs_length(rows, out)
-    plots.robustness(rows, out)
+    metrics = report.headline_metrics(rows)
+    for metric in sorted(set(metrics.values())):  # each task group in its headline metric
+        part = [r for r in rows if metrics.get(r["group"]) == metric]
+        plots.accuracy_vs_budget(part, out, metric)
+        plots.accuracy_vs_length(part, out, metric)
+        plots.robustness(part, out, metric)
     plots.iteration_distributions(loaded.runs, out)
     plots.agreement(agreement, out)
     text = leaderboard.render(rows, loaded.runs, sweep_meta, command, agreement=agreement)

@@ -8,10 +8,12 @@ skipped, each with its reason; failed sweep jobs (failed.json) become failed run
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from ..model_adapters.errors import ConfigError
 from ..model_adapters.summaries import split_anytime
@@ -33,6 +35,11 @@ class Run:
     git_hash: str | None = None
     wall_s: float | None = None
     error: str | None = None  # a failed run: the message
+
+    @property
+    def implicit_budget(self) -> dict:
+        """budget, of an implicit run (an explicit run has none)."""
+        return cast(dict, self.budget)
 
     @property
     def greedy_log(self) -> Path | None:
@@ -66,7 +73,8 @@ def load_runs(paths: Iterable[str | Path]) -> Loaded:
     skipped += dropped
     label_checkpoints(runs)
     if not runs:
-        raise ConfigError(f"no results of implicit_ssm or explicit_ssm found in {', '.join(map(str, paths))}"
+        found_in = ", ".join(map(str, paths))
+        raise ConfigError(f"no results of implicit_ssm, explicit_ssm, hf or mamba_ssm found in {found_in}"
                           + "".join(f"\n  skipped {f}: {why}" for f, why in skipped[:10]))
     return Loaded(runs, skipped)
 
@@ -87,8 +95,32 @@ def _runs_of(file: Path) -> tuple[list[Run], str | None]:
     if "results" not in data or "config" not in data:
         return [], "not an lm-eval results file (no 'results' and 'config')"
     if "ssm_model" not in data["config"]:
-        return [], f"results of model {data['config'].get('model')!r}, not implicit_ssm/explicit_ssm"
+        return _other_model_run(file, data)
     return [_run(file, part) for part in split_anytime(data).values()], None
+
+
+OTHER_MODELS = {"hf": "hf", "HFLM": "hf", "mamba_ssm": "mamba_ssm", "MambaLMWrapper": "mamba_ssm"}
+
+
+def _other_model_run(file: Path, data: dict) -> tuple[list[Run], str | None]:
+    """A results JSON of another lm-eval model (hf, mamba_ssm): a run with no budget, keyed by its checkpoint (the
+    `pretrained` model_arg) and model_args; the task fields come from the task registry."""
+    config = data["config"]
+    kind = OTHER_MODELS.get(str(config.get("model")))
+    args = config.get("model_args")
+    if isinstance(args, str):
+        args = dict(part.split("=", 1) for part in args.split(",") if "=" in part)
+    pretrained = (args or {}).get("pretrained") if isinstance(args, dict) else None
+    if kind is None or not pretrained:
+        return [], (f"results of model {config.get('model')!r}, which the report does not read (it reads "
+                    f"implicit_ssm, explicit_ssm, {', '.join(sorted(set(OTHER_MODELS.values())))})")
+    key = hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    info = {"checkpoint": str(pretrained), "kind": kind, "model_args": args, "device": config.get("device"),
+            "dtype": config.get("model_dtype") or args.get("dtype")}
+    sweep = data.get("sweep") or {}
+    return [Run(source=file, checkpoint=Path(str(pretrained)).name, content_hash=sweep.get("content_hash", key),
+                kind=kind, budget=None, info=info, results=data.get("results", {}), configs=data.get("configs", {}),
+                date=data.get("date"), git_hash=data.get("git_hash"), wall_s=sweep.get("wall_s"))], None
 
 
 def _run(file: Path, data: dict) -> Run:

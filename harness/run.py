@@ -21,9 +21,9 @@ SSM_MODELS = ("implicit_ssm", "explicit_ssm")
 def lm_eval_argv(args: list[str]) -> list[str]:
     args = list(args)
     args = _with_tasks_dir(args)
-    if "--use_cache" in args and _model_of(args) in SSM_MODELS:
+    if "--use_cache" in args and (model := _model_of(args)) in SSM_MODELS:
         i = args.index("--use_cache") + 1
-        args[i] = str(Path(args[i]) / cache_fingerprint(_model_of(args), _value_of(args, "--model_args") or ""))
+        args[i] = str(Path(args[i]) / cache_fingerprint(model, _value_of(args, "--model_args") or ""))
     return ["implicit-eval", "run", *args]  # argv[0] names the program in lm-eval's help and errors
 
 
@@ -50,7 +50,9 @@ def cache_fingerprint(model: str, model_args: str) -> str:
     kind = model.split("_")[0]
     args = parse_model_args(kind, split_model_args(model_args))
     ckpt = inspect_checkpoint(args.pretrained, tokenizer=args.tokenizer)
-    budget = resolve_budget(ckpt.default_budget, args.budget_overrides) if kind == "implicit" else None
+    # The ignore: an explicit checkpoint under implicit_ssm has no budget, so this raises AttributeError, not a
+    # ConfigError naming the mismatch (a behaviour change to make, left as it is here).
+    budget = resolve_budget(ckpt.default_budget, args.budget_overrides) if kind == "implicit" else None  # type: ignore[arg-type]
     return model_fingerprint(ckpt.content_hash, budget, args.dtype_name, resolve_backend(args.backend, args.device),
                              args.max_length or DEFAULT_MAX_LENGTH)
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, cast
 
 from ..model_adapters.config import Budget
 from ..model_adapters.errors import ConfigError
@@ -70,7 +71,8 @@ class SweepSpec:
     @classmethod
     def from_dict(cls, d: dict) -> SweepSpec:
         d = {**d, "checkpoints": tuple(Path(p) for p in d["checkpoints"])}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class Job:
 
     @property
     def key(self) -> str:
-        return budget_key(self.budget)
+        return "hf" if self.kind == "hf" else budget_key(self.budget)
 
     def dir(self, out: Path) -> Path:
         return out / self.label / self.key
@@ -130,17 +132,39 @@ def plan(spec: SweepSpec) -> list[Job]:
     from ..model_adapters.formats import inspect_checkpoint
 
     check_tasks(spec)
-    ckpts = [inspect_checkpoint(path) for path in spec.checkpoints]  # no weights read: planning is instant
+    ckpts = [hf_checkpoint(path) or inspect_checkpoint(path) for path in spec.checkpoints]  # no weights read
     labels = checkpoint_labels(ckpts)
     jobs = []
     for ckpt, label in zip(ckpts, labels):
         tasks = tasks_for(ckpt, spec.tasks)
+        if isinstance(ckpt, HFCheckpoint):
+            jobs.append(Job(Path(ckpt.path), label, "hf", ckpt.content_hash, tasks, None))
+            continue
         if ckpt.config.kind == "explicit":
             jobs.append(Job(Path(ckpt.path), label, "explicit", ckpt.content_hash, tasks, None))
             continue
-        base = ckpt.default_budget.replace(solver=spec.solver, **({"tau": spec.tau} if spec.tau is not None else {}))
+        default = cast(Budget, ckpt.default_budget)  # an implicit checkpoint's
+        base = default.replace(solver=spec.solver, **({"tau": spec.tau} if spec.tau is not None else {}))
         jobs += [Job(Path(ckpt.path), label, "implicit", ckpt.content_hash, tasks, b) for b in budget_grid(base, spec)]
     return jobs
+
+
+@dataclass(frozen=True)
+class HFCheckpoint:
+    """A transformer saved as a Hugging Face directory (harness/transformer.py): lm-eval's own `hf` model scores it."""
+
+    path: Path
+    content_hash: str
+
+
+def hf_checkpoint(path: Path) -> HFCheckpoint | None:
+    from ..model_adapters.formats.common import content_hash
+    from .transformer import is_transformer_dir
+
+    if not is_transformer_dir(path):
+        return None
+    files = [f for f in Path(path).iterdir() if f.is_file() and f.suffix in (".json", ".safetensors")]
+    return HFCheckpoint(Path(path), content_hash(Path(path), files))
 
 
 def checkpoint_labels(ckpts) -> list[str]:
@@ -179,7 +203,12 @@ def tasks_for(ckpt, requested: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(requested)
     from ..tasks.registry import family_for_task
 
-    config = json.loads((Path(ckpt.path) / "config.json").read_text())
+    if isinstance(ckpt, HFCheckpoint):
+        from .transformer import TRAINING_FILE
+
+        config = {"training": json.loads((Path(ckpt.path) / TRAINING_FILE).read_text())}
+    else:
+        config = json.loads((Path(ckpt.path) / "config.json").read_text())
     task = ((config.get("training") or {}).get("config") or {}).get("task")
     if not task:
         raise ConfigError(f"{ckpt.path}: no training task recorded in config.json; pass --tasks explicitly")
@@ -194,6 +223,7 @@ def anytime_groups(jobs: list[Job], spec: SweepSpec) -> list[list[Job]]:
     for job in jobs:
         b = job.budget
         if on_trajectory(job, spec):
+            assert b is not None  # on a trajectory: implicit
             groups.setdefault((job.label, b.solver, b.tau, job.tasks), []).append(job)
         else:
             singles.append([job])
@@ -313,7 +343,7 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def resolve_workers(workers: int | str, device: str) -> int:
+def resolve_workers(workers: int | Literal["auto"], device: str) -> int:
     """--workers: "auto" is one worker per visible GPU with --device cuda, else 1; a number is checked against
     the device (worker i sees the i-th visible GPU alone, as its "cuda")."""
     on_gpus = device == "cuda"
@@ -404,7 +434,8 @@ def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | str | 
     main = group[-1]
     # Every smaller budget of the grid rides along, done or not (only the group's are written): a group resumed
     # after an interruption records the same run as an uninterrupted one, and its results files are identical.
-    anytime = sorted({k for k in spec.max_iters if k < main.budget.max_iter}) if on_trajectory(main, spec) else []
+    top = cast(Budget, main.budget)  # read only on a trajectory: implicit
+    anytime = sorted({k for k in spec.max_iters if k < top.max_iter}) if on_trajectory(main, spec) else []
     started, started_at = time.monotonic(), time.time()
     try:
         results = evaluate_job(main, spec, out, anytime)
@@ -419,9 +450,10 @@ def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | str | 
     wall = time.monotonic() - started
     for job in group:
         results = per_budget[job.budget.max_iter if job.budget else None]
-        greedy = GREEDY if job is main else f"../{main.key}/{GREEDY}"  # relative: a sweep folder can move
-        results["config"]["ssm_model"]["greedy_log"] = greedy
-        info = {"wall_s": wall if job is main else 0.0, "started": started_at}
+        if "ssm_model" in results["config"]:  # our adapters keep a greedy log (lm-eval's hf model does not)
+            greedy = GREEDY if job is main else f"../{main.key}/{GREEDY}"  # relative: a sweep folder can move
+            results["config"]["ssm_model"]["greedy_log"] = greedy
+        info: dict[str, Any] = {"wall_s": wall if job is main else 0.0, "started": started_at}
         if worker is not None:
             info["worker"] = worker
         if job is not main:
@@ -431,8 +463,11 @@ def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | str | 
 
 
 def model_args(job: Job, spec: SweepSpec, greedy_path: Path, anytime: list[int]) -> dict:
-    args = {"pretrained": str(job.checkpoint), "batch_size": spec.batch_size, "device": spec.device,
-            "dtype": spec.dtype, "backend": spec.backend, "record_greedy": str(greedy_path)}
+    if job.kind == "hf":  # lm-eval's own model: its context window is our adapters' default (DEFAULT_MAX_LENGTH)
+        return {"pretrained": str(job.checkpoint), "batch_size": spec.batch_size, "device": spec.device,
+                "dtype": spec.dtype, "max_length": 2048}
+    args: dict[str, Any] = {"pretrained": str(job.checkpoint), "batch_size": spec.batch_size, "device": spec.device,
+                            "dtype": spec.dtype, "backend": spec.backend, "record_greedy": str(greedy_path)}
     if job.budget is not None:
         args.update({k: v for k, v in job.budget.to_dict().items() if k != "anderson_m"})
         if anytime:
@@ -449,8 +484,13 @@ def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int]) -> di
     greedy = target / (GREEDY + ".tmp")
     greedy.unlink(missing_ok=True)
     args = model_args(job, spec, greedy, anytime)
-    adapter = ImplicitSSMLM if job.kind == "implicit" else ExplicitSSMLM
-    lm = adapter(**args, progress=False)  # the sweep's own bar counts jobs
+    if job.kind == "hf":
+        from lm_eval.models.huggingface import HFLM
+
+        lm = HFLM(**args)
+    else:
+        adapter = ImplicitSSMLM if job.kind == "implicit" else ExplicitSSMLM
+        lm = adapter(**args, progress=False)  # the sweep's own bar counts jobs
     results = evaluate_loaded(lm, load_tasks(spec, job.tasks), spec, args)
     if greedy.exists():
         os.replace(greedy, target / GREEDY)
@@ -504,6 +544,7 @@ def save_job(job: Job, out: Path, spec: SweepSpec, results: dict, sweep_info: di
 
     results = {k: v for k, v in results.items() if k != "samples"}
     results["sweep"] = {"checkpoint": job.label, "checkpoint_path": str(job.checkpoint), "kind": job.kind,
+                        "content_hash": job.content_hash,
                         "budget": job.budget.to_dict() if job.budget else None, "key": job.key,
                         "job_key": job.job_key(spec), "tasks": list(job.tasks), **sweep_info}
     write_json_atomic(job.dir(out) / RESULTS, results, default=handle_non_serializable)

@@ -20,15 +20,42 @@ PROJECT = Path(__file__).resolve().parents[1]
 BUNDLED = PROJECT / "checkpoints"
 
 
-def bundled_checkpoints() -> list[Path]:
-    """The bundled checkpoints our adapters read: not the transformer twins, which lm-eval's `hf` model scores."""
-    from .transformer import is_transformer_dir
-
-    found = sorted(p for p in BUNDLED.iterdir() if (p / "config.json").exists() and not is_transformer_dir(p)) \
-        if BUNDLED.is_dir() else []
+def bundled_checkpoints(family: str | None = None) -> list[Path]:
+    """The bundled checkpoints (our formats, and the transformer twins as Hugging Face directories, which the sweep
+    scores through lm-eval's own `hf` model), optionally only those trained on a task of `family`."""
+    found = sorted(p for p in BUNDLED.iterdir() if (p / "config.json").exists()) if BUNDLED.is_dir() else []
     if not found:
         raise ConfigError(f"no checkpoints given and none bundled in {BUNDLED}")
-    return found
+    return [p for p in found if family is None or training_family(p) == family]
+
+
+def training_family(checkpoint: Path) -> str | None:
+    """The task family a bundled checkpoint was trained on (from its training record), None if unrecorded."""
+    from ..tasks.registry import UnknownTaskError, family_for_task
+    from .transformer import TRAINING_FILE, is_transformer_dir
+
+    if is_transformer_dir(checkpoint):
+        training = json.loads((checkpoint / TRAINING_FILE).read_text())
+    else:
+        training = json.loads((checkpoint / "config.json").read_text()).get("training") or {}
+    task = (training.get("config") or {}).get("task")
+    try:
+        return family_for_task(task).name if task else None
+    except UnknownTaskError:
+        return None
+
+
+# The main job's language part (`implicit-eval sweep` with no checkpoints): the text trio on the pydoc family at two
+# documents a bucket, the simultaneous reading's whole budget curve from one run each, and the sequential (RNN)
+# reading at an adaptive budget on the two shortest buckets (the sequential reading of 2,048 tokens takes minutes
+# on 2 CPU cores). The committed language leaderboard (leaderboards/language/) has 16 documents a bucket.
+LANGUAGE_DOCS = 2
+LANGUAGE_GRIDS = (
+    ("all", ["--tasks", "pydoc", "--modes", "simultaneous", "--max-iter", "1", "2", "4", "8", "16", "32",
+             "--tol", "0", "0.05"]),
+    ("implicit", ["--tasks", "pydoc_ppl_id,pydoc_ppl_ood2x,pydoc_cloze_id", "--modes", "sequential", "--tol", "0.05",
+                  "--adaptive-max-iter", "64"]),
+)
 
 
 def positive_int(text: str) -> int:
@@ -155,7 +182,7 @@ def json_object(text: str) -> dict:
     return value
 
 
-def spec_from(args) -> SweepSpec:
+def spec_from(args, checkpoints: list[Path] | None = None) -> SweepSpec:
     from ..tasks.registry import families
 
     num_docs = {f.num_docs_option: args.num_docs for f in families().values() if f.num_docs_option}
@@ -164,7 +191,7 @@ def spec_from(args) -> SweepSpec:
         raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {batch!r}")
     if args.tau is not None and not 0 < args.tau <= 1:
         raise ConfigError(f"--tau must be a number in (0, 1], got {args.tau:g}")
-    return SweepSpec(checkpoints=tuple(args.checkpoints or bundled_checkpoints()),
+    return SweepSpec(checkpoints=tuple(checkpoints or args.checkpoints or bundled_checkpoints()),
                      tasks=tuple(t for t in args.tasks.split(",") if t), max_iters=tuple(args.max_iter),
                      tols=tuple(args.tol), modes=tuple(args.modes), block_sizes=tuple(args.block_size),
                      solver=args.solver, tau=args.tau, adaptive_max_iter=args.adaptive_max_iter,
@@ -184,6 +211,8 @@ def sweep_main(argv: list[str]) -> int:
         print(status_text(args.out))
         return 0
     executor = executor_from(args)
+    if not args.checkpoints:  # the bundled job: state tracking as asked, then the language part
+        return bundled_job(args, executor, argv)
     outcome = executor.run(spec_from(args), args.out, progress=not args.quiet)
     if isinstance(outcome, Submission) and not outcome.waited:
         print(submission_line(outcome, args.out), file=sys.stderr)
@@ -191,6 +220,35 @@ def sweep_main(argv: list[str]) -> int:
     print(write_report([args.out], args.out / "report", command=f"implicit-eval report {args.out}"))
     print(summary_line(outcome, args.out, args.out / "report"), file=sys.stderr)
     return 1 if outcome.failed else 0
+
+
+def bundled_job(args, executor: Executor, argv: list[str]) -> int:
+    """The bundled checkpoints: the state-tracking ones (and their transformer twins) with the flags given, then the
+    text trio over LANGUAGE_GRIDS; one report of both."""
+    text = set(bundled_checkpoints("pydoc"))
+    specs = [spec_from(args, [p for p in bundled_checkpoints() if p not in text])]
+    for which, grid in LANGUAGE_GRIDS:
+        models = [p for p in sorted(text) if which == "all" or implicit_checkpoint(p)]
+        extra = ["--num-docs", str(LANGUAGE_DOCS), "--out", str(args.out), "--device", args.device,
+                 "--batch-size", args.batch_size, "--dtype", args.dtype, "--backend", args.backend]
+        specs.append(spec_from(sweep_parser().parse_args([*map(str, models), *grid, *extra])))
+    failed, outcome = 0, None
+    assert specs  # the state-tracking part is always there
+    for spec in specs:
+        outcome = executor.run(spec, args.out, progress=not args.quiet)
+        if isinstance(outcome, Submission):
+            print(submission_line(outcome, args.out), file=sys.stderr)
+        failed += len(outcome.failed)
+    if outcome is None or isinstance(outcome, Submission) and not outcome.waited:
+        return 0
+    print(write_report([args.out], args.out / "report", command=f"implicit-eval report {args.out}"))
+    print(summary_line(outcome, args.out, args.out / "report"), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def implicit_checkpoint(path: Path) -> bool:
+    config = json.loads((path / "config.json").read_text())
+    return (config.get("model") or {}).get("kind") == "implicit"
 
 
 def submission_line(outcome: Submission, out: Path) -> str:
@@ -236,8 +294,11 @@ def leaderboard_main(argv: list[str]) -> int:
     grids = (["--modes", "simultaneous", "sequential", "--tol", "0", "0.05", "0.01"],  # every budget
              ["--modes", "blockwise", "--block-size", "8", "--tol", "0.05", "0.01"])  # the adaptive ones
     failed = 0
+    text = set(bundled_checkpoints("pydoc"))  # the language leaderboard is its own (leaderboards/language/)
+    others = [p for p in bundled_checkpoints() if p not in text]
     for grid in grids:
-        outcome = run_sweep(spec_from(sweep_parser().parse_args(grid + common)), args.results, progress=not args.quiet)
+        spec = spec_from(sweep_parser().parse_args(grid + common), others)
+        outcome = run_sweep(spec, args.results, progress=not args.quiet)
         print(summary_line(outcome, args.results, args.out), file=sys.stderr)
         failed += len(outcome.failed)
     print(write_report([args.results], args.out, command=LEADERBOARD_COMMAND, timings_dir=args.results))

@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ from ..model_adapters.config import Budget, ConfigError, ModelConfig, reject_unk
 from ..model_adapters.fixed_point import damp, solve
 from ..model_adapters.formats import save
 from ..model_adapters.formats.common import fold_weight_norm
-from ..model_adapters.models import ImplicitLM, build_model
+from ..model_adapters.models import ExplicitLM, ImplicitLM, build_model
 from ..model_adapters.tensors import valid_mask
 from .transformer import (
     PAD_VOCAB_MULTIPLE,
@@ -50,6 +51,9 @@ from .transformer import (
     save_hf,
     transformer_logits,
 )
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 STATE_FILE, LOG_FILE = "train_state.pt", "train_log.csv"
 LOG_FIELDS = ("step", "loss", "token_acc", "last_acc", "mean_iters", "lr", "elapsed_s", "tokens_per_s")
@@ -173,15 +177,28 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, self.cfg.weight_decay), lr=self.cfg.lr,
                                            betas=(0.9, 0.95))
 
+    # self.model as its kind's class (one attribute for the three kinds)
+    @property
+    def transformer(self) -> LlamaForCausalLM:
+        return cast("LlamaForCausalLM", self.model)
+
+    @property
+    def ssm(self) -> ExplicitLM | ImplicitLM:
+        return cast("ExplicitLM | ImplicitLM", self.model)
+
+    @property
+    def implicit(self) -> ImplicitLM:
+        return cast(ImplicitLM, self.model)
+
     def _load_weights(self, directory: Path) -> None:
         """Weights of a checkpoint of the same architecture (weight norm is applied afterwards, from them)."""
         from ..model_adapters.formats import load_checkpoint
 
         if self.cfg.kind == "transformer":
-            load_transformer_weights(self.model, directory)
+            load_transformer_weights(self.transformer, directory)
             return
         ckpt = load_checkpoint(directory)
-        ours = {k: v for k, v in self.model.cfg.to_dict().items() if k != "budget"}
+        ours = {k: v for k, v in self.ssm.cfg.to_dict().items() if k != "budget"}
         theirs = {k: v for k, v in ckpt.config.to_dict().items() if k != "budget"}
         changed = sorted(k for k in ours if ours[k] != theirs.get(k))
         if changed:
@@ -219,14 +236,14 @@ class Trainer:
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, float]:
         """logits (B, L, V) and the mean f evaluations per sequence (1 for the one-pass kinds)."""
         if self.cfg.kind == "transformer":
-            return transformer_logits(self.model, ids), 1.0
+            return transformer_logits(self.transformer, ids), 1.0
         if self.cfg.kind == "explicit":
-            return self.model.logits(self.model(ids, lengths=lengths).hidden), 1.0
+            return self.ssm.logits(self.ssm(ids, lengths=lengths).hidden), 1.0
         if self.step < self.cfg.unroll_steps:
-            hidden = unrolled_forward(self.model, ids, lengths, self.cfg.unroll_iters, self.cfg.train_budget.tau)
-            return self.model.logits(hidden), float(self.cfg.unroll_iters)
-        hidden, mean_iters = phantom_forward(self.model, ids, lengths, self.cfg)
-        return self.model.logits(hidden), mean_iters
+            hidden = unrolled_forward(self.implicit, ids, lengths, self.cfg.unroll_iters, self.cfg.train_budget.tau)
+            return self.implicit.logits(hidden), float(self.cfg.unroll_iters)
+        hidden, mean_iters = phantom_forward(self.implicit, ids, lengths, self.cfg)
+        return self.implicit.logits(hidden), mean_iters
 
     # -- state ------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -268,7 +285,8 @@ NO_DECAY_SUFFIXES = ("A_log", "dt_bias", ".D", "norm.weight", "norm_f.weight", "
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on projection, convolution and embedding weights only (as mamba_ssm marks
     A_log, D and dt_bias `_no_weight_decay`)."""
-    decay, keep = [], []
+    decay: list[nn.Parameter] = []
+    keep: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         (keep if name.endswith(NO_DECAY_SUFFIXES) else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
@@ -448,9 +466,9 @@ def finish(trainer: Trainer, out: Path) -> Path:
                 "wall_time_s": round(trainer.elapsed, 1), "device": device, "torch": torch.__version__}
     target = out / "model"
     if trainer.cfg.kind == "transformer":
-        save_hf(trainer.model, tokenizer_path, target, training)
+        save_hf(trainer.transformer, tokenizer_path, target, training)
     else:
-        plain = build_model(trainer.model.cfg)
+        plain = build_model(trainer.ssm.cfg)
         plain.load_state_dict(folded_state(trainer.model))
         save(plain, target, tokenizer_path=tokenizer_path, eos_token=eos_token_of(trainer.tokenizer),
              training=training)

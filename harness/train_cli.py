@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 from .train import ARCH_DEFAULTS, TrainConfig, export, run
 from .transformer import TRANSFORMER_ARCH_DEFAULTS
@@ -47,11 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name not in NESTED:
             _add(parser, f.name, type(_default(f)), _default(f), f.metadata.get("help", ""))
     for name, text in ARCH_HELP.items():  # unset (None): the kind's default
-        defaults = {kind: table[name] for kind, table in (("Mamba2", ARCH_DEFAULTS),
-                                                           ("transformer", TRANSFORMER_ARCH_DEFAULTS)) if name in table}
+        by_kind = {kind: table[name] for kind, table in (("Mamba2", ARCH_DEFAULTS),
+                                                          ("transformer", TRANSFORMER_ARCH_DEFAULTS)) if name in table}
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=None,
                             help=f"architecture: {text} (default: " + ", ".join(f"{v} ({k})" for k, v in
-                                                                               defaults.items()) + ")")
+                                                                               by_kind.items()) + ")")
     defaults = TrainConfig()
     for flag, (budget, key, kind, text) in BUDGET_FLAGS.items():
         _add(parser, flag, kind, getattr(getattr(defaults, budget), key), text)
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default(f: dataclasses.Field):
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return cast(Callable[[], Any], f.default_factory)() if f.default is dataclasses.MISSING else f.default
 
 
 def _add(parser: argparse.ArgumentParser, name: str, kind, default, text: str) -> None:
@@ -78,7 +80,7 @@ def config_from(args: dict) -> TrainConfig:
     """The flat flags, gathered into TrainConfig's nested fields."""
     defaults = TrainConfig()
     arch = {name: value for name in ARCH_HELP if (value := args.pop(name)) is not None}
-    budgets = {"train_budget": {}, "eval_budget": {}}
+    budgets: dict[str, dict[str, Any]] = {"train_budget": {}, "eval_budget": {}}
     for flag, (budget, key, _, _) in BUDGET_FLAGS.items():
         budgets[budget][key] = args.pop(flag)
     tau = args.pop("tau")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .errors import ConfigError
 from .exits import DEFAULT_EXIT, EXITS, ExitPoint, threshold_problem
@@ -120,8 +120,8 @@ class ModelConfig:
     @classmethod
     def tiny(cls, kind: str = "explicit", **overrides) -> ModelConfig:
         """A model small enough for unit tests: 2 layers, 2 groups, odd-sized chunks."""
-        base = dict(kind=kind, vocab_size=37, pad_vocab_size_multiple=8, d_model=32, n_layer=2, d_state=8,
-                    expand=2, headdim=8, ngroups=2, chunk_size=16)
+        base: dict[str, Any] = dict(kind=kind, vocab_size=37, pad_vocab_size_multiple=8, d_model=32, n_layer=2,
+                                    d_state=8, expand=2, headdim=8, ngroups=2, chunk_size=16)
         if kind == "implicit":
             base["budget"] = {"max_iter": 8, "tol": 0.0, "tau": 0.8}
         base.update(overrides)
@@ -277,7 +277,7 @@ def _check_model_fields(cfg: ModelConfig) -> None:
     the first forward. Annotations are strings here (`from __future__ import annotations`); kind and budget
     have checks of their own."""
     for f in dataclasses.fields(cfg):
-        rule = _MODEL_FIELD_RULES.get(f.type)
+        rule = _MODEL_FIELD_RULES.get(cast(str, f.type))  # a string: see above
         value = getattr(cfg, f.name)
         if rule is not None and not rule[0](value):
             raise ConfigError(f"{f.name} must be {rule[1]}, got {value!r}")

@@ -13,7 +13,7 @@ from .reading import ReadStats
 
 
 class ConvergenceLog:
-    def __init__(self):
+    def __init__(self) -> None:
         self._parts: list[ReadStats] = []
 
     def add(self, stats: ReadStats) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,7 @@ class ExitTest(Protocol):
 @dataclass(frozen=True)
 class ExitSpec:
     name: str  # the Budget's `exit`, the model_arg `exit=...`
-    make: Callable[[int, Head | None], ExitTest]  # (rows of the solve, head) -> a fresh test for one solve
+    make: Callable[[int, Any], ExitTest]  # (rows of the solve, head: a Head where needs_head) -> a fresh test
     needs_head: bool = False  # reads the next-token distribution (a head evaluation per iteration)
     counts_iterations: bool = False  # the threshold is a number of evaluations (an integer >= 1), met from above
     description: str = ""
@@ -126,7 +126,10 @@ class ExitPoint(NamedTuple):
         return f"{self.exit}={threshold_text(self.tol)}"
 
 
-def point_name(point: int | ExitPoint) -> str:
+Point = int | ExitPoint  # an anytime point of a trajectory: a max_iter k, or a criterion at a threshold
+
+
+def point_name(point: Point) -> str:
     """How results and logs name an anytime point: "4" for max_iter 4, "kl=0.001" for an exit point."""
     return point.label if isinstance(point, ExitPoint) else str(point)
 
@@ -199,7 +202,7 @@ class _Distributions:
     def buffer(self, like: Tensor, dtype=None) -> Tensor:
         return torch.zeros(self.batch, *like.shape[1:], dtype=dtype or like.dtype, device=like.device)
 
-    def first_seen(self, rows: Tensor | None, device) -> tuple[Tensor, object]:
+    def first_seen(self, rows: Tensor | None, device) -> tuple[Tensor, slice | Tensor]:
         """(R,) bool: the rows seen before this evaluation, and the index of the rows (then marked seen)."""
         if self.seen is None:
             self.seen = torch.zeros(self.batch, dtype=torch.bool, device=device)
@@ -254,7 +257,7 @@ class ArgmaxStreak(_Distributions):
 
     def value(self, rows: Tensor | None, z: Tensor, fz: Tensor, valid: Tensor | None) -> Tensor:
         top = self.head(fz).argmax(-1)
-        if self.argmax is None:
+        if self.argmax is None or self.streak is None:
             self.argmax, self.streak = self.buffer(top), self.buffer(top)
         seen, index = self.first_seen(rows, fz.device)
         same = broadcast_mask(seen, top) & (top == self.argmax[index])

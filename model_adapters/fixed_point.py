@@ -39,19 +39,26 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from .exits import EPS, ExitPoint, ExitTest, Head, exit_test, relative_residual, row_norms  # noqa: F401 - re-exported
+from .exits import EPS, ExitPoint, ExitTest, Head, Point, exit_test, relative_residual, row_norms  # noqa: F401 - re-exported
 from .tensors import broadcast_mask, take_rows
 
 
 class Budget(Protocol):
-    """What a solve reads of config.Budget (declared here so that the solvers need not import the config)."""
+    """What a solve reads of config.Budget (declared here so that the solvers need not import the config).
+    Read-only members (properties), since config.Budget is a frozen dataclass."""
 
-    max_iter: int
-    tol: float
-    tau: float
-    solver: str
-    anderson_m: int
-    exit: str
+    @property
+    def max_iter(self) -> int: ...
+    @property
+    def tol(self) -> float: ...
+    @property
+    def tau(self) -> float: ...
+    @property
+    def solver(self) -> str: ...
+    @property
+    def anderson_m(self) -> int: ...
+    @property
+    def exit(self) -> str: ...
 
 
 RowMap = Callable[[Tensor, Any, bool], tuple[Tensor, Any]]
@@ -82,7 +89,7 @@ class Solution:
     aux: Any  # f's auxiliary output of the final evaluation
     stats: SolveStats
     # budget k (or an ExitPoint) -> (output, stats)
-    anytime: dict[int | ExitPoint, tuple[Tensor, SolveStats]] = field(default_factory=dict)
+    anytime: dict[Point, tuple[Tensor, SolveStats]] = field(default_factory=dict)
 
 
 def damp(z: Tensor, fz: Tensor, tau: float) -> Tensor:
@@ -109,7 +116,7 @@ def solve(f: RowMap, z0: Tensor, budget: Budget, context: Any = None, valid: Ten
     work = _Working(None, z0.clone(), context, valid)
     iterations = torch.zeros(batch, dtype=torch.long, device=z0.device)
     converged = torch.zeros(batch, dtype=torch.bool, device=z0.device)
-    anytime = {}
+    anytime: dict[Point, tuple[Tensor, SolveStats]] = {}
     for k in range(1, budget.max_iter):
         fz, _ = f(work.z, work.context, False)
         if k in keep or points:  # at tol 0 only an anytime reading looks at this residual
@@ -160,7 +167,7 @@ class _ExitPoints:
         return bool(self.points)
 
     def see(self, k: int, z: Tensor, fz: Tensor, valid: Tensor | None, residual: Tensor, final: bool
-            ) -> dict[ExitPoint, tuple[Tensor, SolveStats]]:
+            ) -> dict[Point, tuple[Tensor, SolveStats]]:
         """Evaluation k of every row; final: the trajectory's last, which ends every row not ended yet."""
         values = {name: test.value(None, z, fz, valid) for name, test in self.tests.items()}
         for p in self.points:

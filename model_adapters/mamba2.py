@@ -10,7 +10,7 @@ choice (runtime/), not the model's.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,7 @@ class Mamba2(nn.Module):
     # -- shared pieces -------------------------------------------------------------------------------
     def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         c = self.cfg
-        return torch.split(zxbcdt, [c.d_inner, c.conv_dim, c.nheads], dim=-1)
+        return cast("tuple[Tensor, Tensor, Tensor]", torch.split(zxbcdt, [c.d_inner, c.conv_dim, c.nheads], dim=-1))
 
     def _split_xbc(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         c = self.cfg
@@ -75,7 +75,9 @@ class Mamba2(nn.Module):
     def _derived(self) -> Derived:
         """A = -exp(A_log) and the dt bias in the compute dtype, and D per head or channel. Computed once per weight
         version at inference (no autograd), every call while training (autograd must see them)."""
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in (self.A_log, self.dt_bias, self.D))
+        # Weights made under inference_mode have no version counter; they cannot change outside it either.
+        key = tuple((p.data_ptr(), 0 if p.is_inference() else p._version, p.dtype)
+                    for p in (self.A_log, self.dt_bias, self.D))
         cache = self.__dict__.get("_derived_cache")
         if torch.is_grad_enabled() or cache is None or cache[0] != key:
             cd = self.cd
@@ -129,7 +131,7 @@ class Mamba2(nn.Module):
         y, ssm_state = ops.chunk_scan(x, dt, derived.dt_bias, derived.A, B, C, self.cfg.chunk_size, derived.D,
                                            ssm, final_state=commit, valid=valid)
         out = self._gate_and_project(y.flatten(-2), z, ops)
-        return out, MixerState(conv_state, ssm_state.to(self.cd)) if commit else None
+        return out, MixerState(cast(Tensor, conv_state), ssm_state.to(self.cd)) if commit else None  # set if commit
 
     # -- recurrent form ------------------------------------------------------------------------------
     def step(self, u: Tensor, state: MixerState, inject: Tensor | None = None, in_place: bool = False,

@@ -19,7 +19,9 @@ to, is implicit_lm.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -28,7 +30,7 @@ from .backends import torch_ops
 from .config import Budget, ModelConfig
 from .errors import ConfigError
 from .exits import ExitPoint
-from .mamba2 import Mamba2, Ops, State
+from .mamba2 import Mamba2, MixerState, Ops, State
 from .norms import RMSNorm
 from .reading import Readout, ReadStats, read
 from .tensors import compute_dtype, valid_mask
@@ -64,6 +66,11 @@ class _LM(nn.Module):
             self.lm_head.weight = self.embedding.weight
 
     @property
+    def blocks(self) -> Sequence[Block]:
+        """self.layers as what it holds (to a type checker an nn.ModuleList holds plain Modules)."""
+        return cast("Sequence[Block]", self.layers)
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.embedding.weight.dtype
 
@@ -80,22 +87,23 @@ class _LM(nn.Module):
         stays in float32; each residual add is fused with the next norm (backend add_rmsnorm: one kernel on the
         GPU)."""
         out, residual, new_state = None, h.to(self.cd), []
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.blocks):
             normed, residual = ops.add_rmsnorm(out, residual, layer.norm.weight, layer.norm.eps, self.dtype)
             s = None if state is None else state[i]
             if step:
-                out, s = layer.mixer.step(normed, s, inject, in_place, commit, ops)
+                # a step always has a state
+                out, s = layer.mixer.step(normed, cast(MixerState, s), inject, in_place, commit, ops)
             else:
                 out, s = layer.mixer(normed, inject, s, valid, commit, ops)
             new_state.append(s)
         final, _ = ops.add_rmsnorm(out, residual, self.norm_f.weight, self.norm_f.eps, self.cd)
-        return final, new_state if commit else None
+        return final, cast(State, new_state) if commit else None  # each layer's state is set when commit
 
     def logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
 
     def empty_state(self, batch: int) -> State:
-        return [layer.mixer.empty_state(batch) for layer in self.layers]
+        return [layer.mixer.empty_state(batch) for layer in self.blocks]
 
     def embed(self, ids: Tensor) -> Tensor:
         return self.embedding(ids)
@@ -200,6 +208,6 @@ def initialize(model: _LM, std: float = 0.02) -> None:
         for module in model.modules():
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-        for layer in model.layers:
+        for layer in model.blocks:
             nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
             layer.mixer.out_proj.weight /= math.sqrt(model.cfg.n_layer)

@@ -19,7 +19,7 @@ part in it. ReadStats keeps the solver statistics per (sequence, piece).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 class PieceMaps(Protocol):
     """What a reading needs of an implicit model (models.ImplicitLM): the map in both forms and an empty state."""
 
-    cfg: ModelConfig
-    cd: torch.dtype
+    @property
+    def cfg(self) -> ModelConfig: ...
+    @property
+    def cd(self) -> torch.dtype: ...
 
     def f(self, z: Tensor, u: Tensor, state: State | None, valid: Tensor | None, commit: bool, ops: Ops
           ) -> tuple[Tensor, State | None]: ...
@@ -84,7 +86,7 @@ class PieceContext(NamedTuple):
     """What the map needs per row of a piece (gathered by the solver for the rows still iterating)."""
 
     u: Tensor  # the injection: (R, T, d_in_proj), or (R, d_in_proj) for a one-token piece
-    state: State  # the frozen recurrent state the piece starts from
+    state: State | None  # the frozen recurrent state the piece starts from (None: zeros, a one-piece reading)
     valid: Tensor | None  # (R, T) valid tokens of a longer piece; None when all are valid
 
 
@@ -138,6 +140,7 @@ def _solve_piece(model: PieceMaps, u: Tensor, budget: Budget, state: State, rows
         return solve(step_map(model, commit, ops), z0, budget, context, None, keep, model.logits)
     piece_valid = None
     if any(e < end for e in ends if e > start):  # some sequence ends inside the piece: mask its padding
+        assert valid is not None  # ends short of the length come from lengths, which give valid
         piece_valid = take_rows(valid[:, start:end], rows)
     context = PieceContext(u_piece, state, piece_valid)
     z0 = torch.zeros(*u_piece.shape[:2], model.cfg.d_model, dtype=model.cd, device=u.device)
@@ -147,7 +150,7 @@ def _solve_piece(model: PieceMaps, u: Tensor, budget: Budget, state: State, rows
 def step_map(model: PieceMaps, commit_last: bool = True, ops: Ops = torch_ops):
     """The step form as the solver's map; commit_last=False: even the final evaluation commits no state."""
     def f(z: Tensor, ctx: PieceContext, commit: bool):
-        return model.f_step(z, ctx.u, ctx.state, commit and commit_last, ops)
+        return model.f_step(z, ctx.u, cast(State, ctx.state), commit and commit_last, ops)  # read() gives one
 
     return f
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 
@@ -44,7 +46,7 @@ def make_contractive(model: ImplicitLM, in_scale: float = 0.1, out_scale: float 
     driven mostly by the injection (small in_proj, large out_proj) makes RMSNorm_f(z + M) depend weakly on z.
     """
     with torch.no_grad():
-        for layer in model.layers:
+        for layer in model.blocks:
             layer.mixer.in_proj.weight.mul_(in_scale)
             layer.mixer.out_proj.weight.mul_(out_scale)
         model.injection.weight.mul_(inject_scale)
@@ -56,7 +58,7 @@ def tiny_model(kind: str = "explicit", seed: int = 0, dtype=torch.float32, contr
     torch.manual_seed(seed)
     model = build_model(ModelConfig.tiny(kind, **overrides))
     if contractive:
-        make_contractive(model)
+        make_contractive(cast(ImplicitLM, model))  # contractive=True is for kind "implicit"
     return model.to(dtype).eval()
 
 

@@ -2,9 +2,10 @@
 
 `anytime=1;4;16` (simultaneous mode, tol 0) makes the adapter score every request at each of those budgets from the
 one trajectory of its run (scores.py keeps the answers); `anytime_exits=kl:0.01;kl:0.001` adds the runs that stop on
-an exit criterion at those thresholds (capped at the run's max_iter), read off the same trajectory. lm-eval computes metrics for the run's own budget; for the
-others, `evaluate_with_anytime` evaluates the same tasks once more per budget with a BudgetView, an lm-eval model
-that answers from those scores (no model compute), and puts the metrics into the results:
+an exit criterion at those thresholds (capped at the run's max_iter), read off the same trajectory. lm-eval computes
+metrics for the run's own budget; for the others, `evaluate_with_anytime` evaluates the same tasks once more per
+budget with a BudgetView, an lm-eval model that answers from those scores (no model compute), and puts the metrics
+into the results:
 
     results["anytime"][str(k)] = {"results": ..., "groups": ..., "ssm_model": model info at budget k}
     results["results"][task]["acc@k=4,none"] = ...      (so lm-eval's printed table shows every budget)
@@ -21,7 +22,7 @@ from typing import Any
 from lm_eval.api.model import LM
 
 from ..errors import ConfigError
-from ..exits import ExitPoint, point_name
+from ..exits import ExitPoint, Point, point_name
 from .samples import add_compute
 
 
@@ -29,7 +30,7 @@ class BudgetView(LM):
     """A run's answers at one of its anytime budgets, as an lm-eval model. Rank, world size and the collectives are
     the source's, so a data-parallel run replays each rank's own shard."""
 
-    def __init__(self, source, k: int):
+    def __init__(self, source, k: Point):
         super().__init__()
         if k not in source.budgets_scored:
             raise ConfigError(f"budget {k} was not scored by this run (it scored {list(source.budgets_scored)})")
@@ -74,7 +75,7 @@ class BudgetView(LM):
         self.source.barrier()
 
 
-def extra_budgets(lm) -> tuple[int, ...]:
+def extra_budgets(lm) -> tuple[Point, ...]:
     """The anytime budgets of an SSM adapter other than its own; () for any other model."""
     return tuple(getattr(lm, "budgets_scored", ())[1:])
 

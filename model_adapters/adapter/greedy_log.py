@@ -7,11 +7,11 @@ import json
 
 import torch
 
-from ..exits import point_name
+from ..exits import Point, point_name
 from ..reading import ReadStats
 
 
-def greedy_records(sequences, members, hidden: dict[int, torch.Tensor], stats: dict[int, ReadStats | None], logits,
+def greedy_records(sequences, members, hidden: dict[Point, torch.Tensor], stats: dict[Point, ReadStats | None], logits,
                    vocab_size: int) -> list[dict]:
     """One record per scored sequence: its task and doc, tokens, and per budget the greedy tokens and iterations."""
     records = []
@@ -22,10 +22,10 @@ def greedy_records(sequences, members, hidden: dict[int, torch.Tensor], stats: d
         for k, h in hidden.items():
             name = point_name(k)  # "4", or "kl=0.001" for an exit point read off the trajectory
             record["greedy"][name] = logits(h[i, :n])[:, :vocab_size].argmax(-1).tolist()
-            if stats.get(k) is not None:
-                present = stats[k].present[i]
-                record["iterations"][name] = stats[k].iterations[i][present].tolist()
-                record["piece_tokens"][name] = stats[k].tokens[i][present].tolist()
+            if (s := stats.get(k)) is not None:
+                present = s.present[i]
+                record["iterations"][name] = s.iterations[i][present].tolist()
+                record["piece_tokens"][name] = s.tokens[i][present].tolist()
         records.append(record)
     return records
 

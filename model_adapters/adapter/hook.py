@@ -42,6 +42,11 @@ def running_lm_eval_cli() -> bool:
     return (spec is not None and spec.name.split(".")[0] == "lm_eval") or program in ("lm_eval", "lm-eval")
 
 
+def _mark(fn: object, name: str) -> None:
+    """Tags a function we installed (a function attribute), so that installing twice is a no-op."""
+    setattr(fn, name, True)
+
+
 def install_excepthook() -> None:
     previous = sys.excepthook
     if getattr(previous, "_implicit_ssm_one_line", False):
@@ -57,7 +62,7 @@ def install_excepthook() -> None:
             return previous(kind, exc, tb)
         sys.stderr.write(f"lm_eval: error: {error} (IMPLICIT_SSM_TRACEBACK=1 shows the traceback)\n")
 
-    one_line_errors._implicit_ssm_one_line = True
+    _mark(one_line_errors, "_implicit_ssm_one_line")
     sys.excepthook = one_line_errors
 
 
@@ -88,7 +93,7 @@ def wrap_evaluator(module) -> None:
 
         return run(evaluate, lm, task_dict, **kwargs)
 
-    evaluate_with_anytime._implicit_ssm_anytime = True
+    _mark(evaluate_with_anytime, "_implicit_ssm_anytime")
     module.evaluate = evaluate_with_anytime
 
 
@@ -110,7 +115,7 @@ def wrap_make_table(module) -> None:
 
         return f"{text}\n{convergence_block(info)}"
 
-    make_table_with_convergence._implicit_ssm_block = True
+    _mark(make_table_with_convergence, "_implicit_ssm_block")
     module.make_table = make_table_with_convergence
 
 

@@ -9,8 +9,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from ..convergence import ConvergenceLog
 from ..errors import ConfigError
-from ..exits import ExitPoint, point_name
+from ..exits import ExitPoint, Point, point_name
 from ..readings import reading_unit
 from .records import BudgetRecord, TaskRecord
 
@@ -36,14 +37,14 @@ def check_checkpoint(ckpt, kind: str, path: str) -> None:
 class RunView:
     """What a run has seen so far, merged over ranks (the adapter's state after each request type)."""
 
-    records: dict[int, BudgetRecord]
+    records: dict[Point, BudgetRecord]
     tasks: dict[str, TaskRecord]
-    generation: object  # convergence.ConvergenceLog of generate_until
+    generation: ConvergenceLog  # of generate_until
     truncated: int = 0
     request_seconds: float = 0.0
 
 
-def model_info(lm, view: RunView, k: int | ExitPoint | None = None) -> dict:
+def model_info(lm, view: RunView, k: Point | None = None) -> dict:
     """config.ssm_model of a run at budget k, or at an exit point read off its trajectory (default: the run's own)."""
     k = k or lm.budgets_scored[0]
     info = {
@@ -66,7 +67,7 @@ def model_info(lm, view: RunView, k: int | ExitPoint | None = None) -> dict:
     return info
 
 
-def budget_info(lm, view: RunView, k: int | ExitPoint) -> dict:
+def budget_info(lm, view: RunView, k: Point) -> dict:
     """The budget, its reading's unit, its exit criterion and the convergence statistics (per reading unit)."""
     budget = lm.budget.at(k)
     scoring = view.records[k].scoring.summary(budget.max_iter)
@@ -75,12 +76,12 @@ def budget_info(lm, view: RunView, k: int | ExitPoint) -> dict:
             "convergence": {"scoring": scoring, "generation": generation}}
 
 
-def task_info(view: RunView, k: int | ExitPoint, max_iter: int | None) -> dict:
+def task_info(view: RunView, k: Point, max_iter: int | None) -> dict:
     """Per task: what its documents carry, and (implicit: max_iter given) its convergence statistics."""
     out = {}
     for task, record in sorted(view.tasks.items()):
         out[task] = record.summary()
         log = view.records[k].per_task.get(task) if max_iter is not None else None
-        if log is not None:
+        if log is not None and max_iter is not None:
             out[task]["convergence"] = log.summary(max_iter)
     return out

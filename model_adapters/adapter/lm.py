@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 import torch
 from lm_eval.api.model import TemplateLM
@@ -30,7 +31,7 @@ from ..backends import resolve_backend
 from ..config import resolve_budget
 from ..convergence import ConvergenceLog
 from ..errors import ConfigError
-from ..exits import ExitPoint
+from ..exits import Point
 from ..formats import load_checkpoint
 from ..readings import reading_unit
 from ..runtime import Runtime
@@ -234,7 +235,8 @@ class SSMLM(TemplateLM):
         """A progress bar on rank 0 (unless progress=false: a sweep shows its own); otherwise tqdm's own defaults
         apply (TQDM_DISABLE=1 silences it)."""
         off = disable or self.rank != 0 or not self.args.progress
-        return tqdm(total=total, desc=desc, **({"disable": True} if off else {}))
+        options: dict[str, Any] = {"disable": True} if off else {}
+        return tqdm(total=total, desc=desc, **options)
 
     def _finish_call(self, results: list, started: float) -> list:
         """After each request type: merge records across ranks, report truncation and unconverged tasks."""
@@ -251,18 +253,18 @@ class SSMLM(TemplateLM):
         return results
 
     # -- results --------------------------------------------------------------------------------------
-    def fingerprint(self, k: int | ExitPoint | None = None) -> str:
+    def fingerprint(self, k: Point | None = None) -> str:
         budget = self.budget.at(k) if self.budget and k else self.budget
         return model_fingerprint(self.ckpt.content_hash, budget, self.args.dtype_name, self.kernels, self.max_length)
 
-    def model_info(self, k: int | ExitPoint | None = None) -> dict:
+    def model_info(self, k: Point | None = None) -> dict:
         """What results must say about this run at budget k (default: the run's own budget)."""
         return model_info(self, self.view, k)
 
     def get_model_info(self) -> dict:
         return {"ssm_model": self.model_info()}
 
-    def at_budget(self, k: int | ExitPoint):
+    def at_budget(self, k: Point):
         """This run's answers at anytime budget k as an lm-eval model (no model compute): see anytime.py."""
         from .anytime import BudgetView
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import cast
 
 import torch
 import torch.distributed as dist
 
 from ..convergence import ConvergenceLog
+from ..exits import Point
 from .info import RunView
 from .records import BudgetRecord, TaskRecord
 
@@ -59,7 +61,7 @@ class Ranks:
         request type once, so this collective is matched."""
         if self.world_size == 1:
             return local
-        parts = [None] * self.world_size
+        parts = cast("list[RunView]", [None] * self.world_size)  # filled in by all_gather_object
         dist.all_gather_object(parts, RunView(
             {k: BudgetRecord(scoring=r.scoring, per_task=r.per_task, compute=r.compute)
              for k, r in local.records.items()},
@@ -69,7 +71,8 @@ class Ranks:
                        sum(p.truncated for p in parts), max(p.request_seconds for p in parts))
 
 
-def merge_records(local: dict[int, BudgetRecord], parts: list[dict[int, BudgetRecord]]) -> dict[int, BudgetRecord]:
+def merge_records(local: dict[Point, BudgetRecord], parts: list[dict[Point, BudgetRecord]]
+                  ) -> dict[Point, BudgetRecord]:
     merged = {k: BudgetRecord(answers=r.answers) for k, r in local.items()}
     for records in parts:
         for k, record in records.items():

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config import Budget
 from ..errors import NonFiniteError
-from ..exits import ExitPoint
+from ..exits import ExitPoint, Point
 from ..reading import ReadStats
 from ..runtime import Runtime
 from ..runtime.generation import right_pad
@@ -27,18 +28,18 @@ from .requests import Item, model_input
 @dataclass
 class Scorer:
     runtime: Runtime
-    budget: object  # config.Budget, or None for an explicit model
+    budget: Budget | None  # None for an explicit model
     anytime: tuple  # the anytime budgets (max_iter values, ExitPoints) read off the run's trajectory (its own included)
     budgets: tuple  # the budgets scored: the run's own max_iter first (0 for an explicit model)
     max_length: int
     vocab_size: int
     batch_size: Callable[[int], int]  # longest sequence -> sequences per forward
-    records: dict[int, BudgetRecord]
+    records: dict[Point, BudgetRecord]
     greedy_log: str | None = None
     model_name: str = "the model"  # in messages: implicit_ssm, explicit_ssm
     truncated: int = 0
 
-    def score(self, items: list[Item], progress) -> list[dict[int, Answer]]:
+    def score(self, items: list[Item], progress) -> list[dict[Point, Answer]]:
         """Every item's Answer at every scored budget."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, item in enumerate(items):
@@ -46,7 +47,7 @@ class Scorer:
             self.truncated += cut
             groups.setdefault(sequence, []).append(i)
         order = sorted(groups, key=lambda seq: (-len(seq), seq))
-        answers: list[dict[int, Answer]] = [{} for _ in items]
+        answers: list[dict[Point, Answer]] = [{} for _ in items]
         size = self.batch_size(max((len(s) for s in order), default=1))
         for start in range(0, len(order), size):
             batch = order[start: start + size]
@@ -59,13 +60,14 @@ class Scorer:
 
     @torch.inference_mode()
     def _score_batch(self, sequences: list[tuple[int, ...]], members: list[list[Item]]
-                     ) -> list[list[dict[int, Answer]]]:
+                     ) -> list[list[dict[Point, Answer]]]:
         """One forward over `sequences`; per sequence, per member item, its Answer at every scored budget."""
         device = self.runtime.model.embedding.weight.device
         ids, lengths = right_pad([list(s) for s in sequences], device)
         out = self.runtime(ids, self.budget, lengths=lengths, anytime=self.anytime, want_state=False)
         hidden = {k: r.hidden for k, r in out.anytime.items()} or {self.budgets[0]: out.hidden}
-        stats = {k: r.stats for k, r in out.anytime.items()} or {self.budgets[0]: out.stats}
+        stats: dict[Point, ReadStats | None] = ({k: r.stats for k, r in out.anytime.items()}
+                                              or {self.budgets[0]: out.stats})
         self._log_stats(stats, [m[0].task for m in members])
         if self.greedy_log:
             append_records(self.greedy_log, greedy_records(sequences, members, hidden, stats, self.runtime.logits,
@@ -80,7 +82,7 @@ class Scorer:
                             for item in group])
         return results
 
-    def _logprobs(self, hidden: torch.Tensor, item: Item, k: int) -> torch.Tensor:
+    def _logprobs(self, hidden: torch.Tensor, item: Item, k: Point) -> torch.Tensor:
         logits = self.runtime.logits(hidden)
         if not torch.isfinite(logits).all():
             where = f"task {item.task} doc {item.doc_id}" if item.key else "a request"
@@ -89,11 +91,12 @@ class Scorer:
                                  "is reported from them")
         return F.log_softmax(logits, dim=-1)
 
-    def _log_stats(self, stats: dict[int, ReadStats | None], tasks: list[str]) -> None:
+    def _log_stats(self, stats: dict[Point, ReadStats | None], tasks: list[str]) -> None:
         """Each sequence's convergence statistics go to the task of its first request."""
         if self.budget is None:
             return
         for k, s in stats.items():
+            assert s is not None  # an implicit model's reading has statistics
             for task in dict.fromkeys(tasks):
                 rows = torch.tensor([t == task for t in tasks], device=s.iterations.device)
                 self.records[k].log(task, ReadStats(s.iterations[rows], s.residual[rows], s.converged[rows],

@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def serialised(check: Callable) -> Callable:
         with file_lock(lock_path(knobs.cache.dir, getattr(self.base_fn, "__name__", "kernel"), tuning_key)):
             return check(self, tuning_key, *args, **kwargs)
 
-    locked.serialised = True
+    cast(Any, locked).serialised = True  # the mark of an installed lock (install is idempotent)
     return locked
 
 

@@ -33,16 +33,16 @@ BLOCK_IGNORED = ("conv_init", "dt_min", "dt_max", "dt_init_floor", "A_init_range
 BLOCK_FIXED = {"norm_before_gate": False, "dt_limit": [0.0, float("inf")], "allow_negative_A_EV": False,
                "d_ssm": None}
 # The keys read here, with their JSON types (block_cfg's are typed by mixer_fields), per section.
-TYPES = {"": {"backbone_config": dict, "deq_params": dict, "n_tokens": int, "vocab_size": int, "pad_vocab": bool,
-              "pad_vocab_size_multiple": int, "tie_embeddings": bool, "head_bias": bool},
-         "backbone_config.": {"n_layer": int, "d_model": int, "d_inner": int, "pre_norm": bool, "rms_norm": bool,
-                              "norm_epsilon": float, "residual_in_fp32": bool, "do_weight_norm": bool,
-                              "block_cfg": dict},
-         "deq_params.": {"solver": dict, "training": dict, "norm": dict},
-         "deq_params.solver.": {"f_max_iter": int, "eval_f_max_iter": int, "eval_factor": float, "f_tol": float},
-         "deq_params.training.": {"tau": float},
-         "deq_params.norm.": {"norm_no_scale": bool, "norm_clip": bool, "norm_clip_value": float,
-                              "norm_target_norm": float}}
+TYPES: dict[str, dict[str, type]] = {
+    "": {"backbone_config": dict, "deq_params": dict, "n_tokens": int, "vocab_size": int, "pad_vocab": bool,
+         "pad_vocab_size_multiple": int, "tie_embeddings": bool, "head_bias": bool},
+    "backbone_config.": {"n_layer": int, "d_model": int, "d_inner": int, "pre_norm": bool, "rms_norm": bool,
+                         "norm_epsilon": float, "residual_in_fp32": bool, "do_weight_norm": bool, "block_cfg": dict},
+    "deq_params.": {"solver": dict, "training": dict, "norm": dict},
+    "deq_params.solver.": {"f_max_iter": int, "eval_f_max_iter": int, "eval_factor": float, "f_tol": float},
+    "deq_params.training.": {"tau": float},
+    "deq_params.norm.": {"norm_no_scale": bool, "norm_clip": bool, "norm_clip_value": float,
+                         "norm_target_norm": float}}
 
 
 def matches(config: dict) -> bool:

@@ -75,6 +75,7 @@ class GraphedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             out = runtime.step(self.token, self.state, budget)
+            assert out.state is not None  # a step commits its state
             self.next_token, self.finite = next_token(runtime.logits(out.hidden), vocab_size)
             self.stats = out.stats
             for static, new in zip(self.state, out.state):
@@ -97,13 +98,13 @@ class SolvedStep:
     def __init__(self, runtime: Runtime, state, budget: Budget, vocab_size: int):
         self.runtime, self.vocab_size = runtime, vocab_size
         self.tokens = torch.ones(state[0].ssm.shape[0], 1, dtype=torch.long, device=state[0].ssm.device)
-        u = runtime.model.inject(self.tokens[:, 0])
+        u = runtime.implicit.inject(self.tokens[:, 0])
         self.solve = runtime.piece_solve(budget, u, state)
         self.solve.load_state(state)
         self.alive = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
 
     def __call__(self, token: Tensor) -> tuple[Tensor, Tensor, ReadStats]:
-        hidden, solved = self.solve(self.runtime.model.inject(token), self.alive, None)
+        hidden, solved = self.solve(self.runtime.implicit.inject(token), self.alive, None)
         stats = ReadStats(solved.iterations[:, None].clone(), solved.residual[:, None].clone(),
                           solved.converged[:, None].clone(), self.tokens)
         return (*next_token(self.runtime.logits(hidden), self.vocab_size), stats)
@@ -157,8 +158,10 @@ def greedy_generate(runtime: Runtime, prompts: list[list[int]], max_new_tokens: 
             if rows.numel() == 0 or step == max_new_tokens:
                 break
             if not fixed_batch:
+                assert stepper is not None  # max_new_tokens > 1 here (one token stops at its flush)
                 stepper.keep(keep)
                 token = token[keep]
+        assert stepper is not None  # as above
         token, ok, stats = stepper(token)
         finite = finite & ok
         pending.append(token[rows] if fixed_batch else token)

@@ -13,8 +13,9 @@ Each update after f is the backend's damped_update (one kernel on the triton bac
 torch backend). Masked updates give exactly what the gathering solver (fixed_point.solve) gives: a row that
 converges keeps its iterate and its count, and stops at max_iter - 1 updates; rows outside the piece (a sequence
 that has ended) take no part and keep their state. Only damped iteration (solver "fixed_point") stopping on the
-relative residual (exit "residual") is captured; Anderson and the other exit criteria run eagerly. The same code runs without capture (capture=False), on any device: that is what the CPU
-tests hold to the eager solver, and what the GPU tests hold the captured graphs to.
+relative residual (exit "residual") is captured; Anderson and the other exit criteria run eagerly. The same code
+runs without capture (capture=False), on any device: that is what the CPU tests hold to the eager solver, and what
+the GPU tests hold the captured graphs to.
 
 The forward that scoring runs (no state in, none out: the explicit stack, or the simultaneous reading at tol = 0) is
 host-bound on the GPU: about 13 launches a layer, seven of them Triton's, whose Python launch path costs more than
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
@@ -121,7 +122,7 @@ class PieceSolve:
     # -- what is captured ------------------------------------------------------------------------------
     def _f(self, z: Tensor, commit: bool):
         if self.step:
-            return self.model.f_step(z, self.u, self.state, commit, self.ops)
+            return self.model.f_step(z, self.u, self.held_state, commit, self.ops)
         return self.model.f(z, self.u, self.state, self.valid, commit, self.ops)
 
     def _start(self) -> None:
@@ -196,13 +197,18 @@ class PieceSolve:
         else:
             self.graphs[name].replay()
 
+    @property
+    def held_state(self) -> State:
+        """The state buffers of a solve made with a state_like (a one-token piece always is: reading.read)."""
+        return cast(State, self.state)
+
     def load_state(self, state: State) -> None:
-        for s, live in zip(self.state, state):
+        for s, live in zip(self.held_state, state):
             s.conv.copy_(live.conv)
             s.ssm.copy_(live.ssm)
 
     def current_state(self) -> State:
-        return [MixerState(s.conv.clone(), s.ssm.clone()) for s in self.state]
+        return [MixerState(s.conv.clone(), s.ssm.clone()) for s in self.held_state]
 
 
 class ForwardGraph:
@@ -240,7 +246,7 @@ class ForwardGraphs:
         self.graphs: dict[tuple, ForwardGraph] = {}
         self.last: tuple | None = None  # the previous call's key
         self.failed: set[tuple] = set()  # keys whose capture ran out of memory
-        self.pool = None  # the shared memory pool, made with the first capture
+        self.pool: object | None = None  # the shared memory pool, made with the first capture
 
     def __call__(self, key: tuple, fn, ids: Tensor, lengths: Tensor, make=None):
         """fn(ids, lengths): replayed, captured (the capture's warm-up gives this call's outputs) or run eagerly.

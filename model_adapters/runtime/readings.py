@@ -91,9 +91,10 @@ def read_in_pieces(solver_for, model: ImplicitLM, u: Tensor, budget: Budget, len
     batch, length = u.shape[:2]
     lengths = lengths if lengths is not None else torch.full((batch,), length, dtype=torch.long, device=u.device)
     valid = valid_mask(lengths, length)
+    assert valid is not None  # lengths is set above
     hidden = torch.zeros(batch, length, model.cfg.d_model, dtype=model.cd, device=u.device)
     stats = empty_stats(length, budget.piece_size(length), lengths, model.cd)
-    solver = None
+    solver: PieceSolve | None = None
     for p, (start, end) in enumerate(pieces(length, budget)):
         u_piece = u[:, start] if end - start == 1 else u[:, start:end]
         if solver is None or tuple(solver.u.shape) != tuple(u_piece.shape):
@@ -104,4 +105,5 @@ def read_in_pieces(solver_for, model: ImplicitLM, u: Tensor, budget: Budget, len
         hidden[:, start:end] = out if end - start > 1 else out[:, None]
         put_stats(stats, None, p, solved)
     hidden = hidden * valid[..., None]  # padding: zeros, as the eager reading leaves it
+    assert solver is not None  # a sequence has at least one piece
     return Reading(hidden, solver.current_state(), stats)

@@ -21,6 +21,7 @@ the one-file oracle, implicit_lm.py).
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,11 @@ class Runtime:
     def cfg(self):
         return self.model.cfg
 
+    @property
+    def implicit(self) -> ImplicitLM:
+        """The model on the implicit paths (__call__ sends an explicit model to its own)."""
+        return cast(ImplicitLM, self.model)
+
     def logits(self, hidden: Tensor) -> Tensor:
         return self.model.logits(hidden)
 
@@ -91,7 +97,7 @@ class Runtime:
 
     # -- implicit ------------------------------------------------------------------------------------
     def _implicit(self, ids, budget, lengths, state, anytime, want_state) -> LMOutput:
-        model = self.model
+        model = self.implicit
         budget = budget or model.cfg.default_budget()
         keep = budget.anytime_budgets(anytime)
         model.check_ids(ids)
@@ -112,7 +118,7 @@ class Runtime:
         """The scoring reading from CUDA graphs where its budget allows (one piece of damped iteration): read_whole
         at tol = 0, read_masked at tol > 0; None where it does not."""
         length = ids.shape[1]
-        model, ops = self.model, self.ops
+        model, ops = self.implicit, self.ops
         if any(isinstance(k, ExitPoint) for k in keep):  # exit tests read the head: eagerly
             return None
         if all(can_read_whole(budget, n) for n in (length, padded_length(length))):
@@ -184,7 +190,7 @@ class Runtime:
             if len(cache) >= PIECE_SOLVES_KEPT:
                 cache.pop(next(iter(cache)))
             capture = self.graphs == "capture" and u_like.is_cuda
-            cache[key] = PieceSolve(self.model, budget, u_like, state, capture, self.ops)
+            cache[key] = PieceSolve(self.implicit, budget, u_like, state, capture, self.ops)
         return cache[key]
 
     def cache(self, name: str, make):

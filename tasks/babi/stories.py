@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import cast
 
 from ..common import accepts_key, bounded_attempts
 from .vocabulary import (
@@ -107,6 +108,7 @@ def _story_doc(task: BabiTask, length: int, rng: random.Random, split: str | Non
                     "target": answer,
                     "question_kind": task.question,
                 }
+    raise AssertionError("unreachable: bounded_attempts raises")
 
 
 def _cat_doc(task: BabiTask, segments: int, rng: random.Random, split: str | None) -> dict[str, str]:
@@ -131,6 +133,7 @@ def _cat_doc(task: BabiTask, segments: int, rng: random.Random, split: str | Non
                 parts.append(answer)  # answered inline; only the last question is scored
         if not rejected:
             return {"input": " ".join(parts), "target": answer, "question_kind": kind}
+    raise AssertionError("unreachable: bounded_attempts raises")
 
 
 def _any_question(world: World, rng: random.Random) -> tuple[str, tuple[str, str]]:
@@ -155,7 +158,7 @@ def ask(world: World, kind: str, rng: random.Random) -> tuple[str, str] | None:
         if not known:
             return None
         obj = rng.choice(known)
-        return f"where is the {obj} ?", world.object_place(obj)
+        return f"where is the {obj} ?", cast(str, world.object_place(obj))  # known: placed
     if kind == "where_before":
         return _ask_where_before(world, rng)
     if kind == "yes_no":
@@ -200,6 +203,7 @@ def _path_doc(task: BabiTask, edges: int, rng: random.Random, split: str | None)
         if accepts_key(task.name + "|" + " ".join(sentences), split):
             answer = f"{tree[start][middle]},{tree[middle][end]}"
             return {"input": " ".join([*sentences, question]), "target": answer, "question_kind": "path"}
+    raise AssertionError("unreachable: bounded_attempts raises")
 
 
 def _random_map(edges: int, rng: random.Random) -> tuple[list[str], dict[str, dict[str, str]]]:

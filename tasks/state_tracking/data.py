@@ -190,7 +190,8 @@ def _training_sequence(specs: list[TaskSpec], run_plans: list[Plan] | None, p_id
     length = rng.randint(min_len, max_len)
     choice = rng.randrange(len(specs)) if len(specs) > 1 else 0
     with_run = run_plans is not None and rng.random() < p_identity_run
-    return specs[choice].sample(length, rng, split="train", plan=run_plans[choice] if with_run else None)
+    plan = run_plans[choice] if with_run and run_plans is not None else None  # with_run implies run_plans
+    return specs[choice].sample(length, rng, split="train", plan=plan)
 
 
 def _training_specs(task_name: str, p_identity: float | None,

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -163,7 +164,8 @@ def deduplicate(docs: dict[str, list[str]], min_words: int) -> tuple[dict[str, l
 
     Returns the pages and the number of paragraphs dropped. A paragraph therefore appears in one split only.
     """
-    seen, kept, dropped = set(), {}, 0
+    seen, dropped = set(), 0
+    kept: dict[str, list[str]] = {}
     for name in sorted(docs):
         kept[name] = []
         for paragraph in docs[name]:
@@ -220,7 +222,7 @@ def train_tokenizer(texts: Iterable[str], config: BuildConfig) -> Tokenizer:
 
 def document_tokens(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
     """The training stream: every document preceded by <eos>, as lm-eval's rolling windows begin with it."""
-    eos = tokenizer.token_to_id(EOS)
+    eos = cast(int, tokenizer.token_to_id(EOS))  # a special token of every tokenizer trained here
     stream: list[int] = []
     for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=False):
         stream.append(eos)

@@ -58,7 +58,8 @@ class _Epochs:
         if self.rows < 1:
             raise CorpusError(f"{n_tokens} training tokens hold no row of {length + 1}")
         self.length, self.seed = length, seed
-        self._epoch, self._starts = -1, []
+        self._epoch = -1
+        self._starts: list[int] = []
 
     def row_start(self, row: int) -> int:
         epoch, position = divmod(row, self.rows)

@@ -61,12 +61,13 @@ def test_bad_batch_size_and_tau(capsys, ckpt):
 def test_report_on_missing_empty_and_garbage_folders(capsys, tmp_path):
     one_line_error(capsys, ["report", str(tmp_path / "missing")], 2, f"{tmp_path / 'missing'}: no such file or folder")
     (tmp_path / "empty").mkdir()
-    one_line_error(capsys, ["report", str(tmp_path / "empty")], 2, "no results of implicit_ssm or explicit_ssm found")
+    one_line_error(capsys, ["report", str(tmp_path / "empty")], 2,
+                   "no results of implicit_ssm, explicit_ssm, hf or mamba_ssm found")
     (tmp_path / "garbage").mkdir()
     (tmp_path / "garbage" / "results.json").write_text("{ not json")
     assert main(["report", str(tmp_path / "garbage")]) == 2
     err = capsys.readouterr().err
-    assert "no results of implicit_ssm or explicit_ssm found" in err and "not valid JSON" in err
+    assert "no results of implicit_ssm, explicit_ssm, hf or mamba_ssm found" in err and "not valid JSON" in err
 
 
 def test_out_under_a_regular_file(capsys, ckpt, tmp_path):

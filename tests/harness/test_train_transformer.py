@@ -138,13 +138,13 @@ def test_lm_evals_hf_model_scores_the_export_as_computed_directly_on_our_adapter
     checkpoint of the family, uses the same prefix, end-of-text token and length limit, and its log-likelihood is
     the log-softmax of the Llama on those ids, summed over the answer."""
     import lm_eval
-    from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
     from transformers import LlamaForCausalLM
 
     import implicit_ssm_eval.tasks
     from implicit_ssm_eval.model_adapters.adapter.lm import ExplicitSSMLM
+    from implicit_ssm_eval.model_adapters.adapter.requests import Item, model_input
 
     hf_dir, native_dir = parity_pair
     theirs = HFLM(pretrained=str(hf_dir), device="cpu", dtype="float32", batch_size=4)
@@ -160,10 +160,9 @@ def test_lm_evals_hf_model_scores_the_export_as_computed_directly_on_our_adapter
     for task, samples in results["samples"].items():
         for sample in samples:
             ((context, answer),) = sample["arguments"]
-            req = Instance("loglikelihood", sample["doc"], (context, answer), 0, (task, sample["doc_id"], 1))
-            item = ours._items([req], ours._observe([req]))[0]
+            item = Item(None, task, sample["doc_id"], *ours._encode_pair(context, answer))  # what our adapter scores
             assert theirs._encode_pair(context, answer) == (item.context, item.continuation)
-            fed = list(ours._model_input(item))
+            fed = list(model_input(item, ours.max_length)[0])
             logprobs = direct_logprobs(model, fed)[-len(item.continuation):]
             expected = float(logprobs.gather(1, torch.tensor(item.continuation)[:, None]).sum())
             greedy = bool((logprobs.argmax(-1) == torch.tensor(item.continuation)).all())
@@ -395,10 +394,15 @@ def test_model_card_of_a_transformer_reads_lm_evals_hf_results(tmp_path):
     assert {"tokenizer_config.json", "special_tokens_map.json", "training.json"} <= {p.name for p in target.iterdir()}
 
 
-def test_sweeps_of_the_bundle_leave_the_transformer_twins_to_lm_evals_hf_model():
+def test_the_bundle_holds_the_transformer_twins_by_family():
+    """The sweep plans transformer twins as lm-eval `hf` jobs (sweep.hf_checkpoint); the bundle is split by the family
+    each checkpoint was trained on (the main job's state-tracking and language parts)."""
+    from implicit_ssm_eval.harness.sweep import HFCheckpoint, hf_checkpoint
     from implicit_ssm_eval.harness.sweep_cli import bundled_checkpoints
 
-    names = {p.name for p in bundled_checkpoints()}
-    assert {"parity-implicit", "a5-implicit", "a5-explicit-2l"} <= names
-    assert not names & {"parity-transformer", "a5-transformer"}
-    assert (ROOT / "checkpoints" / "parity-transformer" / "config.json").is_file()
+    names = {p.name for p in bundled_checkpoints("state_tracking")}
+    assert {"parity-implicit", "a5-implicit", "a5-explicit-2l", "parity-transformer", "a5-transformer"} <= names
+    assert {p.name for p in bundled_checkpoints("pydoc")} == {"text-implicit", "text-explicit", "text-explicit-deep",
+                                                              "text-transformer"}
+    assert isinstance(hf_checkpoint(ROOT / "checkpoints" / "parity-transformer"), HFCheckpoint)
+    assert hf_checkpoint(ROOT / "checkpoints" / "parity-implicit") is None

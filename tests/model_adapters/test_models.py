@@ -143,3 +143,19 @@ def test_a_batch_with_an_empty_sequence_still_returns_every_state():
     for mixed, single in zip(out.state, alone.state):
         assert_close(mixed.ssm[:1], single.ssm, 1e-10, "the full sequence's state")
         assert not mixed.ssm[1].any() and not mixed.conv[1].any()
+
+
+@pytest.mark.parametrize("kind", ["explicit", "implicit"])
+def test_model_built_under_inference_mode_runs_and_matches(kind):
+    """Weights made under torch.inference_mode have no version counter; the cached derived terms must cope."""
+    torch.manual_seed(0)
+    reference = tiny_model(kind, dtype=torch.float64)
+    with torch.inference_mode():
+        model = tiny_model(kind, dtype=torch.float64)
+        model.load_state_dict(reference.state_dict())
+        ids = torch.randint(0, 37, (2, 9))
+        budget = Budget(max_iter=6) if kind == "implicit" else None
+        out = model(ids, budget) if budget else model(ids)
+    with torch.no_grad():
+        expected = reference(ids, budget) if budget else reference(ids)
+    assert_close(out.hidden, expected.hidden, 1e-12, "hidden")

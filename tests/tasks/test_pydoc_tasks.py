@@ -79,7 +79,7 @@ def test_a_changed_shipped_file_is_refused(tmp_path):
 
 def test_registration_names_and_chance():
     family = families()["pydoc"]
-    assert list(families())[-1] == "pydoc" and family_for_task("cloze") is family
+    assert "pydoc" in families() and family_for_task("cloze") is family
     assert (family.prefix, family.group, family.options_prefix, family.num_docs_option) == (
         "pydoc", "pydoc", "pydoc_", "pydoc_num_docs")  # fmt: skip
     assert family.tasks == ("ppl", "cloze") and family.buckets("ppl") == BUCKETS
