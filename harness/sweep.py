@@ -5,7 +5,9 @@ log (greedy token at every position of every scored sequence, and iterations per
 
 - Anytime: in simultaneous mode with tol = 0, every max_iter of the grid (per checkpoint, solver and tau) comes from
   ONE run at the largest of them: the adapter scores every budget along its one trajectory and lm-eval's metrics are
-  computed for each (model_adapters/adapter/anytime.py). Results are identical to separate runs.
+  computed for each (model_adapters/adapter/anytime.py). Results are identical to separate runs. Budgets of another
+  exit criterion (`exits`, model_adapters/exits.py) capped at that largest max_iter ride along too (the runs that
+  stop on each criterion at each threshold, read off the trajectory: the same numbers up to float rounding).
 - Keyed: a job's key covers everything that determines its numbers (weights and tokenizer, budget, dtype, backend,
   tasks, task parameters, limit, seeds). A rerun skips a job whose results carry the same key and recomputes, with a
   notice, one whose settings changed; the results never claim settings they were not made with.
@@ -31,6 +33,7 @@ from typing import Any, Literal, cast
 
 from ..model_adapters.config import Budget
 from ..model_adapters.errors import ConfigError
+from ..model_adapters.exits import DEFAULT_EXIT, ExitPoint, parse_exit_point, point_name
 from ..model_adapters.readings import reading_label
 from ..model_adapters.summaries import split_anytime
 from .io import write_json_atomic
@@ -53,7 +56,8 @@ class SweepSpec:
     block_sizes: tuple[int, ...] = (8,)  # blockwise mode: one budget per block size (8: see BENCHMARKS.md)
     solver: str = "fixed_point"
     tau: float | None = None  # None: each checkpoint's own
-    adaptive_max_iter: int = 256  # the cap of tol > 0 budgets
+    adaptive_max_iter: int = 256  # the cap of tol > 0 budgets (and of the exit criteria's)
+    exits: tuple[str, ...] = ()  # exit criteria at thresholds, "kl=0.001": adaptive budgets in every mode
     metadata: dict = field(default_factory=dict)  # task parameters (st_num_docs, st_seed, ...)
     limit: int | None = None
     batch_size: int | str = 32
@@ -123,7 +127,8 @@ def budget_key(budget: Budget | None) -> str:
     if budget is None:
         return "explicit"
     tol = "0" if budget.tol == 0 else repr(budget.tol)
-    return f"k{budget.max_iter}_tol{tol}_tau{budget.tau!r}_{reading_key(budget)}_{budget.solver}"
+    exit = "" if budget.exit == DEFAULT_EXIT else f"_{budget.exit}"  # the residual's folders keep their names
+    return f"k{budget.max_iter}_tol{tol}_tau{budget.tau!r}_{reading_key(budget)}_{budget.solver}{exit}"
 
 
 def plan(spec: SweepSpec) -> list[Job]:
@@ -183,7 +188,16 @@ def budget_grid(base: Budget, spec: SweepSpec) -> list[Budget]:
                 grid += [base.replace(max_iter=k, **at) for k in sorted(spec.max_iters)]
             else:
                 grid.append(base.replace(max_iter=spec.adaptive_max_iter, **at))
+        for size, point in ((s, p) for s in sizes for p in exit_points(spec)):
+            budget = base.replace(max_iter=spec.adaptive_max_iter, mode=mode, block_size=size, tol=point.tol,
+                                  exit=point.exit)
+            if budget not in grid:  # `residual:0.01` is --tol 0.01
+                grid.append(budget)
     return grid
+
+
+def exit_points(spec: SweepSpec) -> list[ExitPoint]:
+    return [parse_exit_point(text) for text in spec.exits]
 
 
 def check_tasks(spec: SweepSpec) -> None:
@@ -217,17 +231,38 @@ def tasks_for(ckpt, requested: tuple[str, ...]) -> tuple[str, ...]:
 
 def anytime_groups(jobs: list[Job], spec: SweepSpec) -> list[list[Job]]:
     """Jobs that one trajectory can serve share a group: same checkpoint, tol = 0, simultaneous, same solver and
-    tau. Every other job is a group of its own."""
+    tau; with them the simultaneous budgets of another exit criterion capped at the group's largest max_iter (read
+    off the same trajectory). Every other job is a group of its own."""
     groups: dict[tuple, list[Job]] = {}
-    singles = []
+    singles, riders = [], []
     for job in jobs:
         b = job.budget
         if on_trajectory(job, spec):
             assert b is not None  # on a trajectory: implicit
-            groups.setdefault((job.label, b.solver, b.tau, job.tasks), []).append(job)
+            groups.setdefault(_trajectory(job), []).append(job)
+        elif exit_rider(job, spec):
+            riders.append(job)
+        else:
+            singles.append([job])
+    for job in riders:
+        group = groups.get(_trajectory(job))
+        top = max((j.budget.max_iter for j in group if j.budget), default=0) if group else 0
+        if group and job.budget and job.budget.max_iter == top:
+            group.append(job)
         else:
             singles.append([job])
     return list(groups.values()) + singles
+
+
+def _trajectory(job: Job) -> tuple:
+    b = cast(Budget, job.budget)
+    return (job.label, b.solver, b.tau, job.tasks)
+
+
+def exit_rider(job: Job, spec: SweepSpec) -> bool:
+    """A simultaneous budget of another exit criterion than the residual: it can be read off a trajectory."""
+    b = job.budget
+    return spec.anytime and b is not None and b.tol > 0 and b.exit != DEFAULT_EXIT and b.mode == "simultaneous"
 
 
 def on_trajectory(job: Job, spec: SweepSpec) -> bool:
@@ -278,6 +313,12 @@ def pending_groups(jobs: list[Job], spec: SweepSpec, out: Path, outcome: Outcome
     for group in anytime_groups(jobs, spec):
         todo = [j for j in group if _status(j, out, spec) != "done"]
         outcome.skipped += [j for j in group if j not in todo]
+        riders = [j for j in todo if j.budget and j.budget.tol > 0]
+        fixed = [j for j in group if j.budget and j.budget.tol == 0]
+        top = max(fixed, key=lambda j: cast(Budget, j.budget).max_iter) if fixed else None
+        if riders and top not in todo:  # exit riders whose trajectory is done run alone (the same numbers,
+            pending += [[j] for j in riders]  # stopping early)
+            todo = [j for j in todo if j not in riders]
         if todo:
             pending.append(todo)
     pending.sort(key=estimated_cost, reverse=True)  # the longest jobs first: workers end closer together
@@ -430,15 +471,17 @@ def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | str | 
     """The largest budget for real, scoring the others along its trajectory; one results file per budget.
     Yields (job, error message or None). `worker` (recorded with the results): the index of a --workers N process,
     or the id of the SLURM task."""
-    group = sorted(group, key=lambda j: j.budget.max_iter if j.budget else 0)
-    main = group[-1]
+    group = sorted(group, key=lambda j: (j.budget.tol == 0, j.budget.max_iter) if j.budget else (True, 0))
+    main = group[-1]  # the largest fixed budget: the trajectory's (exit riders share its max_iter)
     # Every smaller budget of the grid rides along, done or not (only the group's are written): a group resumed
     # after an interruption records the same run as an uninterrupted one, and its results files are identical.
     top = cast(Budget, main.budget)  # read only on a trajectory: implicit
     anytime = sorted({k for k in spec.max_iters if k < top.max_iter}) if on_trajectory(main, spec) else []
+    exits = [p for p in exit_points(spec) if p.exit != DEFAULT_EXIT] if on_trajectory(main, spec) and any(
+        exit_rider(j, spec) for j in group) else []
     started, started_at = time.monotonic(), time.time()
     try:
-        results = evaluate_job(main, spec, out, anytime)
+        results = evaluate_job(main, spec, out, anytime, exits)
     except JOB_ERRORS as exc:
         message = f"{type(exc).__name__}: {exc}"
         for job in group:
@@ -449,7 +492,7 @@ def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | str | 
     per_budget = split_anytime(results)
     wall = time.monotonic() - started
     for job in group:
-        results = per_budget[job.budget.max_iter if job.budget else None]
+        results = per_budget[_point_of(job, main)]
         if "ssm_model" in results["config"]:  # our adapters keep a greedy log (lm-eval's hf model does not)
             greedy = GREEDY if job is main else f"../{main.key}/{GREEDY}"  # relative: a sweep folder can move
             results["config"]["ssm_model"]["greedy_log"] = greedy
@@ -462,7 +505,17 @@ def run_group(group: list[Job], spec: SweepSpec, out: Path, worker: int | str | 
         yield job, None
 
 
-def model_args(job: Job, spec: SweepSpec, greedy_path: Path, anytime: list[int]) -> dict:
+def _point_of(job: Job, main: Job) -> int | str | None:
+    """Where a job's results are in split_anytime's: the run's own under its max_iter (None: explicit), an anytime
+    budget under its max_iter, an exit point under its name ("kl=0.001")."""
+    b = job.budget
+    if b is None or job is main:
+        return b.max_iter if b else None
+    return point_name(ExitPoint(b.exit, b.tol)) if b.exit != DEFAULT_EXIT else b.max_iter
+
+
+def model_args(job: Job, spec: SweepSpec, greedy_path: Path, anytime: list[int],
+               exits: list[ExitPoint] | None = None) -> dict:
     if job.kind == "hf":  # lm-eval's own model: its context window is our adapters' default (DEFAULT_MAX_LENGTH)
         return {"pretrained": str(job.checkpoint), "batch_size": spec.batch_size, "device": spec.device,
                 "dtype": spec.dtype, "max_length": 2048}
@@ -472,10 +525,13 @@ def model_args(job: Job, spec: SweepSpec, greedy_path: Path, anytime: list[int])
         args.update({k: v for k, v in job.budget.to_dict().items() if k != "anderson_m"})
         if anytime:
             args["anytime"] = list(anytime)
+        if exits:
+            args["anytime_exits"] = [point_name(p) for p in exits]
     return args
 
 
-def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int]) -> dict:
+def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int], exits: list[ExitPoint] | None = None
+                 ) -> dict:
     """One real lm-eval run (its anytime budgets included); the greedy log is written next to its results."""
     from ..model_adapters.adapter.lm import ExplicitSSMLM, ImplicitSSMLM
 
@@ -483,7 +539,7 @@ def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int]) -> di
     target.mkdir(parents=True, exist_ok=True)
     greedy = target / (GREEDY + ".tmp")
     greedy.unlink(missing_ok=True)
-    args = model_args(job, spec, greedy, anytime)
+    args = model_args(job, spec, greedy, anytime, exits)
     if job.kind == "hf":
         from lm_eval.models.huggingface import HFLM
 

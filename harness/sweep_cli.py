@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from ..model_adapters.adapter.args import DTYPES
 from ..model_adapters.backends import BACKENDS
 from ..model_adapters.errors import ConfigError
+from ..model_adapters.exits import EXITS, ExitPoint, point_name, threshold_problem
 from ..model_adapters.fixed_point import SOLVERS
 from ..model_adapters.readings import READINGS
 from .executors import EXECUTORS, Executor, LocalExecutor, SlurmExecutor, Submission, cluster_settings, status_text
@@ -73,11 +75,71 @@ def workers_arg(text: str) -> int | str:
     return int(text)
 
 
+def non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return int(text)
+
+
+def seed_metadata(seed: int) -> dict:
+    """The task parameters that put every data-generating family at `seed` (st_seed, babi_seed, ctl_seed, ...)."""
+    from ..tasks.registry import families
+
+    return {f.seed_option: seed for f in families().values() if f.seed_option}
+
+
+def seeded(spec: SweepSpec, out: Path, seeds: list[int] | None) -> list[tuple[SweepSpec, Path]]:
+    """(spec, results folder) per data seed: OUT/seed<N> with every family's seed option set; the spec in OUT
+    itself without --seeds. A seed option given in --metadata as well is refused (which one would hold?)."""
+    if not seeds:
+        return [(spec, out)]
+    clash = sorted(set(seed_metadata(0)) & set(spec.metadata))
+    if clash:
+        raise ConfigError(f"--seeds sets {', '.join(clash)}: leave them out of --metadata")
+    return [(dataclasses.replace(spec, metadata={**spec.metadata, **seed_metadata(s)}), out / f"seed{s}")
+            for s in dict.fromkeys(seeds)]
+
+
 def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
     return value
+
+
+def exit_arg(text: str) -> tuple[str, tuple[float, ...]]:
+    """--exit: a criterion, alone (its thresholds from --exit-threshold) or with its own: kl:1e-2,1e-3."""
+    name, _, values = text.partition(":")
+    if name not in EXITS:
+        raise argparse.ArgumentTypeError(f"unknown exit criterion {name!r}; known: {', '.join(sorted(EXITS))}")
+    try:
+        thresholds = tuple(float(v) for v in values.split(",")) if values else ()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"thresholds are numbers separated by commas (kl:1e-2,1e-3), got {text!r}"
+                                         ) from None
+    for tol in thresholds:
+        problem = threshold_problem(name, tol)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+    return name, thresholds
+
+
+def exit_points_from(exits: list[tuple[str, tuple[float, ...]]], thresholds: list[float] | None) -> tuple[str, ...]:
+    """--exit and --exit-threshold as the spec's exit points ("kl=0.01"), each checked."""
+    if thresholds and not exits:
+        raise ConfigError("--exit-threshold needs --exit (the criterion it is a threshold of), e.g. --exit kl "
+                          "--exit-threshold 1e-2 1e-3")
+    points = []
+    for name, own in exits:
+        values = own or tuple(thresholds or ())
+        if not values:
+            raise ConfigError(f"--exit {name} needs thresholds: --exit {name}:T1,T2 or --exit-threshold T1 T2")
+        for tol in values:
+            problem = threshold_problem(name, tol)
+            if problem:
+                raise ConfigError(f"--exit {name}: {problem}")
+            points.append(point_name(ExitPoint(name, tol)))
+    return tuple(dict.fromkeys(points))
 
 
 class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -102,6 +164,12 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=non_negative_float, nargs="+", default=list(DEFAULT_TOLS),
                    help="tolerances; 0 = the fixed budgets, > 0 = adaptive budgets capped at --adaptive-max-iter")
     p.add_argument("--adaptive-max-iter", type=positive_int, default=256, help="the cap of the adaptive budgets")
+    p.add_argument("--exit", type=exit_arg, nargs="+", default=[], metavar="CRITERION[:T1,T2]",
+                   help=f"exit criteria ({', '.join(sorted(EXITS))}), each an adaptive budget per threshold in every "
+                   "mode, capped at --adaptive-max-iter; in simultaneous mode read off the fixed budgets' trajectory "
+                   "when that cap is the largest --max-iter. Thresholds after a colon or from --exit-threshold")
+    p.add_argument("--exit-threshold", type=float, nargs="+", default=None, metavar="T",
+                   help="thresholds of the --exit criteria that give none (kl, entropy: nats; argmax: evaluations)")
     p.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=list(READINGS), help="readings")
     p.add_argument("--block-size", type=positive_int, nargs="+", default=[8], help="blockwise mode: block sizes")
     p.add_argument("--solver", default="fixed_point", choices=sorted(SOLVERS), help="the fixed-point solver of every "
@@ -110,6 +178,9 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-docs", type=positive_int, default=25, help="documents per bucket of every task family "
                    "(a quick look; the committed leaderboard uses 100)")
     p.add_argument("--metadata", type=json_object, default={}, help="task parameters as JSON, e.g. '{\"st_seed\": 1}'")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=None, metavar="SEED",
+                   help="the grid at each seed of the task data (every family's seed option), into OUT/seed<SEED>/; "
+                   "the report gives each score's mean and spread over the seeds")
     p.add_argument("--limit", type=positive_int, default=None, help="documents per task (lm-eval's --limit; "
                    "default: every document)")
     p.add_argument("--batch-size", default="32", help="an integer or 'auto'")
@@ -195,6 +266,7 @@ def spec_from(args, checkpoints: list[Path] | None = None) -> SweepSpec:
                      tasks=tuple(t for t in args.tasks.split(",") if t), max_iters=tuple(args.max_iter),
                      tols=tuple(args.tol), modes=tuple(args.modes), block_sizes=tuple(args.block_size),
                      solver=args.solver, tau=args.tau, adaptive_max_iter=args.adaptive_max_iter,
+                     exits=exit_points_from(args.exit, args.exit_threshold),
                      metadata={**num_docs, **args.metadata}, limit=args.limit,
                      batch_size=int(batch) if batch.isdigit() else batch, device=args.device, dtype=args.dtype,
                      backend=args.backend, anytime=not args.no_anytime,
@@ -213,31 +285,36 @@ def sweep_main(argv: list[str]) -> int:
     executor = executor_from(args)
     if not args.checkpoints:  # the bundled job: state tracking as asked, then the language part
         return bundled_job(args, executor, argv)
-    outcome = executor.run(spec_from(args), args.out, progress=not args.quiet)
+    failed = 0
+    for spec, out in seeded(spec_from(args), args.out, args.seeds):
+        outcome = executor.run(spec, out, progress=not args.quiet)
+        if isinstance(outcome, Submission) and not outcome.waited:
+            print(submission_line(outcome, out), file=sys.stderr)
+            continue
+        print(summary_line(outcome, out, args.out / "report"), file=sys.stderr)
+        failed += len(outcome.failed)
     if isinstance(outcome, Submission) and not outcome.waited:
-        print(submission_line(outcome, args.out), file=sys.stderr)
         return 0
     print(write_report([args.out], args.out / "report", command=f"implicit-eval report {args.out}"))
-    print(summary_line(outcome, args.out, args.out / "report"), file=sys.stderr)
-    return 1 if outcome.failed else 0
+    return 1 if failed else 0
 
 
 def bundled_job(args, executor: Executor, argv: list[str]) -> int:
     """The bundled checkpoints: the state-tracking ones (and their transformer twins) with the flags given, then the
     text trio over LANGUAGE_GRIDS; one report of both."""
     text = set(bundled_checkpoints("pydoc"))
-    specs = [spec_from(args, [p for p in bundled_checkpoints() if p not in text])]
-    for which, grid in LANGUAGE_GRIDS:
+    specs = seeded(spec_from(args, [p for p in bundled_checkpoints() if p not in text]), args.out, args.seeds)
+    for which, grid in LANGUAGE_GRIDS:  # the text corpus has no data seed
         models = [p for p in sorted(text) if which == "all" or implicit_checkpoint(p)]
         extra = ["--num-docs", str(LANGUAGE_DOCS), "--out", str(args.out), "--device", args.device,
                  "--batch-size", args.batch_size, "--dtype", args.dtype, "--backend", args.backend]
-        specs.append(spec_from(sweep_parser().parse_args([*map(str, models), *grid, *extra])))
+        specs.append((spec_from(sweep_parser().parse_args([*map(str, models), *grid, *extra])), args.out))
     failed, outcome = 0, None
     assert specs  # the state-tracking part is always there
-    for spec in specs:
-        outcome = executor.run(spec, args.out, progress=not args.quiet)
+    for spec, out in specs:
+        outcome = executor.run(spec, out, progress=not args.quiet)
         if isinstance(outcome, Submission):
-            print(submission_line(outcome, args.out), file=sys.stderr)
+            print(submission_line(outcome, out), file=sys.stderr)
         failed += len(outcome.failed)
     if outcome is None or isinstance(outcome, Submission) and not outcome.waited:
         return 0
@@ -275,31 +352,39 @@ def summary_line(outcome: Outcome, out: Path, report_dir: Path) -> str:
 
 
 LEADERBOARD_COMMAND = "implicit-eval leaderboard"
+LEADERBOARD_SEEDS = (0, 1, 2)  # the data seeds of the committed leaderboard (docs/SEEDS.md: and the hidden one)
+LEADERBOARD_EXITS = ("kl:0.001", "argmax:2")  # exit criteria beside the residual's tolerances
 
 
 def leaderboard_main(argv: list[str]) -> int:
-    """Sweep the bundled checkpoints in all readings and regenerate leaderboards/ (markdown, plots, tables).
-    From scratch this evaluates 100 documents per bucket at every budget: about 10 minutes on 2 CPU cores."""
+    """Sweep the bundled checkpoints in all readings, fixed budgets, residual tolerances and two other exit
+    criteria (LEADERBOARD_EXITS), at three seeds of the task data, and regenerate leaderboards/ (markdown, plots,
+    tables: each score the mean over the seeds, with its spread). From scratch this evaluates 100 documents per
+    bucket at every budget and seed: about 40 minutes on 2 CPU cores."""
     p = argparse.ArgumentParser(prog=LEADERBOARD_COMMAND, description=leaderboard_main.__doc__)
     p.add_argument("--results", type=Path, default=PROJECT / "results" / "leaderboard",
                    help="the sweep's results folder (a rerun resumes it; default: results/leaderboard)")
     p.add_argument("--out", type=Path, default=PROJECT / "leaderboards",
                    help="where the leaderboard, plots and tables go (default: leaderboards/)")
     p.add_argument("--num-docs", type=positive_int, default=100, help="documents per bucket (default: 100)")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=list(LEADERBOARD_SEEDS),
+                   help=f"data seeds, into RESULTS/seed<N> (default: {' '.join(map(str, LEADERBOARD_SEEDS))})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     print(f"{LEADERBOARD_COMMAND}: sweeping the bundled checkpoints into {args.results} (resumable; from scratch "
-          "about 10 minutes on 2 CPU cores)", file=sys.stderr)
-    common = ["--num-docs", str(args.num_docs), "--out", str(args.results), "--batch-size", "64"]
-    grids = (["--modes", "simultaneous", "sequential", "--tol", "0", "0.05", "0.01"],  # every budget
-             ["--modes", "blockwise", "--block-size", "8", "--tol", "0.05", "0.01"])  # the adaptive ones
+          "about 40 minutes on 2 CPU cores)", file=sys.stderr)
+    common = ["--num-docs", str(args.num_docs), "--batch-size", "64"]
+    exits = ["--exit", *LEADERBOARD_EXITS]
+    grids = (["--modes", "simultaneous", "sequential", "--tol", "0", "0.05", "0.01", *exits],  # every budget
+             ["--modes", "blockwise", "--block-size", "8", "--tol", "0.05", "0.01", *exits])  # the adaptive ones
     failed = 0
     text = set(bundled_checkpoints("pydoc"))  # the language leaderboard is its own (leaderboards/language/)
     others = [p for p in bundled_checkpoints() if p not in text]
     for grid in grids:
-        spec = spec_from(sweep_parser().parse_args(grid + common), others)
-        outcome = run_sweep(spec, args.results, progress=not args.quiet)
-        print(summary_line(outcome, args.results, args.out), file=sys.stderr)
-        failed += len(outcome.failed)
+        for spec, out in seeded(spec_from(sweep_parser().parse_args(grid + common), others), args.results,
+                                args.seeds):
+            outcome = run_sweep(spec, out, progress=not args.quiet)
+            print(summary_line(outcome, out, args.out), file=sys.stderr)
+            failed += len(outcome.failed)
     print(write_report([args.results], args.out, command=LEADERBOARD_COMMAND, timings_dir=args.results))
     return 1 if failed else 0
