@@ -14,6 +14,7 @@ from tabulate import tabulate
 
 from ..model_adapters.readings import reading_label
 from ..model_adapters.summaries import UNCONVERGED_WARN
+from .fronts import FRONT_TOLERANCE, LENGTH_ACCURACY, cheapest_within, longest_at, points
 from .report import LOWER_IS_BETTER, bucket_order, headline_metrics, one_pass
 from .results import Run
 
@@ -24,6 +25,8 @@ def budget_label(row: dict) -> str:
     if one_pass(row):
         return row["kind"]  # "explicit", "hf", "mamba_ssm"
     reading = reading_label(row)
+    if row["tol"] and row.get("exit") not in (None, "residual"):  # another exit criterion at its threshold
+        return f"{row['exit']}={row['tol']:g} (≤{row['max_iter']}), {reading}"
     if row["tol"]:
         return f"tol={row['tol']:g} (≤{row['max_iter']}), {reading}"
     return f"k={row['max_iter']}, {reading}"
@@ -58,8 +61,7 @@ def header(runs: list[Run], sweep: dict, command: str) -> str:
 
 def _budget_sort(row: dict) -> tuple:
     return (not one_pass(row), row["kind"], row["mode"] or "", row["block_size"] or 0, bool(row["tol"]),
-            row["tol"] or 0,
-            row["max_iter"] or 0)
+            row.get("exit") or "", row["tol"] or 0, row["max_iter"] or 0)
 
 
 def cell(row: dict | None) -> str:
@@ -72,6 +74,8 @@ def cell(row: dict | None) -> str:
     if not math.isfinite(row["value"]):
         return f"non-finite ({row['value']})"
     text = f"{row['value']:.3f}"
+    if row.get("spread") is not None:  # several data seeds: their mean ± standard deviation
+        text += f"±{row['spread']:.3f}"
     if row["kind"] == "implicit" and row["tol"] and row.get("iters_mean") is not None:
         text += f" ({row['iters_mean']:.0f} it)"
     if unconverged(row):
@@ -90,21 +94,44 @@ def _cells(rows: list[dict]) -> dict[tuple[str, str], dict[str, dict]]:
     return cells
 
 
-def group_table(rows: list[dict], buckets: list[str]) -> tuple[str, list[dict]]:
-    """Models x budgets with one column per bucket; plus one summary per row for best_budgets()."""
+def group_table(rows: list[dict], buckets: list[str], longest: bool = False) -> tuple[str, list[dict]]:
+    """Models x budgets with one column per bucket (longest: and the longest length scored >= 90%); plus one
+    summary per row for best_budgets()."""
     table, summaries = [], []
     failed = [r for r in rows if r["status"] == "failed"]
     for (checkpoint, label), by_bucket in _cells([r for r in rows if r["status"] == "ok"] + failed).items():
         first = next(iter(by_bucket.values()))
         table.append([checkpoint, first["kind"], label, *[cell(by_bucket.get(b, _failed(by_bucket))) for b in buckets],
                       "–" if first["run_iters_mean"] is None else f"{first['run_iters_mean']:.1f}"])
+        if longest:
+            table[-1].append(longest_at(by_bucket, buckets) or "–")
         accs = [by_bucket[b]["value"] for b in buckets if b in by_bucket and by_bucket[b]["status"] == "ok"]
         if accs:
             summaries.append({"checkpoint": checkpoint, "budget": label, "mean": sum(accs) / len(accs),
                               "hardest": by_bucket.get(buckets[-1], {}).get("value"),
                               "iters": first["run_iters_mean"] or 1.0})
     headers = ["model", "kind", "budget", *[bucket_heading(rows, b) for b in buckets], "iters (mean)"]
+    headers += [f"longest ≥{LENGTH_ACCURACY:.0%}"] * longest
     return tabulate(table, headers=headers, tablefmt="github"), summaries
+
+
+def front_table(rows: list[dict], buckets: list[str], metric: str) -> str:
+    """Per implicit model and length bucket: its best score over every budget (fixed k, each exit criterion at
+    each threshold, each reading), and the cheapest budget (mean f evaluations per token) within FRONT_TOLERANCE
+    of it."""
+    lower = metric in LOWER_IS_BETTER
+    table = []
+    for bucket in buckets:
+        for checkpoint, pts in points([r for r in rows if r["bucket"] == bucket], metric).items():
+            found = cheapest_within(pts, lower)
+            if found is None:
+                continue
+            best, cheap = found
+            table.append([checkpoint, bucket_heading(rows, bucket), f"{best.value:.3f}", budget_label(cheap.row),
+                          f"{cheap.value:.3f}", f"{cheap.cost:.1f}", f"{best.cost:.1f}"])
+    table.sort(key=lambda t: t[0])  # by model, buckets in order (a stable sort)
+    return tabulate(table, headers=["model", "bucket", "best", f"cheapest within {FRONT_TOLERANCE:g}", metric,
+                                    "iters/token", "best's iters/token"], tablefmt="github", disable_numparse=True)
 
 
 def _failed(by_bucket: dict) -> dict | None:
@@ -157,12 +184,17 @@ def _group_section(group: str, rows: list[dict], metric: str) -> list[str]:
     title = f"## {group}" + (f" (chance {chance:.3f})" if chance is not None and math.isfinite(chance) else "")
     parts = [title, ""]
     if lengths:
-        table, summaries = group_table(rows, lengths)
+        table, summaries = group_table(rows, lengths, longest=metric not in LOWER_IS_BETTER)
         parts += [f"Length generalisation: {metric} per length bucket (adaptive budgets: with the bucket's mean "
                   "iterations per piece: per sequence in simultaneous mode, per token in sequential mode, per "
                   f"block in blockwise mode; {UNCONVERGED_MARK}: more than {UNCONVERGED_WARN:.0%} of pieces hit the "
                   "cap unconverged); iters = mean f evaluations per piece over the run:", "", table, "",
                   "Best budget per model:", "", best_budgets(summaries, metric in LOWER_IS_BETTER), ""]
+        front = front_table(rows, lengths, metric)
+        if front.count("\n") > 1:  # a header and at least one row
+            parts += [f"Front: per model and bucket, the cheapest budget (mean f evaluations per token) within "
+                      f"{FRONT_TOLERANCE:g} of the best {metric} over every budget, exit criterion and reading "
+                      f"(fronts_{group}.png draws them all):", "", front, ""]
     if shifted:
         robust = [r for r in rows if one_pass(r) or r["tol"] or r["status"] == "failed"]
         table, _ = group_table(robust or rows, shifted)
@@ -176,8 +208,8 @@ def _shifted(rows: list[dict], bucket: str) -> bool:
 
 
 def _agreement_section(agreement: list[dict]) -> list[str]:
-    table = [[a["checkpoint"], a["reading"], f"tol={a['tol']:g}" if a["tol"] else f"k={a['max_iter']}", a["positions"],
-              f"{a['agreement']:.4f}"] for a in agreement]
+    table = [[a["checkpoint"], a["reading"], f"{a.get('exit', 'tol')}={a['tol']:g}" if a["tol"]
+              else f"k={a['max_iter']}", a["positions"], f"{a['agreement']:.4f}"] for a in agreement]
     return ["## Agreement with the sequential reading", "",
             "Fraction of positions where a reading chooses the same greedy token as the sequential (RNN) reading "
             "(the paper: 97.6% for simultaneous at 1.3B).", "",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..model_adapters.readings import reading_label, reading_unit
+from .fronts import points
 from .io import save_figure_atomic
 from .leaderboard import bucket_heading, budget_label
 from .report import LOWER_IS_BETTER, bucket_order, iteration_samples, one_pass
@@ -107,6 +108,60 @@ def accuracy_vs_budget(rows: list[dict], out: Path, metric: str = "acc") -> list
         fig.suptitle(group, fontsize=10)
         _legend_outside(fig, axes[0][-1])
         paths.append(_save(fig, out / f"acc_vs_budget_{group}.png"))
+    return paths
+
+
+# -- fronts: accuracy against compute ---------------------------------------------------------------------------------
+FAMILY_MARKERS = {"fixed": "o", "residual": "s", "residual_abs": "P", "kl": "^", "entropy": "v", "argmax": "D"}
+
+
+def front_series(rows: list[dict], metric: str, colors: dict[str, str]) -> list[Series]:
+    """For one bucket: per model and budget family (fixed k, each exit criterion), its points (mean f evaluations
+    per token, score) in order of cost; then per model its Pareto front as a line (label ending "front")."""
+    out = []
+    for checkpoint, pts in points(rows, metric).items():
+        color = colors[checkpoint]
+        for name in sorted({p.family for p in pts}, key=lambda f: (f != "fixed", f)):
+            mine = [p for p in pts if p.family == name]
+            out.append(Series(f"{checkpoint}, {name}", [p.cost for p in mine], [p.value for p in mine], color, "none",
+                              FAMILY_MARKERS.get(name, "X"), hollow=name != "fixed"))
+        front = [p for p in pts if p.on_front]
+        out.append(Series(f"{checkpoint} front", [p.cost for p in front], [p.value for p in front], color, "-", ""))
+    return out
+
+
+def fronts(rows: list[dict], out: Path, metric: str = "acc") -> list[Path]:
+    """Per task group, a panel per length bucket: every implicit budget (fixed k, each exit criterion at each
+    threshold, each reading) at its mean f evaluations per token against its score with standard error bars (over
+    documents; with several data seeds, of their mean); each model's Pareto front joined by a line."""
+    plt, colors, paths = _pyplot(), colors_of(rows), []
+    for group, group_rows in _by(_ok(rows, metric), "group").items():
+        buckets = [b for b in _length_buckets(group, group_rows)
+                   if any(r["bucket"] == b and r["kind"] == "implicit" for r in group_rows)]
+        if not buckets:
+            continue
+        fig, axes = plt.subplots(1, len(buckets), figsize=(3.6 * len(buckets) + 3.2, 3.4), sharey=True,
+                                 squeeze=False)
+        for ax, bucket in zip(axes[0], buckets):
+            bucket_rows = [r for r in group_rows if r["bucket"] == bucket]
+            for s in front_series(bucket_rows, metric, colors):
+                if s.label.endswith(" front"):
+                    ax.plot(s.x, s.y, color=s.color, lw=1.0, alpha=0.6, zorder=1)
+                    continue
+                ax.scatter(s.x, s.y, marker=s.marker, s=28, zorder=3, label=s.label, edgecolors=s.color,
+                           facecolors="white" if s.hollow else s.color)
+            for p in (p for pts in points(bucket_rows, metric).values() for p in pts):
+                if p.stderr:
+                    ax.errorbar([p.cost], [p.value], yerr=[p.stderr], color=colors[p.checkpoint], lw=0.8, zorder=2)
+            _chance(ax, group_rows)
+            ax.set_title(bucket_heading(group_rows, bucket), fontsize=9)
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(_plain_numbers())
+            ax.set_xlabel("mean f evaluations per token")
+        axes[0][0].set_ylabel(f"{metric} (lower is better)" if metric in LOWER_IS_BETTER else metric)
+        fig.suptitle(f"{group}: {metric} against compute (line: Pareto front)", fontsize=10)
+        _legend_outside(fig, axes[0][-1])
+        paths.append(_save(fig, out / f"fronts_{group}.png"))
     return paths
 
 
@@ -215,7 +270,8 @@ def iteration_distributions(runs: list[Run], out: Path) -> list[Path]:
             if values:
                 ax.hist(values, bins=[e - 0.5 for e in edges], histtype="step", color=colors[run.checkpoint],
                         weights=[1 / len(values)] * len(values),
-                        label=f"{run.checkpoint} tol={run.implicit_budget['tol']:g}")
+                        label=f"{run.checkpoint} {run.implicit_budget.get('exit', 'tol')}="
+                              f"{run.implicit_budget['tol']:g}")
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(_plain_numbers())
         ax.set_xlabel("iterations used")
@@ -246,7 +302,7 @@ def agreement(rows: list[dict], out: Path) -> list[Path]:
 
 
 def _budget_tick(row: dict) -> str:
-    return f"k={row['max_iter']}" if not row["tol"] else f"tol={row['tol']:g}"
+    return f"k={row['max_iter']}" if not row["tol"] else f"{row.get('exit', 'tol')}={row['tol']:g}"
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------

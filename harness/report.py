@@ -23,9 +23,10 @@ LOWER_IS_BETTER = frozenset({"bits_per_byte", "byte_perplexity", "word_perplexit
 METRICS = ("acc", "scaled_acc", "token_acc", "seq_acc", "scaled_token_acc", "acc_norm", "exact_match", "bits_per_byte",
            "byte_perplexity", "word_perplexity")  # token_acc, seq_acc, scaled_token_acc: the controls family
 COLUMNS = ("checkpoint", "kind", "family", "group", "task", "bucket", "shift", "multiplier", "length_min",
-           "length_max", "max_iter", "tol", "tau", "solver", "mode", "block_size", "metric", "value", "stderr",
-           "chance", "iters_mean", "iters_per_token", "unit", "run_iters_mean", "fraction_converged",
-           "fraction_unconverged", "unknown_tokens", "data_hash", "status", "error")
+           "length_max", "max_iter", "tol", "exit", "tau", "solver", "mode", "block_size", "metric", "value", "stderr",
+           "chance", "iters_mean", "iters_per_token", "iters_p50", "iters_p90", "iters_max", "unit", "run_iters_mean",
+           "fraction_converged", "fraction_unconverged", "unknown_tokens", "seed", "data_hash", "status", "error")
+DEFAULT_EXIT = "residual"  # model_adapters.exits.DEFAULT_EXIT (not imported: the report needs no torch)
 # Rows also carry wall_s and source (the results file): machine-dependent, so not in the written table (timings.md).
 
 
@@ -43,6 +44,7 @@ def _rows_of(run: Run) -> list[dict]:
     base = {"checkpoint": run.checkpoint, "kind": run.kind, "max_iter": budget.get("max_iter"),
             "tol": budget.get("tol"), "tau": budget.get("tau"), "solver": budget.get("solver"),
             "mode": budget.get("mode"), "block_size": budget.get("block_size"), "unit": run.info.get("unit"),
+            "exit": budget.get("exit", DEFAULT_EXIT) if budget.get("tol") else None,
             "run_iters_mean": scoring.get("iterations_mean"), "wall_s": run.wall_s, "source": str(run.source),
             "status": "failed" if run.error else "ok", "error": run.error}
     if run.error:
@@ -50,7 +52,7 @@ def _rows_of(run: Run) -> list[dict]:
                 for task in (run.info.get("tasks") or {"(failed)": {}})]
     rows = []
     for task, metrics in run.results.items():
-        fields = _task_fields(run, task)
+        fields = {**_task_fields(run, task), "seed": data_seed(run, task)}
         for name, value in metrics.items():
             metric, _, flt = name.partition(",")
             if metric not in METRICS or flt != "none" or not isinstance(value, (int, float)):
@@ -70,6 +72,8 @@ def _task_fields(run: Run, task: str) -> dict:
               "chance": rec.get("chance"), "data_hash": rec.get("data_hash"), "length_min": lengths[0],
               "length_max": lengths[1], "iters_mean": conv.get("iterations_mean"),
               "iters_per_token": conv.get("iterations_per_token"), "fraction_converged": conv.get("fraction_converged"),
+              "iters_p50": conv.get("iterations_p50"), "iters_p90": conv.get("iterations_p90"),
+              "iters_max": conv.get("iterations_max"),
               "fraction_unconverged": conv.get("fraction_hit_max_iter_unconverged"),
               "unknown_tokens": rec.get("unknown_tokens"), "shift": None, "multiplier": None}
     found = family_of(task)
@@ -88,6 +92,55 @@ def _task_fields(run: Run, task: str) -> dict:
         if fields["chance"] is None:
             fields["chance"] = family.chance(name)
     return fields
+
+
+def data_seed(run: Run, task: str) -> int | None:
+    """The seed of a task's generated data (the family's seed option in the task's metadata; 0 when not given),
+    None for a task that generates none (text, a task outside the registry)."""
+    found = family_of(task)
+    option = found[0].seed_option if found else None
+    if option is None:
+        return None
+    configs = [run.configs.get(task)] + list(run.configs.values())  # a group's: any of its tasks'
+    for config in configs:
+        metadata = (config or {}).get("metadata") or {}
+        if option in metadata:
+            return int(metadata[option])
+    return 0
+
+
+AVERAGED = ("iters_mean", "iters_per_token", "iters_p50", "iters_p90", "iters_max", "run_iters_mean",
+            "fraction_converged", "fraction_unconverged")  # over seeds
+# What may differ between seeds of one row (the data's own lengths too: the bucket is the same).
+SEED_FREE = ("seed", "value", "stderr", "data_hash", "source", "wall_s", "length_min", "length_max", "unknown_tokens",
+             *AVERAGED)
+
+
+def merge_seeds(rows: list[dict]) -> list[dict]:
+    """Rows that differ only in the data's seed, as one: the mean value over seeds, `seeds` (how many), `spread`
+    (the standard deviation over seeds, None for one seed), stderr the mean's (sqrt(sum stderr^2) / n), the
+    iteration statistics averaged. Rows of one seed come back unchanged, with seeds 1 and spread None."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = tuple((k, repr(v)) for k, v in sorted(r.items()) if k not in SEED_FREE)
+        groups.setdefault(key, []).append(r)
+    out = []
+    for group in groups.values():
+        ok = [r for r in group if r["status"] == "ok" and isinstance(r["value"], (int, float))]
+        if len(ok) < 2:
+            out += [{**r, "seeds": 1, "spread": None} for r in group]
+            continue
+        n, values = len(ok), [r["value"] for r in ok]
+        mean = sum(values) / n
+        merged = {**ok[0], "value": mean, "seeds": n, "seed": None, "data_hash": None,
+                  "spread": (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5}
+        errors = [r["stderr"] for r in ok]
+        merged["stderr"] = (sum(e * e for e in errors) ** 0.5) / n if all(e is not None for e in errors) else None
+        for k in AVERAGED:
+            xs = [r[k] for r in ok if isinstance(r.get(k), (int, float))]
+            merged[k] = sum(xs) / len(xs) if len(xs) == n else None
+        out.append(merged)
+    return out
 
 
 def bucket_order(group: str) -> list[str]:
@@ -135,10 +188,11 @@ def mode_agreement(runs: list[Run]) -> list[dict]:
     for run in runs:  # adaptive budgets pair by tolerance: their caps only bound what converges anyway
         if run.budget and not run.error:
             b = run.budget
-            key = (run.checkpoint, 0 if b["tol"] else b["max_iter"], b["tol"], b["tau"], b["solver"])  # 0: any cap
+            key = (run.checkpoint, 0 if b["tol"] else b["max_iter"], b["tol"], b.get("exit", DEFAULT_EXIT), b["tau"],
+                   b["solver"], _data_key(run))  # 0: any cap
             by_key.setdefault(key, {})[reading_label(b)] = run
     rows = []
-    for (checkpoint, max_iter, tol, tau, solver), readings in sorted(by_key.items()):
+    for (checkpoint, max_iter, tol, exit, tau, solver, _), readings in sorted(by_key.items()):
         reference = readings.get("sequential")
         for label, run in sorted(readings.items()):
             if reference is None or label == "sequential":
@@ -146,8 +200,20 @@ def mode_agreement(runs: list[Run]) -> list[dict]:
             same, total = _agree(run, reference)
             if total:
                 rows.append({"checkpoint": checkpoint, "reading": label, "max_iter": max_iter, "tol": tol, "tau": tau,
-                             "solver": solver, "positions": total, "agreement": same / total})
+                             "solver": solver, "positions": total, "agreement": same / total,
+                             **({"exit": exit} if exit != DEFAULT_EXIT else {})})
     return rows
+
+
+def _data_key(run: Run) -> str:
+    """The data a run scored (its tasks' data hashes): runs at other data seeds are not paired."""
+    return json.dumps(sorted((t, r.get("data_hash")) for t, r in (run.info.get("tasks") or {}).items()))
+
+
+def greedy_key(run: Run) -> str:
+    """A run's entries in its greedy log: its max_iter, or an exit point's name ("kl=0.001") for a run read off
+    a trajectory."""
+    return str(run.info.get("anytime_point") or (run.budget or {}).get("max_iter"))
 
 
 def _agree(run: Run, reference: Run) -> tuple[int, int]:
@@ -155,7 +221,7 @@ def _agree(run: Run, reference: Run) -> tuple[int, int]:
     scored."""
     a, b = greedy_records(run), greedy_records(reference)
     assert run.budget is not None and reference.budget is not None  # only implicit runs are paired
-    ka, kb = str(run.budget["max_iter"]), str(reference.budget["max_iter"])
+    ka, kb = greedy_key(run), greedy_key(reference)
     same = total = 0
     for tokens, record in a.items():
         other = b.get(tokens)
@@ -169,7 +235,7 @@ def _agree(run: Run, reference: Run) -> tuple[int, int]:
 
 def iteration_samples(run: Run) -> list[int]:
     """Iterations used per solved piece (sequence, token or block) at this run's budget, from its greedy log."""
-    k = str(run.implicit_budget["max_iter"])
+    k = greedy_key(run)
     values = []
     for record in greedy_records(run).values():
         values += record.get("iterations", {}).get(k, [])

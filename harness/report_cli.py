@@ -27,7 +27,8 @@ def render_report(loaded: Loaded, out: Path, command: str, sweep_meta: dict, tim
     """Everything a report writes; wall times go to timings_dir (default: out), so that a committed leaderboard
     folder holds only what the results determine."""
     rows = report.tidy_rows(loaded.runs)
-    report.write_table(rows, out)
+    report.write_table(rows, out)  # a row per data seed; the figures and the leaderboard: mean and spread over seeds
+    rows = report.merge_seeds(rows)
     agreement = report.mode_agreement(loaded.runs)
     metrics = report.headline_metrics(rows)
     for metric in sorted(set(metrics.values())):  # each task group in its headline metric
@@ -35,6 +36,7 @@ def render_report(loaded: Loaded, out: Path, command: str, sweep_meta: dict, tim
         plots.accuracy_vs_budget(part, out, metric)
         plots.accuracy_vs_length(part, out, metric)
         plots.robustness(part, out, metric)
+        plots.fronts(part, out, metric)
     plots.iteration_distributions(loaded.runs, out)
     plots.agreement(agreement, out)
     text = leaderboard.render(rows, loaded.runs, sweep_meta, command, agreement=agreement)
@@ -44,8 +46,10 @@ def render_report(loaded: Loaded, out: Path, command: str, sweep_meta: dict, tim
 
 
 def _sweep_meta(paths: list[Path]) -> dict:
+    """The sweep's plan (sweep.json) of the first folder that has one: its own, or its first seed's (--seeds)."""
     for path in paths:
-        meta = Path(path) / "sweep.json"
+        found = [Path(path) / "sweep.json", *sorted(Path(path).glob("seed*/sweep.json"))]
+        meta = next((m for m in found if m.is_file()), found[0])
         if meta.is_file():
             try:
                 return json.loads(meta.read_text())

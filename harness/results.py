@@ -141,8 +141,9 @@ def _failed_run(file: Path, data: dict) -> Run:
 
 
 def run_key(run: Run) -> tuple:
+    data = tuple(sorted((t, r.get("data_hash")) for t, r in (run.info.get("tasks") or {}).items()))
     return (run.content_hash, json.dumps(run.budget, sort_keys=True), run.info.get("dtype"),
-            run.info.get("backend"), tuple(sorted(run.results)))
+            run.info.get("backend"), tuple(sorted(run.results)), data)  # data: runs at other data seeds are kept
 
 
 def _deduplicate(runs: list[Run]) -> tuple[list[Run], list[tuple[Path, str]]]:

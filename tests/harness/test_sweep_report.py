@@ -276,12 +276,12 @@ def test_plot_series_are_the_rows_and_styles_tell_models_apart():
 def test_every_figure_keeps_its_legend_outside_the_data(tmp_path):
     render_report(load_runs([FIXTURE]), tmp_path, "cmd", {})
     figures = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert figures == ["acc_vs_budget_st_parity.png", "acc_vs_length_st_parity.png", "iterations_adaptive.png",
-                       "mode_agreement.png", "robustness_st_parity.png"]
+    assert figures == ["acc_vs_budget_st_parity.png", "acc_vs_length_st_parity.png", "fronts_st_parity.png",
+                       "iterations_adaptive.png", "mode_agreement.png", "robustness_st_parity.png"]
     plt = plots.pyplot()
     rows = report.tidy_rows(load_runs([FIXTURE]).runs)
     original = plots.save_figure
-    for draw in (plots.accuracy_vs_budget, plots.accuracy_vs_length, plots.robustness):
+    for draw in (plots.accuracy_vs_budget, plots.accuracy_vs_length, plots.robustness, plots.fronts):
         captured = []
         plots._save = lambda fig, path, captured=captured: captured.append(fig) or original(fig, path)
         try:
