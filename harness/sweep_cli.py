@@ -352,7 +352,7 @@ def summary_line(outcome: Outcome, out: Path, report_dir: Path) -> str:
 
 
 LEADERBOARD_COMMAND = "implicit-eval leaderboard"
-LEADERBOARD_SEEDS = (0, 1, 2)  # the data seeds of the committed leaderboard (docs/SEEDS.md: and the hidden one)
+LEADERBOARD_SEEDS = (0, 1, 2)  # the data seeds of the committed leaderboard (docs/COMPUTE.md: and the hidden one)
 LEADERBOARD_EXITS = ("kl:0.001", "argmax:2")  # exit criteria beside the residual's tolerances
 
 
