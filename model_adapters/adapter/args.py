@@ -23,7 +23,8 @@ BUDGET_ARGS = ("max_iter", "tol", "tau", "solver", "mode", "block_size", "anders
                "anytime_exits")
 ANYTIME_ARGS = ("anytime", "anytime_exits")  # budgets read off the run's trajectory, not fields of its Budget
 COMMON_ARGS = ("pretrained", "tokenizer", "eos_token", "prefix_token", "backend", "dtype", "max_length", "batch_size",
-               "max_batch_size", "device", "record_greedy", "cuda_graphs", "unknown_tokens", "progress")
+               "max_batch_size", "device", "record_greedy", "cuda_graphs", "unknown_tokens", "progress",
+               "share_context")
 UNKNOWN_TOKENS = ("refuse", "flag")  # a task the tokenizer cannot read: refuse it, or score it and mark it
 DEFAULT_MAX_LENGTH = 2048
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class EvalArgs:
     prefix_token: str | None = None  # the token an empty context is conditioned on (default: end-of-text)
     unknown_tokens: str = "refuse"  # see UNKNOWN_TOKENS
     progress: bool = True  # the adapter's own progress bars (a sweep shows its own instead)
+    share_context: bool | None = None  # multiple choice reads a shared context once; None: wherever that is exact
 
     @property
     def dtype_name(self) -> str:
@@ -83,7 +85,8 @@ def parse_model_args(kind: str, args: dict) -> EvalArgs:
         cuda_graphs=_opt_bool(args.get("cuda_graphs"), "cuda_graphs", model),
         eos_token=_opt_str(args.get("eos_token")), prefix_token=_opt_str(args.get("prefix_token")),
         unknown_tokens=_choice(args.get("unknown_tokens", "refuse"), "unknown_tokens", UNKNOWN_TOKENS, model),
-        progress=_opt_bool(args.get("progress"), "progress", model) is not False)
+        progress=_opt_bool(args.get("progress"), "progress", model) is not False,
+        share_context=_opt_bool(args.get("share_context"), "share_context", model))
 
 
 def budget_overrides(args: dict) -> dict:

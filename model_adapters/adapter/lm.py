@@ -6,6 +6,7 @@ The class keeps the contract of lm-eval's TemplateLM and hands every job to a pa
     requests.py       lm-eval's requests as Items (lm-eval's own tokenisation: _encode_pair, rolling windows)
     task_records.py   what the requests say about their tasks; the unknown-token policy
     scoring.py        items -> one forward per distinct sequence, batched; Answers at every scored budget
+    shared_context.py multiple choice: a context shared by several continuations read once (share_context)
     batching.py       the batch size (fixed, or auto: probing GPU memory)
     greedy_log.py     record_greedy: greedy tokens and iterations per position
     ranks.py          data parallelism and records merged over ranks
@@ -44,6 +45,7 @@ from .ranks import Ranks
 from .records import BudgetRecord, Compute
 from .requests import before_eot, cut_at_stops, loglikelihood_items, parse_gen_kwargs, rolling_items
 from .scoring import Scorer
+from .shared_context import share_context_setting
 from .task_records import check_readable, observe
 
 logger = logging.getLogger(__name__)
@@ -80,7 +82,8 @@ class SSMLM(TemplateLM):
         sizer = BatchSizer(self.args.batch_size, self.args.max_batch_size, self.ranks.device, self._probe)
         return Scorer(self.runtime, self.budget, self.anytime, self.budgets_scored, self.max_length,
                       self.ckpt.config.vocab_size, sizer.size, self.local.records, self.args.record_greedy,
-                      f"{self.KIND}_ssm")
+                      f"{self.KIND}_ssm", share_context=share_context_setting(self.args.share_context, self.budget,
+                                                           bool(self.args.anytime_exits)))
 
     def _probe(self, size: int, length: int) -> None:
         ids = torch.zeros(size, length, dtype=torch.long, device=self.ranks.device)
@@ -143,7 +146,7 @@ class SSMLM(TemplateLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """TemplateLM's entry point: ((context, continuation), context_enc, continuation_enc) triples."""
         items = loglikelihood_items(self._requests, requests)
-        answers = self._score(items, "loglikelihood", disable_tqdm or self._disable_tqdm)
+        answers = self._score(items, "loglikelihood", disable_tqdm or self._disable_tqdm, share=True)
         for item, by_budget in zip(items, answers):
             if item.key is None:
                 continue
@@ -199,10 +202,10 @@ class SSMLM(TemplateLM):
         check_readable(self.local.tasks, self.args.unknown_tokens, str(self.ckpt.path))
         return encoded
 
-    def _score(self, items, desc: str, disable_tqdm: bool):
+    def _score(self, items, desc: str, disable_tqdm: bool, share: bool = False):
         bar = self._progress(len(items), desc, disable_tqdm)
         try:
-            return self.scorer.score(items, bar)
+            return self.scorer.score(items, bar, share)
         finally:
             bar.close()
 

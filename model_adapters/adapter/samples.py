@@ -59,8 +59,13 @@ def sample_compute(record: BudgetRecord, arguments: list, budget) -> dict[str, A
 
 
 def _request_compute(record: BudgetRecord, args) -> Compute | None:
+    key = tuple(args) if isinstance(args, list) else args
+    try:
+        hash(key)
+    except TypeError:  # generate_until's args hold its gen_kwargs dict; its steps are counted per run only
+        return None
     for kind in REQUEST_TYPES:
-        found = record.compute.get((kind, tuple(args) if isinstance(args, list) else args))
+        found = record.compute.get((kind, key))
         if found is not None:
             return found
     return None

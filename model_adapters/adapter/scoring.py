@@ -23,6 +23,7 @@ from ..tensors import map_tensors
 from .greedy_log import append_records, greedy_records
 from .records import Answer, BudgetRecord, Compute
 from .requests import Item, model_input
+from .shared_context import score_shared
 
 
 @dataclass
@@ -38,17 +39,20 @@ class Scorer:
     greedy_log: str | None = None
     model_name: str = "the model"  # in messages: implicit_ssm, explicit_ssm
     truncated: int = 0
+    share_context: bool = False  # inputs that begin with one context read it once where exact (shared_context.py)
 
-    def score(self, items: list[Item], progress) -> list[dict[Point, Answer]]:
-        """Every item's Answer at every scored budget."""
+    def score(self, items: list[Item], progress, share: bool = False) -> list[dict[Point, Answer]]:
+        """Every item's Answer at every scored budget; share: contexts read once (multiple choice)."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, item in enumerate(items):
             sequence, cut = model_input(item, self.max_length)
             self.truncated += cut
             groups.setdefault(sequence, []).append(i)
-        order = sorted(groups, key=lambda seq: (-len(seq), seq))
         answers: list[dict[Point, Answer]] = [{} for _ in items]
-        size = self.batch_size(max((len(s) for s in order), default=1))
+        size = self.batch_size(max((len(s) for s in groups), default=1))
+        if share and self.share_context:
+            groups = score_shared(self, items, groups, answers, size, progress)
+        order = sorted(groups, key=lambda seq: (-len(seq), seq))
         for start in range(0, len(order), size):
             batch = order[start: start + size]
             scored = self._score_batch(batch, [[items[i] for i in groups[seq]] for seq in batch])
@@ -76,11 +80,16 @@ class Scorer:
         results = []
         for i, (n, group) in enumerate(zip(lengths.tolist(), members)):
             span = max(len(item.continuation) for item in group)
-            logprobs = {k: self._logprobs(h[i, n - span: n], group[0], k) for k, h in hidden.items()}
             compute = {k: Compute.of_row(s, i) if s is not None else None for k, s in cpu_stats.items()}
-            results.append([{k: answer(lp, item.continuation, compute[k]) for k, lp in logprobs.items()}
-                            for item in group])
+            results.append(self._answers({k: h[i, n - span: n] for k, h in hidden.items()}, group, compute))
         return results
+
+    def _answers(self, tails: dict[Point, torch.Tensor], group: list[Item], compute: dict[Point, Compute | None]
+                 ) -> list[dict[Point, Answer]]:
+        """The Answers of items that share one model input, from its last positions' hidden states per budget, and
+        its compute per budget."""
+        logprobs = {k: self._logprobs(h, group[0], k) for k, h in tails.items()}
+        return [{k: answer(lp, item.continuation, compute[k]) for k, lp in logprobs.items()} for item in group]
 
     def _logprobs(self, hidden: torch.Tensor, item: Item, k: Point) -> torch.Tensor:
         logits = self.runtime.logits(hidden)

@@ -360,7 +360,7 @@ def test_pairs_are_split_by_lm_evals_own_tokenisation(checkpoints, monkeypatch):
     requests = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=0, metadata=("tiny_ll", i, 1))
                 for i, p in enumerate(pairs)]
     seen = []
-    monkeypatch.setattr(lm.scorer, "score", lambda items, bar: seen.extend(items) or [
+    monkeypatch.setattr(lm.scorer, "score", lambda items, bar, *share: seen.extend(items) or [
         {0: Answer(0.0, False)} for _ in items])
     lm.loglikelihood(requests)
     for (context, continuation), item in zip(pairs, seen):
