@@ -86,8 +86,11 @@ class SSMLM(TemplateLM):
                                                            bool(self.args.anytime_exits)))
 
     def _probe(self, size: int, length: int) -> None:
+        """batch_size=auto tries a batch as scoring runs it: every scored budget's hidden states kept (anytime),
+        then one row's log-probabilities over its whole length (the longest continuation span scoring reads)."""
         ids = torch.zeros(size, length, dtype=torch.long, device=self.ranks.device)
-        self.runtime.logits(self.runtime(ids, self.budget, want_state=False).hidden[:, -1:])
+        out = self.runtime(ids, self.budget, anytime=self.anytime, want_state=False)
+        self.runtime.logits(out.hidden[0]).log_softmax(-1)
 
     # -- tokenisation ---------------------------------------------------------------------------------
     @property

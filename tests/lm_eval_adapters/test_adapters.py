@@ -236,6 +236,28 @@ def test_auto_batch_size_on_cpu_uses_max_batch_size(checkpoints, evaluate):
     assert 0 <= metric(res, "tiny_ll", "acc") <= 1
 
 
+def test_auto_batch_probe_runs_the_forward_scoring_runs(checkpoints):
+    """batch_size=auto's memory probe must cost what a scoring batch costs: the anytime budgets' hidden states kept
+    and log-probabilities over a whole row, not one position at one budget (else the size it picks runs out)."""
+    lm = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=4, tol=0.0, anytime="1;2")
+    calls, logit_rows = [], []
+    runtime = lm.runtime
+
+    class Spy:
+        def __call__(self, ids, budget, **kwargs):
+            calls.append((tuple(ids.shape), kwargs.get("anytime")))
+            return runtime(ids, budget, **kwargs)
+
+        def logits(self, hidden):
+            logit_rows.append(tuple(hidden.shape[:-1]))
+            return runtime.logits(hidden)
+
+    lm.runtime = Spy()
+    lm._probe(3, 7)
+    assert calls == [((3, 7), lm.anytime)] and len(lm.anytime) == 3
+    assert logit_rows == [(7,)]
+
+
 def test_left_truncation_keeps_exactly_the_last_max_length_tokens(checkpoints, evaluate):
     """A request longer than max_length is cut from the left: the continuation is predicted from exactly the
     max_length tokens before it."""
