@@ -33,6 +33,18 @@ fla_decode  fla's greedy decoding at batch 1 and 16, through its own generate an
             cache, measured as the decode section measures, and ours against the faster anchor (needs decode
             before it). Both fla sections skip with a message when fla does not import.
 
+memory      peak GPU memory (MiB above what was allocated before) of the same work, ours beside mamba_ssm where it
+            has the same work: the scoring forward with logits (batch x length), decoding (batch 16, 64 + 64 tokens,
+            CUDA graphs); ours alone (mamba_ssm has no fixed point) for scoring at tol > 0, the sequential reading at
+            k = 4 (16 x 128) and the blockwise reading (k = 4, block 256), each against mamba_ssm's forward of its shape
+auto_batch  the batch that batch_size=auto picks (halving from --max-batch-size) for --length tokens, for the
+            explicit model and the implicit one with anytime budgets 1;2;4, then a scoring call of that many
+            distinct requests of that length at that size: that it runs without running out of memory, and its peak
+lm_tolerance  scoring at the stored budget (tol 0.05, max_iter 64, simultaneous) of the language model
+            checkpoints/text-implicit (4 layers, d_model 256, bfloat16) on held-out pydoc windows (--lm-docs x 256
+            tokens, batch --lm-batch): eager (rows leave the batch as they stop) and in CUDA graphs (masked), against
+            mean iterations x the forward of its explicit twin checkpoints/text-explicit on the same batches
+
 Every time is the median of CUDA-event timings after warm-up (Triton compiles on first use). Prints a table.
 """
 
@@ -456,6 +468,130 @@ def section_decode(args, pair) -> None:
         RESULTS["decode_b16_ours_tok_s"] / 5)
 
 
+def peak_mib(fn) -> float:
+    """Peak memory allocated while fn() runs, above what was allocated before it, in MiB."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def section_memory(args, pair) -> None:
+    from implicit_ssm_eval.model_adapters.runtime.generation import greedy_generate
+
+    theirs, model = pair
+    ours, implicit = Runtime(model, "triton", "off"), Runtime(implicit_twin(model), "triton", "off")
+    graphed = Runtime(model, "triton", "capture")  # its captures made in the warm-up call, as mamba_ssm's are
+    ids = torch.randint(0, VOCAB, (args.batch, args.length), device="cuda")
+    short = ids[:16, :128]
+    prompts = torch.randint(0, VOCAB, (16, 64), device="cuda")
+    bf16 = torch.bfloat16
+
+    def head(runtime, x, budget=None):
+        return lambda: model.lm_head(runtime(x, budget, want_state=False).hidden.to(bf16))
+
+    work = {
+        "forward": {"mamba_ssm": lambda: theirs(ids).logits, "ours": head(ours, ids)},
+        "decode_b16": {"mamba_ssm": lambda: theirs.generate(prompts, max_length=128, cg=True, top_k=1),
+                       "ours": lambda: greedy_generate(graphed, prompts.tolist(), 64,
+                                                       None, lambda r, t: False, VOCAB, check_every=64,
+                                                       cuda_graphs=True)},
+        "tolerance": {"mamba_ssm": lambda: theirs(ids).logits,
+                      "ours": head(implicit, ids, Budget(max_iter=16, tol=args.tol))},
+        "sequential_k4": {"mamba_ssm": lambda: theirs(short).logits,
+                          "ours": head(implicit, short, Budget(max_iter=4, tol=0.0, mode="sequential"))},
+        "blockwise_k4_b256": {"mamba_ssm": lambda: theirs(ids).logits,
+                              "ours": head(implicit, ids, Budget(max_iter=4, tol=0.0, mode="blockwise",
+                                                                 block_size=256))},
+    }
+    with torch.inference_mode():
+        for name, fns in work.items():
+            for who, fn in fns.items():
+                fn()  # warm-up: compiles and captures, which are not the work's own memory
+                RESULTS[f"memory_{name}_{who}_mib"] = peak_mib(fn)
+            RESULTS[f"memory_{name}_ours_vs_mamba_ssm"] = (RESULTS[f"memory_{name}_ours_mib"]
+                                                           / RESULTS[f"memory_{name}_mamba_ssm_mib"])
+            args.out.write_text(json.dumps(RESULTS, indent=2))
+
+
+def section_auto_batch(args, pair) -> None:
+    """batch_size=auto through the adapter on a 130M checkpoint of each kind: the size it picks, then a scoring call
+    of that many distinct requests at that size (an out-of-memory there is the failure this checks for)."""
+    from implicit_ssm_eval.model_adapters.adapter.lm import ExplicitSSMLM, ImplicitSSMLM
+    from implicit_ssm_eval.model_adapters.formats import native
+
+    _, model = pair
+    root = Path(tempfile.mkdtemp())
+    tokenizer = Path(__file__).resolve().parents[1] / "checkpoints" / "text-implicit" / "tokenizer.json"
+    native.save(model, root / "explicit", tokenizer_path=tokenizer)
+    native.save(implicit_twin(model), root / "implicit", tokenizer_path=tokenizer)
+    common = {"batch_size": "auto", "max_batch_size": args.max_batch_size, "dtype": "bfloat16", "device": "cuda",
+              "max_length": args.length}
+    made = {"explicit": lambda: ExplicitSSMLM(pretrained=str(root / "explicit"), **common),
+            "implicit_anytime": lambda: ImplicitSSMLM(pretrained=str(root / "implicit"), max_iter=4, tol=0.0,
+                                                      anytime="1;2;4", **common)}
+    for name, make in made.items():
+        _auto_batch_run(args, name, make())
+        torch.cuda.empty_cache()
+        args.out.write_text(json.dumps(RESULTS, indent=2))
+
+
+def _auto_batch_run(args, name: str, lm) -> None:
+    size = lm.scorer.batch_size(args.length)
+    RESULTS[f"auto_batch_{name}_size"] = size
+    gen = torch.Generator().manual_seed(0)
+    requests = [(("", ""), torch.randint(4, 4000, (args.length - 8,), generator=gen).tolist(),
+                 torch.randint(4, 4000, (8,), generator=gen).tolist()) for _ in range(size)]
+    try:
+        RESULTS[f"auto_batch_{name}_peak_mib"] = peak_mib(lambda: lm._loglikelihood_tokens(requests))
+        RESULTS[f"auto_batch_{name}_ran"] = True
+    except torch.cuda.OutOfMemoryError as exc:
+        RESULTS[f"auto_batch_{name}_ran"] = f"out of memory: {exc}"[:300]
+    RESULTS["auto_batch_gpu_total_mib"] = torch.cuda.get_device_properties(0).total_memory / 2**20
+
+
+def section_lm_tolerance(args, pair) -> None:
+    """Adaptive budgets at LM scale: the cost of scoring at the stored tolerance against (mean iterations x the
+    explicit twin's forward), both on the same batches, in one process."""
+    from lm_convergence import windows
+
+    here = Path(__file__).resolve().parents[1] / "checkpoints"
+    implicit = load_checkpoint(here / "text-implicit", dtype=torch.bfloat16, device="cuda")
+    explicit = load_checkpoint(here / "text-explicit", dtype=torch.bfloat16, device="cuda").model
+    ids, _ = windows(implicit.tokenizer, args.lm_docs, 256)
+    batches = [b.cuda() for b in ids.split(args.lm_batch)]
+    budget = implicit.default_budget
+    iterations: list[torch.Tensor] = []
+
+    def score(runtime, budget=None, record=False):
+        def run():
+            for x in batches:
+                out = runtime(x, budget, want_state=False)
+                runtime.model.logits(out.hidden)
+                if record:
+                    iterations.append(out.stats.iterations[:, 0].float())
+        return run
+
+    runs = {"explicit_graphs": score(Runtime(explicit, "triton", "capture")),
+            "eager": score(Runtime(implicit.model, "triton", "off"), budget),
+            "graphs": score(Runtime(implicit.model, "triton", "capture"), budget)}
+    with torch.inference_mode():
+        score(Runtime(implicit.model, "triton", "off"), budget, record=True)()
+        mean_iterations = float(torch.cat(iterations).mean())
+        slowest = sum(float(i.max()) for i in iterations) / len(iterations)
+        best = {name: timed(fn, warmup=2, reps=5) for name, fn in runs.items()}
+        best.update({name: min(best[name], timed(fn, warmup=0, reps=5)) for name, fn in runs.items()})
+    RESULTS.update({f"lm_tolerance_{name}_ms": ms for name, ms in best.items()},
+                   lm_tolerance_budget=budget.to_dict(), lm_tolerance_shape=[len(batches), args.lm_batch, ids.shape[1]],
+                   lm_tolerance_mean_iterations=mean_iterations, lm_tolerance_slowest_row_iterations=slowest)
+    for name in ("eager", "graphs"):
+        RESULTS[f"lm_tolerance_{name}_vs_mean_iterations_x_explicit"] = best[name] / (
+            mean_iterations * best["explicit_graphs"])
+
+
 FLA: dict = {}  # fla's model, made once for both fla sections
 
 
@@ -545,7 +681,8 @@ def print_anchors() -> None:
 SECTIONS = {"ceilings": section_ceilings, "forward": section_forward, "host": section_host, "profile": section_profile,
             "overhead": section_overhead, "lengths": section_lengths, "tolerance": section_tolerance,
             "sequential": section_sequential,
-            "decode": section_decode, "fla_forward": section_fla_forward, "fla_decode": section_fla_decode}
+            "decode": section_decode, "fla_forward": section_fla_forward, "fla_decode": section_fla_decode,
+            "memory": section_memory, "auto_batch": section_auto_batch, "lm_tolerance": section_lm_tolerance}
 
 
 def main() -> None:
@@ -557,6 +694,9 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=64, help="lengths: batches in the stream")
     p.add_argument("--tol", type=float, default=0.1, help="tolerance: the residual tolerance (at random init the "
                    "residual falls slowly: at 0.01 every row runs to max_iter)")
+    p.add_argument("--max-batch-size", type=int, default=1024, help="auto_batch: where halving starts")
+    p.add_argument("--lm-docs", type=int, default=256, help="lm_tolerance: held-out windows of 256 tokens")
+    p.add_argument("--lm-batch", type=int, default=64, help="lm_tolerance: windows per forward")
     p.add_argument("--eager", action="store_true", help="sequential: also the reading without graphs (minutes)")
     args = p.parse_args()
     RESULTS.update(device=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bfloat16",
