@@ -34,9 +34,10 @@ fla_decode  fla's greedy decoding at batch 1 and 16, through its own generate an
             before it). Both fla sections skip with a message when fla does not import.
 
 memory      peak GPU memory (MiB above what was allocated before) of the same work, ours beside mamba_ssm where it
-            has the same work: the scoring forward with logits (batch x length), decoding (batch 16, 64 + 64 tokens,
-            CUDA graphs); ours alone (mamba_ssm has no fixed point) for scoring at tol > 0, the sequential reading at
-            k = 4 (16 x 128) and the blockwise reading (k = 4, block 256), each against mamba_ssm's forward of its shape
+            has the same work: the scoring forward (batch x length) with logits and of the stack alone, decoding from
+            cold (batch 16, 64 + 64 tokens, CUDA graphs); our implicit readings (mamba_ssm has no fixed point:
+            scoring at tol > 0, the sequential reading at k = 4 on 16 x 128, the blockwise reading at k = 4, block
+            256) each against mamba_ssm's explicit forward of its shape
 auto_batch  the batch that batch_size=auto picks (halving from --max-batch-size) for --length tokens, for the
             explicit model and the implicit one with anytime budgets 1;2;4, then a scoring call of that many
             distinct requests of that length at that size: that it runs without running out of memory, and its peak
@@ -480,40 +481,43 @@ def peak_mib(fn) -> float:
 
 
 def section_memory(args, pair) -> None:
+    """Each work twice: with logits (as scored) and without (the stack alone: mamba_ssm's backbone, our hidden
+    states), since logits over a 50k vocabulary can hide the rest. Decoding from cold: each call makes its own
+    cache and graphs (mamba_ssm's cached ones dropped first), as a new lm-eval run does."""
     from implicit_ssm_eval.model_adapters.runtime.generation import greedy_generate
 
     theirs, model = pair
     ours, implicit = Runtime(model, "triton", "off"), Runtime(implicit_twin(model), "triton", "off")
-    graphed = Runtime(model, "triton", "capture")  # its captures made in the warm-up call, as mamba_ssm's are
     ids = torch.randint(0, VOCAB, (args.batch, args.length), device="cuda")
     short = ids[:16, :128]
     prompts = torch.randint(0, VOCAB, (16, 64), device="cuda")
-    bf16 = torch.bfloat16
 
-    def head(runtime, x, budget=None):
-        return lambda: model.lm_head(runtime(x, budget, want_state=False).hidden.to(bf16))
+    def mamba_decode():
+        theirs._decoding_cache = None
+        theirs.generate(prompts, max_length=128, cg=True, top_k=1)
 
-    work = {
-        "forward": {"mamba_ssm": lambda: theirs(ids).logits, "ours": head(ours, ids)},
-        "decode_b16": {"mamba_ssm": lambda: theirs.generate(prompts, max_length=128, cg=True, top_k=1),
-                       "ours": lambda: greedy_generate(graphed, prompts.tolist(), 64,
-                                                       None, lambda r, t: False, VOCAB, check_every=64,
-                                                       cuda_graphs=True)},
-        "tolerance": {"mamba_ssm": lambda: theirs(ids).logits,
-                      "ours": head(implicit, ids, Budget(max_iter=16, tol=args.tol))},
-        "sequential_k4": {"mamba_ssm": lambda: theirs(short).logits,
-                          "ours": head(implicit, short, Budget(max_iter=4, tol=0.0, mode="sequential"))},
-        "blockwise_k4_b256": {"mamba_ssm": lambda: theirs(ids).logits,
-                              "ours": head(implicit, ids, Budget(max_iter=4, tol=0.0, mode="blockwise",
-                                                                 block_size=256))},
-    }
+    def ours_decode():
+        greedy_generate(Runtime(model, "triton", "capture"), prompts.tolist(), 64, None, lambda r, t: False, VOCAB,
+                        check_every=64, cuda_graphs=True)
+
+    def pairs(x, runtime, budget=None):
+        stack = lambda: runtime(x, budget, want_state=False).hidden  # noqa: E731
+        return {"logits": {"mamba_ssm": lambda: theirs(x).logits,
+                           "ours": lambda: model.lm_head(stack().to(torch.bfloat16))},
+                "stack": {"mamba_ssm": lambda: theirs.backbone(x), "ours": stack}}
+
+    work = {"forward": pairs(ids, ours), "decode_b16": {"cold": {"mamba_ssm": mamba_decode, "ours": ours_decode}},
+            "tolerance": pairs(ids, implicit, Budget(max_iter=16, tol=args.tol)),
+            "sequential_k4": pairs(short, implicit, Budget(max_iter=4, tol=0.0, mode="sequential")),
+            "blockwise_k4_b256": pairs(ids, implicit, Budget(max_iter=4, tol=0.0, mode="blockwise", block_size=256))}
     with torch.inference_mode():
-        for name, fns in work.items():
-            for who, fn in fns.items():
-                fn()  # warm-up: compiles and captures, which are not the work's own memory
-                RESULTS[f"memory_{name}_{who}_mib"] = peak_mib(fn)
-            RESULTS[f"memory_{name}_ours_vs_mamba_ssm"] = (RESULTS[f"memory_{name}_ours_mib"]
-                                                           / RESULTS[f"memory_{name}_mamba_ssm_mib"])
+        for name, variants in work.items():
+            for variant, fns in variants.items():
+                key = f"memory_{name}_{variant}"
+                for who, fn in fns.items():
+                    fn()  # warm-up: Triton compiles and autotunes
+                    RESULTS[f"{key}_{who}_mib"] = peak_mib(fn)
+                RESULTS[f"{key}_ours_vs_mamba_ssm"] = RESULTS[f"{key}_ours_mib"] / RESULTS[f"{key}_mamba_ssm_mib"]
             args.out.write_text(json.dumps(RESULTS, indent=2))
 
 

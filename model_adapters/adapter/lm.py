@@ -39,7 +39,7 @@ from ..runtime import Runtime
 from ..runtime.generation import greedy_generate
 from ..summaries import unconverged_tasks
 from .args import DEFAULT_MAX_LENGTH, parse_model_args
-from .batching import BatchSizer
+from .batching import BatchSizer, widest_activation
 from .info import RunView, check_checkpoint, model_fingerprint, model_info
 from .ranks import Ranks
 from .records import BudgetRecord, Compute
@@ -79,7 +79,8 @@ class SSMLM(TemplateLM):
         self._requests, self._disable_tqdm = None, False  # loglikelihood's requests, while TemplateLM tokenises them
 
     def _scorer(self) -> Scorer:
-        sizer = BatchSizer(self.args.batch_size, self.args.max_batch_size, self.ranks.device, self._probe)
+        sizer = BatchSizer(self.args.batch_size, self.args.max_batch_size, self.ranks.device, self._probe,
+                           widest_activation(self.model))
         return Scorer(self.runtime, self.budget, self.anytime, self.budgets_scored, self.max_length,
                       self.ckpt.config.vocab_size, sizer.size, self.local.records, self.args.record_greedy,
                       f"{self.KIND}_ssm", share_context=share_context_setting(self.args.share_context, self.budget,

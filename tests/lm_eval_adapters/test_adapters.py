@@ -258,6 +258,22 @@ def test_auto_batch_probe_runs_the_forward_scoring_runs(checkpoints):
     assert logit_rows == [(7,)]
 
 
+def test_auto_batch_never_probes_past_int32_indexing(checkpoints):
+    """On an H200, probing 1024 x 2048 tokens of the 130M model crashed cuBLAS (an illegal memory access, not an
+    out-of-memory): the first probe must already keep the widest activation under 2**31 elements."""
+    from implicit_ssm_eval.model_adapters.adapter.batching import BatchSizer, indexed_rows, widest_activation
+
+    lm = ExplicitSSMLM(pretrained=str(checkpoints["explicit"]))
+    width = widest_activation(lm.model)
+    assert width == max(layer.mixer.in_proj.out_features for layer in lm.model.layers)
+    probed = []
+    sizer = BatchSizer("auto", 1024, torch.device("cuda"), lambda size, length: probed.append(size), width=3352)
+    assert sizer.size(2048) == 312 == indexed_rows(2048, 3352) and probed == [312]
+    assert 312 * 2048 * 3352 < 2**31 <= 313 * 2048 * 3352
+    small = BatchSizer("auto", 64, torch.device("cuda"), lambda size, length: probed.append(size), width=3352)
+    assert small.size(128) == 64  # far from the bound: max_batch_size as before
+
+
 def test_left_truncation_keeps_exactly_the_last_max_length_tokens(checkpoints, evaluate):
     """A request longer than max_length is cut from the left: the continuation is predicted from exactly the
     max_length tokens before it."""
