@@ -2,6 +2,7 @@
 written whole or not at all, paths built from data kept inside the output folder, a full disk in one line, and a
 terminated sweep that takes its workers with it (see docs/VALIDATION.md, "Second round")."""
 
+import contextlib
 import csv
 import errno
 import json
@@ -218,6 +219,15 @@ def test_no_plots_writes_the_tables_and_leaderboard_only(tmp_path):
 
 
 # -- a terminated sweep ----------------------------------------------------------------------------------------------
+def terminate_once_a_job_started(sweep: subprocess.Popen, out: Path, stderr: Path) -> None:
+    started = time.monotonic()
+    while not [p for p in (out / ".claims").glob("*") if p.name != "spec.json"]:  # a worker took a group
+        assert sweep.poll() is None and time.monotonic() - started < 300, stderr.read_text()
+        time.sleep(0.02)
+    sweep.send_signal(signal.SIGTERM)
+    assert sweep.wait(timeout=120) == 128 + signal.SIGTERM, stderr.read_text()
+
+
 def test_sigterm_stops_the_whole_sweep_and_a_rerun_completes(parity_checkpoints, tmp_path):
     """`sweep --workers 2` terminated once its first job has started: no process of it survives, nothing in --out
     changes afterwards, only whole results are there, and a rerun completes the sweep."""
@@ -228,14 +238,13 @@ def test_sigterm_stops_the_whole_sweep_and_a_rerun_completes(parity_checkpoints,
             "8", "--out", str(out), "--quiet"]
     with (tmp_path / "stderr").open("w") as log:
         sweep = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-        started = time.monotonic()
-        while not [p for p in (out / ".claims").glob("*") if p.name != "spec.json"]:  # a worker took a job
-            assert sweep.poll() is None and time.monotonic() - started < 300, (tmp_path / "stderr").read_text()
-            time.sleep(0.02)
-        sweep.send_signal(signal.SIGTERM)
-        assert sweep.wait(timeout=120) == 128 + signal.SIGTERM, (tmp_path / "stderr").read_text()
-    with pytest.raises(ProcessLookupError):
-        os.killpg(sweep.pid, 0)  # its workers (same process group) are gone too
+    try:
+        terminate_once_a_job_started(sweep, out, tmp_path / "stderr")
+        with pytest.raises(ProcessLookupError):
+            os.killpg(sweep.pid, 0)  # its workers (same process group) are gone too
+    finally:  # a failing run leaves no process behind either
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
     snapshot = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")}
     time.sleep(3)
     assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*")} == snapshot
