@@ -177,8 +177,9 @@ def hf_checkpoint(path: Path) -> HFCheckpoint | None:
 
 def checkpoint_labels(ckpts) -> list[str]:
     """Folder names, made unique: checkpoints whose folders share a name get their content hash appended. The name
-    of the folder itself, not of the path as given (`ckpt/sub/..` is named `ckpt`, never `..`)."""
-    names = [Path(c.path).resolve().name for c in ckpts]
+    of the folder itself, not of the path as given (`ckpt/sub/..` is named `ckpt`, never `..`); normalized, not
+    resolved, so that a checkpoint linked into place keeps the link's name."""
+    names = [Path(os.path.abspath(c.path)).name for c in ckpts]
     return [n if names.count(n) == 1 else f"{n}-{c.content_hash[:8]}" for n, c in zip(names, ckpts)]
 
 
