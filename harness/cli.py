@@ -82,9 +82,9 @@ def _logging(quiet: bool):
 def _dispatch(command: str, rest: list[str], debug: bool) -> int:
     try:
         return _run(command, rest)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM where a command turns it into this (sweep.Terminated)
         print(f"implicit-eval {command}: interrupted", file=sys.stderr)
-        return 130
+        return getattr(exc, "code", 130)
     except Exception as exc:  # noqa: BLE001 - the one place that turns every failure into one line
         if debug:
             raise

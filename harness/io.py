@@ -3,17 +3,18 @@
 Every file is written to a temporary name beside its target and renamed over it: a reader (another process, a rerun
 after kill -9, a report while a sweep runs) sees the old file or the new one, never a part; a failed write (a full
 disk) leaves the old file as it was and no temporary behind. Paths built from data (task names, checkpoint names,
-budget keys) go through `inside`, so a name such as `../x` cannot place a file outside the folder asked for.
+budget keys) go through `inside` (safe_name), so a name such as `../x` cannot place a file outside the folder asked
+for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
-
-from ..model_adapters.errors import ConfigError
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -43,12 +44,21 @@ def save_figure_atomic(fig, path: Path, **kwargs) -> None:
     write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
 
 
-def inside(root: Path, *parts: str) -> Path:
-    """root / parts, refused unless it stays inside root (parts come from data: task and checkpoint names)."""
-    root = Path(root)
-    path = root.joinpath(*parts)
-    resolved, base = path.resolve(), root.resolve()
-    if resolved != base and base not in resolved.parents:
-        raise ConfigError(f"{'/'.join(parts)!r} would place a file outside {root}; names used in paths may not "
-                          "contain '..' or start with '/'")
-    return path
+def safe_name(text: str) -> str:
+    """A name from data (a task, checkpoint or budget) as one file name inside its folder: path separators and
+    control characters become '_', and so does a leading '.' (so '.', '..' and hidden names cannot arise); an
+    over-long name is cut and told apart by a hash of the whole."""
+    name = re.sub(r"[/\\\x00-\x1f]", "_", str(text)) or "_"
+    name = "_" + name[1:] if name.startswith(".") else name
+    if len(name.encode()) > MAX_NAME:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        name = name.encode()[:MAX_NAME // 2].decode(errors="ignore") + "-" + digest
+    return name
+
+
+MAX_NAME = 200  # bytes: below the 255 of common file systems, leaving room for the temporary's prefix and suffix
+
+
+def inside(root: Path, *names: str) -> Path:
+    """root / names, each name made a safe file name (safe_name): a path built from data stays inside root."""
+    return Path(root).joinpath(*map(safe_name, names))

@@ -69,10 +69,8 @@ def cell(row: dict | None) -> str:
     pieces hit the cap unconverged."""
     if row is None:
         return "–"
-    if row["status"] == "failed":
-        return "failed"
-    if not math.isfinite(row["value"]):
-        return f"non-finite ({row['value']})"
+    if row["status"] == "failed":  # a failed job; a score that failed says why ("failed (non-finite acc)")
+        return f"failed ({row['error']})" if row["metric"] else "failed"
     text = f"{row['value']:.3f}"
     if row.get("spread") is not None:  # several data seeds: their mean ± standard deviation
         text += f"±{row['spread']:.3f}"
@@ -135,7 +133,13 @@ def front_table(rows: list[dict], buckets: list[str], metric: str) -> str:
 
 
 def _failed(by_bucket: dict) -> dict | None:
-    return next((r for r in by_bucket.values() if r["status"] == "failed"), None)
+    """The failure of a failed job (its buckets have no rows of their own)."""
+    return next((r for r in by_bucket.values() if job_failed(r)), None)
+
+
+def job_failed(row: dict) -> bool:
+    """A row of a job that failed as a whole (its metric unknown), not of one score that failed."""
+    return row["status"] == "failed" and row["metric"] is None
 
 
 def best_budgets(summaries: list[dict], lower_is_better: bool = False) -> str:
@@ -159,12 +163,12 @@ def render(rows: list[dict], runs: list[Run], sweep: dict, command: str, agreeme
     parts = ["# Leaderboard\n", header(runs, sweep, command)]
     metrics = headline_metrics(rows)
     for group in sorted({r["group"] for r in rows if r["bucket"] is not None}):
-        scored = [r for r in rows if r["group"] == group and (r["metric"] == metrics.get(group)
-                                                               or r["status"] == "failed")]
+        scored = [r for r in rows if r["group"] == group and (r["metric"] == metrics.get(group) or job_failed(r))]
         parts += _group_section(group, scored, metrics.get(group, "acc"))
     if agreement:
         parts += _agreement_section(agreement)
-    failures = sorted({(r["checkpoint"], budget_label(r), r["error"]) for r in rows if r["status"] == "failed"})
+    failures = sorted({(r["checkpoint"], budget_label(r), r["error"] if job_failed(r) else f"{r['task']}: {r['error']}")
+                       for r in rows if r["status"] == "failed"})
     if failures:
         parts += ["## Failed jobs", "", tabulate(failures, headers=["model", "budget", "error"], tablefmt="github"), ""]
     return "\n".join(parts)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..model_adapters.readings import reading_label, reading_unit
 from .fronts import points
-from .io import save_figure_atomic
+from .io import inside, save_figure_atomic
 from .leaderboard import bucket_heading, budget_label
 from .report import LOWER_IS_BETTER, bucket_order, iteration_samples, one_pass
 from .results import Run
@@ -107,7 +107,7 @@ def accuracy_vs_budget(rows: list[dict], out: Path, metric: str = "acc") -> list
         axes[0][0].set_ylabel(f"{metric} (lower is better)" if metric in LOWER_IS_BETTER else metric)
         fig.suptitle(group, fontsize=10)
         _legend_outside(fig, axes[0][-1])
-        paths.append(_save(fig, out / f"acc_vs_budget_{group}.png"))
+        paths.append(_save(fig, inside(out, f"acc_vs_budget_{group}.png")))
     return paths
 
 
@@ -150,9 +150,11 @@ def fronts(rows: list[dict], out: Path, metric: str = "acc") -> list[Path]:
                     continue
                 ax.scatter(s.x, s.y, marker=s.marker, s=28, zorder=3, label=s.label, edgecolors=s.color,
                            facecolors="white" if s.hollow else s.color)
-            for p in (p for pts in points(bucket_rows, metric).values() for p in pts):
-                if p.stderr:
-                    ax.errorbar([p.cost], [p.value], yerr=[p.stderr], color=colors[p.checkpoint], lw=0.8, zorder=2)
+            for checkpoint, pts in points(bucket_rows, metric).items():  # one artist per model, not per point
+                bars = [p for p in pts if p.stderr]
+                if bars:
+                    ax.errorbar([p.cost for p in bars], [p.value for p in bars], yerr=[p.stderr for p in bars],
+                                fmt="none", color=colors[checkpoint], lw=0.8, zorder=2)
             _chance(ax, group_rows)
             ax.set_title(bucket_heading(group_rows, bucket), fontsize=9)
             ax.set_xscale("log", base=2)
@@ -161,7 +163,7 @@ def fronts(rows: list[dict], out: Path, metric: str = "acc") -> list[Path]:
         axes[0][0].set_ylabel(f"{metric} (lower is better)" if metric in LOWER_IS_BETTER else metric)
         fig.suptitle(f"{group}: {metric} against compute (line: Pareto front)", fontsize=10)
         _legend_outside(fig, axes[0][-1])
-        paths.append(_save(fig, out / f"fronts_{group}.png"))
+        paths.append(_save(fig, inside(out, f"fronts_{group}.png")))
     return paths
 
 
@@ -204,7 +206,7 @@ def accuracy_vs_length(rows: list[dict], out: Path, metric: str = "acc") -> list
         _metric_axis(ax, metric)
         ax.set_title(group)
         _legend_outside(fig, ax)
-        paths.append(_save(fig, out / f"acc_vs_length_{group}.png"))
+        paths.append(_save(fig, inside(out, f"acc_vs_length_{group}.png")))
     return paths
 
 
@@ -243,7 +245,7 @@ def robustness(rows: list[dict], out: Path, metric: str = "acc") -> list[Path]:
         ax.grid(axis="y", alpha=0.3)
         ax.set_title(f"{group}: robustness under distribution shift (adaptive budgets)")
         _legend_outside(fig, ax)
-        paths.append(_save(fig, out / f"robustness_{group}.png"))
+        paths.append(_save(fig, inside(out, f"robustness_{group}.png")))
     return paths
 
 

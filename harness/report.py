@@ -10,12 +10,13 @@ from __future__ import annotations
 import csv
 import json
 import lzma
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
 from ..model_adapters.readings import reading_label
 from ..tasks.registry import UnknownTaskError, family_of
-from .io import write_json_atomic
+from .io import write_atomic, write_json_atomic
 from .results import Run
 
 MAIN_METRICS = ("acc", "token_acc", "bits_per_byte")  # a task group's headline metric: the first of these it has
@@ -51,16 +52,26 @@ def _rows_of(run: Run) -> list[dict]:
         return [{**base, **_task_fields(run, task), "metric": None, "value": None}
                 for task in (run.info.get("tasks") or {"(failed)": {}})]
     rows = []
+    seeds = data_seeds(run)
     for task, metrics in run.results.items():
-        fields = {**_task_fields(run, task), "seed": data_seed(run, task)}
+        fields = {**_task_fields(run, task), "seed": seeds(task)}
         for name, value in metrics.items():
             metric, _, flt = name.partition(",")
             if metric not in METRICS or flt != "none" or not isinstance(value, (int, float)):
                 continue
             stderr = metrics.get(f"{metric}_stderr,none")
             rows.append({**base, **fields, "metric": metric, "value": value,
-                         "stderr": stderr if isinstance(stderr, (int, float)) else None})
+                         "stderr": stderr if _finite(stderr) else None, **_non_finite(metric, value)})
     return rows
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _non_finite(metric: str, value: float) -> dict:
+    """A NaN or infinite score is a failure with its reason, never a number: not shown, averaged or on a front."""
+    return {} if math.isfinite(value) else {"value": None, "status": "failed", "error": f"non-finite {metric}"}
 
 
 def _task_fields(run: Run, task: str) -> dict:
@@ -94,19 +105,24 @@ def _task_fields(run: Run, task: str) -> dict:
     return fields
 
 
-def data_seed(run: Run, task: str) -> int | None:
-    """The seed of a task's generated data (the family's seed option in the task's metadata; 0 when not given),
-    None for a task that generates none (text, a task outside the registry)."""
-    found = family_of(task)
-    option = found[0].seed_option if found else None
-    if option is None:
-        return None
-    configs = [run.configs.get(task)] + list(run.configs.values())  # a group's: any of its tasks'
-    for config in configs:
-        metadata = (config or {}).get("metadata") or {}
-        if option in metadata:
-            return int(metadata[option])
-    return 0
+def data_seeds(run: Run):
+    """The seed of each task's generated data: task -> the family's seed option in the task's metadata (a group's:
+    any of its tasks'; 0 when not given), None for a task that generates none (text, a task outside the registry).
+    The run's configs are read once, not once per task."""
+    first: dict = {}  # each option's value in the first config that sets it
+    for config in run.configs.values():
+        for key, value in ((config or {}).get("metadata") or {}).items():
+            first.setdefault(key, value)
+
+    def seed(task: str) -> int | None:
+        found = family_of(task)
+        option = found[0].seed_option if found else None
+        if option is None:
+            return None
+        own = (run.configs.get(task) or {}).get("metadata") or {}
+        return int(own.get(option, first.get(option, 0)))
+
+    return seed
 
 
 AVERAGED = ("iters_mean", "iters_per_token", "iters_p50", "iters_p90", "iters_max", "run_iters_mean",
@@ -153,16 +169,18 @@ def bucket_order(group: str) -> list[str]:
 
 
 def write_table(rows: list[dict], out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / "results.csv", out / "results.json"
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
+    table = [{k: r.get(k) for k in COLUMNS} for r in rows]
+    write_atomic(csv_path, lambda tmp: _write_csv(tmp, table))
+    write_json_atomic(json_path, table)
+    return csv_path, json_path
+
+
+def _write_csv(path: Path, table: list[dict]) -> None:
+    with path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, COLUMNS)
         writer.writeheader()
-        writer.writerows([{k: r.get(k) for k in COLUMNS} for r in rows])
-    tmp.replace(csv_path)
-    write_json_atomic(json_path, [{k: r.get(k) for k in COLUMNS} for r in rows])
-    return csv_path, json_path
+        writer.writerows(table)
 
 
 def greedy_records(run: Run) -> dict[tuple, dict]:

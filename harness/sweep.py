@@ -19,12 +19,15 @@ log (greedy token at every position of every scored sequence, and iterations per
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,7 +39,7 @@ from ..model_adapters.errors import ConfigError
 from ..model_adapters.exits import DEFAULT_EXIT, ExitPoint, parse_exit_point, point_name
 from ..model_adapters.readings import reading_label
 from ..model_adapters.summaries import split_anytime
-from .io import write_json_atomic
+from .io import inside, write_json_atomic
 
 DEFAULT_MAX_ITERS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_TOLS = (0.0, 0.01)
@@ -93,7 +96,7 @@ class Job:
         return "hf" if self.kind == "hf" else budget_key(self.budget)
 
     def dir(self, out: Path) -> Path:
-        return out / self.label / self.key
+        return inside(out, self.label, self.key)
 
     def job_key(self, spec: SweepSpec) -> str:
         """A hash of everything that determines this job's numbers."""
@@ -173,8 +176,10 @@ def hf_checkpoint(path: Path) -> HFCheckpoint | None:
 
 
 def checkpoint_labels(ckpts) -> list[str]:
-    """Folder names, made unique: checkpoints whose folders share a name get their content hash appended."""
-    names = [Path(c.path).name for c in ckpts]
+    """Folder names, made unique: checkpoints whose folders share a name get their content hash appended. The name
+    of the folder itself, not of the path as given (`ckpt/sub/..` is named `ckpt`, never `..`); normalized, not
+    resolved, so that a checkpoint linked into place keeps the link's name."""
+    names = [Path(os.path.abspath(c.path)).name for c in ckpts]
     return [n if names.count(n) == 1 else f"{n}-{c.content_hash[:8]}" for n, c in zip(names, ckpts)]
 
 
@@ -282,23 +287,74 @@ class Outcome:
 def run_sweep(spec: SweepSpec, out: Path, progress: bool = True, worker: int | None = None) -> Outcome:
     """Run every job not done yet with these settings. With spec.workers > 1, worker processes (one per GPU, each
     seeing its own) take the groups of jobs from a shared pool, the costliest first; `worker` is the index of the
-    worker this process is (None: the sweep itself), and it runs the groups it claims."""
+    worker this process is (None: the sweep itself), and it runs the groups it claims. SIGTERM or Ctrl-C stops the
+    whole sweep, its workers included, leaving only whole results (see stop_workers)."""
     out.mkdir(parents=True, exist_ok=True)
-    spawned = time.time()
-    procs = _spawn_workers(spec, out) if spec.workers > 1 and worker is None else []
-    try:  # the workers start up (imports, CUDA) while this process plans; they plan for themselves
-        jobs = plan(spec)
-    except BaseException:
+    with terminate_as_interrupt():
+        spawned = time.time()
+        procs = _spawn_workers(spec, out) if spec.workers > 1 and worker is None else []
+        try:  # the workers start up (imports, CUDA) while this process plans; they plan for themselves
+            jobs = plan(spec)
+            if worker is None:
+                write_sweep_json(spec, out, jobs, **({"workers_spawned": spawned} if procs else {}))
+            outcome = Outcome(jobs)
+            pending = pending_groups(jobs, spec, out, outcome)
+            if procs:
+                return _wait_for_workers(procs, spec, out, outcome, pending)
+        except BaseException:
+            stop_workers(procs, out)
+            raise
+        return run_groups(pending, spec, out, outcome, progress, worker, claim=worker is not None)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the sweep as Ctrl-C's KeyboardInterrupt is; `implicit-eval` exits with `code`."""
+
+    code = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM ends a sweep (and each worker) as Ctrl-C does, through its cleanups: a job in flight leaves no
+    temporary file, workers are stopped and waited for. Without this the process would die at once, its workers
+    going on writing into the folder."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+STOP_WAIT_S = 60.0  # a worker asked to stop gets this long to drop its job in flight, then is killed
+
+
+def stop_workers(procs: list[subprocess.Popen], out: Path) -> None:
+    """Workers end with the sweep: each is asked to stop (SIGTERM: its job in flight is dropped whole), killed if it
+    has not within STOP_WAIT_S, and waited for, so that none writes into the folder after the sweep has gone; their
+    claims go too (a rerun, and `sweep --status`, see the unfinished jobs as not done)."""
+    import shutil
+
+    if not procs:
+        return
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + STOP_WAIT_S
+    try:
+        for p in procs:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):  # too slow, or a second signal: now
         for p in procs:
             p.kill()
-        raise
-    if worker is None:
-        write_sweep_json(spec, out, jobs, **({"workers_spawned": spawned} if procs else {}))
-    outcome = Outcome(jobs)
-    pending = pending_groups(jobs, spec, out, outcome)
-    if procs:
-        return _wait_for_workers(procs, spec, out, outcome, pending)
-    return run_groups(pending, spec, out, outcome, progress, worker, claim=worker is not None)
+            p.wait()
+    shutil.rmtree(out / CLAIMS, ignore_errors=True)
 
 
 def write_sweep_json(spec: SweepSpec, out: Path, jobs: list[Job], **extra) -> None:
@@ -547,7 +603,11 @@ def evaluate_job(job: Job, spec: SweepSpec, out: Path, anytime: list[int], exits
     else:
         adapter = ImplicitSSMLM if job.kind == "implicit" else ExplicitSSMLM
         lm = adapter(**args, progress=False)  # the sweep's own bar counts jobs
-    results = evaluate_loaded(lm, load_tasks(spec, job.tasks), spec, args)
+    try:
+        results = evaluate_loaded(lm, load_tasks(spec, job.tasks), spec, args)
+    except BaseException:  # a failed or interrupted job leaves no half-written log behind
+        greedy.unlink(missing_ok=True)
+        raise
     if greedy.exists():
         os.replace(greedy, target / GREEDY)
     return results

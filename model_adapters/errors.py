@@ -25,8 +25,12 @@ class NonFiniteError(FloatingPointError):
     """The model produced NaN or inf: no score or generated token may be computed from it."""
 
 
+class OutputError(OSError):
+    """A file the run writes could not be written (a full disk, a folder gone): one line, not lm-eval's traceback."""
+
+
 USER_ERRORS = frozenset({"ConfigError", "CheckpointError", "TokenizerError", "UnknownTaskError"})
-FAULTS = frozenset({"NonFiniteError"})
+FAULTS = frozenset({"NonFiniteError", "OutputError"})
 ONE_LINE_ERRORS = USER_ERRORS | FAULTS
 PACKAGE = "implicit_ssm_eval"
 

@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from ..errors import OutputError
 from ..exits import Point, point_name
 from ..reading import ReadStats
 
@@ -33,5 +34,8 @@ def greedy_records(sequences, members, hidden: dict[Point, torch.Tensor], stats:
 def append_records(path: str, records: list[dict]) -> None:
     """Whole lines, written together: a crash leaves the log's earlier lines intact."""
     text = "".join(json.dumps(r, default=str) + "\n" for r in records)
-    with open(path, "a") as fh:
-        fh.write(text)
+    try:
+        with open(path, "a") as fh:
+            fh.write(text)
+    except OSError as exc:  # a full disk mid-run: one line naming the log, not a traceback through lm-eval
+        raise OutputError(f"record_greedy: cannot write {path}: {exc.strerror or exc}") from exc

@@ -320,8 +320,14 @@ class FakeWorker:
         log.append(("spawn", env.get("CUDA_VISIBLE_DEVICES"), self.index))
         self.log = log
 
-    def wait(self):
+    def wait(self, timeout=None):
         return 1 if self.index == 0 else 0
+
+    def poll(self):
+        return None
+
+    def terminate(self):
+        self.log.append(("terminate", self.index))
 
     def kill(self):
         self.log.append(("kill", self.index))
@@ -362,7 +368,7 @@ def test_a_sweep_that_cannot_plan_stops_its_workers(parity_checkpoints, tmp_path
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     with pytest.raises(ConfigError, match="no such task"):
         run_sweep(spec(parity_checkpoints.values(), device="cuda", workers=2), tmp_path / "out", progress=False)
-    assert log[2:] == [("kill", 0), ("kill", 1)]
+    assert log[2:] == [("terminate", 0), ("terminate", 1)]  # asked to stop, and waited for
 
 
 def test_the_costliest_groups_are_run_first(parity_checkpoints, tmp_path, monkeypatch):
