@@ -28,7 +28,7 @@ reading: each sequence's pieces, the prefix's joined to its own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
@@ -47,7 +47,22 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
     from .records import Answer
     from .requests import Item
-    from .scoring import Scorer
+
+
+class Scorer(Protocol):
+    """What sharing needs of scoring.Scorer (which calls score_shared): named here, not imported, so that the two
+    modules do not import each other."""
+    runtime: Runtime
+    budget: Budget | None
+    budgets: tuple
+    vocab_size: int
+    greedy_log: str | None
+
+    def _answers(self, tails: dict[Point, Tensor], group: list[Item], compute: dict[Point, Compute | None]
+                 ) -> list[dict[Point, Answer]]: ...
+
+    def _log_stats(self, stats: dict[Point, ReadStats | None], tasks: list[str]) -> None: ...
+
 
 STATE, LOCKSTEP = "state", "lockstep"
 _PROBE_LENGTHS = (1, 2, 3, 64, 1000, 4096)  # lengths at which a reading's piece size is looked at
