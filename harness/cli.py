@@ -115,11 +115,13 @@ def _run(command: str, rest: list[str]) -> int:
 
 def classify(exc: Exception) -> tuple[int, str]:
     """(exit code, one-line message) of an exception."""
-    from ..model_adapters.errors import USER_ERRORS, one_line_error
+    from ..model_adapters.errors import USER_ERRORS, home_not_a_folder, one_line_error
 
     ours = one_line_error(exc)  # the same errors end stock `lm_eval` runs in one line (model_adapters/errors.py)
     if ours is not None:
         return (USER_ERROR if type(ours).__name__ in USER_ERRORS else FAULT), str(ours)
+    if home_not_a_folder(exc):
+        return USER_ERROR, str(home_not_a_folder(exc))
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         user = exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES)
