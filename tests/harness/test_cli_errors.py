@@ -360,8 +360,8 @@ def test_the_stock_cli_ends_these_in_one_line_too(ckpt, tmp_path, case):
                 "missing": {"ppl_text_path": str(tmp_path / "nope.txt")},
                 "latin1": {"ppl_text_path": str(tmp_path / "latin1.txt")}}[case]
     expected = {"config": f"{bad / 'config.json'}: not UTF-8 text",
-                "tokenizer": f"{bad / 'tokenizer.json'}: the tokenizer has 63 token ids but the model's embedding has 8 "
-                             "rows (vocab_size 7)",
+                "tokenizer": f"{bad / 'tokenizer.json'}: the tokenizer has 63 token ids but the model's embedding has "
+                             "8 rows (vocab_size 7)",
                 "option": "unknown state-tracking option(s) ['st_num_doc']; valid options are",
                 "no_path": "ppl_local_text needs a file: pass --metadata",
                 "missing": f"ppl_text_path '{tmp_path / 'nope.txt'}' is not a readable file",
