@@ -372,3 +372,32 @@ def test_the_stock_cli_ends_these_in_one_line_too(ckpt, tmp_path, case):
              str(Path(__file__).parents[2] / "tasks"), "--metadata", json.dumps(metadata), "--device", "cpu",
              "--output_path", str(tmp_path / "out")], 1, f"lm_eval: error: {expected}", program="lm_eval")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--lr", "inf", "lr must be a finite number > 0, got inf"),
+    ("--clip", "nan", "clip must be a finite number > 0, got nan"),
+    ("--weight-decay", "nan", "weight_decay must be a finite number >= 0, got nan"),
+    ("--min-lr-ratio", "2", "min_lr_ratio must be a number in [0, 1], got 2.0"),
+])
+def test_non_finite_training_settings_are_refused_before_anything_is_written(capsys, tmp_path, flag, value, message):
+    one_line_error(capsys, ["train", "--task", "parity", "--steps", "2", flag, value, "--out", str(tmp_path / "r")], 2,
+                   f"implicit-eval train: error: {message}")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_diverging_run_stops_in_one_line_and_writes_nothing_non_finite(capsys, tmp_path):
+    """lr=1e30 is finite, so it is accepted; the weights blow up after one step and the next loss is nan: the run
+    stops (a fault: exit 1) before that step is applied, with no finished model and only finite states saved."""
+    import torch
+
+    out = tmp_path / "r"
+    one_line_error(capsys, ["train", "--task", "parity", "--steps", "6", "--lr", "1e30", "--warmup-steps", "1",
+                            "--save-every", "1", "--batch-size", "8", "--d-model", "16", "--no-progress", "--out",
+                            str(out)], 1,
+                   f"implicit-eval train: error: training diverged at step 2: the loss is nan (lr=1e+30, clip=1); the "
+                   f"step was not applied and {out / 'train_state.pt'} keeps the last saved state; lower --lr")
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert state["step"] == 1 and all(t.isfinite().all() for t in state["model"].values() if t.is_floating_point())
+    assert not (out / "model").exists() and not (out / "training.json").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["train_log.csv", "train_state.pt"]  # no temporaries
