@@ -95,6 +95,8 @@ def _dispatch(command: str, rest: list[str], debug: bool) -> int:
 
 
 def _run(command: str, rest: list[str]) -> int:
+    if command in ("sweep", "train"):
+        refuse_repeated_flags(rest)
     if command == "run":
         from . import run
 
@@ -111,6 +113,22 @@ def _run(command: str, rest: list[str]) -> int:
     from . import sweep_cli
 
     return {"sweep": sweep_cli.sweep_main, "leaderboard": sweep_cli.leaderboard_main}[command](rest)
+
+
+REPEATABLE_FLAGS = ("--sbatch", "--quiet")  # sweep's --sbatch collects one option per use
+
+
+def refuse_repeated_flags(args: list[str]) -> None:
+    """A flag given twice (`--tau 0.5 ... --tau 0.8`): argparse keeps the last value without a word, so one setting
+    would be silently dropped; refused instead (`run` passes lm-eval's flags through; its --model_args are checked
+    in run.py)."""
+    from ..model_adapters.errors import ConfigError
+
+    names = [a.partition("=")[0] for a in args if a.startswith("--") and a != "--"]
+    twice = sorted({n for n in names if names.count(n) > 1 and n not in REPEATABLE_FLAGS})
+    if twice:
+        raise ConfigError(f"{', '.join(twice)} given more than once; give each flag once (a flag taking several "
+                          "values takes them all after one use: --max-iter 4 8 16)")
 
 
 def classify(exc: Exception) -> tuple[int, str]:

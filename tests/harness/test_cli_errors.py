@@ -401,3 +401,12 @@ def test_a_diverging_run_stops_in_one_line_and_writes_nothing_non_finite(capsys,
     assert state["step"] == 1 and all(t.isfinite().all() for t in state["model"].values() if t.is_floating_point())
     assert not (out / "model").exists() and not (out / "training.json").exists()
     assert sorted(p.name for p in out.iterdir()) == ["train_log.csv", "train_state.pt"]  # no temporaries
+
+
+@pytest.mark.parametrize("argv", [["sweep", "--tau", "0.5", "--tau=0.8"], ["train", "--lr", "1e-3", "--lr", "1e-2"]])
+def test_a_flag_given_twice_is_refused_by_sweep_and_train(capsys, tmp_path, argv):
+    flag = argv[1]
+    one_line_error(capsys, [*argv, "--out", str(tmp_path / "o")], 2,
+                   f"{flag} given more than once; give each flag once (a flag taking several values takes them all "
+                   "after one use: --max-iter 4 8 16)")
+    assert not (tmp_path / "o").exists()

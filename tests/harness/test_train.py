@@ -352,7 +352,7 @@ def test_every_file_training_writes_is_replaced_atomically(tmp_path, monkeypatch
     assert set(before) == {"train_state.pt", "train_log.csv", "training.json", "tokenizer.json"}
 
     def full_disk(obj, f, *args, **kwargs):
-        open(f, "wb").write(b"half")
+        Path(f).write_bytes(b"half")
         raise OSError(errno.ENOSPC, "No space left on device", str(f))
 
     from implicit_ssm_eval.harness import train
