@@ -95,6 +95,8 @@ def _dispatch(command: str, rest: list[str], debug: bool) -> int:
 
 
 def _run(command: str, rest: list[str]) -> int:
+    if command in ("sweep", "train"):
+        refuse_repeated_flags(rest)
     if command == "run":
         from . import run
 
@@ -113,13 +115,31 @@ def _run(command: str, rest: list[str]) -> int:
     return {"sweep": sweep_cli.sweep_main, "leaderboard": sweep_cli.leaderboard_main}[command](rest)
 
 
+REPEATABLE_FLAGS = ("--sbatch", "--quiet")  # sweep's --sbatch collects one option per use
+
+
+def refuse_repeated_flags(args: list[str]) -> None:
+    """A flag given twice (`--tau 0.5 ... --tau 0.8`): argparse keeps the last value without a word, so one setting
+    would be silently dropped; refused instead (`run` passes lm-eval's flags through; its --model_args are checked
+    in run.py)."""
+    from ..model_adapters.errors import ConfigError
+
+    names = [a.partition("=")[0] for a in args if a.startswith("--") and a != "--"]
+    twice = sorted({n for n in names if names.count(n) > 1 and n not in REPEATABLE_FLAGS})
+    if twice:
+        raise ConfigError(f"{', '.join(twice)} given more than once; give each flag once (a flag taking several "
+                          "values takes them all after one use: --max-iter 4 8 16)")
+
+
 def classify(exc: Exception) -> tuple[int, str]:
     """(exit code, one-line message) of an exception."""
-    from ..model_adapters.errors import USER_ERRORS, one_line_error
+    from ..model_adapters.errors import USER_ERRORS, home_not_a_folder, one_line_error
 
     ours = one_line_error(exc)  # the same errors end stock `lm_eval` runs in one line (model_adapters/errors.py)
     if ours is not None:
         return (USER_ERROR if type(ours).__name__ in USER_ERRORS else FAULT), str(ours)
+    if home_not_a_folder(exc):
+        return USER_ERROR, str(home_not_a_folder(exc))
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         user = exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES)

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -37,11 +37,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..model_adapters.config import Budget, ConfigError, ModelConfig, reject_unknown_keys
+from ..model_adapters.errors import NonFiniteError
 from ..model_adapters.fixed_point import damp, solve
 from ..model_adapters.formats import save
 from ..model_adapters.formats.common import fold_weight_norm
 from ..model_adapters.models import ExplicitLM, ImplicitLM, build_model
 from ..model_adapters.tensors import valid_mask
+from .io import write_atomic, write_text_atomic
 from .transformer import (
     PAD_VOCAB_MULTIPLE,
     build_transformer,
@@ -62,6 +64,17 @@ KINDS = ("implicit", "explicit", "transformer")
 ARCH_DEFAULTS = dict(d_model=64, n_layer=1, d_state=16, expand=2, headdim=16, chunk_size=64, ngroups=1)
 # Device types whose training steps run under bf16 autocast (a test adds "cpu" to run that path here).
 AUTOCAST_DEVICE_TYPES = ("cuda",)
+
+
+# The float settings and their valid values: inf or nan (which argparse's float() accepts) would train a model of
+# non-finite weights, or never stop.
+NUMBER_FIELDS = {
+    "lr": (lambda x: 0 < x < math.inf, "a finite number > 0"),
+    "clip": (lambda x: 0 < x < math.inf, "a finite number > 0"),
+    "weight_decay": (lambda x: 0 <= x < math.inf, "a finite number >= 0"),
+    "min_lr_ratio": (lambda x: 0 <= x <= 1, "a number in [0, 1]"),
+    "time_limit": (lambda x: 0 <= x < math.inf, "a finite number of seconds >= 0 (0: none)"),
+}
 
 
 def _help(text: str, **kw):
@@ -115,6 +128,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_len < self.min_len:
             raise ConfigError(f"max_len ({self.max_len}) must be >= min_len ({self.min_len})")
+        for name, (valid, text) in NUMBER_FIELDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
+                raise ConfigError(f"{name} must be {text}, got {value!r}")
         # The architecture is recorded in full (the kind's defaults filled in) and validated now, not at the first step.
         if self.kind == "transformer":
             object.__setattr__(self, "arch", check_arch(self.arch))
@@ -225,13 +242,21 @@ class Trainer:
             logits, mean_iters = self.forward(ids, lengths)
         # float32 logits: a bf16 log-softmax over the vocabulary would round the loss (a no-op without autocast)
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        self._refuse_non_finite("loss", loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip)
+        self._refuse_non_finite("gradient norm", torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip))
         self.optimizer.step()
         self.step += 1
         return {"loss": float(loss.detach()), **accuracies(logits.detach(), labels, lengths), "mean_iters": mean_iters,
                 "tokens": int(lengths.sum())}
+
+    def _refuse_non_finite(self, what: str, value: torch.Tensor) -> None:
+        """Stop before a non-finite loss or gradient reaches the weights: the saved state stays the last finite one."""
+        if not bool(torch.isfinite(value)):
+            raise NonFiniteError(f"training diverged at step {self.step + 1}: the {what} is {float(value.detach())} "
+                                 f"(lr={self.cfg.lr:g}, clip={self.cfg.clip:g}); the step was not applied and "
+                                 f"{self.out / STATE_FILE} keeps the last saved state; lower --lr and train again")
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, float]:
         """logits (B, L, V) and the mean f evaluations per sequence (1 for the one-pass kinds)."""
@@ -253,9 +278,9 @@ class Trainer:
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def save_state(self) -> None:
-        tmp = self.out / (STATE_FILE + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, self.out / STATE_FILE)
+        check_finite(self.model, f"the training state at step {self.step}")
+        state = self.state_dict()
+        write_atomic(self.out / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
     def load_state(self) -> None:
         # Onto the CPU: the RNG states must stay CPU byte tensors (set_rng_state refuses CUDA ones); the model and
@@ -335,6 +360,14 @@ def unrolled_forward(model: ImplicitLM, ids: torch.Tensor, lengths: torch.Tensor
     z = torch.zeros(*ids.shape, model.cfg.d_model, device=ids.device)
     with parametrize.cached():
         return phantom_steps(model, z, u, valid, iters, tau)
+
+
+def check_finite(model: nn.Module, what: str) -> None:
+    """Non-finite weights are never written, neither as a training state nor as a finished checkpoint."""
+    bad = [name for name, t in model.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise NonFiniteError(f"{what} has non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                             "nothing was written")
 
 
 def weight_normed_modules(model: nn.Module) -> list[nn.Module]:
@@ -460,7 +493,9 @@ def export(out: Path) -> Path:
 def finish(trainer: Trainer, out: Path) -> Path:
     """The trained model with the task's tokenizer at OUT/model: the Mamba2 kinds in the project's format (weight
     norm folded), the transformer as a Hugging Face directory (harness/transformer.py)."""
-    tokenizer_path = trainer.family.write_tokenizer(trainer.cfg.task, out / "tokenizer.json")
+    check_finite(trainer.model, f"the model of {out}")
+    tokenizer_path = out / "tokenizer.json"
+    write_atomic(tokenizer_path, lambda tmp: trainer.family.write_tokenizer(trainer.cfg.task, tmp))
     device = torch.cuda.get_device_name() if trainer.device.type == "cuda" else "cpu"
     training = {"config": trainer.cfg.to_dict(), "family": trainer.family.name, "steps": trainer.step,
                 "wall_time_s": round(trainer.elapsed, 1), "device": device, "torch": torch.__version__}
@@ -472,7 +507,7 @@ def finish(trainer: Trainer, out: Path) -> Path:
         plain.load_state_dict(folded_state(trainer.model))
         save(plain, target, tokenizer_path=tokenizer_path, eos_token=eos_token_of(trainer.tokenizer),
              training=training)
-    (out / "training.json").write_text(json.dumps(training, indent=2) + "\n")
+    write_text_atomic(out / "training.json", json.dumps(training, indent=2) + "\n")
     return target
 
 
@@ -483,15 +518,22 @@ def _reset_log(out: Path, step: int) -> None:
     if step and path.exists():
         with path.open() as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_text_atomic(path, _csv_text(rows, header=True))
 
 
 def _append_log(out: Path, row: dict) -> None:
-    with (out / LOG_FILE).open("a", newline="") as fh:
-        csv.DictWriter(fh, LOG_FIELDS).writerow({k: _fmt(row[k]) for k in LOG_FIELDS})
+    """One row more, the whole file rewritten atomically (a few hundred rows: a reader never sees half a row)."""
+    path = out / LOG_FILE
+    write_text_atomic(path, path.read_text() + _csv_text([{k: _fmt(row[k]) for k in LOG_FIELDS}], header=False))
+
+
+def _csv_text(rows: list[dict], header: bool) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, LOG_FIELDS, lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def _fmt(x):

@@ -14,7 +14,12 @@ from typing import Any, cast
 from .errors import ConfigError
 from .exits import DEFAULT_EXIT, EXITS, ExitPoint, threshold_problem
 from .fixed_point import SOLVERS
-from .readings import READINGS
+from .readings import READINGS, reading_unit
+
+# max_iter's valid range is [1, MAX_ITER_LIMIT]: a cap far above any budget worth scoring, so that a typo
+# (max_iter=40000) is refused instead of running for hours; above COSTLY_MAX_ITER a run is told what it may cost.
+MAX_ITER_LIMIT = 4096
+COSTLY_MAX_ITER = 256
 
 KINDS = ("explicit", "implicit")
 READING_PARAMS = ("block_size",)  # Budget fields that readings may declare as their parameters (readings.py)
@@ -164,8 +169,8 @@ class Budget:
     exit: str = DEFAULT_EXIT
 
     def __post_init__(self):
-        if not _is_int(self.max_iter) or self.max_iter < 1:
-            raise ConfigError(f"max_iter must be an integer >= 1, got {self.max_iter!r}")
+        if not _is_int(self.max_iter) or not 1 <= self.max_iter <= MAX_ITER_LIMIT:
+            raise ConfigError(f"max_iter must be an integer in [1, {MAX_ITER_LIMIT}], got {self.max_iter!r}")
         if not _is_real(self.tol) or not (0.0 <= self.tol < math.inf):
             raise ConfigError(f"tol must be a finite number >= 0, got {self.tol!r}")
         if not _is_real(self.tau) or not (0.0 < self.tau <= 1.0):
@@ -251,6 +256,18 @@ def resolve_budget(default: Budget, overrides: dict[str, Any]) -> Budget:
     whole. One function for the adapter and `implicit-eval run`: overrides are checked against the checkpoint's
     budget, not a blank one (block_size=16 alone is valid for a checkpoint that reads blockwise)."""
     return default.replace(**overrides)
+
+
+def cost_notice(budget: Budget, default_max_iter: int | None = None) -> str | None:
+    """What a budget above COSTLY_MAX_ITER may cost, for a warning before the run; None below it. One pass is one
+    evaluation of the layer stack, an explicit model's whole forward."""
+    if budget.max_iter <= COSTLY_MAX_ITER:
+        return None
+    unit = reading_unit(budget.mode)
+    stops = "tol=0 never stops early" if budget.tol == 0 else f"fewer where a {unit} converges to tol={budget.tol:g}"
+    default = "" if default_max_iter is None else f"the checkpoint's default is max_iter={default_max_iter}; "
+    return (f"max_iter={budget.max_iter} at tol={budget.tol:g}: up to {budget.max_iter} forward passes per {unit} "
+            f"({stops}); {default}valid up to {MAX_ITER_LIMIT}")
 
 
 def _check_reading_param(budget: Budget, name: str) -> None:

@@ -32,6 +32,8 @@ model_args and the command line all read this registry.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,6 +43,9 @@ from torch import Tensor
 
 from .exits import EPS, ExitPoint, ExitTest, Head, Point, exit_test, relative_residual, row_norms  # noqa: F401 - re-exported
 from .tensors import broadcast_mask, take_rows
+
+logger = logging.getLogger(__name__)
+PROGRESS_SECONDS = 60.0  # a solve running longer than this says so, every PROGRESS_SECONDS (large max_iter)
 
 
 class Budget(Protocol):
@@ -117,7 +122,9 @@ def solve(f: RowMap, z0: Tensor, budget: Budget, context: Any = None, valid: Ten
     iterations = torch.zeros(batch, dtype=torch.long, device=z0.device)
     converged = torch.zeros(batch, dtype=torch.bool, device=z0.device)
     anytime: dict[Point, tuple[Tensor, SolveStats]] = {}
+    progress = _Progress(budget.max_iter)
     for k in range(1, budget.max_iter):
+        progress.tell(k, work.z.shape[0])
         fz, _ = f(work.z, work.context, False)
         if k in keep or points:  # at tol 0 only an anytime reading looks at this residual
             residual = relative_residual(fz, work.z, work.valid)
@@ -149,6 +156,23 @@ def solve(f: RowMap, z0: Tensor, budget: Budget, context: Any = None, valid: Ten
     if points:
         anytime.update(points.see(budget.max_iter, z, fz, valid, residual, final=True))
     return Solution(z, fz, aux, stats, anytime)
+
+
+class _Progress:
+    """A line every PROGRESS_SECONDS while one solve runs: a large max_iter on a long batch can take minutes between
+    two ticks of a progress bar, and a run with no output looks hung. A warning, so that lm-eval's own command line
+    (which shows no info lines of ours) shows it too. Reads the clock only (no device sync)."""
+
+    def __init__(self, max_iter: int):
+        self.max_iter, self.start = max_iter, time.monotonic()
+        self.next = self.start + PROGRESS_SECONDS
+
+    def tell(self, k: int, rows: int) -> None:
+        now = time.monotonic()
+        if now >= self.next:
+            self.next = now + PROGRESS_SECONDS
+            logger.warning("fixed-point solve: iteration %d of max_iter=%d, %d row(s) still iterating, %.0f s so far",
+                           k, self.max_iter, rows, now - self.start)
 
 
 class _ExitPoints:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import TokenizerError
+from .errors import TokenizerError, read_text
 
 EOS_CANDIDATES = ("<eos>", "<|endoftext|>", "</s>", "<|end_of_text|>", "<|eot_id|>")
 
@@ -53,6 +53,11 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tk.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def id_bound(self) -> int:
+        """One more than the largest token id (ids need not be dense)."""
+        return 1 + max(self._tk.get_vocab(with_added_tokens=True).values(), default=-1)
+
     def encode(self, text: str) -> list[int]:
         return self._tk.encode(text, add_special_tokens=False).ids
 
@@ -92,7 +97,7 @@ def _eos_from_config(directory: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(read_text(path, TokenizerError, "a tokenizer's JSON file"))
     except json.JSONDecodeError as exc:
         raise TokenizerError(f"{path}: not valid JSON ({exc})") from exc
     eos = config.get("eos_token") if isinstance(config, dict) else None

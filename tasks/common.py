@@ -9,6 +9,7 @@ Determinism across machines rests on three rules kept here:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,6 +29,38 @@ BUCKET_MULTIPLIERS = {"id": 1, "ood2x": 2, "ood4x": 4, "ood8x": 8}
 # One in HELDOUT_MODULUS keys is reserved for evaluation. Training generators reject keys in the
 # reserved part, evaluation generators accept only those, so no evaluation item can equal a training item.
 HELDOUT_MODULUS = 8
+
+
+class TaskError(ValueError):
+    """A task option, YAML setting or file that cannot be used; the message names it and what is valid. It ends an
+    `implicit-eval` or `lm_eval` run in one line (its name is among model_adapters/errors.py's USER_ERRORS)."""
+
+
+def user_options(make_dataset: Callable[..., Any]) -> Callable[..., Any]:
+    """For the ``custom_dataset`` functions: lm-eval calls them with the user's --metadata and the YAML's
+    dataset_kwargs, so a ValueError raised while building the documents is a bad option or setting (a misspelt
+    ``st_num_doc``, a missing ``ppl_text_path``), told as a TaskError: one line instead of a traceback."""
+
+    @functools.wraps(make_dataset)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return make_dataset(*args, **kwargs)
+        except TaskError:
+            raise
+        except ValueError as exc:
+            raise TaskError(str(exc)) from exc
+
+    return checked
+
+
+def read_utf8(path: Path, what: str) -> str:
+    """A file's UTF-8 text; other bytes are a TaskError naming the file and the first bad byte."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); {what} must "
+                        "be UTF-8") from None
 
 
 def derive_seed(*parts: object) -> int:

@@ -108,16 +108,23 @@ def budget_overrides(args: dict) -> dict:
 
 def split_model_args(arg_string: str) -> dict:
     """A model_args string ("k=v,k2=v2") as lm-eval parses it, except that a key given twice is refused."""
+    return once_each(_pairs(arg_string))
+
+
+def _pairs(arg_string: str) -> list[tuple[str, object]]:
     from lm_eval.utils import handle_arg_string  # here: training imports this module's constants without lm-eval
 
+    parts = (p.partition("=") for p in (arg_string or "").split(",") if p.strip())
+    return [(key.strip(), handle_arg_string(value)) for key, _, value in parts]
+
+
+def once_each(pairs: list[tuple[str, object]]) -> dict:
+    """The pairs as a dict; a key given twice is refused (lm-eval would keep the last value without a word)."""
     out: dict = {}
-    for part in (p for p in (arg_string or "").split(",") if p.strip()):
-        key, _, value = part.partition("=")
-        key = key.strip()
+    for key, value in pairs:
         if key in out:
-            raise ConfigError(f"model_args gives {key} twice ({out[key]!r} and {handle_arg_string(value)!r}); give "
-                              "each argument once")
-        out[key] = handle_arg_string(value)
+            raise ConfigError(f"model_args gives {key} twice ({out[key]!r} and {value!r}); give each argument once")
+        out[key] = value
     return out
 
 
@@ -220,23 +227,40 @@ def _device(value) -> torch.device:
 
 def cli_duplicates(argv: list[str] | None = None) -> None:
     """In lm-eval's own command line, a key given twice in --model_args (which lm-eval turns into a dict, keeping
-    the last) is refused. Other callers (scripts, the sweep) pass dicts, which cannot repeat a key."""
+    the last) is refused: within one value, across values or across repeated flags (-a, --model_args=..., a JSON
+    object). Other callers (scripts, the sweep) pass dicts, which cannot repeat a key; `implicit-eval run` passes its
+    own argv."""
     import sys
 
     from .hook import running_lm_eval_cli
 
     argv = sys.argv if argv is None else argv
     if argv is not sys.argv or running_lm_eval_cli():
-        for i, arg in enumerate(argv[:-1]):
-            if arg == "--model_args":
-                split_model_args(",".join(_model_args_values(argv[i + 1:])))
+        values = flag_values(argv[1:], ("--model_args", "-a"))
+        once_each([pair for value in values for pair in _value_pairs(value)])
 
 
-def _model_args_values(rest: list[str]) -> list[str]:
-    """--model_args takes "k=v,k2=v2" or "k=v k2=v2": the values up to the next flag."""
-    values = []
-    for arg in rest:
-        if arg.startswith("--"):
-            break
-        values.append(arg)
+def flag_values(args: list[str], flags: tuple[str, ...]) -> list[str]:
+    """Every value of a flag that takes one or more, as argparse reads them: "--flag a b" (up to the next flag) or
+    "--flag=a", the flag given any number of times under any of its names."""
+    values, taking = [], False
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        if equals and name in flags:
+            values.append(value)
+        elif taking and not arg.startswith("-"):
+            values.append(arg)
+        taking = arg in flags or (taking and not arg.startswith("-"))
     return values
+
+
+def _value_pairs(value: str) -> list[tuple[str, object]]:
+    """lm-eval also takes a JSON object as --model_args: its keys are read in order, repeats kept."""
+    import json
+
+    if value.lstrip().startswith("{"):
+        try:
+            return json.loads(value, object_pairs_hook=lambda pairs: pairs)
+        except ValueError:
+            pass
+    return _pairs(value)

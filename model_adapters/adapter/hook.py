@@ -17,7 +17,8 @@ development machine, BENCHMARKS.md). The finder lets two lm-eval modules load no
 - lm_eval.utils: wraps `make_table` so that lm-eval's printed results of our adapter are followed by a short
   convergence summary (budget, iterations, the share that hit max_iter unconverged); other results are unchanged.
 When lm-eval's registry loads, it also chains a sys.excepthook: in lm-eval's command line, an error of ours that
-reaches the top (a bad model_arg, checkpoint, tokenizer or task, non-finite scores) is printed as one line,
+reaches the top (a bad model_arg, checkpoint, tokenizer or task, non-finite scores), or a cache folder that cannot be
+made because HOME is not a folder, is printed as one line,
 `lm_eval: error: <message>`, instead of a traceback through lm-eval's internals (exit status 1);
 IMPLICIT_SSM_TRACEBACK=1 shows the traceback. Every other exception, and any in a script that imports lm-eval, goes
 to the previous hook untouched.
@@ -55,12 +56,13 @@ def install_excepthook() -> None:
     def one_line_errors(kind, exc, tb):
         import os
 
-        from ..errors import one_line_error  # the errors that end a run in one line (errors.py)
+        from ..errors import home_not_a_folder, one_line_error  # the errors that end a run in one line (errors.py)
 
         error = one_line_error(exc)
-        if error is None or not running_lm_eval_cli() or os.environ.get("IMPLICIT_SSM_TRACEBACK") == "1":
+        message = home_not_a_folder(exc) if error is None else str(error)
+        if message is None or not running_lm_eval_cli() or os.environ.get("IMPLICIT_SSM_TRACEBACK") == "1":
             return previous(kind, exc, tb)
-        sys.stderr.write(f"lm_eval: error: {error} (IMPLICIT_SSM_TRACEBACK=1 shows the traceback)\n")
+        sys.stderr.write(f"lm_eval: error: {message} (IMPLICIT_SSM_TRACEBACK=1 shows the traceback)\n")
 
     _mark(one_line_errors, "_implicit_ssm_one_line")
     sys.excepthook = one_line_errors

@@ -29,7 +29,7 @@ from lm_eval.api.model import TemplateLM
 from tqdm import tqdm
 
 from ..backends import resolve_backend
-from ..config import resolve_budget
+from ..config import cost_notice, resolve_budget
 from ..convergence import ConvergenceLog
 from ..errors import ConfigError
 from ..exits import Point
@@ -65,6 +65,8 @@ class SSMLM(TemplateLM):
         self.model, self.tokenizer = self.ckpt.model, self.ckpt.tokenizer
         implicit = self.KIND == "implicit"
         self.budget = resolve_budget(self.ckpt.default_budget, args.budget_overrides) if implicit else None
+        if implicit and (notice := cost_notice(self.budget, self.ckpt.default_budget.max_iter)):
+            logger.warning(notice)
         self.kernels = resolve_backend(args.backend, self.ranks.device)  # not `backend`: TemplateLM's means "causal"
         self.runtime = Runtime(self.model, self.kernels, _graph_mode(args.cuda_graphs, self.ranks.device))
         self.max_length = args.max_length or DEFAULT_MAX_LENGTH

@@ -109,6 +109,7 @@ def load_checkpoint(directory: str | Path, tokenizer: str | Path | None = None, 
     model.load_state_dict(_with_tied(state, cfg), strict=True)
     model = model.to(device=device, dtype=dtype).eval()
     tok = _load_tokenizer(directory, tokenizer, extras, eos_token, prefix_token)
+    _check_vocabulary(tok, cfg)
     hashed = [directory / "config.json", wfile, *files] + ([tok.path] if tok else [])
     logger.info("loaded %s checkpoint (%s model) from %s", fmt.NAME, cfg.kind, directory)
     return LoadedCheckpoint(fmt.NAME, directory, content_hash(directory, hashed), cfg, model=model, tokenizer=tok)
@@ -119,6 +120,15 @@ def _with_tied(state: dict, cfg: ModelConfig) -> dict:
     if cfg.tie_embeddings and "embedding.weight" in state:
         return {**state, "lm_head.weight": state["embedding.weight"]}
     return state
+
+
+def _check_vocabulary(tok: Tokenizer | None, cfg: ModelConfig) -> None:
+    """A token id the embedding has no row for fails only when a text produces it, deep in a forward ("index 60 is
+    out of bounds"): refuse such a tokenizer at load time."""
+    if tok is not None and tok.id_bound > cfg.padded_vocab_size:
+        raise TokenizerError(f"{tok.path}: the tokenizer has {tok.id_bound} token ids but the model's embedding has "
+                             f"{cfg.padded_vocab_size} rows (vocab_size {cfg.vocab_size}); use the tokenizer the model "
+                             "was trained with")
 
 
 def _tokenizer_path(directory: Path, explicit: str | Path | None) -> Path | None:

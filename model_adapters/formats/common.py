@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..config import ModelConfig
-from ..errors import CheckpointError
+from ..errors import CheckpointError, read_text
 from ..models import build_model
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -41,7 +41,7 @@ def read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path, CheckpointError, "a checkpoint's JSON file"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):

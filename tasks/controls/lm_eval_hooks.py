@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from lm_eval.api.instance import Instance
 from lm_eval.api.task import ConfigurableTask
 
-from ..common import as_int, parse_length_overrides, split_options, yaml_task_and_bucket
+from ..common import as_int, parse_length_overrides, split_options, user_options, yaml_task_and_bucket
 from ..scoring import scaled_accuracy
 from .data import BUCKETS, DEFAULT_POSITIONS, METRICS, bucket_lengths, make_docs, request_arguments
 from .generators import get_task
@@ -43,6 +43,7 @@ DEFAULT_NUM_DOCS = 100
 __all__ = ["METRICS", "ControlsTask", "make_dataset", "process_results"]
 
 
+@user_options
 def make_dataset(**metadata: Any) -> datasets.DatasetDict:
     """lm-eval ``custom_dataset``: a DatasetDict with one ``test`` split holding the bucket's documents."""
     import datasets

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..common import as_int, parse_length_overrides, split_options, yaml_task_and_bucket
+from ..common import as_int, parse_length_overrides, split_options, user_options, yaml_task_and_bucket
 from ..scoring import process_greedy_answer
 from .data import BUCKETS, bucket_lengths, buckets_of, make_docs
 from .specs import TASK_NAMES, get_spec
@@ -38,6 +38,7 @@ __all__ = ["make_dataset", "process_results"]
 process_results = process_greedy_answer
 
 
+@user_options
 def make_dataset(**metadata: Any) -> datasets.DatasetDict:
     """lm-eval ``custom_dataset``: a DatasetDict with one ``test`` split holding the bucket's documents."""
     import datasets

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..common import data_hash, split_options
+from ..common import data_hash, read_utf8, split_options, user_options
 
 if TYPE_CHECKING:
     import datasets
@@ -30,6 +30,7 @@ SPLITTERS = {
 }
 
 
+@user_options
 def make_dataset(**metadata: Any) -> datasets.DatasetDict:
     """lm-eval ``custom_dataset``: the file's documents as a DatasetDict with one ``test`` split."""
     import datasets
@@ -53,7 +54,7 @@ def read_docs(path: Any, split: str = "file") -> list[dict[str, Any]]:
     file = Path(str(path)).expanduser()
     if not file.is_file():
         raise ValueError(f"ppl_text_path {str(path)!r} is not a readable file")
-    texts = [t for t in SPLITTERS[split](file.read_text(encoding="utf-8")) if t.strip()]
+    texts = [t for t in SPLITTERS[split](read_utf8(file, "ppl_text_path")) if t.strip()]
     if not texts:
         raise ValueError(f"ppl_text_path {str(path)!r} holds no text")
     fingerprint = data_hash([{"text": t} for t in texts], ("text",))

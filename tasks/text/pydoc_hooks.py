@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from ..common import as_int, split_options, yaml_task_and_bucket
+from ..common import as_int, split_options, user_options, yaml_task_and_bucket
 from ..scoring import scaled_accuracy
 from .corpus import SHIPPED_SPLITS
 from .heldout import BUCKETS, DEFAULT_NUM_DOCS, TASKS, make_docs
@@ -31,6 +31,7 @@ USER_OPTIONS = ("pydoc_seed", "pydoc_num_docs", "pydoc_split", "pydoc_train_max_
 YAML_OPTIONS = ("pydoc_task", "pydoc_bucket")
 
 
+@user_options
 def make_dataset(**metadata: Any) -> datasets.DatasetDict:
     """lm-eval ``custom_dataset``: a DatasetDict with one ``test`` split holding the bucket's documents."""
     import datasets

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -321,3 +322,48 @@ def test_a_saved_state_loads_onto_the_cpu_first(tmp_path, monkeypatch):
     monkeypatch.setattr(train.torch, "load", lambda *a, **kw: where.append(kw.get("map_location")) or load(*a, **kw))
     run(TrainConfig(kind="explicit", steps=4, **TINY), tmp_path, resume=True, progress=False)
     assert where == ["cpu"]
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    """Neither a training state nor a finished checkpoint is written from a model holding nan or inf."""
+    from implicit_ssm_eval.model_adapters.errors import NonFiniteError
+
+    out = tmp_path / "r"
+    out.mkdir()
+    trainer = Trainer(TrainConfig(kind="explicit", steps=2, **TINY), out)
+    with torch.no_grad():
+        next(trainer.model.parameters())[0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"the training state at step 0 has non-finite weights \(.*\); nothing "
+                                             "was written"):
+        trainer.save_state()
+    with pytest.raises(NonFiniteError, match="has non-finite weights"):
+        finish(trainer, out)
+    assert not list(out.iterdir())
+
+
+def test_every_file_training_writes_is_replaced_atomically(tmp_path, monkeypatch):
+    """A write that fails half way (a full disk) leaves the previous train_state.pt, train_log.csv and training.json
+    as they were and no temporary behind."""
+    import errno
+
+    cfg = TrainConfig(kind="explicit", steps=2, **{**TINY, "save_every": 1, "log_every": 1})
+    out = tmp_path / "r"
+    run(cfg, out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert set(before) == {"train_state.pt", "train_log.csv", "training.json", "tokenizer.json"}
+
+    def full_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+
+    from implicit_ssm_eval.harness import train
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monkeypatch.setattr(train, "write_text_atomic", lambda path, text: train.write_atomic(
+        path, lambda tmp: full_disk(None, tmp)))
+    trainer = Trainer(cfg, out)
+    for write in (trainer.save_state, lambda: train._append_log(out, {k: 1 for k in train.LOG_FIELDS}),
+                  lambda: finish(trainer, out)):
+        with pytest.raises(OSError, match="No space left"):
+            write()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -185,7 +185,8 @@ def test_defaults_come_from_the_checkpoint(checkpoints):
 @pytest.mark.parametrize("cls,args,match", [
     (ImplicitSSMLM, {"max_itr": 3}, r"unknown model_args \['max_itr'\]; valid ones are .*'max_iter'"),
     (ExplicitSSMLM, {"max_iter": 3}, r"\['max_iter'\] are fixed-point budget arguments"),
-    (ImplicitSSMLM, {"max_iter": 0}, "max_iter must be an integer >= 1"),
+    (ImplicitSSMLM, {"max_iter": 0}, r"max_iter must be an integer in \[1, 4096\], got 0"),
+    (ImplicitSSMLM, {"max_iter": 5000}, r"max_iter must be an integer in \[1, 4096\], got 5000"),
     (ImplicitSSMLM, {"tol": -1}, "tol must be"),
     (ImplicitSSMLM, {"solver": "newton"}, "solver must be one of"),
     (ImplicitSSMLM, {"mode": "both"}, "mode must be one of"),
@@ -209,6 +210,15 @@ def test_bad_model_args(checkpoints, cls, args, match):
         pytest.skip("CUDA present")
     with pytest.raises(ConfigError, match=match):
         cls(pretrained=str(checkpoints["implicit"]), **args)
+
+
+def test_a_max_iter_above_256_warns_with_its_cost(checkpoints, caplog):
+    ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=1000, tol=0)
+    assert ("max_iter=1000 at tol=0: up to 1000 forward passes per sequence (tol=0 never stops early); the "
+            "checkpoint's default is max_iter=8; valid up to 4096") in caplog.text
+    caplog.clear()
+    ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=256, tol=0)
+    assert "forward passes" not in caplog.text
 
 
 def test_missing_pretrained_and_wrong_kind(checkpoints, tmp_path):

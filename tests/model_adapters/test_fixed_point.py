@@ -224,7 +224,8 @@ def test_implicit_step_equals_sequential_forward():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(max_iter=0), "max_iter must be an integer >= 1"),
+    (dict(max_iter=0), r"max_iter must be an integer in \[1, 4096\], got 0"),
+    (dict(max_iter=4097), r"max_iter must be an integer in \[1, 4096\], got 4097"),
     (dict(max_iter=2.5), "max_iter must be an integer"),
     (dict(tol=-1.0), "tol must be a finite number >= 0"),
     (dict(tol=float("nan")), "tol must be"),
@@ -331,3 +332,28 @@ def test_at_tol_0_only_kept_budgets_measure_their_residual(monkeypatch, keep, ex
     solution = fixed_point.solve(lambda z, ctx, commit: (0.5 * z + 1, None), z0, Budget(max_iter=5, tol=0.0),
                                  keep=keep)
     assert len(calls) == expected and sorted(solution.anytime) == list(keep)
+
+
+def test_a_long_solve_says_it_is_still_running(monkeypatch, caplog):
+    """A large max_iter can run for minutes between two ticks of a progress bar: the solve logs a line every
+    PROGRESS_SECONDS (0 here: every iteration) naming the iteration and the cap."""
+    import logging
+
+    from implicit_ssm_eval.model_adapters import fixed_point
+
+    monkeypatch.setattr(fixed_point, "PROGRESS_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO, logger="implicit_ssm_eval.model_adapters.fixed_point"):
+        solve(lambda z, ctx, final: (0.5 * z, None), torch.ones(2, 3), Budget(max_iter=4, tol=0))
+    lines = [r.getMessage() for r in caplog.records if "fixed-point solve" in r.getMessage()]
+    assert len(lines) == 3 and lines[0].startswith("fixed-point solve: iteration 1 of max_iter=4, 2 row(s) still "
+                                                   "iterating"), lines
+
+
+def test_a_costly_budget_is_told_what_it_may_cost():
+    from implicit_ssm_eval.model_adapters.config import cost_notice
+
+    assert cost_notice(Budget(max_iter=256)) is None
+    assert cost_notice(Budget(max_iter=1000, tol=0)) == (
+        "max_iter=1000 at tol=0: up to 1000 forward passes per sequence (tol=0 never stops early); valid up to 4096")
+    assert "per token (fewer where a token converges to tol=0.001)" in cost_notice(
+        Budget(max_iter=300, tol=1e-3, mode="sequential"))
