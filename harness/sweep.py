@@ -290,19 +290,23 @@ def run_sweep(spec: SweepSpec, out: Path, progress: bool = True, worker: int | N
     worker this process is (None: the sweep itself), and it runs the groups it claims. SIGTERM or Ctrl-C stops the
     whole sweep, its workers included, leaving only whole results (see stop_workers)."""
     out.mkdir(parents=True, exist_ok=True)
+    pool = spec.workers > 1 and worker is None
     with terminate_as_interrupt():
         spawned = time.time()
-        procs = _spawn_workers(spec, out) if spec.workers > 1 and worker is None else []
+        procs: list[subprocess.Popen] = []
         try:  # the workers start up (imports, CUDA) while this process plans; they plan for themselves
+            if pool:  # inside the try: a signal while spawning stops the workers started so far
+                _spawn_workers(spec, out, procs)
             jobs = plan(spec)
             if worker is None:
-                write_sweep_json(spec, out, jobs, **({"workers_spawned": spawned} if procs else {}))
+                write_sweep_json(spec, out, jobs, **({"workers_spawned": spawned} if pool else {}))
             outcome = Outcome(jobs)
             pending = pending_groups(jobs, spec, out, outcome)
-            if procs:
+            if pool:
                 return _wait_for_workers(procs, spec, out, outcome, pending)
         except BaseException:
-            stop_workers(procs, out)
+            if pool:
+                stop_workers(procs, out)
             raise
         return run_groups(pending, spec, out, outcome, progress, worker, claim=worker is not None)
 
@@ -341,8 +345,6 @@ def stop_workers(procs: list[subprocess.Popen], out: Path) -> None:
     claims go too (a rerun, and `sweep --status`, see the unfinished jobs as not done)."""
     import shutil
 
-    if not procs:
-        return
     for p in procs:
         if p.poll() is None:
             p.terminate()
@@ -460,8 +462,9 @@ def _check_gpus(workers: int, gpus: list[str]) -> None:
                           f"({','.join(gpus) or 'none'}): use --workers {max(1, len(gpus))} or --workers auto")
 
 
-def _spawn_workers(spec: SweepSpec, out: Path) -> list[subprocess.Popen]:
-    """spec.workers processes that share the pending groups; on CUDA worker i sees the i-th visible GPU only. Each
+def _spawn_workers(spec: SweepSpec, out: Path, procs: list[subprocess.Popen]) -> None:
+    """Start spec.workers processes that share the pending groups, each added to procs as it starts (so that a
+    signal in between leaves none unknown to stop_workers); on CUDA worker i sees the i-th visible GPU only. Each
     job's numbers are what one process would compute: a job never spans workers, and workers that need the same
     autotuned kernel take turns to tune it, the later ones reading the first one's choice
     (backends/triton_tuning.py). Results are keyed and atomic as ever."""
@@ -476,7 +479,6 @@ def _spawn_workers(spec: SweepSpec, out: Path) -> list[subprocess.Popen]:
     gpus = visible_gpus() if _on_cuda(spec) else None
     if gpus is not None:
         _check_gpus(spec.workers, gpus)
-    procs = []
     for i in range(spec.workers):
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
         if gpus is not None:
@@ -484,7 +486,6 @@ def _spawn_workers(spec: SweepSpec, out: Path) -> list[subprocess.Popen]:
         procs.append(subprocess.Popen([sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", "--worker-spec",
                                        str(claims / "spec.json"), "--worker-index", str(i), "--out", str(out),
                                        "--quiet"], env=env))
-    return procs
 
 
 def _wait_for_workers(procs: list[subprocess.Popen], spec: SweepSpec, out: Path, outcome: Outcome,

@@ -221,11 +221,45 @@ def test_no_plots_writes_the_tables_and_leaderboard_only(tmp_path):
 # -- a terminated sweep ----------------------------------------------------------------------------------------------
 def terminate_once_a_job_started(sweep: subprocess.Popen, out: Path, stderr: Path) -> None:
     started = time.monotonic()
-    while not [p for p in (out / ".claims").glob("*") if p.name != "spec.json"]:  # a worker took a group
+    # a worker took a group: a claim file (not spec.json, nor the hidden temporary spec.json is written through)
+    while not [p for p in (out / ".claims").glob("*") if p.name != "spec.json" and not p.name.startswith(".")]:
         assert sweep.poll() is None and time.monotonic() - started < 300, stderr.read_text()
         time.sleep(0.02)
     sweep.send_signal(signal.SIGTERM)
     assert sweep.wait(timeout=120) == 128 + signal.SIGTERM, stderr.read_text()
+
+
+def test_a_signal_while_workers_start_stops_those_started(parity_checkpoints, tmp_path, monkeypatch):
+    """SIGTERM between starting worker 0 and worker 1: worker 0 is stopped and waited for, no claims are left, and
+    the sweep ends as terminated."""
+    from implicit_ssm_eval.harness import sweep
+
+    started = []
+
+    class Worker:
+        def __init__(self, argv, env):
+            if started:
+                raise sweep.Terminated("signal 15")
+            self.stopped = self.waited = False
+            started.append(self)
+
+        def poll(self):
+            return None if not self.stopped else -signal.SIGTERM
+
+        def terminate(self):
+            self.stopped = True
+
+        def wait(self, timeout=None):
+            self.waited = True
+            return -signal.SIGTERM
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", Worker)
+    spec = SweepSpec(checkpoints=(str(parity_checkpoints["implicit"]),), tasks=("st_parity_id",), max_iters=(1,),
+                     tols=(0.0,), modes=("simultaneous",), workers=2)
+    with pytest.raises(sweep.Terminated):
+        run_sweep(spec, tmp_path / "s", progress=False)
+    assert len(started) == 1 and started[0].stopped and started[0].waited
+    assert not (tmp_path / "s" / ".claims").exists()
 
 
 def test_sigterm_stops_the_whole_sweep_and_a_rerun_completes(parity_checkpoints, tmp_path):
