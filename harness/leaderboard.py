@@ -15,7 +15,7 @@ from tabulate import tabulate
 from ..model_adapters.readings import reading_label
 from ..model_adapters.summaries import UNCONVERGED_WARN
 from .fronts import FRONT_TOLERANCE, LENGTH_ACCURACY, cheapest_within, longest_at, points
-from .report import LOWER_IS_BETTER, bucket_order, headline_metrics, one_pass
+from .report import LOWER_IS_BETTER, bucket_order, data_seeds, headline_metrics, one_pass
 from .results import Run
 
 UNCONVERGED_MARK = "†"
@@ -49,6 +49,9 @@ def header(runs: list[Run], sweep: dict, command: str) -> str:
     dates = [r.date for r in ok if isinstance(r.date, (int, float))]
     date = datetime.datetime.fromtimestamp(max(dates), datetime.timezone.utc).strftime("%Y-%m-%d") if dates else "?"
     params = (sweep.get("spec") or {}).get("metadata") or {}
+    seeds = data_seeds_of(ok)
+    if len(seeds) > 1:  # the first sweep's own seed would mislead: say which seeds each score averages
+        params = {k: v for k, v in params.items() if not k.endswith("_seed")}
 
     def values(key: str) -> str:
         return ", ".join(sorted({str(r.info.get(key)) for r in ok if r.info.get(key) is not None})) or "?"
@@ -56,7 +59,23 @@ def header(runs: list[Run], sweep: dict, command: str) -> str:
     commits = sorted({r.git_hash for r in ok if r.git_hash}) or [sweep.get("commit", "?")]
     commit = f"commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)}"
     return (f"{commit} · backend {values('backend')} · device {values('device')} · dtype {values('dtype')} · "
-            f"date {date} · task parameters {params or 'defaults'}\n\nRegenerate: `{command}`\n")
+            f"date {date} · task parameters {params or 'defaults'}{seeds_note(seeds)}\n\nRegenerate: `{command}`\n")
+
+
+def data_seeds_of(runs: list[Run]) -> list[int]:
+    """The seeds of the generated task data these runs scored (none for text and tasks outside the registry)."""
+    found: set[int] = set()
+    for run in runs:
+        seed = data_seeds(run)
+        found.update(s for task in run.results if (s := seed(task)) is not None)
+    return sorted(found)
+
+
+def seeds_note(seeds: list[int]) -> str:
+    if len(seeds) < 2:
+        return ""
+    return (f" · data seeds {', '.join(map(str, seeds))} (each score: the mean over the seeds ± their standard "
+            "deviation)")
 
 
 def _budget_sort(row: dict) -> tuple:

@@ -112,6 +112,8 @@ def test_seeds_sweep_a_folder_each_and_the_report_gives_mean_and_spread(parity_c
     assert merged["spread"] == pytest.approx(math.sqrt(sum((v - mean) ** 2 for v in values) / 2))
     text = render_report(loaded, tmp_path / "report", "cmd", {})
     assert f"{mean:.3f}±{merged['spread']:.3f}" in text
+    assert "data seeds 0, 1, 2 (each score: the mean over the seeds ± their standard deviation)" in text, text[:600]
+    assert text.splitlines()[2].startswith("commit") and "'st_seed'" not in text.splitlines()[2]  # the header
     with pytest.raises(ConfigError, match="st_seed"):
         seeded(SweepSpec(checkpoints=(), metadata={"st_seed": 4}), tmp_path, [0])
 
