@@ -141,9 +141,18 @@ def _failed_run(file: Path, data: dict) -> Run:
 
 
 def run_key(run: Run) -> tuple:
-    data = tuple(sorted((t, r.get("data_hash")) for t, r in (run.info.get("tasks") or {}).items()))
     return (run.content_hash, json.dumps(run.budget, sort_keys=True), run.info.get("dtype"),
-            run.info.get("backend"), tuple(sorted(run.results)), data)  # data: runs at other data seeds are kept
+            run.info.get("backend"), tuple(sorted(run.results)), data_identity(run))
+
+
+def data_identity(run: Run) -> tuple:
+    """What tells the data a run scored apart, so that runs at other data seeds are kept: our adapters record each
+    task's data hash; another model's results (hf, mamba_ssm) only the task parameters in its task configs."""
+    tasks = run.info.get("tasks") or {}
+    if tasks:
+        return tuple(sorted((t, r.get("data_hash")) for t, r in tasks.items()))
+    return tuple(sorted((t, json.dumps((c or {}).get("metadata"), sort_keys=True, default=str))
+                        for t, c in run.configs.items()))
 
 
 def _deduplicate(runs: list[Run]) -> tuple[list[Run], list[tuple[Path, str]]]:

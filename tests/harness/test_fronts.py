@@ -118,6 +118,26 @@ def test_seeds_sweep_a_folder_each_and_the_report_gives_mean_and_spread(parity_c
         seeded(SweepSpec(checkpoints=(), metadata={"st_seed": 4}), tmp_path, [0])
 
 
+
+def test_another_models_runs_at_other_seeds_are_all_kept_and_merged(tmp_path):
+    """lm-eval `hf` results at two data seeds (the same model_args, other task parameters): both runs are read, not
+    one taken for a copy of the other, and the leaderboard row is their mean ± spread."""
+    for seed, acc in ((0, 0.70), (1, 0.80)):
+        data = {"results": {"st_parity_id": {"alias": "st_parity_id", "acc,none": acc, "acc_stderr,none": 0.05}},
+                "configs": {"st_parity_id": {"task": "st_parity_id", "metadata": {"st_seed": seed, "st_num_docs": 8}}},
+                "config": {"model": "hf", "model_args": "pretrained=/m/parity-transformer"}, "date": 1.0 + seed}
+        folder = tmp_path / f"seed{seed}" / "parity-transformer" / "hf"
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(data))
+    loaded = load_runs([tmp_path])
+    assert len(loaded.runs) == 2 and not loaded.skipped
+    rows = [r for r in report.tidy_rows(loaded.runs) if r["metric"] == "acc"]
+    assert sorted(r["seed"] for r in rows) == [0, 1]
+    (merged,) = report.merge_seeds(rows)
+    assert merged["seeds"] == 2 and merged["value"] == pytest.approx(0.75)
+    assert merged["spread"] == pytest.approx(math.sqrt(2 * 0.05**2))
+
+
 # -- fronts and tables on synthetic rows ------------------------------------------------------------------------------
 def row(label: str, value: float, cost: float, bucket: str = "b1", checkpoint: str = "m", metric: str = "acc",
         length: int = 10, **kw) -> dict:
