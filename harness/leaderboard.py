@@ -231,12 +231,16 @@ def _shifted(rows: list[dict], bucket: str) -> bool:
 
 
 def _agreement_section(agreement: list[dict]) -> list[str]:
+    seeds = len({a.get("seed") for a in agreement}) > 1  # a row per data seed: say which
     table = [[a["checkpoint"], a["reading"], f"{a.get('exit', 'tol')}={a['tol']:g}" if a["tol"]
-              else f"k={a['max_iter']}", a["positions"], f"{a['agreement']:.4f}"] for a in agreement]
+              else f"k={a['max_iter']}", *([a.get("seed")] if seeds else []), a["positions"],
+              f"{a['agreement']:.4f}"] for a in agreement]
+    if seeds:
+        table.sort(key=lambda row: tuple(str(x) for x in row[:4]))
+    headers = ["model", "reading", "budget", *(["data seed"] if seeds else []), "positions", "agreement"]
     return ["## Agreement with the sequential reading", "",
             "Fraction of positions where a reading chooses the same greedy token as the sequential (RNN) reading "
-            "(the paper: 97.6% for simultaneous at 1.3B).", "",
-            tabulate(table, headers=["model", "reading", "budget", "positions", "agreement"], tablefmt="github"), ""]
+            "(the paper: 97.6% for simultaneous at 1.3B).", "", tabulate(table, headers=headers, tablefmt="github"), ""]
 
 
 def timings(rows: list[dict]) -> str:

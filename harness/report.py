@@ -219,8 +219,14 @@ def mode_agreement(runs: list[Run]) -> list[dict]:
             if total:
                 rows.append({"checkpoint": checkpoint, "reading": label, "max_iter": max_iter, "tol": tol, "tau": tau,
                              "solver": solver, "positions": total, "agreement": same / total,
-                             **({"exit": exit} if exit != DEFAULT_EXIT else {})})
+                             "seed": run_seed(reference), **({"exit": exit} if exit != DEFAULT_EXIT else {})})
     return rows
+
+
+def run_seed(run: Run) -> int | None:
+    """The data seed of a run's first task that generates data (None: none does)."""
+    seed = data_seeds(run)
+    return next((value for task in sorted(run.results) if (value := seed(task)) is not None), None)
 
 
 def _data_key(run: Run) -> str:

@@ -138,6 +138,21 @@ def test_another_models_runs_at_other_seeds_are_all_kept_and_merged(tmp_path):
     assert merged["spread"] == pytest.approx(math.sqrt(2 * 0.05**2))
 
 
+
+def test_agreement_rows_of_several_seeds_say_their_seed():
+    from implicit_ssm_eval.harness.leaderboard import _agreement_section
+
+    def agree(seed, value):
+        return {"checkpoint": "m", "reading": "blockwise 8", "max_iter": 0, "tol": 0.01, "positions": 10,
+                "agreement": value, "seed": seed}
+
+    lines = "\n".join(_agreement_section([agree(1, 0.9), agree(0, 0.8)])).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
+    assert cells[0] == ["model", "reading", "budget", "data seed", "positions", "agreement"]
+    assert [row[3:] for row in cells[1:]] == [["0", "10", "0.8"], ["1", "10", "0.9"]]  # in seed order
+    assert "data seed" not in "\n".join(_agreement_section([agree(0, 0.8)]))
+
+
 # -- fronts and tables on synthetic rows ------------------------------------------------------------------------------
 def row(label: str, value: float, cost: float, bucket: str = "b1", checkpoint: str = "m", metric: str = "acc",
         length: int = 10, **kw) -> dict:

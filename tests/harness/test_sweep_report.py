@@ -250,6 +250,7 @@ def test_agreement_with_the_sequential_reading():
     agreement = report.mode_agreement(load_runs([FIXTURE]).runs)
     assert {a["reading"] for a in agreement} == {"simultaneous", "blockwise 8"}
     assert all(0.0 <= a["agreement"] <= 1.0 and a["positions"] > 0 for a in agreement)
+    assert {a["seed"] for a in agreement} == {0}  # the fixture's parity data: the default seed
     k1 = [a for a in agreement if a["max_iter"] == 1 and not a["tol"]]
     assert len(k1) == 2 and all(a["agreement"] == 1.0 for a in k1)  # one f from z = 0: the same computation
 
