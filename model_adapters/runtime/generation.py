@@ -61,7 +61,10 @@ class EagerStep:
 
 class GraphedStep:
     """model.step, logits and argmax for one batch size, captured as one CUDA graph. The state lives in static
-    buffers that the graph itself advances, so a replay copies in nothing but the token."""
+    buffers that the graph itself advances, so a replay copies in nothing but the token.
+
+    `state` is consumed: the warm-up steps run on it, and a triton step advances the SSM state in place, so the
+    graph's buffers are a copy taken before them (warming up on the copy started decoding two steps of token 0 on)."""
 
     def __init__(self, runtime: Runtime, state, budget: Budget | None, vocab_size: int):
         self.token = torch.zeros(state[0].ssm.shape[0], dtype=torch.long, device=state[0].ssm.device)
@@ -70,7 +73,7 @@ class GraphedStep:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up: compile and autotune kernels, settle the allocator
             for _ in range(2):
-                runtime.step(self.token, self.state, budget)
+                runtime.step(self.token, state, budget)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):

@@ -172,6 +172,28 @@ def test_graphed_decoding_generates_what_eager_decoding_does(kind, budget):
     assert graphed == eager and all(len(t) == 20 for t in graphed)
 
 
+@pytest.mark.parametrize("kind,budget", [("explicit", None), ("implicit", Budget(max_iter=4, mode="sequential"))])
+def test_graphed_decoding_starts_from_the_prompts_state(kind, budget):
+    """The capture's warm-up steps (a triton step advances the SSM state in place) leave the state that decoding
+    starts from as the prompt left it, and the graph's first step gives the eager step's token from it."""
+    from implicit_ssm_eval.model_adapters.mamba2 import MixerState
+    from implicit_ssm_eval.model_adapters.runtime.generation import EagerStep, GraphedStep
+
+    runtime = Runtime(tiny_model(kind, contractive=kind == "implicit").cuda(), "triton", "capture")
+    ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]], device="cuda")
+    with torch.inference_mode():
+        state = runtime(ids, budget).state
+        snapshot = [MixerState(s.conv.clone(), s.ssm.clone()) for s in state]
+        graphed = GraphedStep(runtime, state, budget, 37)
+        for static, before in zip(graphed.state, snapshot):
+            assert torch.equal(static.conv, before.conv) and torch.equal(static.ssm, before.ssm)
+        token = torch.tensor([11, 12], device="cuda")
+        eager = EagerStep(runtime, [MixerState(s.conv.clone(), s.ssm.clone()) for s in snapshot], budget, 37)
+        assert torch.equal(graphed(token)[0], eager(token)[0])
+        for static, stepped in zip(graphed.state, eager.state):
+            close(static.ssm, stepped.ssm, torch.float32, "ssm state after one step")
+
+
 SCORING = [("explicit", None, ()), ("implicit", Budget(max_iter=5, tol=0.0), ()),
            ("implicit", Budget(max_iter=5, tol=0.0), (1, 3)), ("implicit", Budget(max_iter=40, tol=1e-3), ())]
 

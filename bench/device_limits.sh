@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The measurements of BENCHMARKS.md's "near the limit" sections (the anchors, memory, batch_size=auto, adaptive
+# budgets at LM scale, the sequential reading), in device calls of at most 10 minutes:
+#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" anchors     # forward and decoding beside
+#                                                                                # mamba_ssm and fla; decoding tests
+#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" memory      # memory, auto_batch, lm_tolerance
+#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" sequential  # the sequential reading
+# fla (flash-linear-attention 0.6.0 and fla-core, which need transformers >= 5.6.2) comes from wheels in .device/fla
+# (`pip download --no-deps -d .device/fla flash-linear-attention==0.6.0 fla-core==0.6.0 transformers==5.25.0
+# huggingface_hub==2.4.0`), installed in a folder of its own that only the anchors' process sees.
+set -uo pipefail
+OUT=${1:?output folder}
+PART=${2:?anchors, memory or sequential}
+export TOKENIZERS_PARALLELISM=false
+echo "import implicit_ssm_eval.model_adapters.adapter.hook" > /tmp/site/sitecustomize.py
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+
+step() {  # name, time limit in seconds, command...: the log under $OUT as it goes, the exit status on stdout
+    local name=$1 limit=$2
+    shift 2
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    echo "$name exit $?"
+}
+
+fla_site() {
+    local site=/tmp/fla
+    python3 -m pip install -q --no-index --no-deps --target $site .device/fla/flash_linear*.whl \
+        .device/fla/fla_core*.whl || return 1
+    if ! python3 -c "import sys, transformers; from packaging.version import Version as V
+sys.exit(V(transformers.__version__) < V('5.6.2'))"; then
+        python3 -m pip install -q --no-index --no-deps --target $site .device/fla/transformers*.whl \
+            .device/fla/huggingface_hub*.whl >&2 || echo "transformers is older than fla needs" >&2
+    fi
+    echo $site
+}
+
+case $PART in
+anchors)
+    step gpu_tests_decoding 150 python3 -m pytest -m gpu -q -p no:cacheprovider \
+        tests/model_adapters/test_triton_backend.py -k decoding
+    site=$(fla_site) || site=""
+    PYTHONPATH=$site${site:+:}$PYTHONPATH step bench_anchors 330 python3 bench/gpu_bench.py \
+        --out "$OUT/bench_anchors.json" --sections forward,decode,fla_forward,fla_decode
+    ;;
+memory)
+    step bench_memory 330 python3 bench/gpu_bench.py --out "$OUT/bench_memory.json" --sections memory,auto_batch
+    step bench_lm_tolerance 200 python3 bench/gpu_bench.py --out "$OUT/bench_lm_tolerance.json" \
+        --sections lm_tolerance
+    ;;
+sequential)
+    step bench_sequential 300 python3 bench/gpu_bench.py --out "$OUT/bench_sequential.json" --sections sequential
+    ;;
+*)
+    echo "part must be anchors, memory or sequential, got $PART" >&2
+    exit 2
+    ;;
+esac
