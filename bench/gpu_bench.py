@@ -529,8 +529,12 @@ def section_memory(args, pair) -> None:
             "tolerance": pairs(ids, implicit, Budget(max_iter=16, tol=args.tol)),
             "sequential_k4": pairs(short, implicit, Budget(max_iter=4, tol=0.0, mode="sequential")),
             "blockwise_k4_b256": pairs(ids, implicit, Budget(max_iter=4, tol=0.0, mode="blockwise", block_size=256))}
+    chosen = args.memory_works.split(",") if args.memory_works else list(work)
+    unknown = sorted(set(chosen) - set(work))
+    if unknown:
+        raise SystemExit(f"--memory-works: unknown {unknown}; choose from {sorted(work)}")
     with torch.inference_mode():
-        for name, variants in work.items():
+        for name, variants in ((n, work[n]) for n in chosen):
             for variant, fns in variants.items():
                 key = f"memory_{name}_{variant}"
                 for who, fn in fns.items():
@@ -719,6 +723,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=64, help="lengths: batches in the stream")
     p.add_argument("--tol", type=float, default=0.1, help="tolerance: the residual tolerance (at random init the "
                    "residual falls slowly: at 0.01 every row runs to max_iter)")
+    p.add_argument("--memory-works", default="", help="memory: a comma-separated subset of forward, decode_b16, "
+                   "tolerance, sequential_k4, blockwise_k4_b256 (default: all)")
     p.add_argument("--max-batch-size", type=int, default=1024, help="auto_batch: where halving starts")
     p.add_argument("--lm-docs", type=int, default=256, help="lm_tolerance: held-out windows of 256 tokens")
     p.add_argument("--lm-batch", type=int, default=64, help="lm_tolerance: windows per forward")
