@@ -63,17 +63,20 @@ class GraphedStep:
     """model.step, logits and argmax for one batch size, captured as one CUDA graph. The state lives in static
     buffers that the graph itself advances, so a replay copies in nothing but the token.
 
-    `state` is consumed: the warm-up steps run on it, and a triton step advances the SSM state in place, so the
-    graph's buffers are a copy taken before them (warming up on the copy started decoding two steps of token 0 on)."""
+    `state` (the prompt's, which nothing else reads) becomes those buffers: no second copy of it. The warm-up steps
+    run on a scratch state of one layer's size shared by every layer, since a triton step advances the SSM state in
+    place (warming up on the graph's own buffers started decoding two steps of token 0 beyond the prompt)."""
 
     def __init__(self, runtime: Runtime, state, budget: Budget | None, vocab_size: int):
         self.token = torch.zeros(state[0].ssm.shape[0], dtype=torch.long, device=state[0].ssm.device)
-        self.state = [MixerState(s.conv.clone(), s.ssm.clone()) for s in state]
+        self.state = [MixerState(s.conv.contiguous(), s.ssm.contiguous()) for s in state]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up: compile and autotune kernels, settle the allocator
+            scratch = _scratch_state(self.state)
             for _ in range(2):
-                runtime.step(self.token, state, budget)
+                runtime.step(self.token, scratch, budget)
+            del scratch
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
@@ -114,6 +117,16 @@ class SolvedStep:
 
     def keep(self, positions: Tensor) -> None:
         pass
+
+
+def _scratch_state(state: list[MixerState]) -> list[MixerState]:
+    """A state of the same shapes for throwaway steps, with one copy per distinct layer shape (1/n_layers of a
+    state where all layers are alike): its values do not matter, only that they are the model's kind of state."""
+    copies: dict[tuple, MixerState] = {}
+    for s in state:
+        key = (s.conv.shape, s.conv.dtype, s.ssm.shape, s.ssm.dtype)
+        copies.setdefault(key, MixerState(s.conv.clone(), s.ssm.clone()))
+    return [copies[(s.conv.shape, s.conv.dtype, s.ssm.shape, s.ssm.dtype)] for s in state]
 
 
 def make_stepper(runtime: Runtime, state, budget: Budget | None, vocab_size: int, cuda_graphs: bool | None):

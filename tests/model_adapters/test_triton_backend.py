@@ -175,7 +175,8 @@ def test_graphed_decoding_generates_what_eager_decoding_does(kind, budget):
 @pytest.mark.parametrize("kind,budget", [("explicit", None), ("implicit", Budget(max_iter=4, mode="sequential"))])
 def test_graphed_decoding_starts_from_the_prompts_state(kind, budget):
     """The capture's warm-up steps (a triton step advances the SSM state in place) leave the state that decoding
-    starts from as the prompt left it, and the graph's first step gives the eager step's token from it."""
+    starts from as the prompt left it, the graph holds the prompt's state itself (no second copy), and its first
+    step gives the eager step's token from it."""
     from implicit_ssm_eval.model_adapters.mamba2 import MixerState
     from implicit_ssm_eval.model_adapters.runtime.generation import EagerStep, GraphedStep
 
@@ -185,6 +186,7 @@ def test_graphed_decoding_starts_from_the_prompts_state(kind, budget):
         state = runtime(ids, budget).state
         snapshot = [MixerState(s.conv.clone(), s.ssm.clone()) for s in state]
         graphed = GraphedStep(runtime, state, budget, 37)
+        assert all(static.ssm.data_ptr() == given.ssm.data_ptr() for static, given in zip(graphed.state, state))
         for static, before in zip(graphed.state, snapshot):
             assert torch.equal(static.conv, before.conv) and torch.equal(static.ssm, before.ssm)
         token = torch.tensor([11, 12], device="cuda")
