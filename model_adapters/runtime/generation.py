@@ -124,9 +124,12 @@ def _scratch_state(state: list[MixerState]) -> list[MixerState]:
     state where all layers are alike): its values do not matter, only that they are the model's kind of state."""
     copies: dict[tuple, MixerState] = {}
     for s in state:
-        key = (s.conv.shape, s.conv.dtype, s.ssm.shape, s.ssm.dtype)
-        copies.setdefault(key, MixerState(s.conv.clone(), s.ssm.clone()))
-    return [copies[(s.conv.shape, s.conv.dtype, s.ssm.shape, s.ssm.dtype)] for s in state]
+        copies.setdefault(_layout(s), MixerState(s.conv.clone(), s.ssm.clone()))
+    return [copies[_layout(s)] for s in state]
+
+
+def _layout(s: MixerState) -> tuple:
+    return s.conv.shape, s.conv.dtype, s.ssm.shape, s.ssm.dtype
 
 
 def make_stepper(runtime: Runtime, state, budget: Budget | None, vocab_size: int, cuda_graphs: bool | None):
