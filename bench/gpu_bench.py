@@ -21,8 +21,9 @@ tolerance   implicit scoring at tol > 0 (--tol, default 0.1; max_iter 16; simult
             with the f evaluations each makes; the warm graphs' time per evaluation against our explicit forward's
             (graphed)
 sequential  implicit scoring in the sequential reading, k = 4, tol 0, batch 16 x 128, in CUDA graphs: the iterations
-            with our read-only step kernel vs mamba_ssm's state update (interleaved), --eager without graphs,
-            and the simultaneous reading of the same work
+            with our read-only step kernel vs mamba_ssm's state update (interleaved), --eager without graphs; the
+            same 16 rows decoded by the explicit model (ours and mamba_ssm's generate(cg=True): one token through
+            the stack a step, as an f evaluation is); the simultaneous reading of the same work, eager and graphed
 decode      greedy decoding tokens/s, batch 1 and 16: our explicit model (CUDA graph) vs mamba_ssm
             generate(cg=True), and our implicit model at k = 4; steady state (prefill and capture excluded: the
             rate between a 64- and a 320-token generation)
@@ -37,7 +38,8 @@ memory      peak GPU memory (MiB above what was allocated before) of the same wo
             has the same work: the scoring forward (batch x length) with logits and of the stack alone, decoding from
             cold (batch 16, 64 + 64 tokens, CUDA graphs); our implicit readings (mamba_ssm has no fixed point:
             scoring at tol > 0, the sequential reading at k = 4 on 16 x 128, the blockwise reading at k = 4, block
-            256) each against mamba_ssm's explicit forward of its shape
+            256) each against mamba_ssm's explicit forward of its shape; the sequential and blockwise readings as
+            scoring runs them on a GPU, from a new runtime (their piece solves' state and capture included)
 auto_batch  the batch that batch_size=auto picks (halving from --max-batch-size) for --length tokens, for the
             explicit model and the implicit one with anytime budgets 1;2;4, then a scoring call of that many
             distinct requests of that length at that size: that it runs without running out of memory, and its peak
@@ -384,7 +386,12 @@ def section_tolerance(args, pair) -> None:
 
 
 def section_sequential(args, pair) -> None:
-    _, model = pair
+    """The sequential reading as scoring runs it (no state out); beside it, the same positions decoded by the
+    explicit model (ours and mamba_ssm's, batch 16): a step of either is one token through the stack, as one f
+    evaluation is, so k x the reading's rate over their rate is what an evaluation costs against their step."""
+    from implicit_ssm_eval.model_adapters.runtime.generation import greedy_generate
+
+    theirs, model = pair
     implicit = implicit_twin(model)
     ids = torch.randint(0, VOCAB, (16, 128), device="cuda")
     budget = Budget(max_iter=4, tol=0.0, mode="sequential")
@@ -395,15 +402,30 @@ def section_sequential(args, pair) -> None:
             for name, patch in variants.items():
                 with patch():
                     runtime = Runtime(implicit, "triton", "capture")
-                    best[name] = min(best[name], timed(lambda runtime=runtime: runtime(ids, budget), warmup=1, reps=3))
+                    best[name] = min(best[name], timed(lambda runtime=runtime: runtime(ids, budget, want_state=False),
+                                                       warmup=1, reps=3))
         for name, ms in best.items():
             RESULTS[f"sequential_k4_{name}_tokens_per_s"] = ids.numel() / ms * 1e3
         args.out.write_text(json.dumps(RESULTS, indent=2))
+        prompts, explicit = ids[:, :64], Runtime(model, "triton", "capture")
+        steps = {"mamba_ssm": lambda p, n: theirs.generate(p, max_length=p.shape[1] + n, cg=True, top_k=1),
+                 "ours": lambda p, n: greedy_generate(explicit, p.tolist(), n, None, lambda r, t: False, VOCAB,
+                                                      check_every=64, cuda_graphs=True)}
+        rate = RESULTS["sequential_k4_capture_tokens_per_s"]
+        for who, fn in steps.items():
+            RESULTS[f"sequential_explicit_decode_b16_{who}_tok_s"] = decode_rate(fn, prompts)
+            RESULTS[f"sequential_k4_evaluation_vs_{who}_decode_step"] = (
+                4 * rate / RESULTS[f"sequential_explicit_decode_b16_{who}_tok_s"])
         eager = Runtime(implicit, "triton", "off")
         if args.eager:
             RESULTS["sequential_k4_off_tokens_per_s"] = ids.numel() / timed(lambda: eager(ids, budget), 1, 3) * 1e3
         simultaneous = budget.replace(mode="simultaneous")
         RESULTS["simultaneous_k4_tokens_per_s"] = ids.numel() / timed(lambda: eager(ids, simultaneous), 1, 3) * 1e3
+        graphs = Runtime(implicit, "triton", "capture")
+        RESULTS["simultaneous_k4_graphs_tokens_per_s"] = ids.numel() / timed(
+            lambda: graphs(ids, simultaneous, want_state=False), 2, 5) * 1e3
+        for name in ("simultaneous_k4", "simultaneous_k4_graphs"):
+            RESULTS[f"{name}_over_sequential"] = RESULTS[f"{name}_tokens_per_s"] / rate
 
 
 @contextlib.contextmanager
@@ -505,6 +527,9 @@ def section_memory(args, pair) -> None:
 
     theirs, model = pair
     ours, implicit = Runtime(model, "triton", "off"), Runtime(implicit_twin(model), "triton", "off")
+
+    def cold(*a, **kw):  # the readings in pieces as scoring runs them on a GPU, from a new runtime: the piece
+        return Runtime(implicit.model, "triton", "capture")(*a, **kw)  # solve's state and its capture counted
     ids = torch.randint(0, VOCAB, (args.batch, args.length), device="cuda")
     short = ids[:16, :128]
     prompts = torch.randint(0, VOCAB, (16, 64), device="cuda")
@@ -527,8 +552,8 @@ def section_memory(args, pair) -> None:
 
     work = {"forward": pairs(ids, ours), "decode_b16": {"cold": {"mamba_ssm": mamba_decode, "ours": ours_decode}},
             "tolerance": pairs(ids, implicit, Budget(max_iter=16, tol=args.tol)),
-            "sequential_k4": pairs(short, implicit, Budget(max_iter=4, tol=0.0, mode="sequential")),
-            "blockwise_k4_b256": pairs(ids, implicit, Budget(max_iter=4, tol=0.0, mode="blockwise", block_size=256))}
+            "sequential_k4": pairs(short, cold, Budget(max_iter=4, tol=0.0, mode="sequential")),
+            "blockwise_k4_b256": pairs(ids, cold, Budget(max_iter=4, tol=0.0, mode="blockwise", block_size=256))}
     chosen = args.memory_works.split(",") if args.memory_works else list(work)
     unknown = sorted(set(chosen) - set(work))
     if unknown:

@@ -135,19 +135,26 @@ class Mamba2(nn.Module):
 
     # -- recurrent form ------------------------------------------------------------------------------
     def step(self, u: Tensor, state: MixerState, inject: Tensor | None = None, in_place: bool = False,
-             commit: bool = True, ops: Ops = torch_ops) -> tuple[Tensor, MixerState | None]:
+             commit: bool = True, ops: Ops = torch_ops, valid: Tensor | None = None
+             ) -> tuple[Tensor, MixerState | None]:
         """u (B, d_model) -> (out (B, d_model), new state, or None unless commit). `state` is left untouched
-        unless in_place, where the backend may advance its SSM state in place (decoding, which owns the state)."""
+        unless in_place, where the backend may advance its SSM state in place (decoding, and the commit of a piece
+        solve, which own the state). valid (B,) bool: a row outside it takes no step (its new state is its old one),
+        as padding in the parallel form; its output is meaningless."""
         derived = self._derived()
         z, xbc, dt = self._split(self._project(u, inject))
+        if valid is not None:  # raw dt -inf: every backend's softplus gives exactly 0, so exp(dt A) = 1, dt x B = 0
+            dt = dt.masked_fill(~valid[:, None], float("-inf"))
         conv = ops.causal_conv_silu(xbc[:, None], state.conv, self.conv1d.weight[:, 0], self.conv1d.bias)[:, 0]
         x, B, C = self._split_xbc(conv)
         y, ssm = ops.state_step(state.ssm, x, dt, derived.dt_bias, derived.A, B, C, derived.D, in_place, commit)
         out = self._gate_and_project(y.flatten(-2), z, ops)
         if not commit:
             return out, None
-        window = torch.cat([state.conv.to(xbc.dtype), xbc[..., None]], dim=-1)  # (B, C, k): the next conv state
-        return out, MixerState(window[..., 1:], ssm.to(self.cd))
+        window = torch.cat([state.conv.to(xbc.dtype), xbc[..., None]], dim=-1)[..., 1:]  # the next conv state
+        if valid is not None:
+            window = torch.where(valid[:, None, None], window, state.conv)
+        return out, MixerState(window, ssm.to(self.cd))
 
 
 def _last_inputs(xbc: Tensor, conv_state: Tensor | None, valid: Tensor | None, n: int) -> Tensor:

@@ -83,7 +83,8 @@ class _LM(nn.Module):
               step: bool = False, in_place: bool = False, commit: bool = True, ops: Ops = torch_ops
               ) -> tuple[Tensor, State | None]:
         """RMSNorm_f(h_L) with h_l = h_{l-1} + Mixer_l(RMSNorm_l(h_{l-1}); inject), h_0 = h, and each layer's new
-        recurrent state (None unless commit). h: (B, L, D) (or (B, D) with step=True, against `state`). The residual
+        recurrent state (None unless commit). h: (B, L, D) (or (B, D) with step=True, against `state`; valid is then
+        (B,): the rows that take the step, see Mamba2.step). The residual
         stays in float32; each residual add is fused with the next norm (backend add_rmsnorm: one kernel on the
         GPU)."""
         out, residual, new_state = None, h.to(self.cd), []
@@ -92,7 +93,7 @@ class _LM(nn.Module):
             s = None if state is None else state[i]
             if step:
                 # a step always has a state
-                out, s = layer.mixer.step(normed, cast(MixerState, s), inject, in_place, commit, ops)
+                out, s = layer.mixer.step(normed, cast(MixerState, s), inject, in_place, commit, ops, valid)
             else:
                 out, s = layer.mixer(normed, inject, s, valid, commit, ops)
             new_state.append(s)
@@ -163,10 +164,12 @@ class ImplicitLM(_LM):
         the recurrent states it ends in (None unless commit)."""
         return self.stack(z, u, state, valid, commit=commit, ops=ops)
 
-    def f_step(self, z: Tensor, u: Tensor, state: State, commit: bool = True, ops: Ops = torch_ops
-               ) -> tuple[Tensor, State | None]:
-        """The map for one token: z (B, D) against the recurrent states of the previous token."""
-        return self.stack(z, u, state, step=True, commit=commit, ops=ops)
+    def f_step(self, z: Tensor, u: Tensor, state: State, commit: bool = True, ops: Ops = torch_ops,
+               in_place: bool = False, valid: Tensor | None = None) -> tuple[Tensor, State | None]:
+        """The map for one token: z (B, D) against the recurrent states of the previous token. in_place: a commit
+        may advance `state`'s SSM states in place (use the returned state); valid (B,): the rows that take the step,
+        the others keep their state (Mamba2.step)."""
+        return self.stack(z, u, state, valid, step=True, in_place=in_place, commit=commit, ops=ops)
 
     def forward(self, input_ids: Tensor, budget: Budget | None = None, lengths: Tensor | None = None,
                 state: State | None = None, anytime=(), want_state: bool = True, ops: Ops = torch_ops) -> LMOutput:

@@ -105,7 +105,7 @@ class SolvedStep:
         self.runtime, self.vocab_size = runtime, vocab_size
         self.tokens = torch.ones(state[0].ssm.shape[0], 1, dtype=torch.long, device=state[0].ssm.device)
         u = runtime.implicit.inject(self.tokens[:, 0])
-        self.solve = runtime.piece_solve(budget, u, state)
+        self.solve = runtime.piece_solve(budget, u)
         self.solve.load_state(state)
         self.alive = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
 

@@ -96,12 +96,13 @@ def capture(parts: dict, pool=None, warm: dict | None = None) -> tuple[dict, dic
 
 
 class PieceSolve:
-    """The solve of pieces of one shape: u (R, d_in_proj) for one token, (R, T, d_in_proj) for a block. state_like
-    None: no state in or out (a one-piece reading for scoring: the kernels read zeros, nothing is committed).
+    """The solve of pieces of one shape: u (R, d_in_proj) for one token, (R, T, d_in_proj) for a block. stateful
+    False: no state in or out (a one-piece reading for scoring: the kernels read zeros, nothing is committed); True:
+    the solve holds the recurrent state its pieces start from (load_state, clear_state) and each piece advances it.
     ops: the kernels (a backend module); segment: masked updates per segment graph at tol > 0; pool: the memory
     pool to capture into (else a new one)."""
 
-    def __init__(self, model: ImplicitLM, budget: Budget, u_like: Tensor, state_like: State | None, capture: bool,
+    def __init__(self, model: ImplicitLM, budget: Budget, u_like: Tensor, stateful: bool, capture: bool,
                  ops: Ops, segment: int = SEGMENT, pool=None):
         self.model, self.budget, self.capture, self.segment, self.ops = model, budget, capture, segment, ops
         rows, dev = u_like.shape[0], u_like.device
@@ -109,7 +110,7 @@ class PieceSolve:
         self.u = torch.zeros_like(u_like)
         self.alive = torch.ones(rows, dtype=torch.bool, device=dev)
         self.valid = None if self.step else torch.ones(u_like.shape[:2], dtype=torch.bool, device=dev)
-        self.state = None if state_like is None else [MixerState(s.conv.clone(), s.ssm.clone()) for s in state_like]
+        self.state = model.empty_state(rows) if stateful else None  # the one state a reading holds
         shape = (rows, model.cfg.d_model) if self.step else (*u_like.shape[:2], model.cfg.d_model)
         self.z = torch.zeros(shape, dtype=model.cd, device=dev)
         self.iterations = torch.zeros(rows, dtype=torch.long, device=dev)
@@ -121,8 +122,9 @@ class PieceSolve:
 
     # -- what is captured ------------------------------------------------------------------------------
     def _f(self, z: Tensor, commit: bool):
-        if self.step:
-            return self.model.f_step(z, self.u, self.held_state, commit, self.ops)
+        if self.step:  # the commit advances the held state in place (where the backend can), the ended rows kept
+            return self.model.f_step(z, self.u, self.held_state, commit, self.ops, in_place=commit,
+                                     valid=self.alive if commit else None)
         return self.model.f(z, self.u, self.state, self.valid, commit, self.ops)
 
     def _start(self) -> None:
@@ -146,6 +148,11 @@ class PieceSolve:
         self.stats = SolveStats((self.iterations + 1) * self.alive.long(), residual * self.alive,
                                 (self.converged | (residual < self.budget.tol)) & self.alive)
         for s, n in zip(self.state or (), new_state or ()):
+            if self.step:  # the ended rows took no step: their new state is their old one (Mamba2.step)
+                s.conv.copy_(n.conv)
+                if n.ssm is not s.ssm:  # not advanced in place (the torch backend)
+                    s.ssm.copy_(n.ssm)
+                continue
             s.conv.copy_(torch.where(broadcast_mask(self.alive, s.conv), n.conv, s.conv))
             s.ssm.copy_(torch.where(broadcast_mask(self.alive, s.ssm), n.ssm.to(s.ssm.dtype), s.ssm))
 
@@ -163,11 +170,9 @@ class PieceSolve:
     def _capture(self, pool) -> dict[str, torch.cuda.CUDAGraph]:
         parts = {"whole": self._whole} if not self.budget.tol else \
             {"start": self._start, "segment": self._segment, "finish": self._finish}
-        snapshot = [MixerState(s.conv.clone(), s.ssm.clone()) for s in self.state or ()]
+        self.alive.zero_()  # the warm-up runs with no row alive, so it commits nothing (no copy of the state to
+        # put back: a state is 24 layers x B x H x P x N float32 values); each call sets its own rows
         graphs, _ = capture(parts, pool)
-        for s, saved in zip(self.state or (), snapshot):  # the warm-up committed states: put the originals back
-            s.conv.copy_(saved.conv)
-            s.ssm.copy_(saved.ssm)
         return graphs
 
     def __call__(self, u: Tensor, alive: Tensor, valid: Tensor | None) -> tuple[Tensor, SolveStats]:
@@ -206,6 +211,12 @@ class PieceSolve:
         for s, live in zip(self.held_state, state):
             s.conv.copy_(live.conv)
             s.ssm.copy_(live.ssm)
+
+    def clear_state(self) -> None:
+        """The state before any token: zeros."""
+        for s in self.held_state:
+            s.conv.zero_()
+            s.ssm.zero_()
 
     def current_state(self) -> State:
         return [MixerState(s.conv.clone(), s.ssm.clone()) for s in self.held_state]

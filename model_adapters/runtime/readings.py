@@ -77,17 +77,18 @@ class MaskedReadingGraph:
                  capture: bool = True):
         self.model = model
         u = model.inject(ids)  # once: the capture's shapes and the first reading's injection
-        self.solver = PieceSolve(model, budget, u, None, capture, ops, segment=1, pool=pool)
+        self.solver = PieceSolve(model, budget, u, False, capture, ops, segment=1, pool=pool)
         self.first = read_masked(self.solver, u, lengths)
 
     def __call__(self, ids: Tensor, lengths: Tensor) -> Reading:
         return read_masked(self.solver, self.model.inject(ids), lengths)
 
 
-def read_in_pieces(solver_for, model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor | None, state: State
-                   ) -> Reading:
-    """Every piece solved for every row by the PieceSolve of its size (solver_for(u_piece, state): one for the blocks,
-    one for a shorter last block), the rows whose sequence has ended masked."""
+def read_in_pieces(solver_for, model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor | None,
+                   state: State | None, want_state: bool = True) -> Reading:
+    """Every piece solved for every row by the PieceSolve of its size (solver_for(u_piece): one for the blocks, one for
+    a shorter last block), the rows whose sequence has ended masked. The solver holds the one state of the reading:
+    `state` (None: zeros) is loaded into it, and a copy of where it ends is returned only when want_state."""
     batch, length = u.shape[:2]
     lengths = lengths if lengths is not None else torch.full((batch,), length, dtype=torch.long, device=u.device)
     valid = valid_mask(lengths, length)
@@ -98,12 +99,16 @@ def read_in_pieces(solver_for, model: ImplicitLM, u: Tensor, budget: Budget, len
     for p, (start, end) in enumerate(pieces(length, budget)):
         u_piece = u[:, start] if end - start == 1 else u[:, start:end]
         if solver is None or tuple(solver.u.shape) != tuple(u_piece.shape):
-            state = solver.current_state() if solver is not None else state
-            solver = solver_for(u_piece, state)
-            solver.load_state(state)
+            previous, solver = solver, solver_for(u_piece)
+            if previous is not None:
+                solver.load_state(previous.held_state)
+            elif state is not None:
+                solver.load_state(state)
+            else:
+                solver.clear_state()
         out, solved = solver(u_piece, lengths > start, None if end - start == 1 else valid[:, start:end])
         hidden[:, start:end] = out if end - start > 1 else out[:, None]
         put_stats(stats, None, p, solved)
     hidden = hidden * valid[..., None]  # padding: zeros, as the eager reading leaves it
     assert solver is not None  # a sequence has at least one piece
-    return Reading(hidden, solver.current_state(), stats)
+    return Reading(hidden, solver.current_state() if want_state else None, stats)

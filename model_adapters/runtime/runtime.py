@@ -108,8 +108,7 @@ class Runtime:
                 return LMOutput(r.hidden, None, r.stats, r.anytime)
         u = model.inject(ids)
         if self._in_piece_solves(budget, keep, u):
-            state = state if state is not None else model.empty_state(ids.shape[0])
-            r = read_in_pieces(self.piece_solve_for(budget), model, u, budget, lengths, state)
+            r = read_in_pieces(self.piece_solve_for(budget), model, u, budget, lengths, state, want_state)
             return LMOutput(r.hidden, r.state, r.stats, r.anytime)
         return model(ids, budget, lengths, state, anytime, want_state, ops=self.ops)
 
@@ -129,7 +128,7 @@ class Runtime:
         if all(can_read_masked(budget, n) for n in (length, padded_length(length))):
             def masked(ids: Tensor, lengths: Tensor) -> Reading:  # eagerly: a fresh, uncaptured masked solve
                 u = model.inject(ids)
-                return read_masked(PieceSolve(model, budget, u, None, False, ops, segment=1), u, lengths)
+                return read_masked(PieceSolve(model, budget, u, False, False, ops, segment=1), u, lengths)
 
             def capture(fn, ids: Tensor, lengths: Tensor, pool) -> MaskedReadingGraph:
                 return MaskedReadingGraph(model, budget, ops, ids, lengths, pool)
@@ -176,21 +175,22 @@ class Runtime:
         return trim_length(graphs(key, fn, ids, lengths, make), padded, length)
 
     def piece_solve_for(self, budget: Budget):
-        """solver_for(u_like, state): the PieceSolve of that shape and budget, made (and captured, on CUDA) on first
-        use and kept."""
-        def solver_for(u_like: Tensor, state: State) -> PieceSolve:
-            return self.piece_solve(budget, u_like, state)
+        """solver_for(u_like): the PieceSolve of that shape and budget, made (and captured, on CUDA) on first use and
+        kept."""
+        def solver_for(u_like: Tensor) -> PieceSolve:
+            return self.piece_solve(budget, u_like)
 
         return solver_for
 
-    def piece_solve(self, budget: Budget, u_like: Tensor, state: State | None) -> PieceSolve:
+    def piece_solve(self, budget: Budget, u_like: Tensor) -> PieceSolve:
+        """The stateful PieceSolve of u_like's shape and this budget (its state is the caller's to load)."""
         cache = self.cache("piece_solves", dict)
         key = (tuple(u_like.shape), u_like.dtype, str(u_like.device), budget)
         if key not in cache:
             if len(cache) >= PIECE_SOLVES_KEPT:
                 cache.pop(next(iter(cache)))
             capture = self.graphs == "capture" and u_like.is_cuda
-            cache[key] = PieceSolve(self.implicit, budget, u_like, state, capture, self.ops)
+            cache[key] = PieceSolve(self.implicit, budget, u_like, True, capture, self.ops)
         return cache[key]
 
     def cache(self, name: str, make):

@@ -141,7 +141,7 @@ def test_scoring_at_a_tolerance_from_masked_graphs_gives_the_eager_numbers(budge
 
     def fn(ids, lengths):
         u = model.inject(ids)
-        return read_masked(PieceSolve(model, budget, u, None, False, torch_ops, segment=1), u, lengths)
+        return read_masked(PieceSolve(model, budget, u, False, False, torch_ops, segment=1), u, lengths)
 
     runtime.cache("forward_graphs", ForwardGraphs)
     iterations = set()

@@ -129,3 +129,18 @@ def test_right_padding_leaves_each_sequence_unchanged():
         assert_close(out[i, : lengths[i]], o[0], 1e-6, f"outputs of sequence {i}")
         assert_close(state.ssm[i], st.ssm[0], 1e-6, f"ssm state of sequence {i}")
         assert_close(state.conv[i], st.conv[0], 1e-6, f"conv state of sequence {i}")
+
+
+def test_a_step_outside_valid_keeps_the_rows_state_and_the_others_take_it():
+    """valid (B,) in the step form: an ended row's conv and SSM states come back bit for bit (dt = 0 there, as for
+    padding in the parallel form), the other rows' states and outputs are the unmasked step's."""
+    mixer, cfg = make_mixer(ngroups=2)
+    state = mixer(torch.randn(3, 5, cfg.d_model, dtype=torch.float64))[1]
+    u, inject = torch.randn(3, cfg.d_model, dtype=torch.float64), torch.randn(3, cfg.d_in_proj, dtype=torch.float64)
+    valid = torch.tensor([True, False, True])
+    out, masked = mixer.step(u, state, inject, valid=valid)
+    full_out, full = mixer.step(u, state, inject)
+    assert torch.equal(masked.conv[1], state.conv[1]) and torch.equal(masked.ssm[1], state.ssm[1])
+    assert not torch.equal(full.ssm[1], state.ssm[1])  # the row would have moved
+    for new, ref in ((masked.conv, full.conv), (masked.ssm, full.ssm), (out, full_out)):
+        assert torch.equal(new[valid], ref[valid])

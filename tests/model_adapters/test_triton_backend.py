@@ -160,6 +160,27 @@ def test_captured_readings_equal_uncaptured_and_eager_ones(budget, backend):
         close(a.ssm, b.ssm, torch.float32, "ssm state")
 
 
+@pytest.mark.parametrize("budget", [Budget(max_iter=4, tol=0.0, mode="sequential"),
+                                    Budget(max_iter=30, tol=1e-3, mode="sequential")])
+def test_a_warm_sequential_reading_for_scoring_holds_no_second_state(budget):
+    """The commit advances the piece solve's own state in place (the ended rows masked, not restored from a copy),
+    and a scoring reading (want_state=False) copies no state in or out: a warm call allocates well under one state."""
+    model = tiny_model("implicit", contractive=True, d_state=128).cuda()
+    runtime = Runtime(model, "triton", "capture")
+    ids = torch.randint(0, 37, (16, 6), device="cuda")
+    lengths = torch.tensor([6, 3] * 8, device="cuda")
+    state_bytes = sum(t.numel() * t.element_size() for s in model.empty_state(16) for t in s)
+    with torch.inference_mode():
+        runtime(ids, budget, lengths=lengths, want_state=False)  # cold: the capture
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        runtime(ids, budget, lengths=lengths, want_state=False)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    assert peak < state_bytes / 4, f"a warm reading allocated {peak} bytes; a state is {state_bytes}"
+
+
 @pytest.mark.parametrize("kind,budget", [("explicit", None), ("implicit", Budget(max_iter=4, mode="sequential")),
                                          ("implicit", Budget(max_iter=30, tol=1e-3, mode="sequential"))])
 def test_graphed_decoding_generates_what_eager_decoding_does(kind, budget):
