@@ -178,3 +178,18 @@ def test_branch_points():
     assert branch_point(20, 10, Budget(max_iter=4, tol=0.01)) is None
     assert branch_point(20, 10, Budget(max_iter=4, tol=0.0, solver="anderson")) is None
     assert branch_point(20, 0, None) is None
+
+
+def test_auto_shares_on_a_gpu_only_for_the_readings_in_pieces():
+    """On a GPU the explicit forward and the one-piece readings from the start run from CUDA graphs and were faster
+    than shared (BENCHMARKS.md): auto reads them from the start there; true still shares them; on a CPU auto shares
+    wherever it is exact."""
+    setting = shared_context.share_context_setting
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    sequential, blockwise = Budget(max_iter=4, mode="sequential"), Budget(max_iter=4, mode="blockwise", block_size=8)
+    simultaneous = Budget(max_iter=4, tol=0.0)
+    assert setting(None, sequential, device=cuda) and setting(None, blockwise, device=cuda)
+    assert not setting(None, None, device=cuda) and not setting(None, simultaneous, device=cuda)
+    assert setting(True, None, device=cuda) and setting(True, simultaneous, device=cuda)
+    assert all(setting(None, budget, device=cpu) for budget in (None, simultaneous, sequential, blockwise))
+    assert not setting(False, sequential, device=cuda)
