@@ -4,7 +4,8 @@
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" anchors     # forward and decoding beside
 #                                                                                # mamba_ssm and fla; decoding tests
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" memory      # memory, auto_batch, lm_tolerance
-#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" sequential  # the sequential reading
+#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" sequential  # the sequential reading, and
+#                                                                                # the context read once (130M)
 # fla (flash-linear-attention 0.6.0 and fla-core, which need transformers >= 5.6.2) comes from wheels in .device/fla
 # (`pip download --no-deps -d .device/fla flash-linear-attention==0.6.0 fla-core==0.6.0 transformers==5.25.0
 # huggingface_hub==2.4.0`), installed in a folder of its own that only the anchors' process sees.
@@ -48,7 +49,9 @@ memory)
         --sections lm_tolerance
     ;;
 sequential)
-    step bench_sequential 300 python3 bench/gpu_bench.py --out "$OUT/bench_sequential.json" --sections sequential
+    step bench_sequential 220 python3 bench/gpu_bench.py --out "$OUT/bench_sequential.json" --sections sequential
+    step shared_context_130m 200 python3 bench/shared_context.py --device cuda --make-130m /tmp/m130 --context 1024 \
+        --questions 8
     ;;
 *)
     echo "part must be anchors, memory or sequential, got $PART" >&2
