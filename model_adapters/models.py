@@ -84,9 +84,8 @@ class _LM(nn.Module):
               ) -> tuple[Tensor, State | None]:
         """RMSNorm_f(h_L) with h_l = h_{l-1} + Mixer_l(RMSNorm_l(h_{l-1}); inject), h_0 = h, and each layer's new
         recurrent state (None unless commit). h: (B, L, D) (or (B, D) with step=True, against `state`; valid is then
-        (B,): the rows that take the step, see Mamba2.step). The residual
-        stays in float32; each residual add is fused with the next norm (backend add_rmsnorm: one kernel on the
-        GPU)."""
+        (B,): the rows that take the step, see Mamba2.step). The residual stays in float32; each residual add is fused
+        with the next norm (backend add_rmsnorm: one kernel on the GPU)."""
         out, residual, new_state = None, h.to(self.cd), []
         for i, layer in enumerate(self.blocks):
             normed, residual = ops.add_rmsnorm(out, residual, layer.norm.weight, layer.norm.eps, self.dtype)
