@@ -395,7 +395,8 @@ def section_sequential(args, pair) -> None:
     implicit = implicit_twin(model)
     ids = torch.randint(0, VOCAB, (16, 128), device="cuda")
     budget = Budget(max_iter=4, tol=0.0, mode="sequential")
-    variants = {"capture": contextlib.nullcontext, "capture_state_update": _iterations_update_the_state}
+    variants = {"capture": contextlib.nullcontext, "capture_state_update": _iterations_update_the_state,
+                "capture_bf16_state": lambda: bfloat16_state(implicit)}
     best = {name: float("inf") for name in variants}
     with torch.inference_mode():
         for _ in range(2):  # interleaved rounds, each variant captured afresh (a graph keeps the kernels it saw)
@@ -426,6 +427,19 @@ def section_sequential(args, pair) -> None:
             lambda: graphs(ids, simultaneous, want_state=False), 2, 5) * 1e3
         for name in ("simultaneous_k4", "simultaneous_k4_graphs"):
             RESULTS[f"{name}_over_sequential"] = RESULTS[f"{name}_tokens_per_s"] / rate
+
+
+@contextlib.contextmanager
+def bfloat16_state(*models):
+    """The models store their SSM states in bfloat16 (state_dtype=bfloat16) inside the block; runtimes made inside it
+    hold such states."""
+    for m in models:
+        m.set_state_dtype(torch.bfloat16)
+    try:
+        yield
+    finally:
+        for m in models:
+            m.set_state_dtype(None)
 
 
 @contextlib.contextmanager
@@ -500,6 +514,11 @@ def section_decode(args, pair) -> None:
                 budget = Budget(max_iter=4, tol=0.0, mode="sequential")
                 RESULTS["decode_b16_implicit_k4_tok_s"] = decode_rate(ours_fn(implicit, budget), prompts, 32, 96)
             RESULTS[f"decode_b{batch}_common_prefix_vs_mamba_ssm"] = decode_agreement(theirs, ours, prompts, 64)
+            with bfloat16_state(model):  # mamba_ssm's decoding cache holds the model dtype, bfloat16 here
+                low = Runtime(model, "triton", "capture")
+                RESULTS[f"decode_b{batch}_ours_bf16_state_tok_s"] = decode_rate(ours_fn(low, None), prompts)
+                RESULTS[f"decode_b{batch}_bf16_state_common_prefix_vs_mamba_ssm"] = decode_agreement(
+                    theirs, low, prompts, 64)
         RESULTS[f"decode_b{batch}_speed_vs_mamba_ssm"] = (RESULTS[f"decode_b{batch}_ours_tok_s"]
                                                           / RESULTS[f"decode_b{batch}_mamba_ssm_tok_s"])
         args.out.write_text(json.dumps(RESULTS, indent=2))
@@ -550,10 +569,19 @@ def section_memory(args, pair) -> None:
                            "ours": lambda: model.lm_head(stack().to(torch.bfloat16))},
                 "stack": {"mamba_ssm": lambda: theirs.backbone(x), "ours": stack}}
 
+    def low_state(fn):  # the same work with the SSM states stored in bfloat16 (state_dtype=bfloat16)
+        def run():
+            with bfloat16_state(model, implicit.model):
+                return fn()
+        return run
+
     work = {"forward": pairs(ids, ours), "decode_b16": {"cold": {"mamba_ssm": mamba_decode, "ours": ours_decode}},
+            "decode_b16_bf16_state": {"cold": {"mamba_ssm": mamba_decode, "ours": low_state(ours_decode)}},
             "tolerance": pairs(ids, implicit, Budget(max_iter=16, tol=args.tol)),
             "sequential_k4": pairs(short, cold, Budget(max_iter=4, tol=0.0, mode="sequential")),
             "blockwise_k4_b256": pairs(ids, cold, Budget(max_iter=4, tol=0.0, mode="blockwise", block_size=256))}
+    work["sequential_k4_bf16_state"] = {"stack": {"mamba_ssm": work["sequential_k4"]["stack"]["mamba_ssm"],
+                                                  "ours": low_state(work["sequential_k4"]["stack"]["ours"])}}
     chosen = args.memory_works.split(",") if args.memory_works else list(work)
     unknown = sorted(set(chosen) - set(work))
     if unknown:
@@ -749,7 +777,8 @@ def main() -> None:
     p.add_argument("--tol", type=float, default=0.1, help="tolerance: the residual tolerance (at random init the "
                    "residual falls slowly: at 0.01 every row runs to max_iter)")
     p.add_argument("--memory-works", default="", help="memory: a comma-separated subset of forward, decode_b16, "
-                   "tolerance, sequential_k4, blockwise_k4_b256 (default: all)")
+                   "decode_b16_bf16_state, tolerance, sequential_k4, sequential_k4_bf16_state, blockwise_k4_b256 "
+                   "(default: all)")
     p.add_argument("--max-batch-size", type=int, default=1024, help="auto_batch: where halving starts")
     p.add_argument("--lm-docs", type=int, default=256, help="lm_tolerance: held-out windows of 256 tokens")
     p.add_argument("--lm-batch", type=int, default=64, help="lm_tolerance: windows per forward")

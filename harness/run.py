@@ -56,7 +56,7 @@ def cache_fingerprint(model: str, model_args: str) -> str:
     # The ignore: an explicit checkpoint under implicit_ssm has no budget, so this raises AttributeError, not a
     # ConfigError naming the mismatch (a behaviour change to make, left as it is here).
     budget = resolve_budget(ckpt.default_budget, args.budget_overrides) if kind == "implicit" else None  # type: ignore[arg-type]
-    return model_fingerprint(ckpt.content_hash, budget, args.dtype_name, resolve_backend(args.backend, args.device),
+    return model_fingerprint(ckpt.content_hash, budget, args.precision, resolve_backend(args.backend, args.device),
                              args.max_length or DEFAULT_MAX_LENGTH)
 
 

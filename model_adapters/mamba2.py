@@ -33,7 +33,7 @@ class Derived(NamedTuple):
 
 class MixerState(NamedTuple):
     """Recurrent state of one mixer. conv: the last d_conv-1 pre-conv inputs (B, conv_dim, d_conv-1) in the
-    model dtype; ssm: (B, H, P, N) in float32 (float64 for a float64 model)."""
+    model dtype; ssm: (B, H, P, N) in the state dtype (Mamba2.sd: the compute dtype unless set to bfloat16)."""
 
     conv: Tensor
     ssm: Tensor
@@ -43,6 +43,11 @@ State = list[MixerState]  # a stack's recurrent state: one MixerState per layer
 
 
 class Mamba2(nn.Module):
+    # Storage dtype of the SSM state between tokens; None: the compute dtype. bfloat16 halves the state that the
+    # sequential reading and decoding hold (mamba_ssm's decoding cache is the model dtype); every kernel still
+    # computes in float32 and rounds only what it stores. A runtime choice, not a weight: set_state_dtype sets it.
+    state_dtype: torch.dtype | None = None
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -71,6 +76,11 @@ class Mamba2(nn.Module):
     def cd(self) -> torch.dtype:
         """Compute dtype of scans, convs and norms: float32, or float64 for a float64 model."""
         return compute_dtype(self.in_proj.weight)
+
+    @property
+    def sd(self) -> torch.dtype:
+        """Storage dtype of the SSM state (see state_dtype)."""
+        return self.state_dtype or self.cd
 
     def _derived(self) -> Derived:
         """A = -exp(A_log) and the dt bias in the compute dtype, and D per head or channel. Computed once per weight
@@ -109,7 +119,7 @@ class Mamba2(nn.Module):
     def empty_state(self, batch: int, device=None) -> MixerState:
         c, w = self.cfg, self.in_proj.weight
         conv = torch.zeros(batch, c.conv_dim, c.d_conv - 1, dtype=w.dtype, device=device or w.device)
-        ssm = torch.zeros(batch, c.nheads, c.headdim, c.d_state, dtype=self.cd, device=device or w.device)
+        ssm = torch.zeros(batch, c.nheads, c.headdim, c.d_state, dtype=self.sd, device=device or w.device)
         return MixerState(conv, ssm)
 
     # -- parallel form -------------------------------------------------------------------------------
@@ -131,7 +141,7 @@ class Mamba2(nn.Module):
         y, ssm_state = ops.chunk_scan(x, dt, derived.dt_bias, derived.A, B, C, self.cfg.chunk_size, derived.D,
                                            ssm, final_state=commit, valid=valid)
         out = self._gate_and_project(y.flatten(-2), z, ops)
-        return out, MixerState(cast(Tensor, conv_state), ssm_state.to(self.cd)) if commit else None  # set if commit
+        return out, MixerState(cast(Tensor, conv_state), ssm_state.to(self.sd)) if commit else None  # set if commit
 
     # -- recurrent form ------------------------------------------------------------------------------
     def step(self, u: Tensor, state: MixerState, inject: Tensor | None = None, in_place: bool = False,
@@ -154,7 +164,7 @@ class Mamba2(nn.Module):
         window = torch.cat([state.conv.to(xbc.dtype), xbc[..., None]], dim=-1)[..., 1:]  # the next conv state
         if valid is not None:
             window = torch.where(valid[:, None, None], window, state.conv)
-        return out, MixerState(window, ssm.to(self.cd))
+        return out, MixerState(window, ssm.to(self.sd))
 
 
 def _last_inputs(xbc: Tensor, conv_state: Tensor | None, valid: Tensor | None, n: int) -> Tensor:

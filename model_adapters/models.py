@@ -105,6 +105,19 @@ class _LM(nn.Module):
     def empty_state(self, batch: int) -> State:
         return [layer.mixer.empty_state(batch) for layer in self.blocks]
 
+    @property
+    def state_dtype(self) -> torch.dtype:
+        """Storage dtype of the SSM states: the compute dtype, or bfloat16 once set (Mamba2.state_dtype)."""
+        return self.blocks[0].mixer.sd
+
+    def set_state_dtype(self, dtype: torch.dtype | None) -> None:
+        """Store the SSM states in `dtype` (bfloat16 or the compute dtype; None: the compute dtype). States made
+        before keep their dtype; the kernels read either."""
+        if dtype not in (None, torch.bfloat16, self.cd):
+            raise ValueError(f"state dtype must be bfloat16 or {self.cd}, got {dtype}")
+        for layer in self.blocks:
+            layer.mixer.state_dtype = None if dtype == self.cd else dtype
+
     def embed(self, ids: Tensor) -> Tensor:
         return self.embedding(ids)
 

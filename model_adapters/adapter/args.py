@@ -19,12 +19,13 @@ from ..exits import ExitPoint, parse_exit_point
 from ..readings import READINGS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # how the SSM state is stored between tokens
 BUDGET_ARGS = ("max_iter", "tol", "tau", "solver", "mode", "block_size", "anderson_m", "exit", "anytime",
                "anytime_exits")
 ANYTIME_ARGS = ("anytime", "anytime_exits")  # budgets read off the run's trajectory, not fields of its Budget
 COMMON_ARGS = ("pretrained", "tokenizer", "eos_token", "prefix_token", "backend", "dtype", "max_length", "batch_size",
                "max_batch_size", "device", "record_greedy", "cuda_graphs", "unknown_tokens", "progress",
-               "share_context")
+               "share_context", "state_dtype")
 UNKNOWN_TOKENS = ("refuse", "flag")  # a task the tokenizer cannot read: refuse it, or score it and mark it
 DEFAULT_MAX_LENGTH = 2048
 logger = logging.getLogger(__name__)
@@ -50,10 +51,17 @@ class EvalArgs:
     unknown_tokens: str = "refuse"  # see UNKNOWN_TOKENS
     progress: bool = True  # the adapter's own progress bars (a sweep shows its own instead)
     share_context: bool | None = None  # multiple choice reads a shared context once; None: wherever that is exact
+    state_dtype: torch.dtype = torch.float32  # storage of the SSM state (models.set_state_dtype); scans run in float32
 
     @property
     def dtype_name(self) -> str:
         return next(k for k, v in DTYPES.items() if v == self.dtype)
+
+    @property
+    def precision(self) -> str:
+        """The dtypes that determine scores: the model's, and the state's where it is not the float32 default."""
+        state = next(k for k, v in STATE_DTYPES.items() if v == self.state_dtype)
+        return self.dtype_name if state == "float32" else f"{self.dtype_name}+state:{state}"
 
 
 def valid_args(kind: str) -> tuple[str, ...]:
@@ -86,7 +94,9 @@ def parse_model_args(kind: str, args: dict) -> EvalArgs:
         eos_token=_opt_str(args.get("eos_token")), prefix_token=_opt_str(args.get("prefix_token")),
         unknown_tokens=_choice(args.get("unknown_tokens", "refuse"), "unknown_tokens", UNKNOWN_TOKENS, model),
         progress=_opt_bool(args.get("progress"), "progress", model) is not False,
-        share_context=_opt_bool(args.get("share_context"), "share_context", model))
+        share_context=_opt_bool(args.get("share_context"), "share_context", model),
+        state_dtype=STATE_DTYPES[_choice(args.get("state_dtype", "float32"), "state_dtype", tuple(STATE_DTYPES),
+                                         model)])
 
 
 def budget_overrides(args: dict) -> dict:

@@ -63,6 +63,7 @@ class SSMLM(TemplateLM):
                                     device=self.ranks.device, eos_token=args.eos_token, prefix_token=args.prefix_token)
         check_checkpoint(self.ckpt, self.KIND, args.pretrained)
         self.model, self.tokenizer = self.ckpt.model, self.ckpt.tokenizer
+        self.model.set_state_dtype(args.state_dtype)
         implicit = self.KIND == "implicit"
         self.budget = resolve_budget(self.ckpt.default_budget, args.budget_overrides) if implicit else None
         if implicit and (notice := cost_notice(self.budget, self.ckpt.default_budget.max_iter)):
@@ -264,7 +265,7 @@ class SSMLM(TemplateLM):
     # -- results --------------------------------------------------------------------------------------
     def fingerprint(self, k: Point | None = None) -> str:
         budget = self.budget.at(k) if self.budget and k else self.budget
-        return model_fingerprint(self.ckpt.content_hash, budget, self.args.dtype_name, self.kernels, self.max_length)
+        return model_fingerprint(self.ckpt.content_hash, budget, self.args.precision, self.kernels, self.max_length)
 
     def model_info(self, k: Point | None = None) -> dict:
         """What results must say about this run at budget k (default: the run's own budget)."""

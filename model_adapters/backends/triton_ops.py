@@ -48,12 +48,17 @@ def chunk_scan(x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: 
     mamba_ssm's chunked kernels."""
     if x.shape[1] <= triton_ssd.MAX_LENGTH:
         return triton_ssd.ssd_one_chunk(x, dt, A, B, C, D, initial_state, final_state, dt_bias=dt_bias, valid=valid)
-    # No copies here: the kernels take any layout whose last dimension is contiguous (they copy otherwise).
+    # No copies here: the kernels take any layout whose last dimension is contiguous (they copy otherwise). A
+    # bfloat16 state (Mamba2.state_dtype) enters in float32, as the one-chunk kernel reads it.
     out = mamba_chunk_scan_combined(
         x, discretise(dt, dt_bias, valid), A, B, C, chunk_size, D=D,
-        initial_states=None if initial_state is None else initial_state.contiguous(), dt_softplus=False,
+        initial_states=None if initial_state is None else _wide(initial_state).contiguous(), dt_softplus=False,
         return_final_states=final_state)
     return out if final_state else (out, None)
+
+
+def _wide(state: Tensor) -> Tensor:
+    return state.float() if state.dtype == torch.bfloat16 else state
 
 
 def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor,

@@ -204,6 +204,7 @@ def test_defaults_come_from_the_checkpoint(checkpoints):
     (ImplicitSSMLM, {"unknown_tokens": "ignore"}, r"unknown_tokens must be one of \['refuse', 'flag'\]"),
     (ImplicitSSMLM, {"cuda_graphs": "yes"}, "cuda_graphs must be true, false or auto, got 'yes'"),
     (ImplicitSSMLM, {"cuda_graphs": "TRUE"}, "cuda_graphs=true needs a CUDA device"),
+    (ImplicitSSMLM, {"state_dtype": "float16"}, r"state_dtype must be one of \['float32', 'bfloat16'\], got 'float16'"),
 ])
 def test_bad_model_args(checkpoints, cls, args, match):
     if (args.get("backend") == "triton" or args.get("cuda_graphs") == "TRUE") and torch.cuda.is_available():

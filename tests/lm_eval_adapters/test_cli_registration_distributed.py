@@ -12,6 +12,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+import torch
 from lm_eval_adapters.by_hand import expected_ll_acc, tiny_docs  # tests/ is on sys.path (tests/conftest.py)
 
 from implicit_ssm_eval.model_adapters.adapter.lm import ExplicitSSMLM, ImplicitSSMLM
@@ -184,6 +185,18 @@ def test_fingerprint_depends_on_budget(checkpoints):
     a = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=3).fingerprint()
     b = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=4).fingerprint()
     assert a != b and a == ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), max_iter=3).fingerprint()
+
+
+def test_a_bfloat16_state_is_set_on_the_model_and_changes_the_fingerprint(checkpoints):
+    """state_dtype=bfloat16 scores differently, so a cache keyed on the fingerprint must not hand its scores to a
+    float32-state run; the float32 default keeps the fingerprint it had before the option existed."""
+    plain = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]))
+    f32 = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), state_dtype="float32")
+    bf16 = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), state_dtype="bfloat16")
+    assert plain.fingerprint() == f32.fingerprint() != bf16.fingerprint()
+    assert bf16.model.empty_state(2)[0].ssm.dtype == torch.bfloat16 == bf16.model.state_dtype
+    assert plain.model.empty_state(2)[0].ssm.dtype == torch.float32
+    assert bf16.model_info()["state_dtype"] == "bfloat16" and plain.model_info()["state_dtype"] == "float32"
 
 
 def free_port() -> int:

@@ -159,3 +159,63 @@ def test_model_built_under_inference_mode_runs_and_matches(kind):
     with torch.no_grad():
         expected = reference(ids, budget) if budget else reference(ids)
     assert_close(out.hidden, expected.hidden, 1e-12, "hidden")
+
+
+def rounded(state):
+    """A float32 state as a bfloat16 state holds it."""
+    from implicit_ssm_eval.model_adapters.mamba2 import MixerState
+
+    return [MixerState(s.conv, s.ssm.to(torch.bfloat16).float()) for s in state]
+
+
+@pytest.mark.parametrize("budget", [Budget(mode="sequential", max_iter=12, tol=1e-4),
+                                    Budget(mode="blockwise", block_size=3, max_iter=12, tol=1e-4)],
+                         ids=["sequential", "blockwise"])
+def test_a_bfloat16_state_is_the_float32_reading_with_its_state_rounded_between_pieces(budget):
+    """set_state_dtype(bfloat16): each piece reads the stored state widened to float32 and stores its new state
+    rounded; nothing else changes. The oracle: the float32 model read piece by piece, its state rounded in between."""
+    model = tiny_model("implicit", contractive=True)
+    ids = torch.randint(0, 37, (2, 9))
+    piece = budget.piece_size(9)
+    state, hidden = model.empty_state(2), []
+    for start in range(0, 9, piece):
+        out = model(ids[:, start:start + piece], budget, state=state)
+        state = rounded(out.state)
+        hidden.append(out.hidden)
+    full = model(ids, budget).hidden
+    model.set_state_dtype(torch.bfloat16)
+    low = model(ids, budget)
+    assert low.state[0].ssm.dtype == torch.bfloat16 and low.state[0].conv.dtype == torch.float32
+    assert_close(low.hidden, torch.cat(hidden, 1), 1e-6, "bfloat16 state against the rounded float32 state")
+    assert all(torch.equal(a.ssm.float(), b.ssm) for a, b in zip(low.state, state))
+    assert (low.hidden - full).abs().max() > 1e-6  # the rounding shows: the option is not a no-op
+    assert_close(low.hidden, full, 5e-2, "bfloat16 state against float32")
+
+
+def test_an_explicit_models_bfloat16_state_decodes_as_the_rounded_float32_state():
+    model = tiny_model("explicit")
+    ids = torch.randint(0, 37, (3, 6))
+    ref = model(ids)
+    state, steps = rounded(ref.state), []
+    for t in range(3):
+        out = model.step(ids[:, t], state)
+        steps.append(out.hidden)
+        state = rounded(out.state)
+    model.set_state_dtype(torch.bfloat16)
+    low = model(ids)
+    assert torch.equal(low.hidden, ref.hidden)  # the parallel scan keeps its states in float32 within the sequence
+    assert all(torch.equal(a.ssm, b.ssm.to(torch.bfloat16)) for a, b in zip(low.state, ref.state))
+    state = low.state
+    for t in range(3):
+        out = model.step(ids[:, t], state)
+        assert out.state[0].ssm.dtype == torch.bfloat16
+        assert_close(out.hidden, steps[t], 1e-6, f"decoding step {t}")
+        state = out.state
+
+
+def test_a_state_dtype_other_than_bfloat16_or_the_compute_dtype_is_refused():
+    model = tiny_model("explicit")
+    with pytest.raises(ValueError, match="state dtype must be bfloat16 or torch.float32, got torch.float16"):
+        model.set_state_dtype(torch.float16)
+    model.set_state_dtype(torch.float32)
+    assert model.state_dtype == torch.float32 and model.empty_state(1)[0].ssm.dtype == torch.float32

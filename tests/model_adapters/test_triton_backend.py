@@ -181,12 +181,34 @@ def test_a_warm_sequential_reading_for_scoring_holds_no_second_state(budget):
     assert peak < state_bytes / 4, f"a warm reading allocated {peak} bytes; a state is {state_bytes}"
 
 
+@pytest.mark.parametrize("budget", [Budget(max_iter=6, tol=0.0, mode="sequential"),
+                                    Budget(max_iter=40, tol=1e-3, mode="blockwise", block_size=8)])
+def test_a_bfloat16_state_in_triton_graphs_gives_the_torch_backends_reading(budget):
+    """state_dtype=bfloat16: mamba_ssm's state update, our read-only step and one-chunk scan read and write the
+    bfloat16 state as the torch backend does (float32 arithmetic, rounded when stored), captured or not."""
+    model = tiny_model("implicit", contractive=True).cuda()
+    model.set_state_dtype(torch.bfloat16)
+    ids = torch.randint(0, 37, (4, 29), device="cuda")
+    lengths = torch.tensor([29, 11, 20, 1], device="cuda")
+    with torch.no_grad():
+        eager = Runtime(model, "torch", "off")(ids, budget, lengths=lengths)
+        captured = Runtime(model, "triton", "capture")(ids, budget, lengths=lengths)
+    for i, n in enumerate(lengths.tolist()):  # a bfloat16 ulp of a state that rounds the other way
+        close(captured.hidden[i, :n], eager.hidden[i, :n], torch.bfloat16, f"hidden {i}")
+    for a, b in zip(captured.state, eager.state):
+        assert a.ssm.dtype == b.ssm.dtype == torch.bfloat16
+        close(a.ssm, b.ssm, torch.bfloat16, "ssm state")
+
+
+@pytest.mark.parametrize("state_dtype", [None, torch.bfloat16])
 @pytest.mark.parametrize("kind,budget", [("explicit", None), ("implicit", Budget(max_iter=4, mode="sequential")),
                                          ("implicit", Budget(max_iter=30, tol=1e-3, mode="sequential"))])
-def test_graphed_decoding_generates_what_eager_decoding_does(kind, budget):
+def test_graphed_decoding_generates_what_eager_decoding_does(kind, budget, state_dtype):
     from implicit_ssm_eval.model_adapters.runtime.generation import greedy_generate
 
-    runtime = Runtime(tiny_model(kind, contractive=kind == "implicit").cuda(), "triton", "capture")
+    model = tiny_model(kind, contractive=kind == "implicit").cuda()
+    model.set_state_dtype(state_dtype)
+    runtime = Runtime(model, "triton", "capture")
     prompts = [[1, 2, 3, 4], [5, 6], [7, 8, 9]]
     eager = greedy_generate(runtime, prompts, 20, budget, lambda r, t: False, 37, cuda_graphs=False)
     graphed = greedy_generate(runtime, prompts, 20, budget, lambda r, t: False, 37, cuda_graphs=True)
