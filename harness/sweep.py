@@ -66,6 +66,7 @@ class SweepSpec:
     batch_size: int | str = 32
     device: str = "cpu"
     dtype: str = "float32"
+    state_dtype: str = "float32"  # how the SSM states are stored (the adapters' state_dtype)
     backend: str = "auto"
     anytime: bool = True
     workers: int = 1  # processes sharing the jobs (one per GPU on CUDA); the numbers do not depend on it
@@ -102,6 +103,8 @@ class Job:
         """A hash of everything that determines this job's numbers."""
         what = [self.content_hash, self.budget.to_dict() if self.budget else None, spec.dtype, spec.backend,
                 list(self.tasks), spec.metadata, spec.limit, SEEDS]
+        if spec.state_dtype != "float32":  # the default leaves the keys of earlier sweeps as they were
+            what.append(spec.state_dtype)
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def status(self, out: Path, spec: SweepSpec) -> str:
@@ -578,6 +581,8 @@ def model_args(job: Job, spec: SweepSpec, greedy_path: Path, anytime: list[int],
                 "dtype": spec.dtype, "max_length": 2048}
     args: dict[str, Any] = {"pretrained": str(job.checkpoint), "batch_size": spec.batch_size, "device": spec.device,
                             "dtype": spec.dtype, "backend": spec.backend, "record_greedy": str(greedy_path)}
+    if spec.state_dtype != "float32":
+        args["state_dtype"] = spec.state_dtype
     if job.budget is not None:
         args.update({k: v for k, v in job.budget.to_dict().items() if k != "anderson_m"})
         if anytime:

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..model_adapters.adapter.args import DTYPES
+from ..model_adapters.adapter.args import DTYPES, STATE_DTYPES
 from ..model_adapters.backends import BACKENDS
 from ..model_adapters.errors import ConfigError
 from ..model_adapters.exits import EXITS, ExitPoint, point_name, threshold_problem
@@ -188,6 +188,8 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", default="32", help="an integer or 'auto'")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="the models' compute dtype")
+    p.add_argument("--state-dtype", default="float32", choices=list(STATE_DTYPES), help="how the SSM models store "
+                   "their recurrent state between tokens (bfloat16 halves it; see the adapters' state_dtype)")
     p.add_argument("--backend", default="auto", choices=list(BACKENDS), help="kernels: auto = triton on CUDA where "
                    "mamba-ssm is installed, else torch")
     p.add_argument("--no-anytime", action="store_true", help="run every budget separately (for timing comparisons)")
@@ -271,7 +273,7 @@ def spec_from(args, checkpoints: list[Path] | None = None) -> SweepSpec:
                      exits=exit_points_from(args.exit, args.exit_threshold),
                      metadata={**num_docs, **args.metadata}, limit=args.limit,
                      batch_size=int(batch) if batch.isdigit() else batch, device=args.device, dtype=args.dtype,
-                     backend=args.backend, anytime=not args.no_anytime,
+                     state_dtype=args.state_dtype, backend=args.backend, anytime=not args.no_anytime,
                      workers=resolve_workers(args.workers, args.device))
 
 
@@ -309,7 +311,8 @@ def bundled_job(args, executor: Executor, argv: list[str]) -> int:
     for which, grid in LANGUAGE_GRIDS:  # the text corpus has no data seed
         models = [p for p in sorted(text) if which == "all" or implicit_checkpoint(p)]
         extra = ["--num-docs", str(LANGUAGE_DOCS), "--out", str(args.out), "--device", args.device,
-                 "--batch-size", args.batch_size, "--dtype", args.dtype, "--backend", args.backend]
+                 "--batch-size", args.batch_size, "--dtype", args.dtype, "--state-dtype", args.state_dtype,
+                 "--backend", args.backend]
         specs.append((spec_from(sweep_parser().parse_args([*map(str, models), *grid, *extra])), args.out))
     failed, outcome = 0, None
     assert specs  # the state-tracking part is always there

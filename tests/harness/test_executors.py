@@ -370,3 +370,22 @@ def test_a_sweep_on_a_real_slurm_equals_the_local_run_and_survives_requeue_cance
     loaded = load_runs([out])
     assert len(loaded.runs) == 5 and not loaded.skipped  # one result a job, none twice; the records are no results
     print(f"real SLURM sweep, requeue, cancel and resubmission: {time.monotonic() - started:.0f} s")
+
+
+def test_a_bfloat16_state_sweep_keys_its_jobs_apart_and_hands_the_adapters_the_option(parity_checkpoints, tmp_path):
+    """--state-dtype bfloat16 changes scores: its jobs must not be taken for the float32 ones already done, and each
+    job's model_args must carry it (workers and cluster tasks rebuild the spec from its dict)."""
+    from implicit_ssm_eval.harness.sweep import model_args, plan
+
+    ckpt = str(parity_checkpoints["implicit"])
+    plain = spec_from(sweep_parser().parse_args([ckpt, "--max-iter", "2"]))
+    low = SweepSpec.from_dict(spec_from(sweep_parser().parse_args([ckpt, "--max-iter", "2", "--state-dtype",
+                                                                   "bfloat16"])).to_dict())
+    older = SweepSpec.from_dict({k: v for k, v in plain.to_dict().items() if k != "state_dtype"})  # before the flag
+    jobs = plan(plain)
+    assert low.state_dtype == "bfloat16" and [j.key for j in plan(low)] == [j.key for j in jobs]
+    assert all(j.job_key(plain) == j.job_key(older) != j.job_key(low) for j in jobs)
+    assert model_args(jobs[0], low, tmp_path / "g.jsonl", [])["state_dtype"] == "bfloat16"
+    assert "state_dtype" not in model_args(jobs[0], plain, tmp_path / "g.jsonl", [])
+    with pytest.raises(SystemExit):
+        sweep_parser().parse_args([ckpt, "--state-dtype", "float16"])
