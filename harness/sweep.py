@@ -330,6 +330,9 @@ def terminate_as_interrupt():
         return
 
     def stop(signum, frame):
+        if _DEFERRED["on"]:  # a worker is being started: raise once it is in the list of workers to stop
+            _DEFERRED["signal"] = signum
+            return
         raise Terminated(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -337,6 +340,22 @@ def terminate_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_DEFERRED: dict = {"on": False, "signal": None}
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold terminate_as_interrupt's SIGTERM until the block has run. Raised inside Popen, after the child exists and
+    before Popen returns, it would leave a worker that no list holds, and so none stops (seen once under load)."""
+    _DEFERRED.update(on=True, signal=None)
+    try:
+        yield
+    finally:
+        _DEFERRED["on"] = False
+    if _DEFERRED["signal"] is not None:
+        raise Terminated(f"signal {_DEFERRED['signal']}")
 
 
 STOP_WAIT_S = 60.0  # a worker asked to stop gets this long to drop its job in flight, then is killed
@@ -486,9 +505,10 @@ def _spawn_workers(spec: SweepSpec, out: Path, procs: list[subprocess.Popen]) ->
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i]
-        procs.append(subprocess.Popen([sys.executable, "-m", "implicit_ssm_eval.harness", "sweep", "--worker-spec",
-                                       str(claims / "spec.json"), "--worker-index", str(i), "--out", str(out),
-                                       "--quiet"], env=env))
+        with signals_deferred():
+            procs.append(subprocess.Popen([sys.executable, "-m", "implicit_ssm_eval.harness", "sweep",
+                                           "--worker-spec", str(claims / "spec.json"), "--worker-index", str(i),
+                                           "--out", str(out), "--quiet"], env=env))
 
 
 def _wait_for_workers(procs: list[subprocess.Popen], spec: SweepSpec, out: Path, outcome: Outcome,

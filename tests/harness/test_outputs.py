@@ -262,6 +262,40 @@ def test_a_signal_while_workers_start_stops_those_started(parity_checkpoints, tm
     assert not (tmp_path / "s" / ".claims").exists()
 
 
+def test_a_signal_inside_the_start_of_a_worker_still_stops_that_worker(parity_checkpoints, tmp_path, monkeypatch):
+    """SIGTERM delivered while Popen is starting worker 1, after its process exists and before Popen returns (as
+    under a loaded machine): that worker too is stopped and waited for. Before the fix, Terminated was raised inside
+    Popen, the worker never reached the list that stop_workers stops, and it outlived the sweep."""
+    from implicit_ssm_eval.harness import sweep
+
+    started = []
+
+    class Worker:
+        def __init__(self, argv, env):
+            self.stopped = self.waited = False
+            started.append(self)  # the process exists
+            if len(started) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before __init__ returns
+                time.sleep(0.05)
+
+        def poll(self):
+            return None if not self.stopped else -signal.SIGTERM
+
+        def terminate(self):
+            self.stopped = True
+
+        def wait(self, timeout=None):
+            self.waited = True
+            return -signal.SIGTERM
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", Worker)
+    spec = SweepSpec(checkpoints=(str(parity_checkpoints["implicit"]),), tasks=("st_parity_id",), max_iters=(1,),
+                     tols=(0.0,), modes=("simultaneous",), workers=2)
+    with pytest.raises(sweep.Terminated):
+        run_sweep(spec, tmp_path / "s", progress=False)
+    assert len(started) == 2 and all(w.stopped and w.waited for w in started)
+
+
 def test_sigterm_stops_the_whole_sweep_and_a_rerun_completes(parity_checkpoints, tmp_path):
     """`sweep --workers 2` terminated once its first job has started: no process of it survives, nothing in --out
     changes afterwards, only whole results are there, and a rerun completes the sweep."""
