@@ -229,6 +229,22 @@ def terminate_once_a_job_started(sweep: subprocess.Popen, out: Path, stderr: Pat
     assert sweep.wait(timeout=120) == 128 + signal.SIGTERM, stderr.read_text()
 
 
+class StandInWorker:
+    """A worker process as stop_workers sees it: running until asked to stop, then stopped and waited for."""
+
+    stopped = waited = False
+
+    def poll(self):
+        return None if not self.stopped else -signal.SIGTERM
+
+    def terminate(self):
+        self.stopped = True
+
+    def wait(self, timeout=None):
+        self.waited = True
+        return -signal.SIGTERM
+
+
 def test_a_signal_while_workers_start_stops_those_started(parity_checkpoints, tmp_path, monkeypatch):
     """SIGTERM between starting worker 0 and worker 1: worker 0 is stopped and waited for, no claims are left, and
     the sweep ends as terminated."""
@@ -236,22 +252,12 @@ def test_a_signal_while_workers_start_stops_those_started(parity_checkpoints, tm
 
     started = []
 
-    class Worker:
+    class Worker(StandInWorker):
         def __init__(self, argv, env):
             if started:
                 raise sweep.Terminated("signal 15")
             self.stopped = self.waited = False
             started.append(self)
-
-        def poll(self):
-            return None if not self.stopped else -signal.SIGTERM
-
-        def terminate(self):
-            self.stopped = True
-
-        def wait(self, timeout=None):
-            self.waited = True
-            return -signal.SIGTERM
 
     monkeypatch.setattr(sweep.subprocess, "Popen", Worker)
     spec = SweepSpec(checkpoints=(str(parity_checkpoints["implicit"]),), tasks=("st_parity_id",), max_iters=(1,),
@@ -270,23 +276,13 @@ def test_a_signal_inside_the_start_of_a_worker_still_stops_that_worker(parity_ch
 
     started = []
 
-    class Worker:
+    class Worker(StandInWorker):
         def __init__(self, argv, env):
             self.stopped = self.waited = False
             started.append(self)  # the process exists
             if len(started) == 2:
                 os.kill(os.getpid(), signal.SIGTERM)  # the handler runs before __init__ returns
                 time.sleep(0.05)
-
-        def poll(self):
-            return None if not self.stopped else -signal.SIGTERM
-
-        def terminate(self):
-            self.stopped = True
-
-        def wait(self, timeout=None):
-            self.waited = True
-            return -signal.SIGTERM
 
     monkeypatch.setattr(sweep.subprocess, "Popen", Worker)
     spec = SweepSpec(checkpoints=(str(parity_checkpoints["implicit"]),), tasks=("st_parity_id",), max_iters=(1,),
