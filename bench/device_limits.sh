@@ -6,12 +6,15 @@
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" memory      # memory, auto_batch, lm_tolerance
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" sequential  # the sequential reading, and
 #                                                                                # the context read once (130M)
+#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" shared      # the context read once from CUDA
+#                                                                                # graphs: its GPU tests, the 130M
+#                                                                                # explicit and lockstep readings
 # fla (flash-linear-attention 0.6.0 and fla-core, which need transformers >= 5.6.2) comes from wheels in .device/fla
 # (`pip download --no-deps -d .device/fla flash-linear-attention==0.6.0 fla-core==0.6.0 transformers==5.25.0
 # huggingface_hub==2.4.0`), installed in a folder of its own that only the anchors' process sees.
 set -uo pipefail
 OUT=${1:?output folder}
-PART=${2:?anchors, memory or sequential}
+PART=${2:?anchors, memory, sequential or shared}
 export TOKENIZERS_PARALLELISM=false
 echo "import implicit_ssm_eval.model_adapters.adapter.hook" > /tmp/site/sitecustomize.py
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
@@ -53,8 +56,15 @@ sequential)
     step shared_context_130m 200 python3 bench/shared_context.py --device cuda --make-130m /tmp/m130 --context 1024 \
         --questions 8
     ;;
+shared)
+    step gpu_tests_shared 270 python3 -m pytest -m gpu -q -p no:cacheprovider \
+        tests/lm_eval_adapters/test_shared_context.py tests/lm_eval_adapters/test_adapters.py -k "shared or graphed"
+    step shared_context_130m_graphs 300 python3 bench/shared_context.py --device cuda --make-130m /tmp/m130 \
+        --context 1024 --questions 32 --run explicit:/tmp/m130/explicit-130m:dtype=bfloat16 \
+        --run "implicit:/tmp/m130/implicit-130m:mode=simultaneous,max_iter=16,tol=0,dtype=bfloat16"
+    ;;
 *)
-    echo "part must be anchors, memory or sequential, got $PART" >&2
+    echo "part must be anchors, memory, sequential or shared, got $PART" >&2
     exit 2
     ;;
 esac

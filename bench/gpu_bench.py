@@ -299,9 +299,9 @@ def section_lengths(args, pair) -> None:
     counts = {"captures": 0, "replays": 0}
     replay = graphs.ForwardGraph.__call__
 
-    def make(*a):
+    def make(*a, **kw):
         counts["captures"] += 1
-        return graphs.ForwardGraph(*a)
+        return graphs.ForwardGraph(*a, **kw)
 
     def counted(self, *a):
         counts["replays"] += 1

@@ -68,9 +68,9 @@ def count_graphs() -> None:
 
     init, call = graphs.ForwardGraph.__init__, graphs.ForwardGraph.__call__
 
-    def counted_init(self, *args):
+    def counted_init(self, *args, **kw):
         COUNTS["captures"] += 1
-        init(self, *args)
+        init(self, *args, **kw)
 
     def counted_call(self, *args):
         COUNTS["replays"] += 1

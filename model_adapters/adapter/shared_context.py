@@ -31,12 +31,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..fixed_point import EPS, damp, row_norms
 from ..reading import ReadStats, pieces
 from ..runtime.generation import right_pad
+from ..runtime.graphs import padded_length
 from ..tensors import map_tensors, take_rows, valid_mask
 from .greedy_log import append_records, greedy_records
 from .records import Compute
@@ -66,6 +68,7 @@ class Scorer(Protocol):
 
 STATE, LOCKSTEP = "state", "lockstep"
 _PROBE_LENGTHS = (1, 2, 3, 64, 1000, 4096)  # lengths at which a reading's piece size is looked at
+REST_STEP = 16  # members' rests are padded to a multiple of this where the runtime pads (rest_length)
 MEMBERS_PER_ROW = 4  # members a batch takes per prefix row: a 4-choice task batches as many contexts as un-shared rows
 _FIELDS = ("iterations", "residual", "converged", "tokens")  # ReadStats' fields, in order
 
@@ -244,22 +247,24 @@ def _read_by_state(runtime: Runtime, budget: Budget | None, budgets: tuple[int, 
     """The prefixes read with their states committed, then every member's rest from its prefix's state."""
     assert len(budgets) == 1  # anytime budgets are one-piece readings (lockstep)
     k = budgets[0]
-    device = runtime.model.embedding.weight.device
-    ids, lengths = right_pad([list(b.prefix) for b in branches], device)
-    head = runtime(ids, budget, lengths=lengths, want_state=True)
     owners, rests, spans = _members(branches)
-    live = [r for r, rest in enumerate(rests) if rest]
+    live = [r for r, rest in enumerate(rests) if rest]  # a branch has two members or more: one at least has a rest
     where = {r: j for j, r in enumerate(live)}
-    if live:
-        ids_r, lengths_r = right_pad([rests[r] for r in live], device)
-        rows = torch.tensor([owners[r] for r in live], device=device)
+    ids, lengths, ids_r, lengths_r, rows = _inputs(runtime, branches, owners, rests, live)
+    if budget is None:  # one computation, replayed from a CUDA graph where the runtime captures
+        key = ("explicit branches", tuple(ids_r.shape))
+        hidden, hidden_r = runtime.replayed(key, _explicit_branches(runtime), ids, lengths, ids_r, lengths_r, rows)
+        stats = stats_r = None
+    else:  # the readings in pieces run in captured piece solves of their own
+        head = runtime(ids, budget, lengths=lengths, want_state=True)
         rest = runtime(ids_r, budget, lengths=lengths_r, state=take_rows(head.state, rows), want_state=False)
+        hidden, stats, hidden_r, stats_r = head.hidden, head.stats, rest.hidden, rest.stats
     out = []
     for r, (g, tokens, span) in enumerate(zip(owners, rests, spans)):
-        h_head = head.hidden[g, :len(branches[g].prefix)]
-        h_rest = rest.hidden[where[r], :len(tokens)] if r in where else h_head[:0]
-        s_rest = _row_stats(rest.stats, where[r]) if r in where else None
-        read = Branched({k: _tail(h_head, h_rest, span)}, stats={k: _join_stats(_row_stats(head.stats, g), s_rest)})
+        h_head = hidden[g, :len(branches[g].prefix)]
+        h_rest = hidden_r[where[r], :len(tokens)] if r in where else h_head[:0]
+        s_rest = _row_stats(stats_r, where[r]) if r in where else None
+        read = Branched({k: _tail(h_head, h_rest, span)}, stats={k: _join_stats(_row_stats(stats, g), s_rest)})
         if full:
             read.full[k] = torch.cat([h_head, h_rest])
         out.append(read)
@@ -268,55 +273,102 @@ def _read_by_state(runtime: Runtime, budget: Budget | None, budgets: tuple[int, 
 
 def _read_in_lockstep(runtime: Runtime, budget: Budget, budgets: tuple[int, ...], branches: list[Branch],
                       full: bool) -> list[Branched]:
-    """The damped iteration of a one-piece reading, prefixes and members' rests side by side: evaluation j of a rest
-    starts from the layers' states at its prefix's end under evaluation j of the prefix."""
-    model, ops = runtime.implicit, runtime.ops
-    device = model.embedding.weight.device
-    ids, lengths = right_pad([list(b.prefix) for b in branches], device)
-    model.check_ids(ids)
-    u, valid = model.inject(ids), valid_mask(lengths, ids.shape[1])
-    z = torch.zeros(*ids.shape, model.cfg.d_model, dtype=model.cd, device=device)
+    """The damped iteration of a one-piece reading, prefixes and members' rests side by side (_lockstep_reading),
+    replayed from a CUDA graph where the runtime captures."""
     owners, rests, spans = _members(branches)
     live = [r for r, rest in enumerate(rests) if rest]
     where = {r: j for j, r in enumerate(live)}
-    if live:
-        ids_r, lengths_r = right_pad([rests[r] for r in live], device)
-        model.check_ids(ids_r)
-        u_r, valid_r = model.inject(ids_r), valid_mask(lengths_r, ids_r.shape[1])
-        z_r = torch.zeros(*ids_r.shape, model.cfg.d_model, dtype=model.cd, device=device)
-        rows = torch.tensor([owners[r] for r in live], device=device)
+    inputs = _inputs(runtime, branches, owners, rests, live)
+    key = ("lockstep", budget, budgets, tuple(inputs[2].shape))
+    read = runtime.replayed(key, _lockstep_reading(runtime, budget, budgets), *inputs)
+    device = inputs[0].device
     owner_rows, live_rows = torch.tensor(owners, device=device), torch.tensor(live, dtype=torch.long, device=device)
     out = [Branched() for _ in owners]
-    for j in range(1, budget.max_iter + 1):
-        fz, state = model.f(z, u, None, valid, commit=bool(live), ops=ops)
-        fz_r = model.f(z_r, u_r, take_rows(state, rows), valid_r, commit=False, ops=ops)[0] if live else None
-        if j in budgets:
-            residual = _joined_residual((fz, z, valid), (fz_r, z_r, valid_r) if fz_r is not None else None,
-                                        owner_rows, live_rows)
-            for r, (g, tokens, span) in enumerate(zip(owners, rests, spans)):
-                h_head = fz[g, :len(branches[g].prefix)]
-                h_rest = fz_r[where[r], :len(tokens)] if fz_r is not None and r in where else h_head[:0]
-                out[r].tail[j] = _tail(h_head, h_rest, span)
-                out[r].stats[j] = _one_piece_stats(j, residual[r], len(h_head) + len(tokens), budget.tol)
-                if full:
-                    out[r].full[j] = torch.cat([h_head, h_rest])
-        if j < budget.max_iter:
-            z = damp(z, fz, budget.tau)
-            if fz_r is not None:
-                z_r = damp(z_r, fz_r, budget.tau)
+    for j, (fz, fz_r, norms, norms_r) in read.items():
+        residual = _joined_residual(norms, norms_r, owner_rows, live_rows)
+        for r, (g, tokens, span) in enumerate(zip(owners, rests, spans)):
+            h_head = fz[g, :len(branches[g].prefix)]
+            h_rest = fz_r[where[r], :len(tokens)] if r in where else h_head[:0]
+            out[r].tail[j] = _tail(h_head, h_rest, span)
+            out[r].stats[j] = _one_piece_stats(j, residual[r], len(h_head) + len(tokens), budget.tol)
+            if full:
+                out[r].full[j] = torch.cat([h_head, h_rest])
     return out
 
 
+# -- what is replayed ---------------------------------------------------------------------------------------------
+def _inputs(runtime: Runtime, branches: list[Branch], owners: list[int], rests: list[list[int]], live: list[int]
+            ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The prefixes and the live members' rests right padded, with their lengths, and each rest's prefix row. Where
+    the runtime pads (Runtime.pads), to lengths that recur: prefixes to padded_length, rests to a multiple of
+    REST_STEP (continuations are short and many lengths; a few more padded tokens cost less than a capture)."""
+    device = runtime.model.embedding.weight.device
+    ids, lengths = right_pad([list(b.prefix) for b in branches], device)
+    ids_r, lengths_r = right_pad([rests[r] for r in live], device)
+    for t in (ids, ids_r):
+        runtime.model.check_ids(t)
+    if runtime.pads:
+        ids = F.pad(ids, (0, padded_length(ids.shape[1]) - ids.shape[1]))
+        ids_r = F.pad(ids_r, (0, rest_length(ids_r.shape[1]) - ids_r.shape[1]))
+    return ids, lengths, ids_r, lengths_r, torch.tensor([owners[r] for r in live], device=device)
+
+
+def rest_length(n: int) -> int:
+    """A rest of n tokens padded: to a multiple of REST_STEP, or padded_length where that is coarser."""
+    return max(padded_length(n), -(-n // REST_STEP) * REST_STEP)
+
+
+def _explicit_branches(runtime: Runtime):
+    """(ids, lengths, ids_r, lengths_r, rows) -> the hidden states of the prefixes and of the rests, each rest read
+    from the state its prefix row ends in."""
+    model, ops = runtime.model, runtime.ops
+
+    def read(ids: Tensor, lengths: Tensor, ids_r: Tensor, lengths_r: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+        hidden, state = model.stack(model.embed(ids), None, None, valid_mask(lengths, ids.shape[1]), ops=ops)
+        hidden_r, _ = model.stack(model.embed(ids_r), None, take_rows(state, rows),
+                                  valid_mask(lengths_r, ids_r.shape[1]), commit=False, ops=ops)
+        return hidden, hidden_r
+
+    return read
+
+
+def _lockstep_reading(runtime: Runtime, budget: Budget, budgets: tuple[int, ...]):
+    """(ids, lengths, ids_r, lengths_r, rows) -> per scored budget j: f's evaluation j of the prefixes and of the
+    rests, and the squared norms of each row's update and iterate (_square_norms). Evaluation j of a rest starts from
+    the layers' states at its prefix's end under evaluation j of the prefix."""
+    model, ops = runtime.implicit, runtime.ops
+
+    def read(ids: Tensor, lengths: Tensor, ids_r: Tensor, lengths_r: Tensor, rows: Tensor) -> dict:
+        u, valid = model.inject(ids), valid_mask(lengths, ids.shape[1])
+        u_r, valid_r = model.inject(ids_r), valid_mask(lengths_r, ids_r.shape[1])
+        z = torch.zeros(*ids.shape, model.cfg.d_model, dtype=model.cd, device=ids.device)
+        z_r = torch.zeros(*ids_r.shape, model.cfg.d_model, dtype=model.cd, device=ids.device)
+        out = {}
+        for j in range(1, budget.max_iter + 1):
+            fz, state = model.f(z, u, None, valid, commit=True, ops=ops)
+            fz_r, _ = model.f(z_r, u_r, take_rows(state, rows), valid_r, commit=False, ops=ops)
+            if j in budgets:
+                out[j] = (fz, fz_r, _square_norms(fz, z, valid), _square_norms(fz_r, z_r, valid_r))
+            if j < budget.max_iter:
+                z, z_r = damp(z, fz, budget.tau), damp(z_r, fz_r, budget.tau)
+        return out
+
+    return read
+
+
+def _square_norms(fz: Tensor, z: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per row, over its valid positions: |f(z) - z|^2 and |z|^2 (a member's residual joins its two parts')."""
+    return row_norms(fz - z, valid) ** 2, row_norms(z, valid) ** 2
+
+
 # -- pieces of readings put together --------------------------------------------------------------------------------
-def _joined_residual(head: tuple, rest: tuple | None, owner_rows: Tensor, live_rows: Tensor) -> Tensor:
-    """Each member's relative residual over its whole sequence: its prefix's norms joined with its rest's. head and
-    rest: (fz, z, valid) of the prefixes and of the live members' rests."""
-    fz, z, valid = head
-    changed, size = row_norms(fz - z, valid)[owner_rows] ** 2, row_norms(z, valid)[owner_rows] ** 2
-    if rest is not None:
-        fz_r, z_r, valid_r = rest
-        changed[live_rows] += row_norms(fz_r - z_r, valid_r) ** 2
-        size[live_rows] += row_norms(z_r, valid_r) ** 2
+def _joined_residual(head: tuple[Tensor, Tensor], rest: tuple[Tensor, Tensor], owner_rows: Tensor,
+                     live_rows: Tensor) -> Tensor:
+    """Each member's relative residual over its whole sequence: its prefix's squared norms (_square_norms) joined
+    with its rest's (the live members')."""
+    changed, size = head[0][owner_rows], head[1][owner_rows]
+    changed[live_rows] += rest[0]
+    size[live_rows] += rest[1]
     return changed.sqrt() / (EPS + size.sqrt())
 
 

@@ -223,20 +223,21 @@ class PieceSolve:
 
 
 class ForwardGraph:
-    """fn(ids, lengths) -> a tree of tensors (tuples, lists, dicts, dataclasses), captured for ids of one (batch,
-    length) shape. Made from a call's ids and lengths: the capture's warm-up computes that call's outputs (`first`).
-    A later call copies ids and lengths into the static buffers, replays, and returns a copy of the outputs."""
+    """fn(*inputs) -> a tree of tensors (tuples, lists, dicts, dataclasses), captured for inputs of given shapes (the
+    scoring forward: ids (batch, length) and lengths; a shared context's read: the prefixes' and the continuations'
+    too). Made from a call's inputs: the capture's warm-up computes that call's outputs (`first`). A later call
+    copies its inputs into the static buffers, replays, and returns a copy of the outputs."""
 
-    def __init__(self, fn, ids: Tensor, lengths: Tensor, pool=None):
-        self.ids, self.lengths = ids.clone(), lengths.clone()
+    def __init__(self, fn, *inputs: Tensor, pool=None):
+        self.inputs = [t.clone() for t in inputs]
         warm: dict = {}
-        graphs, outputs = capture({"forward": lambda: fn(self.ids, self.lengths)}, pool, warm)
+        graphs, outputs = capture({"forward": lambda: fn(*self.inputs)}, pool, warm)
         self.graph, self.out = graphs["forward"], outputs["forward"]
         self.first = warm["forward"]
 
-    def __call__(self, ids: Tensor, lengths: Tensor):
-        self.ids.copy_(ids)
-        self.lengths.copy_(lengths)
+    def __call__(self, *inputs: Tensor):
+        for buffer, t in zip(self.inputs, inputs):
+            buffer.copy_(t)
         self.graph.replay()
         return map_tensors(self.out, Tensor.clone)  # the buffers are the next replay's outputs
 
@@ -259,27 +260,28 @@ class ForwardGraphs:
         self.failed: set[tuple] = set()  # keys whose capture ran out of memory
         self.pool: object | None = None  # the shared memory pool, made with the first capture
 
-    def __call__(self, key: tuple, fn, ids: Tensor, lengths: Tensor, make=None):
-        """fn(ids, lengths): replayed, captured (the capture's warm-up gives this call's outputs) or run eagerly.
-        make(fn, ids, lengths, pool): what captures it, if not the ForwardGraphs' own (a ForwardGraph)."""
-        key, previous = (tuple(ids.shape), *key), self.last
+    def __call__(self, key: tuple, fn, *inputs: Tensor, make=None):
+        """fn(*inputs): replayed, captured (the capture's warm-up gives this call's outputs) or run eagerly. The key
+        is the first input's shape and `key` (what else the computation and its shapes depend on).
+        make(fn, *inputs, pool=pool): what captures it, if not the ForwardGraphs' own (a ForwardGraph)."""
+        key, previous = (tuple(inputs[0].shape), *key), self.last
         self.last = key
         graph = self.graphs.pop(key, None)
         if graph is not None:
             self.graphs[key] = graph  # re-inserted: the most recently used comes last
-            return graph(ids, lengths)
+            return graph(*inputs)
         if key != previous or key in self.failed:
-            return fn(ids, lengths)
+            return fn(*inputs)
         while len(self.graphs) >= self.keep:
             self.graphs.pop(next(iter(self.graphs)))
         try:
-            if self.pool is None and ids.is_cuda:
+            if self.pool is None and inputs[0].is_cuda:
                 self.pool = torch.cuda.graph_pool_handle()
-            graph = (make or self.make)(fn, ids, lengths, self.pool)
+            graph = (make or self.make)(fn, *inputs, pool=self.pool)
         except torch.OutOfMemoryError:  # this shape stays eager
             self.failed.add(key)
             torch.cuda.empty_cache()
             logger.info("no memory to capture the forward of shape %s in a CUDA graph: it runs eagerly", key[0])
-            return fn(ids, lengths)
+            return fn(*inputs)
         self.graphs[key] = graph
         return graph.first

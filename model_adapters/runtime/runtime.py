@@ -172,7 +172,22 @@ class Runtime:
         padded = padded_length(length)
         ids = F.pad(ids, (0, padded - length))
         graphs = self.cache("forward_graphs", ForwardGraphs)
-        return trim_length(graphs(key, fn, ids, lengths, make), padded, length)
+        return trim_length(graphs(key, fn, ids, lengths, make=make), padded, length)
+
+    def replayed(self, key: tuple, fn, *inputs: Tensor):
+        """fn(*inputs), a computation with no state in or out whose inputs the caller padded to shapes that recur
+        (padded_length: see `pads`), replayed from CUDA graphs like the scoring forward where this runtime captures
+        (ForwardGraphs: by the first input's shape and `key`, which names the computation and the other inputs'
+        shapes), else run as it is."""
+        if self._graphable(inputs[0], None, False):
+            return self.cache("forward_graphs", ForwardGraphs)(key, fn, *inputs)
+        return fn(*inputs)
+
+    @property
+    def pads(self) -> bool:
+        """Whether callers of `replayed` pad their inputs: wherever graphs are on ("masked" runs the same padded
+        computations uncaptured, which is what the CPU tests hold to the unpadded ones)."""
+        return self.graphs != "off"
 
     def piece_solve_for(self, budget: Budget):
         """solver_for(u_like): the PieceSolve of that shape and budget, made (and captured, on CUDA) on first use and

@@ -38,17 +38,28 @@ def questions() -> list[tuple[str, str]]:
     return pairs + [pairs[0]]
 
 
+def uniform_questions(n: int = 12) -> list[tuple[str, str]]:
+    """n distinct questions of one context length (10 words), 4 distinct choices of 1-3 words: batches of one shape."""
+    pairs = []
+    for q in range(n):
+        context = " ".join([WORDS[q // 3 ** i % 3] for i in range(4)] + ["a", "b", "c"] * 2)
+        pairs += [(context, choice) for choice in (" a", " b c", " c a b", " b")]
+    return pairs
+
+
 def requests(pairs):
     return [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=0, metadata=("tiny_ll", i, 1))
             for i, p in enumerate(pairs)]
 
 
-def make(checkpoints, reading: str, share, dtype=torch.float64, **extra):
+def make(checkpoints, reading: str, share, dtype=torch.float64, graphs: str | None = None, **extra):
     kind = "explicit" if reading == "explicit" else "implicit"
     cls = ExplicitSSMLM if kind == "explicit" else ImplicitSSMLM
     lm = cls(pretrained=str(checkpoints[kind]), batch_size=3, share_context=share, progress=False,
              **{**READINGS[reading], **extra})
     lm.model.to(dtype)
+    if graphs:  # "masked": the padded computations CUDA graphs replay, run uncaptured
+        lm.runtime.graphs = graphs
     return lm
 
 
@@ -101,6 +112,79 @@ def test_shared_contexts_score_as_reading_from_the_start(checkpoints, reading, b
             assert same_compute(shared.local.records[k].answers[key].compute, answer.compute), (k, key)
     for k, summary in summaries(plain).items():
         assert summaries(shared)[k] == pytest.approx(summary, rel=1e-9), k
+
+
+@pytest.mark.parametrize("reading", ["explicit", "simultaneous-anytime", "blockwise", "sequential-tol"])
+def test_padded_shared_reads_score_as_reading_from_the_start(checkpoints, reading, branched):
+    """Where the runtime pads (graphs on), prefixes and rests are read at padded lengths, in one computation a CUDA
+    graph can replay: the same scores, greedy flags and statistics as the un-shared reading (float64)."""
+    pairs = questions()
+    plain, padded = make(checkpoints, reading, False), make(checkpoints, reading, None, graphs="masked")
+    assert padded.runtime.pads and not plain.runtime.pads
+    for (lp, greedy), (lp0, greedy0) in zip(padded.loglikelihood(requests(pairs)), plain.loglikelihood(requests(pairs))):
+        assert lp == pytest.approx(lp0, abs=1e-9, rel=0) and greedy == greedy0
+    assert sum(members for _, members in branched) >= 15
+    for k, record in plain.local.records.items():
+        for key, answer in record.answers.items():
+            assert same_compute(padded.local.records[k].answers[key].compute, answer.compute), (k, key)
+
+
+class StandIn:
+    """An uncaptured stand-in for graphs.ForwardGraph: its replay runs fn on the new inputs."""
+
+    def __init__(self, fn, *inputs, pool=None):
+        self.fn, self.first, self.shapes = fn, fn(*inputs), [tuple(t.shape) for t in inputs]
+        self.replays = 0
+
+    def __call__(self, *inputs):
+        assert [tuple(t.shape) for t in inputs] == self.shapes  # a graph replays the shapes it was captured at
+        self.replays += 1
+        return self.fn(*inputs)
+
+
+@pytest.mark.parametrize("reading", ["explicit", "simultaneous-anytime"])
+def test_batches_of_one_shape_replay_one_shared_read(checkpoints, reading, monkeypatch):
+    """A multiple-choice task whose batches share a shape (prefixes at one padded length, rests padded to
+    REST_STEP) makes one graph of the shared read and replays it for the later batches, with the un-shared scores."""
+    from implicit_ssm_eval.model_adapters.runtime.graphs import ForwardGraphs
+
+    pairs = uniform_questions()
+    plain, shared = make(checkpoints, reading, False), make(checkpoints, reading, True, graphs="capture")
+    graphs = ForwardGraphs(make=StandIn)
+    shared.runtime.cache("forward_graphs", lambda: graphs)
+    monkeypatch.setattr(shared.runtime, "_graphable", lambda *a: True)  # as on CUDA
+    for (lp, greedy), (lp0, greedy0) in zip(shared.loglikelihood(requests(pairs)), plain.loglikelihood(requests(pairs))):
+        assert lp == pytest.approx(lp0, abs=1e-9, rel=0) and greedy == greedy0
+    assert len(graphs.graphs) == 1, list(graphs.graphs)
+    (graph,) = graphs.graphs.values()
+    # 4 batches of 3 questions; " a" and " b" are one model input, the context itself (no rest): 2 rests a question
+    assert graph.shapes[2] == (6, shared_context.REST_STEP) and graph.replays == 2
+
+
+def test_rests_are_padded_to_a_multiple_of_the_step_or_to_padded_length():
+    step = shared_context.REST_STEP
+    assert [shared_context.rest_length(n) for n in (1, step, step + 1, 100, 1000)] == \
+        [step, step, 2 * step, 112, 1024]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("reading", ["explicit", "simultaneous-anytime"])
+def test_shared_reads_replayed_from_cuda_graphs_score_as_from_the_start(checkpoints, reading, monkeypatch):
+    """On a GPU the shared read of a batch (explicit: prefixes with their states, then the rests from them;
+    lockstep: the whole damped iteration of both) is captured once its shape comes twice in a row and replayed: the
+    un-shared scores to 1e-5 in float32, every greedy flag alike."""
+    from implicit_ssm_eval.model_adapters.runtime import graphs as graph_module
+
+    replays = []
+    monkeypatch.setattr(graph_module.ForwardGraph, "__call__",
+                        lambda *a, replay=graph_module.ForwardGraph.__call__: replays.append(1) or replay(*a))
+    pairs = uniform_questions(24)
+    expected = make(checkpoints, reading, False, torch.float32, device="cuda").loglikelihood(requests(pairs))
+    replays[:] = []
+    got = make(checkpoints, reading, True, torch.float32, device="cuda").loglikelihood(requests(pairs))
+    assert len(replays) >= 4
+    for (lp, greedy), (lp0, greedy0) in zip(got, expected):
+        assert lp == pytest.approx(lp0, abs=1e-5) and greedy == greedy0
 
 
 @pytest.mark.parametrize("reading", ["explicit", "blockwise-tol", "simultaneous"])
