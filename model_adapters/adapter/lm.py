@@ -87,7 +87,7 @@ class SSMLM(TemplateLM):
         return Scorer(self.runtime, self.budget, self.anytime, self.budgets_scored, self.max_length,
                       self.ckpt.config.vocab_size, sizer.size, self.local.records, self.args.record_greedy,
                       f"{self.KIND}_ssm", share_context=share_context_setting(self.args.share_context, self.budget,
-                                                           bool(self.args.anytime_exits), self.ranks.device))
+                                                           bool(self.args.anytime_exits)))
 
     def _probe(self, size: int, length: int) -> None:
         """batch_size=auto tries a batch as scoring runs it: every scored budget's hidden states kept (anytime),

@@ -19,6 +19,10 @@ float tolerance):
                  prefix. Anytime budgets are read off the same evaluations; a sequence's residual joins its prefix's
                  and its continuation's norms.
 
+On a GPU (cuda_graphs=auto) the explicit and lockstep reads of a batch are one computation of padded inputs (prefixes
+to padded_length, rests to a multiple of REST_STEP), replayed from a CUDA graph per shape like the scoring forward
+(Runtime.replayed); the readings in pieces run in their captured piece solves.
+
 Read from the start as before: a one-piece reading at tol > 0 or with Anderson (a row's stopping, and Anderson's
 mixing weights, depend on the whole sequence), a context shorter than one block (at tol > 0), an empty context, and a
 context followed by only one distinct model input. Statistics and record_greedy lines are those of the un-shared
@@ -114,17 +118,13 @@ def shareable(budget: Budget | None) -> bool:
     return budget is None or _fixed_pieces(budget) or (_whole(budget) and _lockstep(budget))
 
 
-def share_context_setting(requested: bool | None, budget: Budget | None, exit_points: bool = False,
-                          device: torch.device | None = None) -> bool:
-    """model_arg share_context (true, false, None = auto) -> whether scoring shares contexts; auto shares where it is
-    exact, and on a GPU only for the readings in pieces (sequential, blockwise), true where it never can be is
-    refused. exit_points: anytime exit criteria are requested, which are read off a whole trajectory's iterates (the
-    lockstep reading keeps only fixed budgets').
+def share_context_setting(requested: bool | None, budget: Budget | None, exit_points: bool = False) -> bool:
+    """model_arg share_context (true, false, None = auto) -> whether scoring shares contexts; auto shares wherever it
+    is exact, on any device; true where it never can be is refused. exit_points: anytime exit criteria are requested,
+    which are read off a whole trajectory's iterates (the lockstep reading keeps only fixed budgets').
 
-    Why not on a GPU for the rest: an explicit forward or a one-piece reading from the start runs from CUDA graphs
-    with the GPU's FLOPs to spare, while the shared way runs a forward with its states out and another from them,
-    uncaptured; measured on an H100 (BENCHMARKS.md) it took 1.1-1.8x as long, on the bundled models and on the 130M
-    configuration with contexts of 1,024 tokens, where the readings in pieces were 1.6-3.9x faster shared."""
+    On a GPU the explicit and the lockstep readings gain only since their shared read is replayed from CUDA graphs,
+    as the reading from the start is (Runtime.replayed): uncaptured it had been 1.1-1.8x slower (BENCHMARKS.md)."""
     if requested and exit_points:
         raise ConfigError("share_context=true: anytime_exits are read off each input's whole trajectory, which a "
                           "shared context does not keep; leave share_context unset (auto: not shared with "
@@ -135,9 +135,6 @@ def share_context_setting(requested: bool | None, budget: Budget | None, exit_po
                           f"sequential and blockwise readings, and one-piece readings at tol=0 with "
                           f"solver=fixed_point; got mode={budget.mode}, tol={budget.tol}, solver={budget.solver}. "
                           "Leave share_context unset (auto: shared where exact) or set it to false")
-    in_pieces = budget is not None and _fixed_pieces(budget)
-    if requested is None and device is not None and device.type == "cuda" and not in_pieces:
-        return False
     return requested is not False and not exit_points
 
 
