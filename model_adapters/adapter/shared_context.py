@@ -247,7 +247,7 @@ def _read_by_state(runtime: Runtime, budget: Budget | None, budgets: tuple[int, 
     owners, rests, spans = _members(branches)
     live = [r for r, rest in enumerate(rests) if rest]  # a branch has two members or more: one at least has a rest
     where = {r: j for j, r in enumerate(live)}
-    ids, lengths, ids_r, lengths_r, rows = _inputs(runtime, branches, owners, rests, live)
+    ids, lengths, ids_r, lengths_r, rows = _inputs(runtime, branches, owners, rests, live, pad=budget is None)
     if budget is None:  # one computation, replayed from a CUDA graph where the runtime captures
         key = ("explicit branches", tuple(ids_r.shape))
         hidden, hidden_r = runtime.replayed(key, _explicit_branches(runtime), ids, lengths, ids_r, lengths_r, rows)
@@ -275,7 +275,7 @@ def _read_in_lockstep(runtime: Runtime, budget: Budget, budgets: tuple[int, ...]
     owners, rests, spans = _members(branches)
     live = [r for r, rest in enumerate(rests) if rest]
     where = {r: j for j, r in enumerate(live)}
-    inputs = _inputs(runtime, branches, owners, rests, live)
+    inputs = _inputs(runtime, branches, owners, rests, live, pad=True)
     key = ("lockstep", budget, budgets, tuple(inputs[2].shape))
     read = runtime.replayed(key, _lockstep_reading(runtime, budget, budgets), *inputs)
     device = inputs[0].device
@@ -294,17 +294,19 @@ def _read_in_lockstep(runtime: Runtime, budget: Budget, budgets: tuple[int, ...]
 
 
 # -- what is replayed ---------------------------------------------------------------------------------------------
-def _inputs(runtime: Runtime, branches: list[Branch], owners: list[int], rests: list[list[int]], live: list[int]
-            ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The prefixes and the live members' rests right padded, with their lengths, and each rest's prefix row. Where
-    the runtime pads (Runtime.pads), to lengths that recur: prefixes to padded_length, rests to a multiple of
-    REST_STEP (continuations are short and many lengths; a few more padded tokens cost less than a capture)."""
+def _inputs(runtime: Runtime, branches: list[Branch], owners: list[int], rests: list[list[int]], live: list[int],
+            pad: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The prefixes and the live members' rests right padded, with their lengths, and each rest's prefix row. pad
+    (a computation that Runtime.replayed may capture) and where the runtime pads (Runtime.pads): to lengths that
+    recur, prefixes to padded_length, rests to a multiple of REST_STEP (continuations are short and many lengths; a
+    few more padded tokens cost less than a capture). The readings in pieces are not padded: their piece solves are
+    captured by piece shape, and padding would add pieces."""
     device = runtime.model.embedding.weight.device
     ids, lengths = right_pad([list(b.prefix) for b in branches], device)
     ids_r, lengths_r = right_pad([rests[r] for r in live], device)
     for t in (ids, ids_r):
         runtime.model.check_ids(t)
-    if runtime.pads:
+    if pad and runtime.pads:
         ids = F.pad(ids, (0, padded_length(ids.shape[1]) - ids.shape[1]))
         ids_r = F.pad(ids_r, (0, rest_length(ids_r.shape[1]) - ids_r.shape[1]))
     return ids, lengths, ids_r, lengths_r, torch.tensor([owners[r] for r in live], device=device)

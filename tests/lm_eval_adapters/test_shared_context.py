@@ -165,6 +165,23 @@ def test_batches_of_one_shape_replay_one_shared_read(checkpoints, reading, monke
     assert graph.shapes[2] == (6, shared_context.REST_STEP) and graph.replays == 2
 
 
+def test_the_readings_in_pieces_are_not_padded(checkpoints, monkeypatch):
+    """Sequential and blockwise shared reads run in their own piece solves: padding their inputs would only add
+    pieces, so every forward they make is at its longest row's length, where the runtime pads too."""
+    from implicit_ssm_eval.model_adapters.runtime import Runtime
+
+    exact, call = [], Runtime.__call__
+
+    def spy(self, ids, budget=None, lengths=None, **kw):
+        exact.append(lengths is None or ids.shape[1] == int(lengths.max()))
+        return call(self, ids, budget, lengths, **kw)
+
+    monkeypatch.setattr(Runtime, "__call__", spy)
+    for reading in ("sequential-tol", "blockwise-tol"):
+        make(checkpoints, reading, True, graphs="masked").loglikelihood(requests(uniform_questions()))
+    assert len(exact) >= 8 and all(exact)
+
+
 def test_rests_are_padded_to_a_multiple_of_the_step_or_to_padded_length():
     step = shared_context.REST_STEP
     assert [shared_context.rest_length(n) for n in (1, step, step + 1, 100, 1000)] == \
