@@ -9,13 +9,16 @@
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" shared      # the context read once from CUDA
 #                                                                                # graphs: its GPU tests, the 130M
 #                                                                                # explicit and lockstep readings
+#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" step        # one f evaluation kernel by kernel,
+#                                                                                # the sequential reading and decoding
+#                                                                                # beside the kernels they replaced
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" tests DIR   # the GPU tests under tests/DIR
 # fla (flash-linear-attention 0.6.0 and fla-core, which need transformers >= 5.6.2) comes from wheels in .device/fla
 # (`pip download --no-deps -d .device/fla flash-linear-attention==0.6.0 fla-core==0.6.0 transformers==5.25.0
 # huggingface_hub==2.4.0`), installed in a folder of its own that only the anchors' process sees.
 set -uo pipefail
 OUT=${1:?output folder}
-PART=${2:?anchors, memory, sequential, shared or tests}
+PART=${2:?anchors, memory, sequential, shared, step or tests}
 export TOKENIZERS_PARALLELISM=false
 echo "import implicit_ssm_eval.model_adapters.adapter.hook" > /tmp/site/sitecustomize.py
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
@@ -64,13 +67,17 @@ shared)
         --context 1024 --questions 32 --run explicit:/tmp/m130/explicit-130m:dtype=bfloat16 \
         --run "implicit:/tmp/m130/implicit-130m:mode=simultaneous,max_iter=16,tol=0,dtype=bfloat16"
     ;;
+step)
+    step bench_step 540 python3 bench/gpu_bench.py --out "$OUT/bench_step.json" \
+        --sections step_profile,sequential,decode
+    ;;
 tests)
     site=$(fla_site) || site=""
     PYTHONPATH=$site${site:+:}$PYTHONPATH step "gpu_tests_${3:?a folder under tests/}" 560 python3 -m pytest -m gpu \
         -q -p no:cacheprovider --durations=10 "tests/$3"
     ;;
 *)
-    echo "part must be anchors, memory, sequential, shared or tests, got $PART" >&2
+    echo "part must be anchors, memory, sequential, shared, step or tests, got $PART" >&2
     exit 2
     ;;
 esac

@@ -21,11 +21,15 @@ tolerance   implicit scoring at tol > 0 (--tol, default 0.1; max_iter 16; simult
             with the f evaluations each makes; the warm graphs' time per evaluation against our explicit forward's
             (graphed)
 sequential  implicit scoring in the sequential reading, k = 4, tol 0, batch 16 x 128, in CUDA graphs: the iterations
-            with our read-only step kernel vs mamba_ssm's state update (interleaved), --eager without graphs; the
+            with our read-only step kernel vs mamba_ssm's state update, vs the conv apart from it, vs mamba_ssm's
+            gated norm and a cast (interleaved, each captured afresh), --eager without graphs; the
             same 16 rows decoded by the explicit model (ours and mamba_ssm's generate(cg=True): one token through
             the stack a step, as an f evaluation is); the simultaneous reading of the same work, eager and graphed
+step_profile  kernel by kernel, one f evaluation of the sequential reading (batch 16, eager): an iteration and the
+            final, committing one (step_profile.txt)
 decode      greedy decoding tokens/s, batch 1 and 16: our explicit model (CUDA graph) vs mamba_ssm
-            generate(cg=True), and our implicit model at k = 4; steady state (prefill and capture excluded: the
+            generate(cg=True), ours with mamba_ssm's gated norm and a cast (as before 2026-12-06), and our
+            implicit model at k = 4; steady state (prefill and capture excluded: the
             rate between a 64- and a 320-token generation)
 fla_forward flash-linear-attention's Mamba2 (bench/fla_anchor.py: fla 0.6.0, the same weights) as a second anchor:
             its scoring forward with logits at the forward section's shape, its logits' error against mamba_ssm's
@@ -55,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import statistics
@@ -396,7 +401,8 @@ def section_sequential(args, pair) -> None:
     ids = torch.randint(0, VOCAB, (16, 128), device="cuda")
     budget = Budget(max_iter=4, tol=0.0, mode="sequential")
     variants = {"capture": contextlib.nullcontext, "capture_state_update": _iterations_update_the_state,
-                "capture_bf16_state": lambda: bfloat16_state(implicit)}
+                "capture_bf16_state": lambda: bfloat16_state(implicit), "capture_conv_apart": _conv_apart,
+                "capture_norm_cast": _norm_cast, "capture_conv_apart_norm_cast": _conv_apart_norm_cast}
     best = {name: float("inf") for name in variants}
     with torch.inference_mode():
         for _ in range(2):  # interleaved rounds, each variant captured afresh (a graph keeps the kernels it saw)
@@ -407,6 +413,7 @@ def section_sequential(args, pair) -> None:
                                                        warmup=1, reps=3))
         for name, ms in best.items():
             RESULTS[f"sequential_k4_{name}_tokens_per_s"] = ids.numel() / ms * 1e3
+        RESULTS["sequential_k4_speed_vs_conv_apart_norm_cast"] = best["capture_conv_apart_norm_cast"] / best["capture"]
         args.out.write_text(json.dumps(RESULTS, indent=2))
         prompts, explicit = ids[:, :64], Runtime(model, "triton", "capture")
         steps = {"mamba_ssm": lambda p, n: theirs.generate(p, max_length=p.shape[1] + n, cg=True, top_k=1),
@@ -444,8 +451,8 @@ def bfloat16_state(*models):
 
 @contextlib.contextmanager
 def _iterations_update_the_state():
-    """The triton backend as it was before its read-only step kernel: every iteration runs mamba_ssm's state update
-    (on a copy of the state) and drops the new state."""
+    """The triton backend as it was before its read-only step kernel: every iteration runs the conv, then mamba_ssm's
+    state update (on a copy of the state) and drops the new state."""
     from implicit_ssm_eval.model_adapters.backends import triton_ops
 
     fast = triton_ops.state_step
@@ -456,9 +463,78 @@ def _iterations_update_the_state():
 
     triton_ops.state_step = update
     try:
-        yield
+        with _conv_apart():  # the conv apart, then the state_step above
+            yield
     finally:
         triton_ops.state_step = fast
+
+
+@contextlib.contextmanager
+def _conv_apart():
+    """The triton backend as it was before conv_step_read: an iteration's step runs the conv, then the read-only step
+    kernel (two launches a layer)."""
+    from implicit_ssm_eval.model_adapters.backends import torch_ops, triton_ops
+
+    fused = triton_ops.conv_step_read
+    triton_ops.conv_step_read = functools.partial(torch_ops.conv_then_read, triton_ops)
+    try:
+        yield
+    finally:
+        triton_ops.conv_step_read = fused
+
+
+@contextlib.contextmanager
+def _norm_cast():
+    """The triton backend as it was before wide gated norms were written narrower by our kernel: mamba_ssm's norm
+    writes float32, then a cast to the model dtype."""
+    from implicit_ssm_eval.model_adapters.backends import triton_norm
+
+    takes = triton_norm.takes_narrowing
+    triton_norm.takes_narrowing = lambda width: False
+    try:
+        yield
+    finally:
+        triton_norm.takes_narrowing = takes
+
+
+@contextlib.contextmanager
+def _conv_apart_norm_cast():
+    with _conv_apart(), _norm_cast():
+        yield
+
+
+def section_step_profile(args, pair) -> None:
+    """Kernel by kernel, what one f evaluation of the sequential reading costs (batch 16, eager, so each kernel is
+    seen; the graphs replay the same kernels): an iteration (no state) and the final, committing one."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from implicit_ssm_eval.model_adapters.backends import get_ops
+
+    _, model = pair
+    implicit, ops, reps = implicit_twin(model), get_ops("triton"), 20
+    ids = torch.randint(0, VOCAB, (16,), device="cuda")
+    tables = []
+    with torch.inference_mode():
+        u, z = implicit.inject(ids), torch.randn(16, 768, device="cuda")
+        state = implicit.empty_state(16)
+        alive = torch.ones(16, dtype=torch.bool, device="cuda")
+        for name, commit in (("iteration", False), ("commit", True)):
+            def evaluate(commit=commit):
+                implicit.f_step(z, u, state, commit, ops, in_place=commit, valid=alive if commit else None)
+            for _ in range(3):
+                evaluate()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(reps):
+                    evaluate()
+                torch.cuda.synchronize()
+            events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0.0) > 0]
+            RESULTS[f"step_profile_{name}_kernels_per_evaluation"] = sum(e.count for e in events) / reps
+            RESULTS[f"step_profile_{name}_kernel_us_per_evaluation"] = sum(e.device_time_total for e in events) / reps
+            rows = sorted(events, key=lambda e: -e.device_time_total)
+            tables.append(f"## {name}: per evaluation (of {reps})\n" + "\n".join(
+                f"{e.device_time_total / reps:8.1f} us  {e.count / reps:5.1f} x  {e.key[:110]}" for e in rows))
+    (args.out.parent / "step_profile.txt").write_text("\n\n".join(tables) + "\n")
 
 
 def decode_rate(generate, prompts, short: int = 64, long: int = 320) -> float:
@@ -514,6 +590,9 @@ def section_decode(args, pair) -> None:
                 budget = Budget(max_iter=4, tol=0.0, mode="sequential")
                 RESULTS["decode_b16_implicit_k4_tok_s"] = decode_rate(ours_fn(implicit, budget), prompts, 32, 96)
             RESULTS[f"decode_b{batch}_common_prefix_vs_mamba_ssm"] = decode_agreement(theirs, ours, prompts, 64)
+            with _norm_cast():  # the gated norm as before 2026-12-06: mamba_ssm's, then a cast
+                RESULTS[f"decode_b{batch}_ours_norm_cast_tok_s"] = decode_rate(
+                    ours_fn(Runtime(model, "triton", "capture"), None), prompts)
             with bfloat16_state(model):  # mamba_ssm's decoding cache holds the model dtype, bfloat16 here
                 low = Runtime(model, "triton", "capture")
                 RESULTS[f"decode_b{batch}_ours_bf16_state_tok_s"] = decode_rate(ours_fn(low, None), prompts)
@@ -762,7 +841,7 @@ def print_anchors() -> None:
 
 SECTIONS = {"ceilings": section_ceilings, "forward": section_forward, "host": section_host, "profile": section_profile,
             "overhead": section_overhead, "lengths": section_lengths, "tolerance": section_tolerance,
-            "sequential": section_sequential,
+            "sequential": section_sequential, "step_profile": section_step_profile,
             "decode": section_decode, "fla_forward": section_fla_forward, "fla_decode": section_fla_decode,
             "memory": section_memory, "auto_batch": section_auto_batch, "lm_tolerance": section_lm_tolerance}
 

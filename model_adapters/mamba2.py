@@ -155,6 +155,10 @@ class Mamba2(nn.Module):
         z, xbc, dt = self._split(self._project(u, inject))
         if valid is not None:  # raw dt -inf: every backend's softplus gives exactly 0, so exp(dt A) = 1, dt x B = 0
             dt = dt.masked_fill(~valid[:, None], float("-inf"))
+        if not commit and not in_place:  # an iteration: the output alone, its conv and state read in one op
+            y = ops.conv_step_read(state.ssm, state.conv, xbc, self.conv1d.weight[:, 0], self.conv1d.bias, dt,
+                                   derived.dt_bias, derived.A, derived.D)
+            return self._gate_and_project(y.flatten(-2), z, ops), None
         conv = ops.causal_conv_silu(xbc[:, None], state.conv, self.conv1d.weight[:, 0], self.conv1d.bias)[:, 0]
         x, B, C = self._split_xbc(conv)
         y, ssm = ops.state_step(state.ssm, x, dt, derived.dt_bias, derived.A, B, C, derived.D, in_place, commit)

@@ -39,6 +39,26 @@ def check(device: str) -> list[str]:
             if got.dtype != (out_dtype or torch.float32) or rel_err(got.float(), ref.float()) > tol:
                 failures.append(f"gated_rmsnorm {batch}x{length}x{width} groups={groups} {dtype}->{out_dtype}: "
                                 f"{rel_err(got.float(), ref.float()):.2e}")
+    return failures + check_wide_narrowing(device)
+
+
+def check_wide_narrowing(device: str) -> list[str]:
+    """Groups wider than WIDEST, which triton_ops hands these kernels when the norm writes bfloat16 (the 130M
+    model's 1,536 channels ahead of out_proj): one program per row holds the whole group."""
+    from implicit_ssm_eval.model_adapters.backends import torch_ops, triton_norm
+
+    failures = []
+    for rows, width, groups in ((16, 1536, 1), (5, 2048, 2), (3, 4096, 1)):
+        torch.manual_seed(rows + width)
+        assert triton_norm.takes_narrowing(width // groups) and not triton_norm.takes(width // groups)
+        y = torch.randn(rows, width, device=device)
+        z = torch.randn(rows, width + 45, device=device).to(torch.bfloat16)[:, 7: 7 + width]
+        w = (1 + 0.1 * torch.randn(width, device=device)).to(torch.bfloat16)
+        got = triton_norm.gated_rmsnorm(y, z, w, 1e-5, width // groups, torch.bfloat16)
+        ref = torch_ops.gated_rmsnorm(y, z, w, 1e-5, width // groups, torch.float32)
+        if got.dtype != torch.bfloat16 or rel_err(got.float(), ref) > 1e-2:
+            failures.append(f"gated_rmsnorm {rows}x{width} groups={groups} -> bfloat16: "
+                            f"{rel_err(got.float(), ref):.2e}")
     return failures
 
 

@@ -45,7 +45,7 @@ def check(device: str) -> list[str]:
         if not ok:
             failures.append(f"L={length} G={groups} D={d_kind} state={with_state} final={final} {dtype}: "
                             f"errors {[f'{e:.2e}' for e in errors]}")
-    return failures + check_raw_dt(device) + check_step_read(device)
+    return failures + check_raw_dt(device) + check_step_read(device) + check_conv_step_read(device)
 
 
 def check_raw_dt(device: str) -> list[str]:
@@ -96,6 +96,46 @@ def check_step_read(device: str) -> list[str]:
         error = rel_err(y, y_ref)
         if not (y.dtype == torch.float32 and y.shape == y_ref.shape and error <= 1e-5):
             failures.append(f"step read G={groups} D={d_kind} {dtype} big_dt={big_dt}: error {error:.2e}")
+    return failures
+
+
+def check_conv_step_read(device: str) -> list[str]:
+    """The step's conv and read in one kernel against the two kernels it replaces (triton_conv's conv, then
+    ssd_step_read: the same float32 sums, so 1e-6) and against the torch twin (which convolves a bfloat16 token in
+    bfloat16: 2e-2 there, measured 1.1e-2 at the 130M shape). xbc is a strided slice of a wider projection, as in
+    the model; conv bias and D vary."""
+    from types import SimpleNamespace
+
+    from implicit_ssm_eval.model_adapters.backends import torch_ops, triton_conv
+    from implicit_ssm_eval.model_adapters.backends.triton_ssd import conv_step_read, ssd_step_read
+
+    two_kernels = SimpleNamespace(causal_conv_silu=triton_conv.causal_conv_silu,
+                                  state_step=lambda s, *args: (ssd_step_read(s, *args[:-2]), None))
+    failures = []
+    small = itertools.product(((3, 4, 8, 12),), (1, 2), ("none", "head", "channel"), (torch.float32, torch.bfloat16),
+                              (True, False))
+    the_130m = [((2, 24, 64, 128), 1, "head", torch.bfloat16, True)]  # whole 64 x 128 tiles, 24 heads to a group
+    k = 4
+    for (batch, nheads, headdim, dstate), groups, d_kind, dtype, with_bias in [*small, *the_130m]:
+        torch.manual_seed(groups * 5 + len(d_kind))
+        channels = nheads * headdim + 2 * groups * dstate
+        xbc = torch.randn(batch, channels + 9, device=device).to(dtype)[:, 4: 4 + channels]
+        conv = torch.randn(batch, channels, k - 1, device=device).to(dtype)
+        weight = (0.5 * torch.randn(channels, k, device=device)).to(dtype)
+        bias = torch.randn(channels, device=device).to(dtype) if with_bias else None
+        state = torch.randn(batch, nheads, headdim, dstate, device=device)
+        dt, dt_bias = torch.randn(batch, nheads, device=device), torch.randn(nheads, device=device)
+        A = -torch.rand(nheads, device=device) * 4 - 0.5
+        D = {"none": None, "head": torch.randn(nheads, device=device),
+             "channel": torch.randn(nheads, headdim, device=device)}[d_kind]
+        args = (state, conv, xbc, weight, bias, dt, dt_bias, A, D)
+        y = conv_step_read(*args)
+        errors = (rel_err(y, torch_ops.conv_then_read(two_kernels, *args)), rel_err(y, torch_ops.conv_step_read(*args)))
+        if not (y.dtype == torch.float32 and y.shape == (batch, nheads, headdim) and errors[0] <= 1e-6
+                and errors[1] <= (1e-5 if dtype == torch.float32 else 2e-2)):
+            failures.append(f"conv step read H={nheads} P={headdim} N={dstate} G={groups} D={d_kind} {dtype} "
+                            f"bias={with_bias}: errors "
+                            f"{[f'{e:.2e}' for e in errors]}")
     return failures
 
 

@@ -6,6 +6,9 @@ dt arrives raw, with its bias: each scan discretises it (softplus(dt + dt_bias),
 
 from __future__ import annotations
 
+import sys
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -33,6 +36,27 @@ def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor,
     -> y, new state (None when want_state is False: y alone is cheaper). With in_place=False `state` is not mutated;
     with True a backend may advance it in place (this one never does: it is the functional reference)."""
     return ssd_step(state, x, F.softplus(dt.to(dt_bias.dtype) + dt_bias), A, B, C, D, want_state)
+
+
+def conv_step_read(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None, dt: Tensor,
+                   dt_bias: Tensor, A: Tensor, D: Tensor | None) -> Tensor:
+    """The output of one step and no new state (a fixed-point iteration of the sequential reading): x, B and C are
+    SiLU(causal conv) of the token's xbc (B, d_inner + 2 G N) against the conv state (B, d_inner + 2 G N, k-1); then
+    y = exp(dt A) (S C) + dt x (B . C) + D x, (B, H, P) float32, with state (B, H, P, N) and dt raw (B, H)."""
+    return conv_then_read(sys.modules[__name__], state, conv, xbc, weight, bias, dt, dt_bias, A, D)
+
+
+def conv_then_read(ops: ModuleType, state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None,
+                   dt: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor | None) -> Tensor:
+    """conv_step_read as two of a backend's ops: its causal_conv_silu, then its state_step without a state."""
+    heads, headdim, dstate = state.shape[1:]
+    d_inner = heads * headdim
+    groups = (xbc.shape[-1] - d_inner) // (2 * dstate)
+    out = ops.causal_conv_silu(xbc[:, None], conv, weight, bias)[:, 0]
+    x, B, C = torch.split(out, [d_inner, groups * dstate, groups * dstate], dim=-1)
+    y, _ = ops.state_step(state, x.unflatten(-1, (heads, headdim)), dt, dt_bias, A, B.unflatten(-1, (groups, dstate)),
+                          C.unflatten(-1, (groups, dstate)), D, False, False)
+    return y
 
 
 def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -19,7 +19,8 @@ from torch import Tensor
 
 TILE = 4096  # values a program holds at most: BLOCK_M rows of a (power-of-two padded) group
 SPREAD = 256  # rows are grouped into programs only past this many (about two programs per multiprocessor)
-WIDEST = 512  # wider groups (the 130M model's 768 and 1,536) keep mamba_ssm's kernels (see triton_ops)
+WIDEST = 512  # wider groups (the 130M model's 768 and 1,536) keep mamba_ssm's kernels (see triton_ops)...
+WIDEST_NARROWING = 4096  # ...unless the norm narrows its dtype (a row of up to 4,096 values, one program, 8 warps)
 
 
 @triton.jit
@@ -48,6 +49,11 @@ def _rmsnorm_kernel(X, R, Z, W, Y, RES, M, N, sxm, srm, szm, sym, sresm, eps,
 def takes(width: int) -> bool:
     """Whether these kernels take groups of `width` values (narrow ones; wider ones keep mamba_ssm's)."""
     return width <= WIDEST
+
+
+def takes_narrowing(width: int) -> bool:
+    """Whether these kernels take a gated norm of `width`-value groups that writes a narrower dtype than it reads."""
+    return width <= WIDEST_NARROWING
 
 
 def _rows(t: Tensor) -> Tensor:

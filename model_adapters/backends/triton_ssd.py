@@ -12,7 +12,9 @@ Everything is computed in float32, the products as tf32x3 (PRECISION); y and the
 the torch twin. dt arrives discretised and zero on padding, so padded steps leave the state unchanged.
 
 A second kernel, ssd_step_read, is one recurrence step that returns its output and no new state: what every
-fixed-point iteration of the sequential reading needs (only the final evaluation commits a state).
+fixed-point iteration of the sequential reading needs (only the final evaluation commits a state). A third,
+conv_step_read, is the same step with the causal conv + SiLU of its token computed in the same program (one launch a
+layer where the conv took a second one and wrote its output for the step to read back).
 """
 
 from __future__ import annotations
@@ -182,4 +184,69 @@ def ssd_step_read(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tens
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), y.stride(0), y.stride(1),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, BLOCK_P=block_p, BLOCK_N=_block(dstate),
         num_warps=4)
+    return y
+
+
+@triton.jit
+def _silu_conv_tap(XBC, CONV, W, BIAS, b, ch, inside, sxb, scb, scc, sck, K: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """SiLU(conv) of one token at channels `ch`: the window is the conv state's K-1 inputs and the token's own, summed
+    tap by tap in float32 as triton_conv's kernel does, rounded to the input's dtype as its output is."""
+    acc = tl.zeros(ch.shape, dtype=tl.float32)
+    for j in tl.static_range(K - 1):
+        acc += tl.load(CONV + b * scb + ch * scc + j * sck, mask=inside, other=0.0).to(tl.float32) * \
+            tl.load(W + ch * K + j, mask=inside, other=0.0).to(tl.float32)
+    acc += tl.load(XBC + b * sxb + ch, mask=inside, other=0.0).to(tl.float32) * \
+        tl.load(W + ch * K + K - 1, mask=inside, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(BIAS + ch, mask=inside, other=0.0).to(tl.float32)
+    return (acc * tl.sigmoid(acc)).to(XBC.dtype.element_ty).to(tl.float32)
+
+
+@triton.jit
+def _conv_step_read_kernel(XBC, CONV, W, BIAS, S, DT, DT_BIAS, A, D, Y, P, N, heads_per_group, d_inner, groups,
+                           sxb, scb, scc, sck, ssb, ssh, ssp, sdb, sdh, syb, syh,
+                           K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
+                           BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    b, h, pb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    g = h // heads_per_group
+    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    in_p, in_n = p < P, n < N
+    # Every head of a group convolves the group's B and C again: 2N channels of K taps, from L2, cheaper than a launch.
+    x = _silu_conv_tap(XBC, CONV, W, BIAS, b, h * P + p, in_p, sxb, scb, scc, sck, K, HAS_BIAS)
+    Bv = _silu_conv_tap(XBC, CONV, W, BIAS, b, d_inner + g * N + n, in_n, sxb, scb, scc, sck, K, HAS_BIAS)
+    Cv = _silu_conv_tap(XBC, CONV, W, BIAS, b, d_inner + (groups + g) * N + n, in_n, sxb, scb, scc, sck, K, HAS_BIAS)
+    raw = tl.load(DT + b * sdb + h * sdh).to(tl.float32) + tl.load(DT_BIAS + h).to(tl.float32)
+    dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))  # softplus with torch's threshold
+    s = tl.load(S + b * ssb + h * ssh + p[:, None] * ssp + n[None, :], mask=in_p[:, None] & in_n[None, :],
+                other=0.0).to(tl.float32)
+    read = tl.sum(s * Cv[None, :], axis=1)  # S C, (P,)
+    y = tl.exp(dt * tl.load(A + h).to(tl.float32)) * read + dt * x * tl.sum(Bv * Cv, axis=0)
+    if HAS_D:
+        if D_PER_P:
+            y += x * tl.load(D + h * P + p, mask=in_p, other=0.0).to(tl.float32)
+        else:
+            y += x * tl.load(D + h).to(tl.float32)
+    tl.store(Y + b * syb + h * syh + p, y, mask=in_p)
+
+
+def conv_step_read(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None, dt: Tensor,
+                   dt_bias: Tensor, A: Tensor, D: Tensor | None) -> Tensor:
+    """ssd_step_read of the token whose conv input is xbc: x, B and C are SiLU(causal conv) of xbc (b, d_inner + 2 G N)
+    against the conv state (b, d_inner + 2 G N, k-1), weight (d_inner + 2 G N, k) -> y (b, H, P) float32. What
+    causal_conv_silu then ssd_step_read compute, in one launch; no state is written."""
+    batch, nheads, headdim, dstate = state.shape
+    d_inner = nheads * headdim
+    groups = (xbc.shape[-1] - d_inner) // (2 * dstate)
+    state, xbc = (t if t.stride(-1) == 1 else t.contiguous() for t in (state, xbc))
+    weight = weight.contiguous()
+    y = torch.empty(batch, nheads, headdim, dtype=torch.float32, device=xbc.device)
+    block_p = min(_block(headdim), 64)
+    _conv_step_read_kernel[(batch, nheads, triton.cdiv(headdim, block_p))](
+        xbc, conv, weight, bias if bias is not None else weight, state, dt, dt_bias, A,
+        D.contiguous() if D is not None else A, y, headdim, dstate, nheads // groups, d_inner, groups,
+        xbc.stride(0), conv.stride(0), conv.stride(1), conv.stride(2), state.stride(0), state.stride(1),
+        state.stride(2), dt.stride(0), dt.stride(1), y.stride(0), y.stride(1),
+        K=weight.shape[-1], HAS_BIAS=bias is not None, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+        BLOCK_P=block_p, BLOCK_N=_block(dstate), num_warps=4)
     return y
