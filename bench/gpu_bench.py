@@ -21,14 +21,16 @@ tolerance   implicit scoring at tol > 0 (--tol, default 0.1; max_iter 16; simult
             with the f evaluations each makes; the warm graphs' time per evaluation against our explicit forward's
             (graphed)
 sequential  implicit scoring in the sequential reading, k = 4, tol 0, batch 16 x 128, in CUDA graphs: the iterations
-            with our read-only step kernel vs mamba_ssm's state update, vs the conv apart from it, vs mamba_ssm's
-            gated norm and a cast (interleaved, each captured afresh), --eager without graphs; the
+            with our read-only step kernel vs mamba_ssm's state update, vs the steps' conv, state and window apart,
+            vs mamba_ssm's gated norm and a cast, vs both as at e722f6e (interleaved, each captured afresh),
+            --eager without graphs; the
             same 16 rows decoded by the explicit model (ours and mamba_ssm's generate(cg=True): one token through
             the stack a step, as an f evaluation is); the simultaneous reading of the same work, eager and graphed
 step_profile  kernel by kernel, one f evaluation of the sequential reading (batch 16, eager): an iteration and the
             final, committing one (step_profile.txt)
 decode      greedy decoding tokens/s, batch 1 and 16: our explicit model (CUDA graph) vs mamba_ssm
-            generate(cg=True), ours with mamba_ssm's gated norm and a cast (as before 2026-12-06), and our
+            generate(cg=True), ours with the step's kernels as at e722f6e (conv, state and window apart, the gated
+            norm cast), and our
             implicit model at k = 4; steady state (prefill and capture excluded: the
             rate between a 64- and a 320-token generation)
 fla_forward flash-linear-attention's Mamba2 (bench/fla_anchor.py: fla 0.6.0, the same weights) as a second anchor:
@@ -401,8 +403,8 @@ def section_sequential(args, pair) -> None:
     ids = torch.randint(0, VOCAB, (16, 128), device="cuda")
     budget = Budget(max_iter=4, tol=0.0, mode="sequential")
     variants = {"capture": contextlib.nullcontext, "capture_state_update": _iterations_update_the_state,
-                "capture_bf16_state": lambda: bfloat16_state(implicit), "capture_conv_apart": _conv_apart,
-                "capture_norm_cast": _norm_cast, "capture_conv_apart_norm_cast": _conv_apart_norm_cast}
+                "capture_bf16_state": lambda: bfloat16_state(implicit), "capture_steps_apart": _steps_apart,
+                "capture_norm_cast": _norm_cast, "capture_as_e722f6e": _as_e722f6e}
     best = {name: float("inf") for name in variants}
     with torch.inference_mode():
         for _ in range(2):  # interleaved rounds, each variant captured afresh (a graph keeps the kernels it saw)
@@ -413,7 +415,7 @@ def section_sequential(args, pair) -> None:
                                                        warmup=1, reps=3))
         for name, ms in best.items():
             RESULTS[f"sequential_k4_{name}_tokens_per_s"] = ids.numel() / ms * 1e3
-        RESULTS["sequential_k4_speed_vs_conv_apart_norm_cast"] = best["capture_conv_apart_norm_cast"] / best["capture"]
+        RESULTS["sequential_k4_speed_vs_e722f6e"] = best["capture_as_e722f6e"] / best["capture"]
         args.out.write_text(json.dumps(RESULTS, indent=2))
         prompts, explicit = ids[:, :64], Runtime(model, "triton", "capture")
         steps = {"mamba_ssm": lambda p, n: theirs.generate(p, max_length=p.shape[1] + n, cg=True, top_k=1),
@@ -463,24 +465,26 @@ def _iterations_update_the_state():
 
     triton_ops.state_step = update
     try:
-        with _conv_apart():  # the conv apart, then the state_step above
+        with _steps_apart():  # the conv apart, then the state_step above
             yield
     finally:
         triton_ops.state_step = fast
 
 
 @contextlib.contextmanager
-def _conv_apart():
-    """The triton backend as it was before conv_step_read: an iteration's step runs the conv, then the read-only step
-    kernel (two launches a layer)."""
+def _steps_apart():
+    """The triton backend as it was before conv_step_read and conv_step: an iteration's step runs the conv, then the
+    read-only step kernel (two launches a layer); a committing one the conv, mamba_ssm's state update, and the window
+    concatenated and masked by torch (four or five)."""
     from implicit_ssm_eval.model_adapters.backends import torch_ops, triton_ops
 
-    fused = triton_ops.conv_step_read
+    fused = triton_ops.conv_step_read, triton_ops.conv_step
     triton_ops.conv_step_read = functools.partial(torch_ops.conv_then_read, triton_ops)
+    triton_ops.conv_step = functools.partial(torch_ops.conv_then_step, triton_ops)
     try:
         yield
     finally:
-        triton_ops.conv_step_read = fused
+        triton_ops.conv_step_read, triton_ops.conv_step = fused
 
 
 @contextlib.contextmanager
@@ -498,8 +502,9 @@ def _norm_cast():
 
 
 @contextlib.contextmanager
-def _conv_apart_norm_cast():
-    with _conv_apart(), _norm_cast():
+def _as_e722f6e():
+    """The step's kernels as at commit e722f6e: every step's conv, state and window apart, the gated norm cast."""
+    with _steps_apart(), _norm_cast():
         yield
 
 
@@ -590,9 +595,11 @@ def section_decode(args, pair) -> None:
                 budget = Budget(max_iter=4, tol=0.0, mode="sequential")
                 RESULTS["decode_b16_implicit_k4_tok_s"] = decode_rate(ours_fn(implicit, budget), prompts, 32, 96)
             RESULTS[f"decode_b{batch}_common_prefix_vs_mamba_ssm"] = decode_agreement(theirs, ours, prompts, 64)
-            with _norm_cast():  # the gated norm as before 2026-12-06: mamba_ssm's, then a cast
-                RESULTS[f"decode_b{batch}_ours_norm_cast_tok_s"] = decode_rate(
+            with _as_e722f6e():  # the step's kernels as before conv_step and the narrowing gated norm
+                RESULTS[f"decode_b{batch}_ours_as_e722f6e_tok_s"] = decode_rate(
                     ours_fn(Runtime(model, "triton", "capture"), None), prompts)
+            RESULTS[f"decode_b{batch}_speed_vs_e722f6e"] = (RESULTS[f"decode_b{batch}_ours_tok_s"]
+                                                            / RESULTS[f"decode_b{batch}_ours_as_e722f6e_tok_s"])
             with bfloat16_state(model):  # mamba_ssm's decoding cache holds the model dtype, bfloat16 here
                 low = Runtime(model, "triton", "capture")
                 RESULTS[f"decode_b{batch}_ours_bf16_state_tok_s"] = decode_rate(ours_fn(low, None), prompts)

@@ -148,27 +148,18 @@ class Mamba2(nn.Module):
              commit: bool = True, ops: Ops = torch_ops, valid: Tensor | None = None
              ) -> tuple[Tensor, MixerState | None]:
         """u (B, d_model) -> (out (B, d_model), new state, or None unless commit). `state` is left untouched
-        unless in_place, where the backend may advance its SSM state in place (decoding, and the commit of a piece
-        solve, which own the state). valid (B,) bool: a row outside it takes no step (its new state is its old one),
-        as padding in the parallel form; its output is meaningless."""
-        derived = self._derived()
+        unless in_place, where the backend may advance it in place (decoding, and the commit of a piece solve, which
+        own the state). valid (B,) bool: a row outside it takes no step (its new state is its old one), as padding in
+        the parallel form; its output is meaningless."""
+        d = self._derived()
         z, xbc, dt = self._split(self._project(u, inject))
-        if valid is not None:  # raw dt -inf: every backend's softplus gives exactly 0, so exp(dt A) = 1, dt x B = 0
-            dt = dt.masked_fill(~valid[:, None], float("-inf"))
-        if not commit and not in_place:  # an iteration: the output alone, its conv and state read in one op
-            y = ops.conv_step_read(state.ssm, state.conv, xbc, self.conv1d.weight[:, 0], self.conv1d.bias, dt,
-                                   derived.dt_bias, derived.A, derived.D)
+        weight, bias = self.conv1d.weight[:, 0], self.conv1d.bias
+        if not commit:  # an iteration: the output alone, its conv and state read in one op; valid changes nothing
+            y = ops.conv_step_read(state.ssm, state.conv, xbc, weight, bias, dt, d.dt_bias, d.A, d.D)
             return self._gate_and_project(y.flatten(-2), z, ops), None
-        conv = ops.causal_conv_silu(xbc[:, None], state.conv, self.conv1d.weight[:, 0], self.conv1d.bias)[:, 0]
-        x, B, C = self._split_xbc(conv)
-        y, ssm = ops.state_step(state.ssm, x, dt, derived.dt_bias, derived.A, B, C, derived.D, in_place, commit)
-        out = self._gate_and_project(y.flatten(-2), z, ops)
-        if not commit:
-            return out, None
-        window = torch.cat([state.conv.to(xbc.dtype), xbc[..., None]], dim=-1)[..., 1:]  # the next conv state
-        if valid is not None:
-            window = torch.where(valid[:, None, None], window, state.conv)
-        return out, MixerState(window, ssm.to(self.sd))
+        y, window, ssm = ops.conv_step(state.ssm, state.conv, xbc, weight, bias, dt, d.dt_bias, d.A, d.D, valid,
+                                       in_place)
+        return self._gate_and_project(y.flatten(-2), z, ops), MixerState(window, ssm.to(self.sd))
 
 
 def _last_inputs(xbc: Tensor, conv_state: Tensor | None, valid: Tensor | None, n: int) -> Tensor:

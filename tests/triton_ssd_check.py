@@ -45,7 +45,8 @@ def check(device: str) -> list[str]:
         if not ok:
             failures.append(f"L={length} G={groups} D={d_kind} state={with_state} final={final} {dtype}: "
                             f"errors {[f'{e:.2e}' for e in errors]}")
-    return failures + check_raw_dt(device) + check_step_read(device) + check_conv_step_read(device)
+    return (failures + check_raw_dt(device) + check_step_read(device) + check_conv_step_read(device)
+            + check_conv_step_commit(device))
 
 
 def check_raw_dt(device: str) -> list[str]:
@@ -136,6 +137,46 @@ def check_conv_step_read(device: str) -> list[str]:
             failures.append(f"conv step read H={nheads} P={headdim} N={dstate} G={groups} D={d_kind} {dtype} "
                             f"bias={with_bias}: errors "
                             f"{[f'{e:.2e}' for e in errors]}")
+    return failures
+
+
+def check_conv_step_commit(device: str) -> list[str]:
+    """The committing step in place (two launches) against the torch twin's functional step run on triton's conv: the
+    output, the new state (float32, or bfloat16 as state_dtype stores it) and the shifted window, for the rows in
+    valid; the rows outside keep their state and window bit for bit."""
+    from types import SimpleNamespace
+
+    from implicit_ssm_eval.model_adapters.backends import torch_ops, triton_conv
+    from implicit_ssm_eval.model_adapters.backends.triton_ssd import conv_step_commit
+
+    twin = SimpleNamespace(causal_conv_silu=triton_conv.causal_conv_silu, state_step=torch_ops.state_step)
+    failures = []
+    small = itertools.product(((3, 4, 8, 12),), (1, 2), ("none", "head"), (torch.float32, torch.bfloat16),
+                              (torch.float32, torch.bfloat16), (True, False), (2, 4))
+    the_130m = [((2, 24, 64, 128), 1, "head", torch.bfloat16, torch.bfloat16, True, 4)]
+    for (batch, nheads, headdim, dstate), groups, d_kind, dtype, state_dtype, masked, k in [*small, *the_130m]:
+        torch.manual_seed(groups * 5 + len(d_kind) + k)
+        channels = nheads * headdim + 2 * groups * dstate
+        xbc = torch.randn(batch, channels + 9, device=device).to(dtype)[:, 4: 4 + channels]
+        conv = torch.randn(batch, channels, k - 1, device=device).to(dtype)
+        weight = (0.5 * torch.randn(channels, k, device=device)).to(dtype)
+        bias = torch.randn(channels, device=device).to(dtype)
+        state = torch.randn(batch, nheads, headdim, dstate, device=device).to(state_dtype)
+        dt, dt_bias = torch.randn(batch, nheads, device=device), torch.randn(nheads, device=device)
+        A = -torch.rand(nheads, device=device) * 4 - 0.5
+        D = {"none": None, "head": torch.randn(nheads, device=device)}[d_kind]
+        valid = torch.arange(batch, device=device) != 1 if masked else None
+        y_ref, window_ref, state_ref = torch_ops.conv_then_step(twin, state, conv, xbc, weight, bias, dt, dt_bias, A,
+                                                                D, valid, False)
+        old_state, old_conv = state.clone(), conv.clone()
+        y = conv_step_commit(state, conv, xbc, weight, bias, dt, dt_bias, A, D, valid)
+        errors = [rel_err(y, y_ref), rel_err(state.float(), state_ref.to(state_dtype).float()),
+                  rel_err(conv.float(), window_ref.float())]
+        kept = valid is None or (torch.equal(state[1], old_state[1]) and torch.equal(conv[1], old_conv[1]))
+        rounding = 1e-5 if state_dtype == torch.float32 else 1e-2  # a value either side of a bfloat16 rounding
+        if not (y.dtype == torch.float32 and kept and errors[0] <= 1e-5 and errors[1] <= rounding and errors[2] == 0):
+            failures.append(f"conv step commit H={nheads} G={groups} D={d_kind} {dtype} state {state_dtype} "
+                            f"masked={masked} k={k}: kept={kept} errors {[f'{e:.2e}' for e in errors]}")
     return failures
 
 

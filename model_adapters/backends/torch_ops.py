@@ -49,14 +49,43 @@ def conv_step_read(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bia
 def conv_then_read(ops: ModuleType, state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None,
                    dt: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor | None) -> Tensor:
     """conv_step_read as two of a backend's ops: its causal_conv_silu, then its state_step without a state."""
+    x, B, C = _conv_token(ops, state, conv, xbc, weight, bias)
+    return ops.state_step(state, x, dt, dt_bias, A, B, C, D, False, False)[0]
+
+
+def conv_step(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None, dt: Tensor,
+              dt_bias: Tensor, A: Tensor, D: Tensor | None, valid: Tensor | None, in_place: bool
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """One committing step (the final evaluation of a token, a decoding step), shapes as conv_step_read's -> (y, the
+    next conv window (B, C, k-1), the next SSM state). valid (B,) bool or None: a row outside it takes no step, its
+    window and state stay its old ones. in_place: a backend may advance `state` and `conv` in place and return them
+    (this one never does: it is the functional reference)."""
+    return conv_then_step(sys.modules[__name__], state, conv, xbc, weight, bias, dt, dt_bias, A, D, valid, in_place)
+
+
+def conv_then_step(ops: ModuleType, state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None,
+                   dt: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor | None, valid: Tensor | None, in_place: bool
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """conv_step as a backend's ops: its causal_conv_silu, its state_step, and the window shifted by torch."""
+    if valid is not None:  # raw dt -inf: every backend's softplus gives exactly 0, so exp(dt A) = 1, dt x B = 0
+        dt = dt.masked_fill(~valid[:, None], float("-inf"))
+    x, B, C = _conv_token(ops, state, conv, xbc, weight, bias)
+    y, new_state = ops.state_step(state, x, dt, dt_bias, A, B, C, D, in_place, True)
+    window = torch.cat([conv.to(xbc.dtype), xbc[..., None]], dim=-1)[..., 1:]
+    if valid is not None:
+        window = torch.where(valid[:, None, None], window, conv)
+    return y, window, new_state
+
+
+def _conv_token(ops: ModuleType, state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """SiLU(conv) of one token's xbc (B, d_inner + 2 G N), split into x (B, H, P), B and C (B, G, N)."""
     heads, headdim, dstate = state.shape[1:]
     d_inner = heads * headdim
     groups = (xbc.shape[-1] - d_inner) // (2 * dstate)
     out = ops.causal_conv_silu(xbc[:, None], conv, weight, bias)[:, 0]
     x, B, C = torch.split(out, [d_inner, groups * dstate, groups * dstate], dim=-1)
-    y, _ = ops.state_step(state, x.unflatten(-1, (heads, headdim)), dt, dt_bias, A, B.unflatten(-1, (groups, dstate)),
-                          C.unflatten(-1, (groups, dstate)), D, False, False)
-    return y
+    return x.unflatten(-1, (heads, headdim)), B.unflatten(-1, (groups, dstate)), C.unflatten(-1, (groups, dstate))
 
 
 def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -11,6 +11,7 @@ TF32 products that keep float32's precision on the tensor cores (triton_ssd.PREC
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")  # read when a kernel is compiled, so before any is
 # Autotuned kernels time their configurations in each new process and take the fastest, and timings are noisy: two
@@ -32,7 +33,7 @@ from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa:
 from torch import Tensor  # noqa: E402
 
 from ..ssd import discretise  # noqa: E402
-from . import triton_conv, triton_norm, triton_ssd  # noqa: E402
+from . import torch_ops, triton_conv, triton_norm, triton_ssd  # noqa: E402
 from .triton_solve import damped_update  # noqa: E402, F401 - the backend's op
 
 NAME = "triton"
@@ -84,6 +85,18 @@ def conv_step_read(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bia
                    dt_bias: Tensor, A: Tensor, D: Tensor | None) -> Tensor:
     """The conv and the read-only step of one token in one launch (torch_ops.conv_step_read is the definition)."""
     return triton_ssd.conv_step_read(state, conv, xbc, weight, bias, dt, dt_bias, A, D)
+
+
+def conv_step(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None, dt: Tensor,
+              dt_bias: Tensor, A: Tensor, D: Tensor | None, valid: Tensor | None, in_place: bool
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """A committing step (torch_ops.conv_step is the definition): in place, two launches (triton_ssd.conv_step_commit)
+    where the conv, the state update, the window's concatenation and its masking took four or five; otherwise the
+    conv and mamba_ssm's state update on a copy."""
+    if not in_place:
+        return torch_ops.conv_then_step(sys.modules[__name__], state, conv, xbc, weight, bias, dt, dt_bias, A, D,
+                                        valid, False)
+    return triton_ssd.conv_step_commit(state, conv, xbc, weight, bias, dt, dt_bias, A, D, valid), conv, state
 
 
 def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None) -> Tensor:

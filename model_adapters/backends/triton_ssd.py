@@ -14,7 +14,10 @@ the torch twin. dt arrives discretised and zero on padding, so padded steps leav
 A second kernel, ssd_step_read, is one recurrence step that returns its output and no new state: what every
 fixed-point iteration of the sequential reading needs (only the final evaluation commits a state). A third,
 conv_step_read, is the same step with the causal conv + SiLU of its token computed in the same program (one launch a
-layer where the conv took a second one and wrote its output for the step to read back).
+layer where the conv took a second one and wrote its output for the step to read back). conv_step_commit is the
+committing step (the final evaluation of a token, a decoding step): the conv, the state advanced in place and the
+output in one launch, then the conv windows shifted in place in a second (a window of B and C is read by every head's
+program, so none of them may shift it).
 """
 
 from __future__ import annotations
@@ -249,4 +252,83 @@ def conv_step_read(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bia
         state.stride(2), dt.stride(0), dt.stride(1), y.stride(0), y.stride(1),
         K=weight.shape[-1], HAS_BIAS=bias is not None, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         BLOCK_P=block_p, BLOCK_N=_block(dstate), num_warps=4)
+    return y
+
+
+@triton.jit
+def _conv_step_commit_kernel(XBC, CONV, W, BIAS, S, DT, DT_BIAS, A, D, VALID, Y, P, N, heads_per_group, d_inner,
+                             groups, sxb, scb, scc, sck, ssb, ssh, ssp, sdb, sdh, syb, syh,
+                             K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
+                             HAS_VALID: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    b, h, pb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    g = h // heads_per_group
+    p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    in_p, in_n = p < P, n < N
+    x = _silu_conv_tap(XBC, CONV, W, BIAS, b, h * P + p, in_p, sxb, scb, scc, sck, K, HAS_BIAS)
+    Bv = _silu_conv_tap(XBC, CONV, W, BIAS, b, d_inner + g * N + n, in_n, sxb, scb, scc, sck, K, HAS_BIAS)
+    Cv = _silu_conv_tap(XBC, CONV, W, BIAS, b, d_inner + (groups + g) * N + n, in_n, sxb, scb, scc, sck, K, HAS_BIAS)
+    raw = tl.load(DT + b * sdb + h * sdh).to(tl.float32) + tl.load(DT_BIAS + h).to(tl.float32)
+    dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))  # softplus with torch's threshold
+    if HAS_VALID:  # a row outside valid takes no step: dt = 0 leaves its state as it was, bit for bit
+        dt = tl.where(tl.load(VALID + b) != 0, dt, 0.0)
+    where = S + b * ssb + h * ssh + p[:, None] * ssp + n[None, :]
+    inside = in_p[:, None] & in_n[None, :]
+    s = tl.load(where, mask=inside, other=0.0).to(tl.float32)
+    s = tl.exp(dt * tl.load(A + h).to(tl.float32)) * s + (dt * x)[:, None] * Bv[None, :]
+    tl.store(where, s.to(S.dtype.element_ty), mask=inside)
+    y = tl.sum(s * Cv[None, :], axis=1)  # from the new state before it is rounded to its storage dtype
+    if HAS_D:
+        if D_PER_P:
+            y += x * tl.load(D + h * P + p, mask=in_p, other=0.0).to(tl.float32)
+        else:
+            y += x * tl.load(D + h).to(tl.float32)
+    tl.store(Y + b * syb + h * syh + p, y, mask=in_p)
+
+
+@triton.jit
+def _shift_window_kernel(CONV, XBC, VALID, C, sxb, scb, scc, sck, K: tl.constexpr, HAS_VALID: tl.constexpr,
+                         BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
+    """CONV[b, c] = (CONV[b, c, 1:], XBC[b, c]) for the rows in VALID: each program owns its channels."""
+    b = tl.program_id(0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    j = tl.arange(0, BLOCK_K)
+    in_c = c < C
+    older = tl.load(CONV + b * scb + c[:, None] * scc + (j[None, :] + 1) * sck,
+                    mask=in_c[:, None] & (j[None, :] < K - 2), other=0.0)
+    token = tl.load(XBC + b * sxb + c, mask=in_c, other=0.0).to(older.dtype)
+    window = tl.where(j[None, :] == K - 2, token[:, None], older)
+    keep = in_c[:, None] & (j[None, :] < K - 1)
+    if HAS_VALID:
+        keep = keep & (tl.load(VALID + b) != 0)
+    tl.store(CONV + b * scb + c[:, None] * scc + j[None, :] * sck, window.to(CONV.dtype.element_ty), mask=keep)
+
+
+def conv_step_commit(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None, dt: Tensor,
+                     dt_bias: Tensor, A: Tensor, D: Tensor | None, valid: Tensor | None) -> Tensor:
+    """One committing step, advancing `state` (b, H, P, N) and the conv window `conv` (b, C, k-1) in place for the
+    rows in valid (b,) bool (None: all): the rows outside keep both bit for bit. -> y (b, H, P) float32, from the new
+    state before it is rounded to its storage dtype (as mamba_ssm's state update and the torch twin compute it)."""
+    batch, nheads, headdim, dstate = state.shape
+    d_inner, channels, k = nheads * headdim, xbc.shape[-1], weight.shape[-1]
+    groups = (channels - d_inner) // (2 * dstate)
+    if state.stride(-1) != 1 or (conv.stride(-1) != 1 and k > 2):
+        raise ValueError("conv_step_commit advances its states in place: their last dimensions must be contiguous")
+    xbc = xbc if xbc.stride(-1) == 1 else xbc.contiguous()
+    weight = weight.contiguous()
+    keep = valid.view(torch.uint8) if valid is not None else xbc  # a bool tensor read as bytes, without a copy
+    y = torch.empty(batch, nheads, headdim, dtype=torch.float32, device=xbc.device)
+    block_p = min(_block(headdim), 64)
+    _conv_step_commit_kernel[(batch, nheads, triton.cdiv(headdim, block_p))](
+        xbc, conv, weight, bias if bias is not None else weight, state, dt, dt_bias, A,
+        D.contiguous() if D is not None else A, keep, y, headdim, dstate, nheads // groups, d_inner, groups,
+        xbc.stride(0), conv.stride(0), conv.stride(1), conv.stride(2), state.stride(0), state.stride(1),
+        state.stride(2), dt.stride(0), dt.stride(1), y.stride(0), y.stride(1),
+        K=k, HAS_BIAS=bias is not None, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
+        HAS_VALID=valid is not None, BLOCK_P=block_p, BLOCK_N=_block(dstate), num_warps=4)
+    if k > 1:
+        block_c = 256
+        _shift_window_kernel[(batch, triton.cdiv(channels, block_c))](
+            conv, xbc, keep, channels, xbc.stride(0), conv.stride(0), conv.stride(1), conv.stride(2), K=k,
+            HAS_VALID=valid is not None, BLOCK_C=block_c, BLOCK_K=max(2, triton.next_power_of_2(k - 1)), num_warps=4)
     return y
