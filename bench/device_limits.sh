@@ -68,7 +68,9 @@ shared)
         --run "implicit:/tmp/m130/implicit-130m:mode=simultaneous,max_iter=16,tol=0,dtype=bfloat16"
     ;;
 step)
-    step bench_step 540 python3 bench/gpu_bench.py --out "$OUT/bench_step.json" \
+    step gpu_tests_step_kernels 150 python3 -m pytest -m gpu -q -p no:cacheprovider \
+        tests/model_adapters/test_triton_kernels.py -k "ssd or norm"
+    step bench_step 420 python3 bench/gpu_bench.py --out "$OUT/bench_step.json" \
         --sections step_profile,sequential,decode
     ;;
 tests)
