@@ -7,6 +7,8 @@ one_chunk      the one-chunk SSD scan of a block (40 or 100 rows of the bundled 
 damped_update  a piece solve's masked update (40 rows x T x 128, and the 130M step: 16 x 768) against its torch twin
 step_read      an iteration's step without its state (130M: 16 rows, 24 heads of 64, d_state 128) against mamba_ssm's
                state update on a copy of the state
+steps          a layer's step after in_proj, conv included: an iteration's fused read and a committing step in place
+               (130M, 16 rows, float32 and bfloat16 states) against the kernels they replace
 norms          the residual add + RMSNorm and the gated RMSNorm: our row-blocked kernels (triton_norm) against
                mamba_ssm's one-row-per-program kernels, at the a5 model's widths (128, 256) from a step of 40 rows to
                a block of 64 tokens of 100 rows, and at the 130M model's (768, 1,536)
@@ -119,6 +121,31 @@ def step_read(results: dict) -> None:
     results["step_read_torch_130m_us"] = timed(torch_ops.state_step, state, x, dt, bias, A, B, C, D, False, False)
 
 
+def steps(results: dict) -> None:
+    """A layer's step after in_proj, its conv included: an iteration's (conv_step_read: one kernel) and a committing
+    one's (conv_step in place: two), against the kernels they replace (the conv, then the read-only step or mamba_ssm's
+    state update, then torch's window concatenation and masking), 130M: 16 rows of bfloat16, float32 and bfloat16
+    states, every row valid in the commit."""
+    rows, heads, headdim, dstate, k = 16, 24, 64, 128, 4
+    channels = heads * headdim + 2 * dstate
+    xbc = torch.randn(rows, channels, device="cuda", dtype=torch.bfloat16)
+    conv = torch.randn(rows, channels, k - 1, device="cuda", dtype=torch.bfloat16)
+    weight = torch.randn(channels, k, device="cuda", dtype=torch.bfloat16) * 0.5
+    bias = torch.randn(channels, device="cuda", dtype=torch.bfloat16)
+    dt, dt_bias = torch.randn(rows, heads, device="cuda"), torch.randn(heads, device="cuda")
+    A, D = -torch.rand(heads, device="cuda"), torch.randn(heads, device="cuda")
+    valid = torch.ones(rows, dtype=torch.bool, device="cuda")
+    for state_dtype in (torch.float32, torch.bfloat16):
+        name = str(state_dtype).removeprefix("torch.")
+        state = torch.randn(rows, heads, headdim, dstate, device="cuda").to(state_dtype)
+        read = (state, conv, xbc, weight, bias, dt, dt_bias, A, D)
+        results[f"steps_iteration_fused_{name}_us"] = timed(triton_ops.conv_step_read, *read)
+        results[f"steps_iteration_apart_{name}_us"] = timed(torch_ops.conv_then_read, triton_ops, *read)
+        commit = (*read, valid, True)
+        results[f"steps_commit_fused_{name}_us"] = timed(triton_ops.conv_step, *commit)
+        results[f"steps_commit_apart_{name}_us"] = timed(torch_ops.conv_then_step, triton_ops, *commit)
+
+
 def norms(results: dict) -> None:
     from mamba_ssm.ops.triton.layer_norm import _layer_norm_fwd
     from mamba_ssm.ops.triton.layernorm_gated import rmsnorm_fn
@@ -168,7 +195,7 @@ def conv(results: dict) -> None:
                                                                      bias)
 
 
-SECTIONS = {f.__name__: f for f in (one_chunk, damped_update, step_read, norms, conv)}
+SECTIONS = {f.__name__: f for f in (one_chunk, damped_update, step_read, steps, norms, conv)}
 
 
 def main() -> None:
