@@ -85,9 +85,9 @@ class GraphedStep:
             self.next_token, self.finite = next_token(runtime.logits(out.hidden), vocab_size)
             self.stats = out.stats
             for static, new in zip(self.state, out.state):
-                static.conv.copy_(new.conv)
-                if new.ssm.data_ptr() != static.ssm.data_ptr():  # an in-place step already advanced it
-                    static.ssm.copy_(new.ssm)
+                for buffer, value in ((static.conv, new.conv), (static.ssm, new.ssm)):
+                    if value.data_ptr() != buffer.data_ptr():  # an in-place step (triton) already advanced it
+                        buffer.copy_(value)
 
     def __call__(self, token: Tensor) -> tuple[Tensor, Tensor, ReadStats | None]:
         self.token.copy_(token)

@@ -149,9 +149,9 @@ class PieceSolve:
                                 (self.converged | (residual < self.budget.tol)) & self.alive)
         for s, n in zip(self.state or (), new_state or ()):
             if self.step:  # the ended rows took no step: their new state is their old one (Mamba2.step)
-                s.conv.copy_(n.conv)
-                if n.ssm is not s.ssm:  # not advanced in place (the torch backend)
-                    s.ssm.copy_(n.ssm)
+                for buffer, value in ((s.conv, n.conv), (s.ssm, n.ssm)):
+                    if value is not buffer:  # not advanced in place (the torch backend)
+                        buffer.copy_(value)
                 continue
             s.conv.copy_(torch.where(broadcast_mask(self.alive, s.conv), n.conv, s.conv))
             s.ssm.copy_(torch.where(broadcast_mask(self.alive, s.ssm), n.ssm.to(s.ssm.dtype), s.ssm))
