@@ -68,10 +68,10 @@ shared)
         --run "implicit:/tmp/m130/implicit-130m:mode=simultaneous,max_iter=16,tol=0,dtype=bfloat16"
     ;;
 step)
-    step gpu_tests_step_kernels 150 python3 -m pytest -m gpu -q -p no:cacheprovider \
+    step gpu_tests_step_kernels 120 python3 -m pytest -m gpu -q -p no:cacheprovider \
         tests/model_adapters/test_triton_kernels.py -k "ssd or norm"
     step kernels_steps 60 python3 bench/kernels.py --out "$OUT/kernels_steps.json" --sections steps
-    step bench_step 400 python3 bench/gpu_bench.py --out "$OUT/bench_step.json" \
+    step bench_step 360 python3 bench/gpu_bench.py --out "$OUT/bench_step.json" \
         --sections step_profile,sequential,decode
     ;;
 tests)

@@ -74,7 +74,8 @@ def test_gated_rmsnorm(triton_ops):
           "gated norm")
 
 
-# Two groups of 32 (our row-blocked kernel) or of 1,024 (mamba_ssm's: groups wider than triton_norm.WIDEST)
+# Two groups of 32 (our row-blocked kernel) or of 1,024 (in float32 mamba_ssm's: groups wider than
+# triton_norm.WIDEST; written in bfloat16, ours again: triton_norm.takes_narrowing)
 @pytest.mark.parametrize("width", [64, 2048])
 def test_gated_rmsnorm_in_the_projection_dtype(triton_ops, width):
     from implicit_ssm_eval.model_adapters.backends import triton_norm
