@@ -67,12 +67,12 @@ shared)
         --context 1024 --questions 32 --run explicit:/tmp/m130/explicit-130m:dtype=bfloat16 \
         --run "implicit:/tmp/m130/implicit-130m:mode=simultaneous,max_iter=16,tol=0,dtype=bfloat16"
     ;;
-step)
+step)  # what matters first comes first: a call cut short by the device's limit keeps the logs written before
+    step bench_step 240 python3 bench/gpu_bench.py --out "$OUT/bench_step.json" --sections sequential,step_profile
     step gpu_tests_step_kernels 120 python3 -m pytest -m gpu -q -p no:cacheprovider \
         tests/model_adapters/test_triton_kernels.py -k "ssd or norm"
-    step kernels_steps 60 python3 bench/kernels.py --out "$OUT/kernels_steps.json" --sections steps
-    step bench_step 360 python3 bench/gpu_bench.py --out "$OUT/bench_step.json" \
-        --sections step_profile,sequential,decode
+    step bench_decode 150 python3 bench/gpu_bench.py --out "$OUT/bench_decode.json" --sections decode
+    step kernels_steps 45 python3 bench/kernels.py --out "$OUT/kernels_steps.json" --sections steps
     ;;
 tests)
     site=$(fla_site) || site=""
