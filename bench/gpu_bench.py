@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import gc
 import json
 import statistics
@@ -404,7 +403,8 @@ def section_sequential(args, pair) -> None:
     budget = Budget(max_iter=4, tol=0.0, mode="sequential")
     variants = {"capture": contextlib.nullcontext, "capture_state_update": _iterations_update_the_state,
                 "capture_bf16_state": lambda: bfloat16_state(implicit), "capture_steps_apart": _steps_apart,
-                "capture_norm_cast": _norm_cast, "capture_as_e722f6e": _as_e722f6e}
+                "capture_norm_cast": _norm_cast, "capture_as_e722f6e": _as_e722f6e,
+                "capture_steps_fused": _steps_fused}
     best = {name: float("inf") for name in variants}
     with torch.inference_mode():
         for _ in range(2):  # interleaved rounds, each variant captured afresh (a graph keeps the kernels it saw)
@@ -416,6 +416,7 @@ def section_sequential(args, pair) -> None:
         for name, ms in best.items():
             RESULTS[f"sequential_k4_{name}_tokens_per_s"] = ids.numel() / ms * 1e3
         RESULTS["sequential_k4_speed_vs_e722f6e"] = best["capture_as_e722f6e"] / best["capture"]
+        RESULTS["sequential_k4_fused_steps_speed_vs_e722f6e"] = best["capture_as_e722f6e"] / best["capture_steps_fused"]
         args.out.write_text(json.dumps(RESULTS, indent=2))
         prompts, explicit = ids[:, :64], Runtime(model, "triton", "capture")
         steps = {"mamba_ssm": lambda p, n: theirs.generate(p, max_length=p.shape[1] + n, cg=True, top_k=1),
@@ -476,15 +477,27 @@ def _steps_apart():
     """The triton backend as it was before conv_step_read and conv_step: an iteration's step runs the conv, then the
     read-only step kernel (two launches a layer); a committing one the conv, mamba_ssm's state update, and the window
     concatenated and masked by torch (four or five)."""
-    from implicit_ssm_eval.model_adapters.backends import torch_ops, triton_ops
+    from implicit_ssm_eval.model_adapters.backends import triton_ops
 
-    fused = triton_ops.conv_step_read, triton_ops.conv_step
-    triton_ops.conv_step_read = functools.partial(torch_ops.conv_then_read, triton_ops)
-    triton_ops.conv_step = functools.partial(torch_ops.conv_then_step, triton_ops)
+    fused = triton_ops.FUSED_STEPS
+    triton_ops.FUSED_STEPS = False
     try:
         yield
     finally:
-        triton_ops.conv_step_read, triton_ops.conv_step = fused
+        triton_ops.FUSED_STEPS = fused
+
+
+@contextlib.contextmanager
+def _steps_fused():
+    """conv_step_read and conv_step as our fused kernels, whatever triton_ops.FUSED_STEPS says."""
+    from implicit_ssm_eval.model_adapters.backends import triton_ops
+
+    default = triton_ops.FUSED_STEPS
+    triton_ops.FUSED_STEPS = True
+    try:
+        yield
+    finally:
+        triton_ops.FUSED_STEPS = default
 
 
 @contextlib.contextmanager
@@ -597,6 +610,9 @@ def section_decode(args, pair) -> None:
             RESULTS[f"decode_b{batch}_common_prefix_vs_mamba_ssm"] = decode_agreement(theirs, ours, prompts, 64)
             with _as_e722f6e():  # the step's kernels as before conv_step and the narrowing gated norm
                 RESULTS[f"decode_b{batch}_ours_as_e722f6e_tok_s"] = decode_rate(
+                    ours_fn(Runtime(model, "triton", "capture"), None), prompts)
+            with _steps_fused():
+                RESULTS[f"decode_b{batch}_ours_steps_fused_tok_s"] = decode_rate(
                     ours_fn(Runtime(model, "triton", "capture"), None), prompts)
             RESULTS[f"decode_b{batch}_speed_vs_e722f6e"] = (RESULTS[f"decode_b{batch}_ours_tok_s"]
                                                             / RESULTS[f"decode_b{batch}_ours_as_e722f6e_tok_s"])

@@ -139,10 +139,10 @@ def steps(results: dict) -> None:
         name = str(state_dtype).removeprefix("torch.")
         state = torch.randn(rows, heads, headdim, dstate, device="cuda").to(state_dtype)
         read = (state, conv, xbc, weight, bias, dt, dt_bias, A, D)
-        results[f"steps_iteration_fused_{name}_us"] = timed(triton_ops.conv_step_read, *read)
+        results[f"steps_iteration_fused_{name}_us"] = timed(triton_ssd.conv_step_read, *read)
         results[f"steps_iteration_apart_{name}_us"] = timed(torch_ops.conv_then_read, triton_ops, *read)
         commit = (*read, valid, True)
-        results[f"steps_commit_fused_{name}_us"] = timed(triton_ops.conv_step, *commit)
+        results[f"steps_commit_fused_{name}_us"] = timed(triton_ssd.conv_step_commit, *read, valid)
         results[f"steps_commit_apart_{name}_us"] = timed(torch_ops.conv_then_step, triton_ops, *commit)
 
 

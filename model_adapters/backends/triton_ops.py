@@ -81,9 +81,16 @@ def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor,
     return y, new_state
 
 
+# Whether a step's conv, state read or update and window shift run as our fused kernels (conv_step_read, conv_step
+# below) or as the conv, the step kernel and torch's window ops apart. bench/gpu_bench.py times both in one process.
+FUSED_STEPS = True
+
+
 def conv_step_read(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None, dt: Tensor,
                    dt_bias: Tensor, A: Tensor, D: Tensor | None) -> Tensor:
     """The conv and the read-only step of one token in one launch (torch_ops.conv_step_read is the definition)."""
+    if not FUSED_STEPS:
+        return torch_ops.conv_then_read(sys.modules[__name__], state, conv, xbc, weight, bias, dt, dt_bias, A, D)
     return triton_ssd.conv_step_read(state, conv, xbc, weight, bias, dt, dt_bias, A, D)
 
 
@@ -93,7 +100,7 @@ def conv_step(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Te
     """A committing step (torch_ops.conv_step is the definition): in place, two launches (triton_ssd.conv_step_commit)
     where the conv, the state update, the window's concatenation and its masking took four or five; otherwise the
     conv and mamba_ssm's state update on a copy."""
-    if not in_place:
+    if not (in_place and FUSED_STEPS):
         return torch_ops.conv_then_step(sys.modules[__name__], state, conv, xbc, weight, bias, dt, dt_bias, A, D,
                                         valid, False)
     return triton_ssd.conv_step_commit(state, conv, xbc, weight, bias, dt, dt_bias, A, D, valid), conv, state
