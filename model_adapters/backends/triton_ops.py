@@ -84,7 +84,8 @@ def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor,
 # Whether a step's conv, state read or update and window shift run as our fused kernels (conv_step_read, conv_step
 # below) or as the conv, the step kernel and torch's window ops apart. bench/gpu_bench.py times both in one process.
 # Off until a GPU has compiled and timed them: they are held bitwise to the kernels they replace under Triton's
-# interpreter (tests/triton_ssd_check.py), but no device was lent to this session (2026-12-06) to run them.
+# interpreter (tests/triton_ssd_check.py), but no device could be started in the session that wrote them
+# (2026-12-06). Measure with `bash bench/device_limits.sh "$OUT" step` (BENCHMARKS.md, "Fewer launches a step").
 FUSED_STEPS = False
 
 
