@@ -151,14 +151,13 @@ class Mamba2(nn.Module):
         unless in_place, where the backend may advance it in place (decoding, and the commit of a piece solve, which
         own the state). valid (B,) bool: a row outside it takes no step (its new state is its old one), as padding in
         the parallel form; its output is meaningless."""
-        d = self._derived()
+        derived = self._derived()
         z, xbc, dt = self._split(self._project(u, inject))
-        weight, bias = self.conv1d.weight[:, 0], self.conv1d.bias
+        weight, bias, dt_bias, A, D = self.conv1d.weight[:, 0], self.conv1d.bias, derived.dt_bias, derived.A, derived.D
         if not commit:  # an iteration: the output alone, its conv and state read in one op; valid changes nothing
-            y = ops.conv_step_read(state.ssm, state.conv, xbc, weight, bias, dt, d.dt_bias, d.A, d.D)
+            y = ops.conv_step_read(state.ssm, state.conv, xbc, weight, bias, dt, dt_bias, A, D)
             return self._gate_and_project(y.flatten(-2), z, ops), None
-        y, window, ssm = ops.conv_step(state.ssm, state.conv, xbc, weight, bias, dt, d.dt_bias, d.A, d.D, valid,
-                                       in_place)
+        y, window, ssm = ops.conv_step(state.ssm, state.conv, xbc, weight, bias, dt, dt_bias, A, D, valid, in_place)
         return self._gate_and_project(y.flatten(-2), z, ops), MixerState(window, ssm.to(self.sd))
 
 

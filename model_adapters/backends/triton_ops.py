@@ -101,11 +101,11 @@ def conv_step(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Te
               dt_bias: Tensor, A: Tensor, D: Tensor | None, valid: Tensor | None, in_place: bool
               ) -> tuple[Tensor, Tensor, Tensor]:
     """A committing step (torch_ops.conv_step is the definition): in place, two launches (triton_ssd.conv_step_commit)
-    where the conv, the state update, the window's concatenation and its masking took four or five; otherwise the
-    conv and mamba_ssm's state update on a copy."""
+    where the conv, the state update, the window's concatenation and its masking took four or five; otherwise those
+    (mamba_ssm's state update in place, or on a copy when not in_place)."""
     if not (in_place and FUSED_STEPS):
         return torch_ops.conv_then_step(sys.modules[__name__], state, conv, xbc, weight, bias, dt, dt_bias, A, D,
-                                        valid, False)
+                                        valid, in_place)
     return triton_ssd.conv_step_commit(state, conv, xbc, weight, bias, dt, dt_bias, A, D, valid), conv, state
 
 
