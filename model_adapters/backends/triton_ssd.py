@@ -211,26 +211,40 @@ def _conv_step_read_kernel(XBC, CONV, W, BIAS, S, DT, DT_BIAS, A, D, Y, P, N, he
                            K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
                            BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     b, h, pb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    g = h // heads_per_group
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
     in_p, in_n = p < P, n < N
-    # Every head of a group convolves the group's B and C again: 2N channels of K taps, from L2, cheaper than a launch.
-    x = _silu_conv_tap(XBC, CONV, W, BIAS, b, h * P + p, in_p, sxb, scb, scc, sck, K, HAS_BIAS)
-    Bv = _silu_conv_tap(XBC, CONV, W, BIAS, b, d_inner + g * N + n, in_n, sxb, scb, scc, sck, K, HAS_BIAS)
-    Cv = _silu_conv_tap(XBC, CONV, W, BIAS, b, d_inner + (groups + g) * N + n, in_n, sxb, scb, scc, sck, K, HAS_BIAS)
-    raw = tl.load(DT + b * sdb + h * sdh).to(tl.float32) + tl.load(DT_BIAS + h).to(tl.float32)
-    dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))  # softplus with torch's threshold
+    x, Bv, Cv, dt = _token(XBC, CONV, W, BIAS, DT, DT_BIAS, b, h, p, n, in_p, in_n, P, N, heads_per_group, d_inner,
+                           groups, sxb, scb, scc, sck, sdb, sdh, K, HAS_BIAS)
     s = tl.load(S + b * ssb + h * ssh + p[:, None] * ssp + n[None, :], mask=in_p[:, None] & in_n[None, :],
                 other=0.0).to(tl.float32)
     read = tl.sum(s * Cv[None, :], axis=1)  # S C, (P,)
     y = tl.exp(dt * tl.load(A + h).to(tl.float32)) * read + dt * x * tl.sum(Bv * Cv, axis=0)
     if HAS_D:
-        if D_PER_P:
-            y += x * tl.load(D + h * P + p, mask=in_p, other=0.0).to(tl.float32)
-        else:
-            y += x * tl.load(D + h).to(tl.float32)
+        y += _skip(D, x, h, p, in_p, P, D_PER_P)
     tl.store(Y + b * syb + h * syh + p, y, mask=in_p)
+
+
+@triton.jit
+def _token(XBC, CONV, W, BIAS, DT, DT_BIAS, b, h, p, n, in_p, in_n, P, N, heads_per_group, d_inner, groups,
+           sxb, scb, scc, sck, sdb, sdh, K: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """x (P,), B and C (N,) of head h's group, SiLU(conv) of the token, and dt = softplus(raw dt + bias) (torch's
+    threshold). Every head of a group convolves the group's B and C again: 2N channels of K taps, read from L2,
+    cheaper than a launch."""
+    g = h // heads_per_group
+    x = _silu_conv_tap(XBC, CONV, W, BIAS, b, h * P + p, in_p, sxb, scb, scc, sck, K, HAS_BIAS)
+    Bv = _silu_conv_tap(XBC, CONV, W, BIAS, b, d_inner + g * N + n, in_n, sxb, scb, scc, sck, K, HAS_BIAS)
+    Cv = _silu_conv_tap(XBC, CONV, W, BIAS, b, d_inner + (groups + g) * N + n, in_n, sxb, scb, scc, sck, K, HAS_BIAS)
+    raw = tl.load(DT + b * sdb + h * sdh).to(tl.float32) + tl.load(DT_BIAS + h).to(tl.float32)
+    return x, Bv, Cv, tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))
+
+
+@triton.jit
+def _skip(D, x, h, p, in_p, P, D_PER_P: tl.constexpr):
+    """D x, with D per head or per channel."""
+    if D_PER_P:
+        return x * tl.load(D + h * P + p, mask=in_p, other=0.0).to(tl.float32)
+    return x * tl.load(D + h).to(tl.float32)
 
 
 def conv_step_read(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None, dt: Tensor,
@@ -261,15 +275,11 @@ def _conv_step_commit_kernel(XBC, CONV, W, BIAS, S, DT, DT_BIAS, A, D, VALID, Y,
                              K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
                              HAS_VALID: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     b, h, pb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    g = h // heads_per_group
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
     in_p, in_n = p < P, n < N
-    x = _silu_conv_tap(XBC, CONV, W, BIAS, b, h * P + p, in_p, sxb, scb, scc, sck, K, HAS_BIAS)
-    Bv = _silu_conv_tap(XBC, CONV, W, BIAS, b, d_inner + g * N + n, in_n, sxb, scb, scc, sck, K, HAS_BIAS)
-    Cv = _silu_conv_tap(XBC, CONV, W, BIAS, b, d_inner + (groups + g) * N + n, in_n, sxb, scb, scc, sck, K, HAS_BIAS)
-    raw = tl.load(DT + b * sdb + h * sdh).to(tl.float32) + tl.load(DT_BIAS + h).to(tl.float32)
-    dt = tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0))))  # softplus with torch's threshold
+    x, Bv, Cv, dt = _token(XBC, CONV, W, BIAS, DT, DT_BIAS, b, h, p, n, in_p, in_n, P, N, heads_per_group, d_inner,
+                           groups, sxb, scb, scc, sck, sdb, sdh, K, HAS_BIAS)
     if HAS_VALID:  # a row outside valid takes no step: dt = 0 leaves its state as it was, bit for bit
         dt = tl.where(tl.load(VALID + b) != 0, dt, 0.0)
     where = S + b * ssb + h * ssh + p[:, None] * ssp + n[None, :]
@@ -279,10 +289,7 @@ def _conv_step_commit_kernel(XBC, CONV, W, BIAS, S, DT, DT_BIAS, A, D, VALID, Y,
     tl.store(where, s.to(S.dtype.element_ty), mask=inside)
     y = tl.sum(s * Cv[None, :], axis=1)  # from the new state before it is rounded to its storage dtype
     if HAS_D:
-        if D_PER_P:
-            y += x * tl.load(D + h * P + p, mask=in_p, other=0.0).to(tl.float32)
-        else:
-            y += x * tl.load(D + h).to(tl.float32)
+        y += _skip(D, x, h, p, in_p, P, D_PER_P)
     tl.store(Y + b * syb + h * syh + p, y, mask=in_p)
 
 
