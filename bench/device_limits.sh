@@ -12,13 +12,15 @@
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" step        # one f evaluation kernel by kernel,
 #                                                                                # the sequential reading and decoding
 #                                                                                # beside the kernels they replaced
+#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" backoff     # blockwise vs sequential at the
+#                                                                                # checkpoint's damping, solver backoff
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" tests DIR   # the GPU tests under tests/DIR
 # fla (flash-linear-attention 0.6.0 and fla-core, which need transformers >= 5.6.2) comes from wheels in .device/fla
 # (`pip download --no-deps -d .device/fla flash-linear-attention==0.6.0 fla-core==0.6.0 transformers==5.25.0
 # huggingface_hub==2.4.0`), installed in a folder of its own that only the anchors' process sees.
 set -uo pipefail
 OUT=${1:?output folder}
-PART=${2:?anchors, memory, sequential, shared, step or tests}
+PART=${2:?anchors, memory, sequential, shared, backoff, step or tests}
 export TOKENIZERS_PARALLELISM=false
 echo "import implicit_ssm_eval.model_adapters.adapter.hook" > /tmp/site/sitecustomize.py
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
@@ -67,10 +69,19 @@ shared)
         --context 1024 --questions 32 --run explicit:/tmp/m130/explicit-130m:dtype=bfloat16 \
         --run "implicit:/tmp/m130/implicit-130m:mode=simultaneous,max_iter=16,tol=0,dtype=bfloat16"
     ;;
+backoff)  # blockwise against sequential at the checkpoint's damping with the backoff solver: the bucket the
+    # solver's constants were chosen on (seed 0), two it was not (seeds 1, 2), and fixed_point beside it; bfloat16
+    for run in "backoff 0" "backoff 1" "backoff 2" "fixed_point 0"; do
+        set -- $run
+        step "readings_$1_seed$2" 150 python3 bench/readings.py --device cuda --backend triton --graphs capture \
+            --dtype bfloat16 --docs 100 --seed "$2" --tau 0.8 --solver "$1" --block-sizes 16 32 --repeats 3 \
+            --out "$OUT/readings_gpu_bf16_bucket100_tau0.8_$1_seed$2.json"
+    done
+    ;;
 step)  # what matters first comes first: a call cut short by the device's limit keeps the logs written before
     step bench_step 240 python3 bench/gpu_bench.py --out "$OUT/bench_step.json" --sections sequential,step_profile
     step gpu_tests_step_kernels 120 python3 -m pytest -m gpu -q -p no:cacheprovider \
-        tests/model_adapters/test_triton_kernels.py -k "ssd or norm"
+        tests/model_adapters/test_triton_kernels.py -k "ssd or norm or solve"
     step bench_decode 150 python3 bench/gpu_bench.py --out "$OUT/bench_decode.json" --sections decode
     step kernels_steps 45 python3 bench/kernels.py --out "$OUT/kernels_steps.json" --sections steps
     ;;

@@ -33,10 +33,11 @@ model_args and the command line all read this registry.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -249,6 +250,70 @@ class Damped:
 
     def update(self, rows: Tensor | None, z: Tensor, fz: Tensor, valid: Tensor | None, k: int) -> Tensor:
         return damp(z, fz, self.tau)
+
+
+BACKOFF_PATIENCE = 16  # updates without a new lowest residual before a row's damping backs off
+BACKOFF_FACTOR = 0.9  # what a stalled row's damping is multiplied by
+
+
+class RowDamping(NamedTuple):
+    """The per-row state of the "backoff" solver, (R,) each: tau the row's damping now, best (float32) its
+    lowest residual since its last back-off, stall (int32) its updates since that low."""
+
+    tau: Tensor
+    best: Tensor
+    stall: Tensor
+
+    @classmethod
+    def start(cls, rows: int, tau: float, like: Tensor) -> RowDamping:
+        """A damping in float64 for a float64 iterate (whose damped update keeps that precision), else float32."""
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        d = cls(torch.empty(rows, dtype=dtype, device=like.device), torch.empty(rows, device=like.device),
+                torch.empty(rows, dtype=torch.int32, device=like.device))
+        d.reset(tau)
+        return d
+
+    def reset(self, tau: float) -> None:
+        self.tau.fill_(tau)
+        self.best.fill_(math.inf)
+        self.stall.zero_()
+
+
+def back_off(tau: Tensor, best: Tensor, stall: Tensor, residual: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A row's damping after an update whose input had relative residual `residual`: the definition (the eager
+    solver, the backends' damped_update and its Triton kernel are held to it). A row that has gone BACKOFF_PATIENCE
+    updates without a new lowest residual moves on with its damping times BACKOFF_FACTOR, and its lowest residual
+    restarts at the current one. A row whose residual keeps falling never backs off: it reads as "fixed_point"."""
+    residual = residual.float()
+    stall = torch.where(residual < best, 0, stall + 1)
+    hit = stall >= BACKOFF_PATIENCE
+    return (torch.where(hit, tau * BACKOFF_FACTOR, tau), torch.where(hit, residual, torch.minimum(residual, best)),
+            torch.where(hit, 0, stall).to(torch.int32))
+
+
+def damp_rows(z: Tensor, fz: Tensor, tau: Tensor) -> Tensor:
+    """damp() with a damping per row, tau (R,), in z's dtype."""
+    t = tau.view(-1, *([1] * (z.dim() - 1)))
+    return ((1 - t) * z + t * fz).to(z.dtype)
+
+
+@register_solver("backoff")
+class Backoff:
+    """Damped iteration at tau, each row backing off its own damping when it stalls (back_off). Where tau is too
+    large for a row's fixed point (the update overshoots: its Jacobian has an eigenvalue below 1 - 2 / tau), the
+    damped iteration settles into a cycle and spends the whole budget; a smaller damping converges it. The fixed
+    point is the same: only the path to it changes, and only for rows that stall."""
+
+    def __init__(self, budget: Budget, z0: Tensor):
+        self.rows = RowDamping.start(z0.shape[0], budget.tau, z0)
+
+    def update(self, rows: Tensor | None, z: Tensor, fz: Tensor, valid: Tensor | None, k: int) -> Tensor:
+        index = slice(None) if rows is None else rows
+        tau, best, stall = (t[index] for t in self.rows)
+        moved = damp_rows(z, fz, tau)
+        for buffer, value in zip(self.rows, back_off(tau, best, stall, relative_residual(fz, z, valid))):
+            buffer[index] = value
+        return moved
 
 
 @register_solver("anderson")

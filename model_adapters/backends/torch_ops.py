@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..fixed_point import damp, relative_residual
+from ..fixed_point import RowDamping, back_off, damp, damp_rows, relative_residual
 from ..norms import add_rmsnorm_ref, gated_rmsnorm_ref
 from ..ssd import discretise, ssd_chunked, ssd_step
 from ..tensors import broadcast_mask
@@ -118,13 +118,21 @@ def add_rmsnorm(x: Tensor | None, residual: Tensor, weight: Tensor, eps: float,
 
 
 def damped_update(z: Tensor, fz: Tensor, valid: Tensor | None, active: Tensor, iterations: Tensor,
-                  converged: Tensor, tau: float, tol: float, max_iter: int) -> None:
+                  converged: Tensor, tau: float | RowDamping, tol: float, max_iter: int) -> None:
     """One masked damped update of a piece solve (graphs.PieceSolve), in place. z (R, [T,] D) the iterates and fz
     = f(z); valid (R, T) or None; active, converged (R,) bool and iterations (R,) int64. An active row moves to
     (1 - tau) z + tau fz and counts the update; it has converged once its residual ||fz - z|| / (eps + ||z||) over
-    its valid tokens is below tol, and stays active while neither that nor max_iter - 1 updates is reached."""
+    its valid tokens is below tol, and stays active while neither that nor max_iter - 1 updates is reached.
+    tau a RowDamping (the "backoff" solver): each row moves with its own damping, which then backs off where the
+    row has stalled (fixed_point.back_off), in place."""
     residual = relative_residual(fz, z, valid)
-    z.copy_(torch.where(broadcast_mask(active, z), damp(z, fz, tau), z))
+    if isinstance(tau, RowDamping):
+        moved = damp_rows(z, fz, tau.tau)
+        for buffer, value in zip(tau, back_off(*tau, residual)):
+            buffer.copy_(torch.where(active, value, buffer))
+    else:
+        moved = damp(z, fz, tau)
+    z.copy_(torch.where(broadcast_mask(active, z), moved, z))
     iterations.add_(active.long())
     done = active & (residual < tol)
     converged.logical_or_(done)

@@ -18,7 +18,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from ..fixed_point import EPS  # noqa: E402
+from ..fixed_point import BACKOFF_FACTOR, BACKOFF_PATIENCE, EPS, RowDamping  # noqa: E402
 
 BLOCK = 2048  # values of a row per loop step (at most): a 64-token block of d_model 768 is 24 steps
 NUM_WARPS = None  # per program (one row); None: by row size (_warps). bench/kernels.py sets both.
@@ -33,10 +33,14 @@ def _warps(size: int) -> int:
 
 
 @triton.jit
-def _damped_update_kernel(Z, FZ, VALID, ACTIVE, ITERATIONS, CONVERGED, size, width, tokens, keep, tau, tol,
-                          last_update, eps, HAS_VALID: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr):
+def _damped_update_kernel(Z, FZ, VALID, ACTIVE, ITERATIONS, CONVERGED, TAU, BEST, STALL, size, width, tokens, keep,
+                          tau, tol, last_update, eps, patience, factor, HAS_VALID: tl.constexpr,
+                          PER_ROW: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr):
     row = tl.program_id(0)
     active = tl.load(ACTIVE + row) != 0
+    if PER_ROW:  # the backoff solver: the row's own damping
+        tau = tl.load(TAU + row)
+        keep = 1.0 - tau
     diff_sq = tl.zeros([BLOCK], dtype=tl.float32)
     z_sq = tl.zeros([BLOCK], dtype=tl.float32)
     for step in range(STEPS):  # a constexpr count: Triton's interpreter (the CPU tests) loops only over those
@@ -55,15 +59,22 @@ def _damped_update_kernel(Z, FZ, VALID, ACTIVE, ITERATIONS, CONVERGED, size, wid
     residual = tl.sqrt(tl.sum(diff_sq, axis=0)) / (eps + tl.sqrt(tl.sum(z_sq, axis=0)))
     iterations = tl.load(ITERATIONS + row) + active.to(tl.int64)
     done = active & (residual < tol)
+    if PER_ROW:  # fixed_point.back_off
+        stall = tl.where(residual < tl.load(BEST + row), 0, tl.load(STALL + row) + 1)
+        hit = stall >= patience
+        tl.store(TAU + row, tl.where(hit, tau * factor, tau), mask=active)
+        tl.store(BEST + row, tl.where(hit, residual, tl.minimum(residual, tl.load(BEST + row))), mask=active)
+        tl.store(STALL + row, tl.where(hit, 0, stall), mask=active)
     tl.store(ITERATIONS + row, iterations)
     tl.store(CONVERGED + row, ((tl.load(CONVERGED + row) != 0) | done).to(tl.int8))
     tl.store(ACTIVE + row, (active & ~done & (iterations < last_update)).to(tl.int8))
 
 
 def damped_update(z: Tensor, fz: Tensor, valid: Tensor | None, active: Tensor, iterations: Tensor,
-                  converged: Tensor, tau: float, tol: float, max_iter: int) -> None:
+                  converged: Tensor, tau: float | RowDamping, tol: float, max_iter: int) -> None:
     """torch_ops.damped_update in one launch: z and fz float32 (fz = the final norm's
-    output), z contiguous (the solve's buffer)."""
+    output), z contiguous (the solve's buffer); tau a number, or a RowDamping (the backoff solver) advanced in
+    place."""
     if z.dtype != torch.float32:  # a float64 model: the twin keeps its precision
         from .torch_ops import damped_update as twin
 
@@ -74,7 +85,10 @@ def damped_update(z: Tensor, fz: Tensor, valid: Tensor | None, active: Tensor, i
     block = min(BLOCK, triton.next_power_of_2(size))
     flags = [t.view(torch.uint8) for t in (active, converged)]  # bool buffers, read and written as bytes
     valid_bytes = valid.contiguous().view(torch.uint8) if valid is not None else z  # z: a placeholder pointer
+    per_row = isinstance(tau, RowDamping)
+    rate, (row_tau, best, stall) = (0.0, tau) if isinstance(tau, RowDamping) else (tau, (z, z, z))  # z: placeholders
     _damped_update_kernel[(rows,)](
-        z, fz, valid_bytes, flags[0], iterations, flags[1], size, width,
-        size // width, 1.0 - tau, tau, tol, max_iter - 1, EPS, HAS_VALID=valid is not None,
-        BLOCK=block, STEPS=triton.cdiv(size, block), num_warps=NUM_WARPS or _warps(size))
+        z, fz, valid_bytes, flags[0], iterations, flags[1], row_tau, best, stall, size, width,
+        size // width, 1.0 - rate, rate, tol, max_iter - 1, EPS, BACKOFF_PATIENCE, BACKOFF_FACTOR,
+        HAS_VALID=valid is not None, PER_ROW=per_row, BLOCK=block, STEPS=triton.cdiv(size, block),
+        num_warps=NUM_WARPS or _warps(size))

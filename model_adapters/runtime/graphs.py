@@ -12,10 +12,10 @@ holds static buffers for one piece shape (rows, piece length) and budget, and th
 Each update after f is the backend's damped_update (one kernel on the triton backend, the plain twin on the
 torch backend). Masked updates give exactly what the gathering solver (fixed_point.solve) gives: a row that
 converges keeps its iterate and its count, and stops at max_iter - 1 updates; rows outside the piece (a sequence
-that has ended) take no part and keep their state. Only damped iteration (solver "fixed_point") stopping on the
-relative residual (exit "residual") is captured; Anderson and the other exit criteria run eagerly. The same code
-runs without capture (capture=False), on any device: that is what the CPU tests hold to the eager solver, and what
-the GPU tests hold the captured graphs to.
+that has ended) take no part and keep their state. Only damped iteration (solver "fixed_point", or "backoff": a
+damping per row, held in buffers of the solve) stopping on the relative residual (exit "residual") is captured;
+Anderson and the other exit criteria run eagerly. The same code runs without capture (capture=False), on any
+device: that is what the CPU tests hold to the eager solver, and what the GPU tests hold the captured graphs to.
 
 The forward that scoring runs (no state in, none out: the explicit stack, or the simultaneous reading at tol = 0) is
 host-bound on the GPU: about 13 launches a layer, seven of them Triton's, whose Python launch path costs more than
@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from ..exits import DEFAULT_EXIT
-from ..fixed_point import SolveStats, relative_residual
+from ..fixed_point import RowDamping, SolveStats, relative_residual
 from ..mamba2 import MixerState, Ops, State
 from ..tensors import broadcast_mask, map_tensors
 
@@ -68,9 +68,9 @@ def trim_length(tree, padded: int, length: int):
 
 
 def can_capture(budget: Budget) -> bool:
-    """Masked solves run damped iteration stopping on the relative residual (the backends' damped_update); Anderson
-    and the other exit criteria (exits.py) run in the eager solver."""
-    return budget.solver == "fixed_point" and budget.exit == DEFAULT_EXIT
+    """Masked solves run damped iteration (with a damping per row for "backoff") stopping on the relative residual
+    (the backends' damped_update); Anderson and the other exit criteria (exits.py) run in the eager solver."""
+    return budget.solver in ("fixed_point", "backoff") and budget.exit == DEFAULT_EXIT
 
 
 def capture(parts: dict, pool=None, warm: dict | None = None) -> tuple[dict, dict]:
@@ -116,6 +116,7 @@ class PieceSolve:
         self.iterations = torch.zeros(rows, dtype=torch.long, device=dev)
         self.converged = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.active = torch.zeros(rows, dtype=torch.bool, device=dev)
+        self.damping = RowDamping.start(rows, budget.tau, self.z) if budget.solver == "backoff" else budget.tau
         self.segments = math.ceil(max(budget.max_iter - 1, 0) / segment) if budget.tol else 0
         self.evaluations = 0  # f evaluations made (every row at once, segments whole), counted on the host
         self.graphs = self._capture(pool) if capture else None
@@ -132,13 +133,15 @@ class PieceSolve:
         self.iterations.zero_()
         self.converged.zero_()
         self.active.copy_(self.alive & (self.budget.max_iter > 1))
+        if isinstance(self.damping, RowDamping):
+            self.damping.reset(self.budget.tau)
 
     def _update(self) -> None:
         """One damped update of the active rows; a row whose residual meets tol is converged and leaves."""
         b = self.budget
         fz, _ = self._f(self.z, commit=False)
-        self.ops.damped_update(self.z, fz, self.valid, self.active, self.iterations, self.converged, b.tau,
-                                     b.tol, b.max_iter)
+        self.ops.damped_update(self.z, fz, self.valid, self.active, self.iterations, self.converged, self.damping,
+                               b.tol, b.max_iter)
 
     def _finish(self) -> None:
         """The final evaluation (every row), the statistics, and the commit of the alive rows' new states."""

@@ -176,6 +176,27 @@ def test_anderson_on_a_linear_contraction():
     assert (st_a.iterations * 5 < st_d.iterations).all(), (st_a.iterations, st_d.iterations)
 
 
+def test_backoff_converges_a_row_whose_damping_overshoots_and_leaves_the_others_on_their_path():
+    """Row 0's map has an eigenvalue of -1.6: damped iteration at tau 0.8 multiplies that component by
+    1 - 0.8 * 2.6 = -1.08 an update, so its residual never falls; the backoff solver lowers that row's damping once it
+    has stalled and converges it to the same fixed point. Row 1 contracts, never stalls, and follows fixed_point's
+    path bit for bit."""
+    eigenvalues = torch.tensor([[-1.6, 0.5, 0.3], [0.5, 0.4, -0.2]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 2.0, -1.0], [0.5, -1.0, 2.0]], dtype=torch.float64)
+
+    def f(z, ctx, commit):
+        return ctx[0] * z + ctx[1], None
+
+    z0 = torch.zeros(2, 3, dtype=torch.float64)
+    budget = Budget(max_iter=400, tol=1e-8, tau=0.8)
+    plain = solve(f, z0, budget, context=(eigenvalues, b))
+    backoff = solve(f, z0, budget.replace(solver="backoff"), context=(eigenvalues, b))
+    assert plain.stats.iterations.tolist()[0] == 400 and not plain.stats.converged[0]
+    assert backoff.stats.converged.all() and backoff.stats.iterations[0] < 200
+    assert_close(backoff.fz, b / (1 - eigenvalues), 1e-6, "the fixed point")
+    assert backoff.stats.iterations[1] == plain.stats.iterations[1] and torch.equal(backoff.fz[1], plain.fz[1])
+
+
 def test_simultaneous_and_sequential_agree_on_a_contractive_model():
     model = tiny_model("implicit", contractive=True, dtype=torch.float64)
     ids = torch.randint(0, 37, (2, 25))
