@@ -71,12 +71,17 @@ shared)
     ;;
 backoff)  # blockwise against sequential at the checkpoint's damping with the backoff solver: the bucket the
     # solver's constants were chosen on (seed 0), two it was not (seeds 1, 2), and fixed_point beside it; bfloat16
-    for run in "backoff 0" "backoff 1" "backoff 2" "fixed_point 0"; do
-        set -- $run
+    readings() {  # solver, seed
         step "readings_$1_seed$2" 150 python3 bench/readings.py --device cuda --backend triton --graphs capture \
             --dtype bfloat16 --docs 100 --seed "$2" --tau 0.8 --solver "$1" --block-sizes 16 32 --repeats 3 \
             --out "$OUT/readings_gpu_bf16_bucket100_tau0.8_$1_seed$2.json"
-    done
+    }
+    readings backoff 0
+    readings backoff 1
+    readings fixed_point 0
+    step lm_readings 150 python3 bench/lm_readings.py --device cuda --backend triton --graphs capture \
+        --dtype bfloat16 --docs 64 --out "$OUT/lm_readings_gpu_bf16.json"
+    readings backoff 2
     ;;
 step)  # what matters first comes first: a call cut short by the device's limit keeps the logs written before
     step bench_step 240 python3 bench/gpu_bench.py --out "$OUT/bench_step.json" --sections sequential,step_profile

@@ -49,6 +49,11 @@ def read(model, ids, budget: Budget, device, batch_size: int | None = None) -> t
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    return torch.cat(answers), reading_stats(model, batches, budget), seconds
+
+
+def reading_stats(model, batches: list, budget: Budget) -> dict:
+    """What a reading cost, from the statistics of its batches (and the piece solves' counts of `model`, a Runtime)."""
     its = torch.cat([s.iterations for s in batches]).double()
     tokens = torch.cat([s.tokens for s in batches]).double()
     converged = torch.cat([s.converged for s in batches])
@@ -63,7 +68,7 @@ def read(model, ids, budget: Budget, device, batch_size: int | None = None) -> t
              # (sequence, piece) pairs that used the whole budget without converging: in lockstep solves each costs
              # every row max_iter evaluations of its piece
              "capped": int(((its >= budget.max_iter) & ~converged & present).sum())}
-    return torch.cat(answers), stats, seconds
+    return stats
 
 
 def add_reading_args(p: argparse.ArgumentParser) -> None:

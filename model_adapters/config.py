@@ -142,7 +142,9 @@ class Budget:
     tol: stop early once ||f(z) - z|| / (1e-6 + ||z||) < tol, per sequence and piece; 0 never stops early. With
         another exit criterion, tol is that criterion's threshold (see `exit`).
     tau: damping, z <- (1 - tau) z + tau f(z) (also Anderson's mixing weight).
-    solver: a name in fixed_point.SOLVERS: "fixed_point" (damped iteration, the reference semantics) or
+    solver: a name in fixed_point.SOLVERS: "fixed_point" (damped iteration, the reference semantics), "backoff"
+        (damped iteration at tau, where a row that stalls for 16 updates goes on at 0.9 times its damping: the same
+        fixed point, reached where tau overshoots it; rows that do not stall read as with "fixed_point") or
         "anderson" (Anderson acceleration).
     mode: how the sequence is read: a reading of the registry (readings.py): "simultaneous" (all tokens iterated
         together, one parallel scan per f), "sequential" (token by token with the recurrent states frozen at the
