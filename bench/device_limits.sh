@@ -82,6 +82,8 @@ backoff)  # blockwise against sequential at the checkpoint's damping with the ba
     step lm_readings 150 python3 bench/lm_readings.py --device cuda --backend triton --graphs capture \
         --dtype bfloat16 --docs 64 --out "$OUT/lm_readings_gpu_bf16.json"
     readings backoff 2
+    step gpu_tests_backoff 120 python3 -m pytest -m gpu -q -p no:cacheprovider \
+        tests/model_adapters/test_triton_backend.py tests/model_adapters/test_triton_kernels.py -k "backoff or solve"
     ;;
 step)  # what matters first comes first: a call cut short by the device's limit keeps the logs written before
     step bench_step 240 python3 bench/gpu_bench.py --out "$OUT/bench_step.json" --sections sequential,step_profile

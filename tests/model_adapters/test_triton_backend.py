@@ -161,6 +161,25 @@ def test_captured_readings_equal_uncaptured_and_eager_ones(budget, backend):
         close(a.ssm, b.ssm, torch.float32, "ssm state")
 
 
+@pytest.mark.parametrize("mode,block", [("sequential", None), ("blockwise", 4)])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_captured_backoff_readings_replay_the_masked_ones(mode, block, backend):
+    """The backoff solver's damping per row lives in buffers of the captured solve: replays reset and advance it as
+    the uncaptured masked solve does. A model whose iteration does not contract, so that rows stall and back off."""
+    model = tiny_model("implicit", seed=2).cuda()
+    torch.manual_seed(3)
+    ids = torch.randint(0, 37, (4, 13), device="cuda")
+    budget = Budget(max_iter=60, tol=1e-6, tau=1.0, solver="backoff", mode=mode, block_size=block)
+    with torch.no_grad():
+        masked = Runtime(model, backend, "masked")(ids, budget)
+        runtime = Runtime(model, backend, "capture")
+        captured, replayed = runtime(ids, budget), runtime(ids, budget)
+        plain = runtime(ids, budget.replace(solver="fixed_point"))
+    assert torch.equal(captured.hidden, masked.hidden) and torch.equal(replayed.hidden, captured.hidden)
+    assert torch.equal(captured.stats.iterations, masked.stats.iterations)
+    assert not torch.equal(plain.hidden, captured.hidden), "no row backed off: the test would not see the solver"
+
+
 @pytest.mark.parametrize("budget", [Budget(max_iter=4, tol=0.0, mode="sequential"),
                                     Budget(max_iter=30, tol=1e-3, mode="sequential")])
 def test_a_warm_sequential_reading_for_scoring_holds_no_second_state(budget):
