@@ -85,8 +85,10 @@ def damped_update(z: Tensor, fz: Tensor, valid: Tensor | None, active: Tensor, i
     block = min(BLOCK, triton.next_power_of_2(size))
     flags = [t.view(torch.uint8) for t in (active, converged)]  # bool buffers, read and written as bytes
     valid_bytes = valid.contiguous().view(torch.uint8) if valid is not None else z  # z: a placeholder pointer
-    per_row = isinstance(tau, RowDamping)
-    rate, (row_tau, best, stall) = (0.0, tau) if isinstance(tau, RowDamping) else (tau, (z, z, z))  # z: placeholders
+    if isinstance(tau, RowDamping):  # the kernel reads and advances each row's damping
+        per_row, rate, (row_tau, best, stall) = True, 0.0, tau
+    else:
+        per_row, rate, (row_tau, best, stall) = False, tau, (z, z, z)  # z: placeholder pointers
     _damped_update_kernel[(rows,)](
         z, fz, valid_bytes, flags[0], iterations, flags[1], row_tau, best, stall, size, width,
         size // width, 1.0 - rate, rate, tol, max_iter - 1, EPS, BACKOFF_PATIENCE, BACKOFF_FACTOR,
