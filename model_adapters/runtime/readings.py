@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..fixed_point import solve
@@ -86,18 +87,22 @@ class MaskedReadingGraph:
 
 def read_in_pieces(solver_for, model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor | None,
                    state: State | None, want_state: bool = True) -> Reading:
-    """Every piece solved for every row by the PieceSolve of its size (solver_for(u_piece): one for the blocks, one for
-    a shorter last block), the rows whose sequence has ended masked. The solver holds the one state of the reading:
-    `state` (None: zeros) is loaded into it, and a copy of where it ends is returned only when want_state."""
+    """Every piece solved for every row by the PieceSolve of its shape (solver_for(u_piece)), the rows whose sequence
+    has ended masked. A shorter last block is read at the blocks' size, its missing tokens padding (as a sequence
+    that ends inside a block is): every piece of a batch then has one shape, so a run whose batches differ in length
+    (lm-eval sorts them by it) captures one solve per batch size instead of one per remainder of the block size.
+    The solver holds the one state of the reading: `state` (None: zeros) is loaded into it, and a copy of where it
+    ends is returned only when want_state."""
     batch, length = u.shape[:2]
     lengths = lengths if lengths is not None else torch.full((batch,), length, dtype=torch.long, device=u.device)
     valid = valid_mask(lengths, length)
     assert valid is not None  # lengths is set above
     hidden = torch.zeros(batch, length, model.cfg.d_model, dtype=model.cd, device=u.device)
-    stats = empty_stats(length, budget.piece_size(length), lengths, model.cd)
+    size = budget.piece_size(length)
+    stats = empty_stats(length, size, lengths, model.cd)
     solver: PieceSolve | None = None
     for p, (start, end) in enumerate(pieces(length, budget)):
-        u_piece = u[:, start] if end - start == 1 else u[:, start:end]
+        u_piece, valid_piece = (u[:, start], None) if size == 1 else _whole_block(u, valid, start, end, size)
         if solver is None or tuple(solver.u.shape) != tuple(u_piece.shape):
             previous, solver = solver, solver_for(u_piece)
             if previous is not None:
@@ -106,9 +111,20 @@ def read_in_pieces(solver_for, model: ImplicitLM, u: Tensor, budget: Budget, len
                 solver.load_state(state)
             else:
                 solver.clear_state()
-        out, solved = solver(u_piece, lengths > start, None if end - start == 1 else valid[:, start:end])
-        hidden[:, start:end] = out if end - start > 1 else out[:, None]
+        out, solved = solver(u_piece, lengths > start, valid_piece)
+        hidden[:, start:end] = out[:, None] if size == 1 else out[:, :end - start]
         put_stats(stats, None, p, solved)
     hidden = hidden * valid[..., None]  # padding: zeros, as the eager reading leaves it
     assert solver is not None  # a sequence has at least one piece
     return Reading(hidden, solver.current_state() if want_state else None, stats)
+
+
+def _whole_block(u: Tensor, valid: Tensor, start: int, end: int, size: int) -> tuple[Tensor, Tensor]:
+    """The injection and valid mask of tokens [start, end) as a block of `size` tokens, right-padded: padding takes
+    no step (dt = 0), is left out of the residuals and is read at each sequence's own end by the conv, so the valid
+    tokens read as in a block of end - start (to float rounding: the kernels sum over the longer block)."""
+    u_piece, valid_piece = u[:, start:end], valid[:, start:end]
+    short = size - (end - start)
+    if not short:
+        return u_piece, valid_piece
+    return F.pad(u_piece, (0, 0, 0, short)), F.pad(valid_piece, (0, short), value=False)

@@ -109,6 +109,27 @@ def test_masked_piece_solves_give_the_eager_readings(budget):
         assert_close(masked.stats.residual, eager.stats.residual, 1e-5, "residuals (near 1e-12 at tol 0)")
 
 
+def test_batches_of_other_lengths_share_one_blockwise_piece_solve():
+    """lm-eval's batches differ in length, so their last blocks differ in size; each would be a solve of its own shape
+    (on a GPU, a capture of its own, evicted and captured again once more shapes than the runtime keeps come by). A
+    shorter last block is read at the blocks' size, padded, and gives the eager reading."""
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    budget = Budget(max_iter=40, tol=1e-4, mode="blockwise", block_size=4)
+    runtime = Runtime(model, graphs="masked")
+    torch.manual_seed(3)
+    for length in (13, 14, 16, 9):  # last blocks of 1, 2, 4 and 1 tokens
+        ids, lengths = torch.randint(0, 37, (2, length)), torch.tensor([length, length - 3])
+        masked, eager = runtime(ids, budget, lengths=lengths), model(ids, budget, lengths=lengths)
+        for i, n in enumerate(lengths.tolist()):
+            assert_close(masked.hidden[i, :n], eager.hidden[i, :n], 1e-10, f"hidden {i}, length {length}")
+        for a, b in zip(masked.state, eager.state):
+            assert_close(a.ssm, b.ssm, 1e-10, "ssm state")
+            assert_close(a.conv, b.conv, 1e-10, "conv state")
+        for name in ("iterations", "converged", "tokens"):
+            assert torch.equal(getattr(masked.stats, name), getattr(eager.stats, name)), f"{name}, length {length}"
+    assert [key[0] for key in runtime.cache("piece_solves", dict)] == [(2, 4, model.cfg.d_in_proj)]
+
+
 @pytest.mark.parametrize("budget", [Budget(max_iter=7, tol=0.0, mode="sequential"),
                                     Budget(max_iter=40, tol=1e-6, mode="blockwise", block_size=4)])
 def test_piece_solves_count_the_evaluations_they_make(budget):
