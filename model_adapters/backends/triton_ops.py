@@ -82,11 +82,12 @@ def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor,
 
 
 # Whether a step's conv, state read or update and window shift run as our fused kernels (conv_step_read, conv_step
-# below) or as the conv, the step kernel and torch's window ops apart. bench/gpu_bench.py times both in one process.
-# Off until a GPU has compiled and timed them: they are held bitwise to the kernels they replace under Triton's
-# interpreter (tests/triton_ssd_check.py), but no device could be started in the session that wrote them
-# (2026-12-06). Measure with `bash bench/device_limits.sh "$OUT" step` (BENCHMARKS.md, "Fewer launches a step").
-FUSED_STEPS = False
+# below) or as the conv, the step kernel and torch's window ops apart. bench/gpu_bench.py times both in one process:
+# on an H100 (2026-12-07, bfloat16, 130M configuration) the sequential reading at k = 4 read 5,881 tokens/s fused
+# against 5,428 apart (1.08x), greedy decoding at batch 16 17,920 against 17,300; tests/triton_ssd_check.py holds
+# them bitwise to the kernels they replace, on CUDA and under Triton's interpreter (BENCHMARKS.md, "Fewer launches
+# a step"). False restores the kernels apart.
+FUSED_STEPS = True
 
 
 def conv_step_read(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None, dt: Tensor,
@@ -103,7 +104,7 @@ def conv_step(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Te
     """A committing step (torch_ops.conv_step is the definition): in place, two launches (triton_ssd.conv_step_commit)
     where the conv, the state update, the window's concatenation and its masking took four or five; otherwise those
     (mamba_ssm's state update in place, or on a copy when not in_place)."""
-    if not (in_place and FUSED_STEPS):
+    if not (in_place and FUSED_STEPS and triton_ssd.commits_in_place(state, conv)):
         return torch_ops.conv_then_step(sys.modules[__name__], state, conv, xbc, weight, bias, dt, dt_bias, A, D,
                                         valid, in_place)
     return triton_ssd.conv_step_commit(state, conv, xbc, weight, bias, dt, dt_bias, A, D, valid), conv, state

@@ -311,6 +311,12 @@ def _shift_window_kernel(CONV, XBC, VALID, C, sxb, scb, scc, sck, K: tl.constexp
     tl.store(CONV + b * scb + c[:, None] * scc + j[None, :] * sck, window.to(CONV.dtype.element_ty), mask=keep)
 
 
+def commits_in_place(state: Tensor, conv: Tensor) -> bool:
+    """Whether conv_step_commit can advance these states in place: their last dimensions contiguous (a window of one
+    input has nothing to shift)."""
+    return state.stride(-1) == 1 and (conv.stride(-1) == 1 or conv.shape[-1] < 2)
+
+
 def conv_step_commit(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bias: Tensor | None, dt: Tensor,
                      dt_bias: Tensor, A: Tensor, D: Tensor | None, valid: Tensor | None) -> Tensor:
     """One committing step, advancing `state` (b, H, P, N) and the conv window `conv` (b, C, k-1) in place for the
@@ -319,7 +325,7 @@ def conv_step_commit(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, b
     batch, nheads, headdim, dstate = state.shape
     d_inner, channels, k = nheads * headdim, xbc.shape[-1], weight.shape[-1]
     groups = (channels - d_inner) // (2 * dstate)
-    if state.stride(-1) != 1 or (conv.stride(-1) != 1 and k > 2):
+    if not commits_in_place(state, conv):
         raise ValueError("conv_step_commit advances its states in place: their last dimensions must be contiguous")
     xbc = xbc if xbc.stride(-1) == 1 else xbc.contiguous()
     weight = weight.contiguous()
