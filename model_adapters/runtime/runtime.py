@@ -47,7 +47,7 @@ from .readings import (
 
 logger = logging.getLogger(__name__)
 GRAPH_MODES = ("off", "capture", "masked")
-PIECE_SOLVES_KEPT = 8  # a few shapes per run: the batch size, a shorter last batch, a last block
+PIECE_SOLVES_KEPT = 8  # a few shapes per run: the batch size, a shorter last batch (last blocks are padded)
 
 
 class Runtime:
