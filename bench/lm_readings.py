@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from lm_convergence import windows  # bench/: run as a script, bench/ is on sys.path
-from readings import reading_stats
+from readings import piece_solves, reading_stats, solves_made, warn_of_solves_made
 
 from implicit_ssm_eval.model_adapters.formats import load_checkpoint
 from implicit_ssm_eval.model_adapters.runtime import Runtime
@@ -31,7 +31,8 @@ from implicit_ssm_eval.model_adapters.runtime import Runtime
 
 def read(runtime, ids: torch.Tensor, budget, device) -> tuple[torch.Tensor, torch.Tensor, dict, float]:
     """Per-position greedy tokens and next-token log-likelihood (summed per window), statistics, wall time."""
-    for solve in runtime._caches.get("piece_solves", {}).values():
+    kept = piece_solves(runtime)
+    for solve in kept:
         solve.evaluations = 0
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -43,7 +44,8 @@ def read(runtime, ids: torch.Tensor, budget, device) -> tuple[torch.Tensor, torc
     vocab = runtime.model.cfg.vocab_size
     logp = torch.log_softmax(runtime.model.logits(out.hidden)[..., :vocab].float(), -1)
     nll = -logp.gather(-1, ids[:, 1:, None].to(logp.device))[..., 0].sum(1)
-    return logp.argmax(-1), nll, reading_stats(runtime, [out.stats], budget), seconds
+    stats = {**reading_stats(runtime, [out.stats], budget), "solves_made": solves_made(runtime, kept)}
+    return logp.argmax(-1), nll, stats, seconds
 
 
 def main() -> None:
@@ -81,11 +83,15 @@ def main() -> None:
             rows[solver, size] = {"solver": solver, "reading": f"blockwise {size}" if size else "sequential",
                                   "block_size": size, "bits_per_byte": float(nll.sum()) / sum(nbytes) / math.log(2),
                                   "agrees_with_sequential": float((tokens == greedy[solver]).double().mean()), **stats}
+        made = dict.fromkeys(readings, 0)
         for _ in range(args.repeats):  # interleaved: a shared machine's slow spells hit every reading alike
             for key, budget in readings.items():
-                times[key].append(read(runtime, ids, budget, device)[3])
+                *_, stats, seconds = read(runtime, ids, budget, device)
+                times[key].append(seconds)
+                made[key] += stats["solves_made"]
     for key, row in rows.items():
         row["seconds"], row["seconds_all"] = statistics.median(times[key]), times[key]
+        row["solves_made_while_timed"] = made[key]
         sequential = rows[key[0], None]["seconds"]
         row["speed_up"] = sequential / row["seconds"]
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "budget": base.to_dict(),
@@ -97,6 +103,7 @@ def main() -> None:
         print(f"{r['solver']:12s} {r['reading']:13s} {r['bits_per_byte']:7.4f} {r['agrees_with_sequential']:6.3f} "
               f"{r['iterations_per_piece']:9.1f} {r['sequential_f_evaluations']:7d} {r['evaluations_made']:6d} "
               f"{r['capped']:6d} {r['seconds']:8.3f} {r['speed_up']:7.2f}x")
+    warn_of_solves_made({" ".join(map(str, key)): n for key, n in made.items()})
 
 
 if __name__ == "__main__":

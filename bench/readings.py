@@ -35,8 +35,8 @@ def documents(task: str, bucket: str, num_docs: int, seed: int):
 def read(model, ids, budget: Budget, device, batch_size: int | None = None) -> tuple[torch.Tensor, dict, float]:
     """Final-position greedy answers, statistics, and the wall time of one reading, in batches of `batch_size`
     documents (default: all at once)."""
-    solves = model._caches.get("piece_solves", {}).values()
-    for solve in solves:
+    kept = piece_solves(model)
+    for solve in kept:
         solve.evaluations = 0
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -49,7 +49,28 @@ def read(model, ids, budget: Budget, device, batch_size: int | None = None) -> t
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return torch.cat(answers), reading_stats(model, batches, budget), seconds
+    return torch.cat(answers), {**reading_stats(model, batches, budget), "solves_made": solves_made(model, kept)}, \
+        seconds
+
+
+def piece_solves(model) -> list:
+    """The piece solves a Runtime keeps (none for a bare model)."""
+    return list(getattr(model, "_caches", {}).get("piece_solves", {}).values())
+
+
+def solves_made(model, kept: list) -> int:
+    """Piece solves made since `kept` was taken (a list, so none of those is freed and its id reused): on a GPU each
+    is a capture, which a timed round must not contain."""
+    before = {id(solve) for solve in kept}
+    return sum(id(solve) not in before for solve in piece_solves(model))
+
+
+def warn_of_solves_made(made: dict) -> None:
+    """Say so where timed rounds made piece solves: more readings (or shapes) than the runtime keeps
+    (runtime.PIECE_SOLVES_KEPT) were interleaved, and their times include captures."""
+    if any(made.values()):
+        print(f"WARNING: timed rounds made piece solves (on a GPU, CUDA graph captures), so their times include them: "
+              f"{ {k: v for k, v in made.items() if v} }; time fewer readings per process")
 
 
 def reading_stats(model, batches: list, budget: Budget) -> dict:
@@ -124,14 +145,18 @@ def main() -> None:
             rows.append({"reading": name, "block_size": budget.block_size, "accuracy": float(
                 (answers == targets).double().mean()), "agrees_with_sequential": float(
                 (answers == reference).double().mean()), **stats})
+        made = dict.fromkeys(readings, 0)
         for _ in range(args.repeats):  # interleaved rounds: a shared machine's slow spells hit every reading alike
             for name, budget in readings.items():
-                times[name].append(read(runtime, ids, budget, device, args.batch_size)[2])
+                _, stats, seconds = read(runtime, ids, budget, device, args.batch_size)
+                times[name].append(seconds)
+                made[name] += stats["solves_made"]
     if args.profile:
         args.profile.write_text("\n\n".join(profile(runtime, ids, name, budget, device)
                                             for name, budget in readings.items()))
     for row in rows:
         row["seconds"], row["seconds_all"] = statistics.median(times[row["reading"]]), times[row["reading"]]
+        row["solves_made_while_timed"] = made[row["reading"]]
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                     "threads": torch.get_num_threads(), "rows": rows}, indent=2))
     seq = rows[0]["seconds"]
@@ -141,6 +166,7 @@ def main() -> None:
         print(f"{r['reading']:14s} {r['accuracy']:6.3f} {r['agrees_with_sequential']:6.3f} "
               f"{r['iterations_per_piece']:9.1f} {r['iterations_per_token']:9.1f} {r['sequential_f_evaluations']:7d} "
               f"{r['evaluations_made']:6d} {r['capped']:6d} {r['seconds']:8.3f} {seq / r['seconds']:7.2f}x")
+    warn_of_solves_made(made)
     if args.plot:
         plot(rows, args.plot, f"{args.checkpoint.name}, st_{args.task}_{args.bucket}, tol {args.tol:g}, {args.device}")
 
