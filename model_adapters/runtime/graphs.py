@@ -5,9 +5,10 @@ of a block), a few f evaluations of the whole stack. Launched op by op, the host
 holds static buffers for one piece shape (rows, piece length) and budget, and the solve captured as CUDA graphs:
 
     tol = 0   one graph: max_iter - 1 updates, the final evaluation, the commit of the state (no host involvement)
-    tol > 0   a start graph, a segment graph of `segment` masked updates (SEGMENT for the pieces of a reading), a
-              finish graph; the host replays segments until no row is active (one synchronisation per segment,
-              none per iteration)
+    tol > 0   a start graph, a segment graph of at most `segment` masked updates (SEGMENT for the pieces of a
+              reading, evened out over max_iter - 1: 255 updates as 32 segments of 8, 2 as one of 2), a finish
+              graph; the host replays segments until no row is active (one synchronisation per segment, none per
+              iteration)
 
 Each update after f is the backend's damped_update (one kernel on the triton backend, the plain twin on the
 torch backend). Masked updates give exactly what the gathering solver (fixed_point.solve) gives: a row that
@@ -104,7 +105,12 @@ class PieceSolve:
 
     def __init__(self, model: ImplicitLM, budget: Budget, u_like: Tensor, stateful: bool, capture: bool,
                  ops: Ops, segment: int = SEGMENT, pool=None):
-        self.model, self.budget, self.capture, self.segment, self.ops = model, budget, capture, segment, ops
+        self.model, self.budget, self.capture, self.ops = model, budget, capture, ops
+        # The max_iter - 1 updates in as few segments of at most `segment` as before, balanced: the last segment runs
+        # whole, so at max_iter = 3 segments of 8 would evaluate every piece 9 times where 3 do (2 of 2 and a finish).
+        updates = max(budget.max_iter - 1, 0)
+        self.segments = math.ceil(updates / segment) if budget.tol else 0
+        self.segment = math.ceil(updates / self.segments) if self.segments else segment
         rows, dev = u_like.shape[0], u_like.device
         self.step = u_like.dim() == 2
         self.u = torch.zeros_like(u_like)
@@ -117,7 +123,6 @@ class PieceSolve:
         self.converged = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.active = torch.zeros(rows, dtype=torch.bool, device=dev)
         self.damping = RowDamping.start(rows, budget.tau, self.z) if budget.solver == "backoff" else budget.tau
-        self.segments = math.ceil(max(budget.max_iter - 1, 0) / segment) if budget.tol else 0
         self.evaluations = 0  # f evaluations made (every row at once, segments whole), counted on the host
         self.graphs = self._capture(pool) if capture else None
 

@@ -130,24 +130,27 @@ def test_batches_of_other_lengths_share_one_blockwise_piece_solve():
     assert [key[0] for key in runtime.cache("piece_solves", dict)] == [(2, 4, model.cfg.d_in_proj)]
 
 
-@pytest.mark.parametrize("budget", [Budget(max_iter=7, tol=0.0, mode="sequential"),
-                                    Budget(max_iter=40, tol=1e-6, mode="blockwise", block_size=4)])
-def test_piece_solves_count_the_evaluations_they_make(budget):
-    """Every row is evaluated at once, whole segments of SEGMENT updates, then the final evaluation: the count the
-    readings bench reports (what a GPU pays, against the iterations the statistics show)."""
-    from implicit_ssm_eval.model_adapters.runtime.graphs import SEGMENT
-
+@pytest.mark.parametrize("budget, segment", [(Budget(max_iter=7, tol=0.0, mode="sequential"), None),
+                                             (Budget(max_iter=40, tol=1e-6, mode="blockwise", block_size=4), 8),
+                                             (Budget(max_iter=3, tol=1e-9, mode="sequential"), 2),
+                                             (Budget(max_iter=12, tol=1e-9, mode="blockwise", block_size=4), 6)])
+def test_piece_solves_count_the_evaluations_they_make(budget, segment):
+    """Every row is evaluated at once, whole segments of updates (SEGMENT = 8 at most, evened out over max_iter - 1),
+    then the final evaluation: the count the readings bench reports (what a GPU pays, against the iterations the
+    statistics show). A piece at the cap pays no update past max_iter - 1 that evening out could spare."""
     model = tiny_model("implicit", contractive=True, dtype=torch.float64)
     ids, lengths = padded_batch(3)
     runtime = Runtime(model, graphs="masked")
     out = runtime(ids, budget, lengths=lengths)
-    made = sum(s.evaluations for s in runtime.cache("piece_solves", dict).values())
+    solves = list(runtime.cache("piece_solves", dict).values())
+    made = sum(s.evaluations for s in solves)
     slowest = out.stats.iterations.max(0).values  # each piece runs until its slowest row is done
     if budget.tol == 0:
         assert made == slowest.numel() * budget.max_iter
     else:
-        segments = ((slowest - 1 + SEGMENT - 1) // SEGMENT).clamp_min(1)
-        assert made == int((segments * SEGMENT + 1).sum()) and made > int(slowest.sum())
+        assert {s.segment for s in solves} == {segment}
+        segments = ((slowest - 1 + segment - 1) // segment).clamp_min(1)
+        assert made == int((segments * segment + 1).sum()) and made >= int(slowest.sum())
 
 
 def test_damped_update_measures_only_valid_tokens_and_moves_only_active_rows():
