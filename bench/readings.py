@@ -49,8 +49,8 @@ def read(model, ids, budget: Budget, device, batch_size: int | None = None) -> t
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return torch.cat(answers), {**reading_stats(model, batches, budget), "solves_made": solves_made(model, kept)}, \
-        seconds
+    stats = {**reading_stats(model, batches, budget), "solves_made": solves_made(model, kept)}
+    return torch.cat(answers), stats, seconds
 
 
 def piece_solves(model) -> list:
@@ -84,7 +84,7 @@ def reading_stats(model, batches: list, budget: Budget) -> dict:
              # the f calls made one after another: each batch's pieces count their slowest row
              "sequential_f_evaluations": sum(int(s.iterations.max(0).values.sum()) for s in batches),
              # with --graphs: the evaluations the piece solves made (every row at once, whole segments)
-             "evaluations_made": sum(solve.evaluations for solve in model._caches.get("piece_solves", {}).values()),
+             "evaluations_made": sum(solve.evaluations for solve in piece_solves(model)),
              "converged": float(converged.double().mean()),
              # (sequence, piece) pairs that used the whole budget without converging: in lockstep solves each costs
              # every row max_iter evaluations of its piece
