@@ -10,7 +10,8 @@ leading tokens whose own residual is below tol in every row ("converged prefix")
 the commit advances the frozen state, their output is the reading's, and the window moves on past them, taking in
 as many new tokens (z = 0). The tokens at its back are iterated while they wait, so they arrive at its front nearly
 converged. A token at the front that has had max_iter evaluations is committed as it is (capped), like a capped
-piece. Rows move in lockstep (a window of the batch).
+piece. Rows move in lockstep (a window of the batch). Damping: the checkpoint's or --tau; with --solver backoff the
+readings back off per row and the window per (row, token) (TokenDamping).
 
 Prints, per reading: accuracy, agreement with the sequential reading, sequential f evaluations (the f calls made one
 after another, commits included), token evaluations per token (arithmetic), capped tokens, seconds (median of
@@ -29,7 +30,7 @@ import torch
 from readings import add_reading_args, documents  # bench/readings.py: run as a script, bench/ is on sys.path
 
 from implicit_ssm_eval.model_adapters.config import Budget
-from implicit_ssm_eval.model_adapters.fixed_point import EPS
+from implicit_ssm_eval.model_adapters.fixed_point import EPS, back_off
 from implicit_ssm_eval.model_adapters.formats import load_checkpoint
 
 
@@ -38,11 +39,43 @@ def token_residuals(fz: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (fz - z).norm(dim=-1) / (EPS + z.norm(dim=-1))
 
 
+class TokenDamping:
+    """Solver "backoff" in a window: a damping per (row, token), backed off as the solver backs off a row's
+    (fixed_point.back_off), restarted for the tokens left after a commit (a new solve, like their ages)."""
+
+    def __init__(self, tau: float):
+        self.tau = tau
+        self.damp = self.best = self.stall = torch.zeros(0, 0)
+
+    def restart(self, rows: int, tokens: int) -> None:
+        self.damp = torch.full((rows, tokens), self.tau)
+        self.best = torch.full((rows, tokens), float("inf"))
+        self.stall = torch.zeros(rows, tokens, dtype=torch.int32)
+
+    def update(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
+        rows, tokens = z.shape[:2]
+        if self.damp.shape != (rows, tokens):  # the window grew: its new tokens start a solve of their own
+            old = self.damp.shape[1] if self.damp.dim() == 2 and self.damp.shape[0] == rows else 0
+            damp, best, stall = self.damp, self.best, self.stall
+            self.restart(rows, tokens)
+            if old:
+                self.damp[:, :old], self.best[:, :old], self.stall[:, :old] = damp, best, stall
+        flat = back_off(self.damp.flatten(), self.best.flatten(), self.stall.flatten(),
+                        token_residuals(fz, z).flatten())
+        self.damp, self.best, self.stall = (t.view(rows, tokens) for t in flat)
+        d = self.damp[..., None]
+        return (1 - d) * z + d * fz
+
+
 def sliding_read(model, ids: torch.Tensor, window: int, budget: Budget, restart: int = 0
                  ) -> tuple[torch.Tensor, dict]:
     """The last token's hidden state of each row, and the counts. restart > 0: a window whose front has not
     converged after that many evaluations since the last commit starts again from z = 0 (as a sequential solve of
-    its front token would have), once per front token."""
+    its front token would have), once per front token. Solver "backoff": a damping per token (TokenDamping)."""
+    damping = TokenDamping(budget.tau) if budget.solver == "backoff" else None
+
+    def update(z, fz):
+        return damping.update(z, fz) if damping else (1 - budget.tau) * z + budget.tau * fz
     rows, length = ids.shape
     u = model.inject(ids)
     state = model.empty_state(rows)
@@ -64,12 +97,14 @@ def sliding_read(model, ids: torch.Tensor, window: int, budget: Budget, restart:
         if prefix == 0 and age[0] >= budget.max_iter:
             prefix, capped = 1, capped + 1
         if prefix == 0:
-            z = (1 - budget.tau) * z + budget.tau * fz
+            z = update(z, fz)
             continue
         out, state = model.f(z[:, :prefix], u[:, start:start + prefix], state, None, commit=True)
         commits, token_evals = commits + 1, token_evals + prefix
         last = out[:, -1]
-        z = ((1 - budget.tau) * z + budget.tau * fz)[:, prefix:]
+        z = update(z, fz)[:, prefix:]
+        if damping:
+            damping.restart(rows, z.shape[1])
         age = age[prefix:] * 0  # the frozen state moved: a new solve for the tokens left, with a budget of its own
         start += prefix
     return last, {"sequential_f_evaluations": calls + commits, "window_evaluations": calls, "commits": commits,
@@ -92,6 +127,9 @@ def main() -> None:
     p.add_argument("--windows", type=int, nargs="+", default=[8, 16])
     p.add_argument("--block-sizes", type=int, nargs="+", default=[8, 16])
     p.add_argument("--restart", type=int, default=0, help="restart a stalled window from zeros (0: never)")
+    p.add_argument("--tau", type=float, default=None, help="damping of every reading (default: the checkpoint's)")
+    p.add_argument("--solver", default="fixed_point", choices=["fixed_point", "backoff"],
+                   help="damped iteration; backoff: a damping per row in the readings, per token in the window")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -100,7 +138,7 @@ def main() -> None:
     docs = documents(args.task, args.bucket, args.docs, args.seed)
     ids = torch.tensor([ckpt.tokenizer.encode(d["input"]) for d in docs])
     targets = torch.tensor([ckpt.tokenizer.encode(d["target"])[0] for d in docs])
-    base = Budget(max_iter=args.max_iter, tol=args.tol, tau=ckpt.default_budget.tau)
+    base = Budget(max_iter=args.max_iter, tol=args.tol, tau=args.tau or ckpt.default_budget.tau, solver=args.solver)
     readings = {"sequential": lambda: standard_read(model, ids, base.replace(mode="sequential"))}
     for c in args.block_sizes:
         readings[f"blocks of {c}"] = lambda c=c: standard_read(model, ids, base.replace(mode="blockwise", block_size=c))
