@@ -11,7 +11,8 @@
 #                                                                                # explicit and lockstep readings
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" step        # one f evaluation kernel by kernel,
 #                                                                                # the sequential reading and decoding
-#                                                                                # beside the kernels they replaced
+#                                                                                # beside the kernels they replaced;
+#                                                                                # the few-rows GEMM against cuBLAS
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" backoff     # blockwise vs sequential at the
 #                                                                                # checkpoint's damping, solver backoff
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" tests DIR   # the GPU tests under tests/DIR
@@ -92,6 +93,7 @@ step)  # what matters first comes first: a call cut short by the device's limit 
         tests/model_adapters/test_triton_kernels.py -k "ssd or norm or solve"
     step bench_decode 150 python3 bench/gpu_bench.py --out "$OUT/bench_decode.json" --sections decode
     step kernels_steps 45 python3 bench/kernels.py --out "$OUT/kernels_steps.json" --sections steps
+    step kernels_skinny_gemm 120 python3 bench/kernels.py --out "$OUT/kernels_skinny_gemm.json" --sections skinny_gemm
     ;;
 tests)
     site=$(fla_site) || site=""

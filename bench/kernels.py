@@ -14,6 +14,10 @@ norms          the residual add + RMSNorm and the gated RMSNorm: our row-blocked
                a block of 64 tokens of 100 rows, and at the 130M model's (768, 1,536)
 conv           the causal conv + SiLU per tile shape, at the a5 model's 320 channels (steps and blocks) and the 130M
                model's 1,792 (2,048 tokens)
+skinny_gemm    the projections of a one-token evaluation of the 130M model (1 and 16 rows: in_proj 768 -> 3,352 with
+               the injection added, out_proj 1,536 -> 768): cuBLAS as the model calls it (addmm, linear) against
+               triton_gemm.skinny_linear at its first-guess tiles and at each tile of a small sweep (the best kept),
+               with the weight's read rate and the error against cuBLAS
 
 Times are device microseconds per call: 100 calls captured in a CUDA graph, median of 5 replays (launch gaps inside
 a graph included, host launch work not: what a captured reading pays).
@@ -33,6 +37,7 @@ import triton
 from implicit_ssm_eval.model_adapters.backends import (
     torch_ops,
     triton_conv,
+    triton_gemm,
     triton_norm,
     triton_ops,
     triton_solve,
@@ -195,7 +200,36 @@ def conv(results: dict) -> None:
                                                                      bias)
 
 
-SECTIONS = {f.__name__: f for f in (one_chunk, damped_update, step_read, steps, norms, conv)}
+def skinny_gemm(results: dict) -> None:
+    """The 130M model's projections at 1 and 16 rows, bfloat16: cuBLAS (as mamba2.Mamba2 calls it) against
+    skinny_linear at tiles() and over a sweep of tiles; microseconds, the weight's GB/s, relative error."""
+    import torch.nn.functional as F
+
+    def cublas(x, w, add):
+        return F.linear(x, w) if add is None else torch.addmm(add, x, w.t())
+
+    for name, inner, cols, with_add in (("in_proj", 768, 3352, True), ("out_proj", 1536, 768, False)):
+        w = (torch.randn(cols, inner, device="cuda") / inner ** 0.5).to(torch.bfloat16)
+        for rows in (1, 16):
+            key = f"skinny_gemm_{name}_m{rows}"
+            x = torch.randn(rows, inner, device="cuda", dtype=torch.bfloat16)
+            add = torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16) if with_add else None
+            ref = cublas(x, w, add)
+            results[f"{key}_cublas_us"] = timed(cublas, x, w, add)
+            results[f"{key}_ours_first_guess_us"] = timed(triton_gemm.skinny_linear, x, w, add)
+            best = None
+            for tile in itertools.product((16, 32, 64), (64, 128, 256), (2, 4), (3,)):
+                tile = (max(16, triton.next_power_of_2(rows)), *tile)
+                us = timed(triton_gemm.skinny_linear, x, w, add, tile)
+                best = min(best or (us, tile), (us, tile))
+            results[f"{key}_ours_best_us"], results[f"{key}_ours_best_tile"] = best[0], list(best[1])
+            results[f"{key}_cublas_over_ours_best"] = results[f"{key}_cublas_us"] / best[0]
+            results[f"{key}_ours_best_weight_gb_s"] = w.numel() * 2 / best[0] / 1e3
+            got = triton_gemm.skinny_linear(x, w, add, best[1])
+            results[f"{key}_rel_err_vs_cublas"] = float((got.float() - ref.float()).norm() / ref.float().norm())
+
+
+SECTIONS = {f.__name__: f for f in (one_chunk, damped_update, step_read, steps, norms, conv, skinny_gemm)}
 
 
 def main() -> None:
