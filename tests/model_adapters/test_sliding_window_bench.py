@@ -7,8 +7,13 @@ import torch
 
 from implicit_ssm_eval.model_adapters.fixed_point import BACKOFF_FACTOR, BACKOFF_PATIENCE
 
+# bench/ on the path only for this import: its kernels.py would otherwise shadow the `kernels` package that
+# transformers looks for, and break every later test that builds a transformers model
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from sliding_window import TokenDamping  # noqa: E402
+try:
+    from sliding_window import TokenDamping
+finally:
+    sys.path.pop(0)
 
 
 def _pair(k: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
