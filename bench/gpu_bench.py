@@ -404,7 +404,8 @@ def section_sequential(args, pair) -> None:
     variants = {"capture": contextlib.nullcontext, "capture_state_update": _iterations_update_the_state,
                 "capture_bf16_state": lambda: bfloat16_state(implicit), "capture_steps_apart": _steps_apart,
                 "capture_norm_cast": _norm_cast, "capture_as_e722f6e": _as_e722f6e,
-                "capture_steps_fused": _steps_fused}
+                "capture_steps_fused": _steps_fused, "capture_skinny_gemm": lambda: _skinny_gemm(implicit),
+                "capture_skinny_gemm_bf16_state": lambda: _skinny_gemm(implicit, bf16_state=True)}
     best = {name: float("inf") for name in variants}
     with torch.inference_mode():
         for _ in range(2):  # interleaved rounds, each variant captured afresh (a graph keeps the kernels it saw)
@@ -417,6 +418,7 @@ def section_sequential(args, pair) -> None:
             RESULTS[f"sequential_k4_{name}_tokens_per_s"] = ids.numel() / ms * 1e3
         RESULTS["sequential_k4_speed_vs_e722f6e"] = best["capture_as_e722f6e"] / best["capture"]
         RESULTS["sequential_k4_fused_steps_speed_vs_e722f6e"] = best["capture_as_e722f6e"] / best["capture_steps_fused"]
+        RESULTS["sequential_k4_skinny_gemm_speed"] = best["capture"] / best["capture_skinny_gemm"]
         args.out.write_text(json.dumps(RESULTS, indent=2))
         prompts, explicit = ids[:, :64], Runtime(model, "triton", "capture")
         steps = {"mamba_ssm": lambda p, n: theirs.generate(p, max_length=p.shape[1] + n, cg=True, top_k=1),
@@ -485,6 +487,16 @@ def _steps_apart():
         yield
     finally:
         triton_ops.FUSED_STEPS = fused
+
+
+@contextlib.contextmanager
+def _skinny_gemm(model, bf16_state: bool = False):
+    """The mixers' projections through triton_gemm.skinny_linear (not yet the default: this times it), with the
+    SSM state stored in bfloat16 as well if asked."""
+    from implicit_ssm_eval.model_adapters.backends import triton_gemm
+
+    with triton_gemm.routed(model), (bfloat16_state(model) if bf16_state else contextlib.nullcontext()):
+        yield
 
 
 @contextlib.contextmanager
@@ -613,6 +625,9 @@ def section_decode(args, pair) -> None:
                     ours_fn(Runtime(model, "triton", "capture"), None), prompts)
             with _steps_fused():
                 RESULTS[f"decode_b{batch}_ours_steps_fused_tok_s"] = decode_rate(
+                    ours_fn(Runtime(model, "triton", "capture"), None), prompts)
+            with _skinny_gemm(model):
+                RESULTS[f"decode_b{batch}_ours_skinny_gemm_tok_s"] = decode_rate(
                     ours_fn(Runtime(model, "triton", "capture"), None), prompts)
             RESULTS[f"decode_b{batch}_speed_vs_e722f6e"] = (RESULTS[f"decode_b{batch}_ours_tok_s"]
                                                             / RESULTS[f"decode_b{batch}_ours_as_e722f6e_tok_s"])

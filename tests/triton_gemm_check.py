@@ -33,6 +33,42 @@ def check(device: str) -> list[str]:
             if got.dtype != dtype or got.shape != ref.shape or rel_err(got.float(), ref) > tol:
                 failures.append(f"{rows}x{inner}x{cols} {dtype} add={with_add} tile={tile}: "
                                 f"{rel_err(got.float(), ref):.2e}")
+    return failures + check_routed(device)
+
+
+def check_routed(device: str) -> list[str]:
+    """routed(model): the sequential reading of a tiny implicit model (float32) with its projections through the
+    kernel reads as without, the kernel takes every one-token projection (two a layer and evaluation), and the
+    model is as before once the block ends."""
+    from implicit_ssm_eval.model_adapters.backends import triton_gemm
+    from implicit_ssm_eval.model_adapters.config import Budget
+    from implicit_ssm_eval.model_adapters.mamba2 import Mamba2
+    from implicit_ssm_eval.model_adapters.testing import tiny_model
+
+    model = tiny_model("implicit", contractive=True).to(device)
+    ids = torch.randint(0, model.cfg.vocab_size, (3, 5), device=device)
+    budget = Budget(max_iter=4, tol=0.0, mode="sequential")
+    default, calls = Mamba2._project, []
+    kernel = triton_gemm.skinny_linear
+    triton_gemm.skinny_linear = lambda *args: calls.append(1) or kernel(*args)
+    try:
+        with torch.no_grad():
+            plain = model(ids, budget).hidden
+            with triton_gemm.routed(model):
+                routed = model(ids, budget).hidden
+            after = model(ids, budget).hidden
+    finally:
+        triton_gemm.skinny_linear = kernel
+    failures = []
+    expected = 2 * model.cfg.n_layer * budget.max_iter * ids.shape[1]
+    if len(calls) != expected:
+        failures.append(f"routed: the kernel took {len(calls)} projections, expected {expected}")
+    if rel_err(routed, plain) > 1e-5:
+        failures.append(f"routed: the reading moved by {rel_err(routed, plain):.2e}")
+    mixers = [m for m in model.modules() if isinstance(m, Mamba2)]
+    if Mamba2._project is not default or any("forward" in vars(m.out_proj) for m in mixers) or not torch.equal(
+            after, plain):
+        failures.append("routed: the model is not as before after the block")
     return failures
 
 

@@ -7,14 +7,18 @@ and `addmm` first copies the injection into its output (another 23 us an evaluat
 BLOCK_N output columns for BLOCK_M rows over the whole of K, so the grid spreads the weight's columns over the
 multiprocessors, and the add is read in the epilogue (no copy).
 
-Not wired into the models: `bench/kernels.py --sections skinny_gemm` times it against cuBLAS at the 130M model's
-shapes and tiles first. torch's `addmm` in float32 is the definition (tests/triton_gemm_check.py): float32 inputs
+Not the models' default: `bench/kernels.py --sections skinny_gemm` times it against cuBLAS at the 130M model's
+shapes and tiles, and `routed(model)` sends a model's projections through it for the time being (the sequential
+reading's variant `capture_skinny_gemm` in `bench/gpu_bench.py`), so that one device call decides.
+torch's `addmm` in float32 is the definition (tests/triton_gemm_check.py): float32 inputs
 multiply in IEEE float32, bfloat16 ones on the tensor cores, both accumulate in float32 and round once, after the add.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 import triton
@@ -88,3 +92,38 @@ def skinny_linear(x: Tensor, weight: Tensor, add: Tensor | None = None,
                          K_STEPS=triton.cdiv(inner, block_k), BLOCK_M=block_m, BLOCK_N=block_n,
                          BLOCK_K=block_k, num_warps=warps, num_stages=stages)
     return out
+
+
+@contextlib.contextmanager
+def routed(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, the in_proj (with the injection added, if any) and out_proj of every Mamba2 mixer of
+    `model` run through skinny_linear wherever it takes the product (one-token evaluations and decoding steps: at
+    most MOST_ROWS rows, no bias); everything else as before. A measurement switch (class and instance attributes,
+    restored on exit), not a runtime option."""
+    from ..mamba2 import Mamba2
+
+    default = Mamba2._project
+
+    def project(self, u: Tensor, inject: Tensor | None) -> Tensor:
+        weight = self.in_proj.weight
+        if self.in_proj.bias is None and takes(u, weight) and (inject is None or inject.dtype == u.dtype):
+            return skinny_linear(u, weight, inject)
+        return default(self, u, inject)
+
+    def out_proj(linear: torch.nn.Linear):
+        def forward(y: Tensor) -> Tensor:
+            if linear.bias is None and takes(y, linear.weight):
+                return skinny_linear(y, linear.weight)
+            return torch.nn.functional.linear(y, linear.weight, linear.bias)
+        return forward
+
+    mixers = [m for m in model.modules() if isinstance(m, Mamba2)]
+    Mamba2._project = project  # type: ignore[method-assign]
+    for mixer in mixers:
+        mixer.out_proj.forward = out_proj(mixer.out_proj)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Mamba2._project = default  # type: ignore[method-assign]
+        for mixer in mixers:
+            del mixer.out_proj.forward
