@@ -89,11 +89,11 @@ backoff)  # blockwise against sequential at the checkpoint's damping with the ba
     ;;
 step)  # what matters first comes first: a call cut short by the device's limit keeps the logs written before
     step bench_step 240 python3 bench/gpu_bench.py --out "$OUT/bench_step.json" --sections sequential,step_profile
-    step gpu_tests_step_kernels 120 python3 -m pytest -m gpu -q -p no:cacheprovider \
-        tests/model_adapters/test_triton_kernels.py -k "ssd or norm or solve"
     step bench_decode 150 python3 bench/gpu_bench.py --out "$OUT/bench_decode.json" --sections decode
+    step kernels_skinny_gemm 100 python3 bench/kernels.py --out "$OUT/kernels_skinny_gemm.json" --sections skinny_gemm
+    step gpu_tests_step_kernels 150 python3 -m pytest -m gpu -q -p no:cacheprovider \
+        tests/model_adapters/test_triton_kernels.py -k "ssd or norm or solve or gemm"
     step kernels_steps 45 python3 bench/kernels.py --out "$OUT/kernels_steps.json" --sections steps
-    step kernels_skinny_gemm 120 python3 bench/kernels.py --out "$OUT/kernels_skinny_gemm.json" --sections skinny_gemm
     ;;
 tests)
     site=$(fla_site) || site=""
