@@ -55,7 +55,7 @@ class TokenDamping:
     def update(self, z: torch.Tensor, fz: torch.Tensor) -> torch.Tensor:
         rows, tokens = z.shape[:2]
         if self.damp.shape != (rows, tokens):  # the window grew: its new tokens start a solve of their own
-            old = self.damp.shape[1] if self.damp.dim() == 2 and self.damp.shape[0] == rows else 0
+            old = self.damp.shape[1] if self.damp.shape[0] == rows else 0
             damp, best, stall = self.damp, self.best, self.stall
             self.restart(rows, tokens)
             if old:
