@@ -7,9 +7,10 @@ and `addmm` first copies the injection into its output (another 23 us an evaluat
 BLOCK_N output columns for BLOCK_M rows over the whole of K, so the grid spreads the weight's columns over the
 multiprocessors, and the add is read in the epilogue (no copy).
 
-Not the models' default: `bench/kernels.py --sections skinny_gemm` times it against cuBLAS at the 130M model's
-shapes and tiles, and `routed(model)` sends a model's projections through it for the time being (the sequential
-reading's variant `capture_skinny_gemm` in `bench/gpu_bench.py`), so that one device call decides.
+Not the models' default, and measured not to be worth it (H100, `1638ac3`; BENCHMARKS.md, item 2): alone, at the
+130M shapes, it is 1.2-1.5x as fast as cuBLAS (`bench/kernels.py --sections skinny_gemm`), but with the model's
+projections sent through it (`routed(model)`, a measurement switch) the sequential reading gained 1% and decoding
+lost 1.5-4%. It stays for the next attempt to start from, with its check.
 torch's `addmm` in float32 is the definition (tests/triton_gemm_check.py): float32 inputs
 multiply in IEEE float32, bfloat16 ones on the tensor cores, both accumulate in float32 and round once, after the add.
 """
