@@ -13,6 +13,9 @@
 #                                                                                # the sequential reading and decoding
 #                                                                                # beside the kernels they replaced;
 #                                                                                # the few-rows GEMM against cuBLAS
+#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" cold        # the few-rows GEMM and the read-only
+#                                                                                # step with operands past the L2, as
+#                                                                                # the model reads them, beside warm
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" backoff     # blockwise vs sequential at the
 #                                                                                # checkpoint's damping, solver backoff
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" tests DIR   # the GPU tests under tests/DIR
@@ -21,7 +24,7 @@
 # huggingface_hub==2.4.0`), installed in a folder of its own that only the anchors' process sees.
 set -uo pipefail
 OUT=${1:?output folder}
-PART=${2:?anchors, memory, sequential, shared, backoff, step or tests}
+PART=${2:?anchors, memory, sequential, shared, backoff, step, cold or tests}
 export TOKENIZERS_PARALLELISM=false
 echo "import implicit_ssm_eval.model_adapters.adapter.hook" > /tmp/site/sitecustomize.py
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
@@ -95,13 +98,16 @@ step)  # what matters first comes first: a call cut short by the device's limit 
         tests/model_adapters/test_triton_kernels.py -k "ssd or norm or solve or gemm"
     step kernels_steps 45 python3 bench/kernels.py --out "$OUT/kernels_steps.json" --sections steps
     ;;
+cold)
+    step kernels_cold 400 python3 bench/kernels.py --out "$OUT/kernels_cold.json" --sections cold skinny_gemm steps
+    ;;
 tests)
     site=$(fla_site) || site=""
     PYTHONPATH=$site${site:+:}$PYTHONPATH step "gpu_tests_${3:?a folder under tests/}" 560 python3 -m pytest -m gpu \
         -q -p no:cacheprovider --durations=10 "tests/$3"
     ;;
 *)
-    echo "part must be anchors, memory, sequential, shared, step or tests, got $PART" >&2
+    echo "part must be anchors, memory, sequential, shared, backoff, step, cold or tests, got $PART" >&2
     exit 2
     ;;
 esac

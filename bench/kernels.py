@@ -18,6 +18,10 @@ skinny_gemm    the projections of a one-token evaluation of the 130M model (1 an
                the injection added, out_proj 1,536 -> 768): cuBLAS as the model calls it (addmm, linear) against
                triton_gemm.skinny_linear at its first-guess tiles and at each tile of a small sweep (the best kept),
                with the weight's read rate and the error against cuBLAS
+cold           the same products and an iteration's conv_step_read (float32 and bfloat16 states, over a survey of
+               its tile), each call on the next of 24 layers' weights or states, as one evaluation of the 130M
+               model reads them: 180 MB of weights and 302 MB of float32 state, past the 50 MB L2 that the
+               sections above, which call one operand again and again, are served from
 
 Times are device microseconds per call: 100 calls captured in a CUDA graph, median of 5 replays (launch gaps inside
 a graph included, host launch work not: what a captured reading pays).
@@ -69,6 +73,12 @@ def timed(fn, *args, calls: int = 100) -> float:
         end.synchronize()
         times.append(start.elapsed_time(end) * 1e3 / calls)
     return statistics.median(times)
+
+
+def timed_cold(fn, operands: list[tuple], calls: int = 96) -> float:
+    """As timed(), each call on the next operand tuple in turn (one per layer), so that none is in L2 when read."""
+    turn = iter(range(10**9))
+    return timed(lambda: fn(*operands[next(turn) % len(operands)]), calls=calls)
 
 
 def one_chunk(results: dict) -> None:
@@ -229,7 +239,44 @@ def skinny_gemm(results: dict) -> None:
             results[f"{key}_rel_err_vs_cublas"] = float((got.float() - ref.float()).norm() / ref.float().norm())
 
 
-SECTIONS = {f.__name__: f for f in (one_chunk, damped_update, step_read, steps, norms, conv, skinny_gemm)}
+def cold(results: dict) -> None:
+    """skinny_gemm's products and conv_step_read with each call on the next of 24 layers' operands (bfloat16)."""
+    import torch.nn.functional as F
+
+    layers, rows = 24, 16
+    for name, inner, cols, with_add in (("in_proj", 768, 3352, True), ("out_proj", 1536, 768, False)):
+        operands = [((torch.randn(rows, inner, device="cuda") / 4).to(torch.bfloat16),
+                     (torch.randn(cols, inner, device="cuda") / inner ** 0.5).to(torch.bfloat16),
+                     torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16) if with_add else None)
+                    for _ in range(layers)]
+        results[f"cold_{name}_m{rows}_cublas_us"] = timed_cold(
+            lambda x, w, add: F.linear(x, w) if add is None else torch.addmm(add, x, w.t()), operands)
+        for tile in ((16, 16, 256, 4, 3), (16, 32, 128, 4, 3), (16, 32, 256, 4, 3), (16, 64, 128, 4, 3)):
+            results[f"cold_{name}_m{rows}_ours_{'_'.join(map(str, tile))}_us"] = timed_cold(
+                lambda x, w, add, tile=tile: triton_gemm.skinny_linear(x, w, add, tile), operands)
+    heads, headdim, dstate, k = 24, 64, 128, 4
+    channels = heads * headdim + 2 * dstate
+    for state_dtype in (torch.float32, torch.bfloat16):
+        operands = [(torch.randn(rows, heads, headdim, dstate, device="cuda").to(state_dtype),
+                     torch.randn(rows, channels, k - 1, device="cuda", dtype=torch.bfloat16),
+                     torch.randn(rows, channels, device="cuda", dtype=torch.bfloat16),
+                     torch.randn(channels, k, device="cuda", dtype=torch.bfloat16) * 0.5,
+                     torch.randn(channels, device="cuda", dtype=torch.bfloat16),
+                     torch.randn(rows, heads, device="cuda"), torch.randn(heads, device="cuda"),
+                     -torch.rand(heads, device="cuda"), torch.randn(heads, device="cuda")) for _ in range(layers)]
+        name = str(state_dtype).removeprefix("torch.")
+        default = triton_ssd.READ_TILE
+        for tile in itertools.product((16, 32, 64), (1, 2, 4, 8)):
+            triton_ssd.READ_TILE = tile
+            results[f"cold_conv_step_read_{name}_p{tile[0]}_warps{tile[1]}_us"] = timed_cold(
+                triton_ssd.conv_step_read, operands)
+        triton_ssd.READ_TILE = default
+        state_bytes = operands[0][0].numel() * operands[0][0].element_size()
+        best = min(v for key, v in results.items() if key.startswith(f"cold_conv_step_read_{name}_p"))
+        results[f"cold_conv_step_read_{name}_best_state_gb_s"] = state_bytes / best / 1e3
+
+
+SECTIONS = {f.__name__: f for f in (one_chunk, damped_update, step_read, steps, norms, conv, skinny_gemm, cold)}
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from torch import Tensor  # noqa: E402
 PRECISION = "tf32x3"
 MAX_LENGTH = 64  # longer sequences go to the chunked kernels: one program's registers hold the whole chunk
 NUM_WARPS = None  # per program of the one-chunk kernel; None: by tile size (_warps). bench/kernels.py sets it.
+READ_TILE = (64, 4)  # conv_step_read's (most headdim rows a program, warps); bench/kernels.py surveys others
 
 
 @triton.jit
@@ -258,14 +259,15 @@ def conv_step_read(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bia
     state, xbc = (t if t.stride(-1) == 1 else t.contiguous() for t in (state, xbc))
     weight = weight.contiguous()
     y = torch.empty(batch, nheads, headdim, dtype=torch.float32, device=xbc.device)
-    block_p = min(_block(headdim), 64)
+    most_p, warps = READ_TILE
+    block_p = min(_block(headdim), most_p)
     _conv_step_read_kernel[(batch, nheads, triton.cdiv(headdim, block_p))](
         xbc, conv, weight, bias if bias is not None else weight, state, dt, dt_bias, A,
         D.contiguous() if D is not None else A, y, headdim, dstate, nheads // groups, d_inner, groups,
         xbc.stride(0), conv.stride(0), conv.stride(1), conv.stride(2), state.stride(0), state.stride(1),
         state.stride(2), dt.stride(0), dt.stride(1), y.stride(0), y.stride(1),
         K=weight.shape[-1], HAS_BIAS=bias is not None, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-        BLOCK_P=block_p, BLOCK_N=_block(dstate), num_warps=4)
+        BLOCK_P=block_p, BLOCK_N=_block(dstate), num_warps=warps)
     return y
 
 
