@@ -99,7 +99,7 @@ step)  # what matters first comes first: a call cut short by the device's limit 
     step kernels_steps 45 python3 bench/kernels.py --out "$OUT/kernels_steps.json" --sections steps
     ;;
 cold)
-    step kernels_cold 400 python3 bench/kernels.py --out "$OUT/kernels_cold.json" --sections cold skinny_gemm steps
+    step kernels_cold 300 python3 bench/kernels.py --out "$OUT/kernels_cold.json" --sections cold
     ;;
 tests)
     site=$(fla_site) || site=""

@@ -249,11 +249,17 @@ def cold(results: dict) -> None:
                      (torch.randn(cols, inner, device="cuda") / inner ** 0.5).to(torch.bfloat16),
                      torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16) if with_add else None)
                     for _ in range(layers)]
-        results[f"cold_{name}_m{rows}_cublas_us"] = timed_cold(
-            lambda x, w, add: F.linear(x, w) if add is None else torch.addmm(add, x, w.t()), operands)
+        def cublas(x, w, add):
+            return F.linear(x, w) if add is None else torch.addmm(add, x, w.t())
+
+        results[f"cold_{name}_m{rows}_cublas_us"] = timed_cold(cublas, operands)
+        results[f"warm_{name}_m{rows}_cublas_us"] = timed(cublas, *operands[0])
         for tile in ((16, 16, 256, 4, 3), (16, 32, 128, 4, 3), (16, 32, 256, 4, 3), (16, 64, 128, 4, 3)):
-            results[f"cold_{name}_m{rows}_ours_{'_'.join(map(str, tile))}_us"] = timed_cold(
-                lambda x, w, add, tile=tile: triton_gemm.skinny_linear(x, w, add, tile), operands)
+            def ours(x, w, add, tile=tile):
+                return triton_gemm.skinny_linear(x, w, add, tile)
+            label = "_".join(map(str, tile))
+            results[f"cold_{name}_m{rows}_ours_{label}_us"] = timed_cold(ours, operands)
+            results[f"warm_{name}_m{rows}_ours_{label}_us"] = timed(ours, *operands[0])
     heads, headdim, dstate, k = 24, 64, 128, 4
     channels = heads * headdim + 2 * dstate
     for state_dtype in (torch.float32, torch.bfloat16):
@@ -271,6 +277,7 @@ def cold(results: dict) -> None:
             results[f"cold_conv_step_read_{name}_p{tile[0]}_warps{tile[1]}_us"] = timed_cold(
                 triton_ssd.conv_step_read, operands)
         triton_ssd.READ_TILE = default
+        results[f"warm_conv_step_read_{name}_default_us"] = timed(triton_ssd.conv_step_read, *operands[0])
         state_bytes = operands[0][0].numel() * operands[0][0].element_size()
         best = min(v for key, v in results.items() if key.startswith(f"cold_conv_step_read_{name}_p"))
         results[f"cold_conv_step_read_{name}_best_state_gb_s"] = state_bytes / best / 1e3
