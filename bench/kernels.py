@@ -77,8 +77,8 @@ def timed(fn, *args, calls: int = 100) -> float:
 
 def timed_cold(fn, operands: list[tuple], calls: int = 96) -> float:
     """As timed(), each call on the next operand tuple in turn (one per layer), so that none is in L2 when read."""
-    turn = iter(range(10**9))
-    return timed(lambda: fn(*operands[next(turn) % len(operands)]), calls=calls)
+    turn = itertools.cycle(operands)
+    return timed(lambda: fn(*next(turn)), calls=calls)
 
 
 def one_chunk(results: dict) -> None:
@@ -210,14 +210,14 @@ def conv(results: dict) -> None:
                                                                      bias)
 
 
+def cublas(x, w, add):
+    """A projection as mamba2.Mamba2 calls cuBLAS for it: the add folded into addmm."""
+    return torch.nn.functional.linear(x, w) if add is None else torch.addmm(add, x, w.t())
+
+
 def skinny_gemm(results: dict) -> None:
     """The 130M model's projections at 1 and 16 rows, bfloat16: cuBLAS (as mamba2.Mamba2 calls it) against
     skinny_linear at tiles() and over a sweep of tiles; microseconds, the weight's GB/s, relative error."""
-    import torch.nn.functional as F
-
-    def cublas(x, w, add):
-        return F.linear(x, w) if add is None else torch.addmm(add, x, w.t())
-
     for name, inner, cols, with_add in (("in_proj", 768, 3352, True), ("out_proj", 1536, 768, False)):
         w = (torch.randn(cols, inner, device="cuda") / inner ** 0.5).to(torch.bfloat16)
         for rows in (1, 16):
@@ -241,17 +241,12 @@ def skinny_gemm(results: dict) -> None:
 
 def cold(results: dict) -> None:
     """skinny_gemm's products and conv_step_read with each call on the next of 24 layers' operands (bfloat16)."""
-    import torch.nn.functional as F
-
     layers, rows = 24, 16
     for name, inner, cols, with_add in (("in_proj", 768, 3352, True), ("out_proj", 1536, 768, False)):
         operands = [((torch.randn(rows, inner, device="cuda") / 4).to(torch.bfloat16),
                      (torch.randn(cols, inner, device="cuda") / inner ** 0.5).to(torch.bfloat16),
                      torch.randn(rows, cols, device="cuda", dtype=torch.bfloat16) if with_add else None)
                     for _ in range(layers)]
-        def cublas(x, w, add):
-            return F.linear(x, w) if add is None else torch.addmm(add, x, w.t())
-
         results[f"cold_{name}_m{rows}_cublas_us"] = timed_cold(cublas, operands)
         results[f"warm_{name}_m{rows}_cublas_us"] = timed(cublas, *operands[0])
         for tile in ((16, 16, 256, 4, 3), (16, 32, 128, 4, 3), (16, 32, 256, 4, 3), (16, 64, 128, 4, 3)):
