@@ -15,7 +15,9 @@
 #                                                                                # the few-rows GEMM against cuBLAS
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" cold        # the few-rows GEMM and the read-only
 #                                                                                # step with operands past the L2, as
-#                                                                                # the model reads them, beside warm
+#                                                                                # the model reads them, beside warm;
+#                                                                                # the read step's best tiles end to
+#                                                                                # end; the fused-step checks
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" backoff     # blockwise vs sequential at the
 #                                                                                # checkpoint's damping, solver backoff
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" tests DIR   # the GPU tests under tests/DIR
@@ -98,8 +100,15 @@ step)  # what matters first comes first: a call cut short by the device's limit 
         tests/model_adapters/test_triton_kernels.py -k "ssd or norm or solve or gemm"
     step kernels_steps 45 python3 bench/kernels.py --out "$OUT/kernels_steps.json" --sections steps
     ;;
-cold)
-    step kernels_cold 300 python3 bench/kernels.py --out "$OUT/kernels_cold.json" --sections cold
+cold)  # the survey, then the tiles it ranks first (two a state dtype) in the sequential reading end to end, then
+    # the fused-step checks (every surveyed tile at the 130M shape)
+    step kernels_cold 220 python3 bench/kernels.py --out "$OUT/kernels_cold.json" --sections cold
+    tiles=$(python3 bench/kernels.py --rank-read-tiles "$OUT/kernels_cold.json" 2>> "$OUT/kernels_cold.log")
+    echo "read tiles ranked first: ${tiles:-none}"
+    step read_tiles 170 python3 bench/gpu_bench.py --out "$OUT/read_tiles.json" --sections read_tiles \
+        --read-tiles "$tiles"
+    step gpu_tests_ssd 180 python3 -m pytest -m gpu -q -p no:cacheprovider \
+        tests/model_adapters/test_triton_kernels.py -k ssd
     ;;
 tests)
     site=$(fla_site) || site=""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -281,11 +282,29 @@ def cold(results: dict) -> None:
 SECTIONS = {f.__name__: f for f in (one_chunk, damped_update, step_read, steps, norms, conv, skinny_gemm, cold)}
 
 
+def ranked_read_tiles(results: dict, per_dtype: int = 2) -> list[str]:
+    """The cold survey's fastest conv_step_read tiles, `per_dtype` of each state dtype, as gpu_bench.py's
+    --read-tiles takes them ('P:WARPS')."""
+    picked: list[str] = []
+    for dtype in ("float32", "bfloat16"):
+        pattern = re.compile(rf"cold_conv_step_read_{dtype}_p(\d+)_warps(\d+)_us")
+        ranked = sorted((v, f"{m[1]}:{m[2]}") for key, v in results.items() if (m := pattern.fullmatch(key)))
+        picked += [tile for _, tile in ranked[:per_dtype] if tile not in picked]
+    return picked
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path)
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    p.add_argument("--rank-read-tiles", type=Path, metavar="JSON", help="print the fastest conv_step_read tiles of "
+                   "a cold section's results (two a state dtype, as P:WARPS,...) and exit")
     args = p.parse_args()
+    if args.rank_read_tiles:
+        print(",".join(ranked_read_tiles(json.loads(args.rank_read_tiles.read_text()))))
+        return
+    if args.out is None:
+        p.error("--out is required")
     results = {"device": torch.cuda.get_device_name()}
     with torch.inference_mode():
         for section in (SECTIONS[name] for name in args.sections):

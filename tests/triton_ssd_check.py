@@ -104,10 +104,11 @@ def check_conv_step_read(device: str) -> list[str]:
     """The step's conv and read in one kernel against the two kernels it replaces (triton_conv's conv, then
     ssd_step_read: the same float32 sums, so 1e-6) and against the torch twin (which convolves a bfloat16 token in
     bfloat16: 2e-2 there, measured 1.1e-2 at the 130M shape). xbc is a strided slice of a wider projection, as in
-    the model; conv bias and D vary."""
+    the model; conv bias and D vary. The 130M shape runs at every tile that bench/kernels.py's cold survey times
+    (triton_ssd.READ_TILE), so whichever it picks is checked (the warps matter on CUDA only)."""
     from types import SimpleNamespace
 
-    from implicit_ssm_eval.model_adapters.backends import torch_ops, triton_conv
+    from implicit_ssm_eval.model_adapters.backends import torch_ops, triton_conv, triton_ssd
     from implicit_ssm_eval.model_adapters.backends.triton_ssd import conv_step_read, ssd_step_read
 
     two_kernels = SimpleNamespace(causal_conv_silu=triton_conv.causal_conv_silu,
@@ -115,9 +116,11 @@ def check_conv_step_read(device: str) -> list[str]:
     failures = []
     small = itertools.product(((3, 4, 8, 12),), (1, 2), ("none", "head", "channel"), (torch.float32, torch.bfloat16),
                               (True, False))
-    the_130m = [((2, 24, 64, 128), 1, "head", torch.bfloat16, True)]  # whole 64 x 128 tiles, 24 heads to a group
+    the_130m = [((2, 24, 64, 128), 1, "head", torch.bfloat16, True, tile)  # 24 heads to a group
+                for tile in itertools.product((16, 32, 64), (1, 2, 4, 8) if device == "cuda" else (4,))]
     k = 4
-    for (batch, nheads, headdim, dstate), groups, d_kind, dtype, with_bias in [*small, *the_130m]:
+    default = triton_ssd.READ_TILE
+    for (batch, nheads, headdim, dstate), groups, d_kind, dtype, with_bias, *tile in [*small, *the_130m]:
         torch.manual_seed(groups * 5 + len(d_kind))
         channels = nheads * headdim + 2 * groups * dstate
         xbc = torch.randn(batch, channels + 9, device=device).to(dtype)[:, 4: 4 + channels]
@@ -130,12 +133,16 @@ def check_conv_step_read(device: str) -> list[str]:
         D = {"none": None, "head": torch.randn(nheads, device=device),
              "channel": torch.randn(nheads, headdim, device=device)}[d_kind]
         args = (state, conv, xbc, weight, bias, dt, dt_bias, A, D)
-        y = conv_step_read(*args)
+        triton_ssd.READ_TILE = tuple(tile[0]) if tile else default
+        try:
+            y = conv_step_read(*args)
+        finally:
+            triton_ssd.READ_TILE = default
         errors = (rel_err(y, torch_ops.conv_then_read(two_kernels, *args)), rel_err(y, torch_ops.conv_step_read(*args)))
         if not (y.dtype == torch.float32 and y.shape == (batch, nheads, headdim) and errors[0] <= 1e-6
                 and errors[1] <= (1e-5 if dtype == torch.float32 else 2e-2)):
             failures.append(f"conv step read H={nheads} P={headdim} N={dstate} G={groups} D={d_kind} {dtype} "
-                            f"bias={with_bias}: errors "
+                            f"bias={with_bias} tile={tile[0] if tile else default}: errors "
                             f"{[f'{e:.2e}' for e in errors]}")
     return failures
 
