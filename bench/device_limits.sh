@@ -16,7 +16,7 @@
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" cold        # the few-rows GEMM and the read-only
 #                                                                                # step with operands past the L2, as
 #                                                                                # the model reads them, beside warm;
-#                                                                                # the read step's best tiles end to
+#                                                                                # the fused steps' best tiles end to
 #                                                                                # end; the fused-step checks
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" backoff     # blockwise vs sequential at the
 #                                                                                # checkpoint's damping, solver backoff
@@ -100,14 +100,15 @@ step)  # what matters first comes first: a call cut short by the device's limit 
         tests/model_adapters/test_triton_kernels.py -k "ssd or norm or solve or gemm"
     step kernels_steps 45 python3 bench/kernels.py --out "$OUT/kernels_steps.json" --sections steps
     ;;
-cold)  # the survey, then the tiles it ranks first (two a state dtype) in the sequential reading end to end, then
-    # the fused-step checks (every surveyed tile at the 130M shape)
-    step kernels_cold 220 python3 bench/kernels.py --out "$OUT/kernels_cold.json" --sections cold
-    tiles=$(python3 bench/kernels.py --rank-read-tiles "$OUT/kernels_cold.json" 2>> "$OUT/kernels_cold.log")
-    echo "read tiles ranked first: ${tiles:-none}"
-    step read_tiles 170 python3 bench/gpu_bench.py --out "$OUT/read_tiles.json" --sections read_tiles \
-        --read-tiles "$tiles"
-    step gpu_tests_ssd 180 python3 -m pytest -m gpu -q -p no:cacheprovider \
+cold)  # the survey, then the tiles it ranks first (one a state dtype, each kernel) in the sequential reading end to
+    # end, then the fused-step checks (every surveyed tile at the 130M shape)
+    step kernels_cold 200 python3 bench/kernels.py --out "$OUT/kernels_cold.json" --sections cold
+    read=$(python3 bench/kernels.py --rank-tiles "$OUT/kernels_cold.json" read 2>> "$OUT/kernels_cold.log")
+    commit=$(python3 bench/kernels.py --rank-tiles "$OUT/kernels_cold.json" commit 2>> "$OUT/kernels_cold.log")
+    echo "ranked first: read ${read:-none}, commit ${commit:-none}"
+    step step_tiles 170 python3 bench/gpu_bench.py --out "$OUT/step_tiles.json" --sections step_tiles \
+        --read-tiles "$read" --commit-tiles "$commit"
+    step gpu_tests_ssd 170 python3 -m pytest -m gpu -q -p no:cacheprovider \
         tests/model_adapters/test_triton_kernels.py -k ssd
     ;;
 tests)

@@ -26,9 +26,10 @@ sequential  implicit scoring in the sequential reading, k = 4, tol 0, batch 16 x
             --eager without graphs; the
             same 16 rows decoded by the explicit model (ours and mamba_ssm's generate(cg=True): one token through
             the stack a step, as an f evaluation is); the simultaneous reading of the same work, eager and graphed
-read_tiles  the sequential reading of the sequential section (k = 4, 16 x 128, graphs), float32 and bfloat16 states,
-            with conv_step_read at its default tile against each tile of --read-tiles (interleaved, each captured
-            afresh); device_limits.sh cold passes the tiles that bench/kernels.py's cold survey ranks first
+step_tiles  the sequential reading of the sequential section (k = 4, 16 x 128, graphs), float32 and bfloat16 states:
+            conv_step_read at each tile of --read-tiles, conv_step_commit at each of --commit-tiles, the first of
+            each together, against their defaults (triton_ssd.step_tiles; interleaved, each captured afresh);
+            device_limits.sh cold passes the tiles that bench/kernels.py's cold survey ranks first
 step_profile  kernel by kernel, one f evaluation of the sequential reading (batch 16, eager): an iteration and the
             final, committing one (step_profile.txt)
 decode      greedy decoding tokens/s, batch 1 and 16: our explicit model (CUDA graph) vs mamba_ssm
@@ -444,44 +445,35 @@ def section_sequential(args, pair) -> None:
             RESULTS[f"{name}_over_sequential"] = RESULTS[f"{name}_tokens_per_s"] / rate
 
 
-@contextlib.contextmanager
-def _read_tile(tile: tuple[int, int]):
-    """conv_step_read at another (most headdim rows a program, warps) than triton_ssd.READ_TILE's default."""
-    from implicit_ssm_eval.model_adapters.backends import triton_ssd
-
-    default = triton_ssd.READ_TILE
-    triton_ssd.READ_TILE = tile
-    try:
-        yield
-    finally:
-        triton_ssd.READ_TILE = default
-
-
-def section_read_tiles(args, pair) -> None:
-    """The sequential reading with conv_step_read at each of --read-tiles against its default tile, both state
-    dtypes, interleaved rounds in one process: tokens/s and the speed over the default."""
+def section_step_tiles(args, pair) -> None:
+    """The sequential reading with conv_step_read at each of --read-tiles and conv_step_commit at each of
+    --commit-tiles (the other at its default), and the first of each together, against both defaults; float32 and
+    bfloat16 states, interleaved rounds in one process: tokens/s and the speed over the defaults."""
     from implicit_ssm_eval.model_adapters.backends import triton_ssd
 
     implicit = implicit_twin(pair[1])
     ids = torch.randint(0, VOCAB, (16, 128), device="cuda")
     budget = Budget(max_iter=4, tol=0.0, mode="sequential")
-    tiles = [triton_ssd.READ_TILE, *(t for t in args.read_tiles if t != triton_ssd.READ_TILE)]
-    RESULTS["read_tiles_default"] = list(triton_ssd.READ_TILE)
+    defaults = triton_ssd.READ_TILE, triton_ssd.COMMIT_TILE
+    variants = {"default": {}, **{f"read_p{t[0]}_warps{t[1]}": {"read": t} for t in args.read_tiles},
+                **{f"commit_p{t[0]}_warps{t[1]}": {"commit": t} for t in args.commit_tiles}}
+    if args.read_tiles and args.commit_tiles:
+        variants["both_first"] = {"read": args.read_tiles[0], "commit": args.commit_tiles[0]}
+    RESULTS["step_tiles_defaults"] = [list(t) for t in defaults]
+    RESULTS["step_tiles_variants"] = {name: {k: list(t) for k, t in v.items()} for name, v in variants.items()}
     for state, patch in (("f32", contextlib.nullcontext), ("bf16", lambda: bfloat16_state(implicit))):
-        best = {tile: float("inf") for tile in tiles}
+        best = {name: float("inf") for name in variants}
         with torch.inference_mode(), patch():
-            for _ in range(3):  # interleaved rounds, each tile captured afresh (a graph keeps the kernels it saw)
-                for tile in tiles:
-                    with _read_tile(tile):
+            for _ in range(2):  # interleaved rounds, each variant captured afresh (a graph keeps the kernels it saw)
+                for name, tiles in variants.items():
+                    with triton_ssd.step_tiles(**tiles):
                         runtime = Runtime(implicit, "triton", "capture")
-                        best[tile] = min(best[tile], timed(
+                        best[name] = min(best[name], timed(
                             lambda runtime=runtime: runtime(ids, budget, want_state=False), warmup=1, reps=3))
-        for tile, ms in best.items():
-            key = f"read_tiles_{state}_p{tile[0]}_warps{tile[1]}"
-            RESULTS[f"{key}_tokens_per_s"] = ids.numel() / ms * 1e3
-            RESULTS[f"{key}_speed_vs_default"] = best[tiles[0]] / ms
+        for name, ms in best.items():
+            RESULTS[f"step_tiles_{state}_{name}_tokens_per_s"] = ids.numel() / ms * 1e3
+            RESULTS[f"step_tiles_{state}_{name}_speed_vs_default"] = best["default"] / ms
         args.out.write_text(json.dumps(RESULTS, indent=2))
-
 
 @contextlib.contextmanager
 def bfloat16_state(*models):
@@ -921,13 +913,13 @@ def print_anchors() -> None:
 
 SECTIONS = {"ceilings": section_ceilings, "forward": section_forward, "host": section_host, "profile": section_profile,
             "overhead": section_overhead, "lengths": section_lengths, "tolerance": section_tolerance,
-            "sequential": section_sequential, "read_tiles": section_read_tiles, "step_profile": section_step_profile,
+            "sequential": section_sequential, "step_tiles": section_step_tiles, "step_profile": section_step_profile,
             "decode": section_decode, "fla_forward": section_fla_forward, "fla_decode": section_fla_decode,
             "memory": section_memory, "auto_batch": section_auto_batch, "lm_tolerance": section_lm_tolerance}
 
 
 def tile_list(text: str) -> list[tuple[int, int]]:
-    """--read-tiles: '32:2,16:4' -> [(32, 2), (16, 4)]."""
+    """--read-tiles, --commit-tiles: '32:2,16:4' -> [(32, 2), (16, 4)]."""
     tiles = []
     for item in filter(None, text.split(",")):
         p, _, warps = item.partition(":")
@@ -953,8 +945,10 @@ def main() -> None:
     p.add_argument("--max-batch-size", type=int, default=1024, help="auto_batch: where halving starts")
     p.add_argument("--lm-docs", type=int, default=256, help="lm_tolerance: held-out windows of 256 tokens")
     p.add_argument("--lm-batch", type=int, default=64, help="lm_tolerance: windows per forward")
-    p.add_argument("--read-tiles", type=tile_list, default=[], help="read_tiles: tiles of conv_step_read to time "
+    p.add_argument("--read-tiles", type=tile_list, default=[], help="step_tiles: tiles of conv_step_read to time "
                    "against its default, as P:WARPS,P:WARPS (P the most headdim rows a program: 16, 32 or 64)")
+    p.add_argument("--commit-tiles", type=tile_list, default=[], help="step_tiles: tiles of conv_step_commit, as "
+                   "--read-tiles")
     p.add_argument("--eager", action="store_true", help="sequential: also the reading without graphs (minutes)")
     args = p.parse_args()
     RESULTS.update(device=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bfloat16",

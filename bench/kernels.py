@@ -18,10 +18,11 @@ skinny_gemm    the projections of a one-token evaluation of the 130M model (1 an
                the injection added, out_proj 1,536 -> 768): cuBLAS as the model calls it (addmm, linear) against
                triton_gemm.skinny_linear at its first-guess tiles and at each tile of a small sweep (the best kept),
                with the weight's read rate and the error against cuBLAS
-cold           the same products and an iteration's conv_step_read (float32 and bfloat16 states, over a survey of
-               its tile), each call on the next of 24 layers' weights or states, as one evaluation of the 130M
-               model reads them: 180 MB of weights and 302 MB of float32 state, past the 50 MB L2 that the
-               sections above, which call one operand again and again, are served from
+cold           the same products, an iteration's conv_step_read and the final evaluation's conv_step_commit
+               (float32 and bfloat16 states, over a survey of their tile: triton_ssd.step_tiles), each call on the
+               next of 24 layers' weights or states, as one evaluation of the 130M model reads them: 180 MB of
+               weights and 302 MB of float32 state, past the 50 MB L2 that the sections above, which call one
+               operand again and again, are served from
 
 Times are device microseconds per call: 100 calls captured in a CUDA graph, median of 5 replays (launch gaps inside
 a graph included, host launch work not: what a captured reading pays).
@@ -241,7 +242,8 @@ def skinny_gemm(results: dict) -> None:
 
 
 def cold(results: dict) -> None:
-    """skinny_gemm's products and conv_step_read with each call on the next of 24 layers' operands (bfloat16)."""
+    """skinny_gemm's products, conv_step_read and conv_step_commit with each call on the next of 24 layers' operands
+    (bfloat16)."""
     layers, rows = 24, 16
     for name, inner, cols, with_add in (("in_proj", 768, 3352, True), ("out_proj", 1536, 768, False)):
         operands = [((torch.randn(rows, inner, device="cuda") / 4).to(torch.bfloat16),
@@ -256,38 +258,49 @@ def cold(results: dict) -> None:
             label = "_".join(map(str, tile))
             results[f"cold_{name}_m{rows}_ours_{label}_us"] = timed_cold(ours, operands)
             results[f"warm_{name}_m{rows}_ours_{label}_us"] = timed(ours, *operands[0])
+    for state_dtype in (torch.float32, torch.bfloat16):
+        step_tiles(results, str(state_dtype).removeprefix("torch."), step_operands(layers, rows, state_dtype))
+
+
+def step_operands(layers: int, rows: int, state_dtype: torch.dtype) -> list[tuple]:
+    """conv_step_commit's arguments at the 130M shape (float32 dt, A, D; a bfloat16 token), one tuple a layer;
+    conv_step_read takes the same less the last (valid)."""
     heads, headdim, dstate, k = 24, 64, 128, 4
     channels = heads * headdim + 2 * dstate
-    for state_dtype in (torch.float32, torch.bfloat16):
-        operands = [(torch.randn(rows, heads, headdim, dstate, device="cuda").to(state_dtype),
-                     torch.randn(rows, channels, k - 1, device="cuda", dtype=torch.bfloat16),
-                     torch.randn(rows, channels, device="cuda", dtype=torch.bfloat16),
-                     torch.randn(channels, k, device="cuda", dtype=torch.bfloat16) * 0.5,
-                     torch.randn(channels, device="cuda", dtype=torch.bfloat16),
-                     torch.randn(rows, heads, device="cuda"), torch.randn(heads, device="cuda"),
-                     -torch.rand(heads, device="cuda"), torch.randn(heads, device="cuda")) for _ in range(layers)]
-        name = str(state_dtype).removeprefix("torch.")
-        default = triton_ssd.READ_TILE
+    return [(torch.randn(rows, heads, headdim, dstate, device="cuda").to(state_dtype),
+             torch.randn(rows, channels, k - 1, device="cuda", dtype=torch.bfloat16),
+             torch.randn(rows, channels, device="cuda", dtype=torch.bfloat16),
+             torch.randn(channels, k, device="cuda", dtype=torch.bfloat16) * 0.5,
+             torch.randn(channels, device="cuda", dtype=torch.bfloat16),
+             torch.randn(rows, heads, device="cuda"), torch.randn(heads, device="cuda"),
+             -torch.rand(heads, device="cuda"), torch.randn(heads, device="cuda"), None) for _ in range(layers)]
+
+
+def step_tiles(results: dict, name: str, operands: list[tuple]) -> None:
+    """conv_step_read and conv_step_commit (in place, its window shift included) over the survey of their tile,
+    each call on the next layer's operands; the default tile warm beside; the best tile's state GB/s (read once,
+    or read and written)."""
+    read_operands = [args[:-1] for args in operands]
+    state_bytes = operands[0][0].numel() * operands[0][0].element_size()
+    for kernel, fn, args, passes in (("conv_step_read", triton_ssd.conv_step_read, read_operands, 1),
+                                     ("conv_step_commit", triton_ssd.conv_step_commit, operands, 2)):
         for tile in itertools.product((16, 32, 64), (1, 2, 4, 8)):
-            triton_ssd.READ_TILE = tile
-            results[f"cold_conv_step_read_{name}_p{tile[0]}_warps{tile[1]}_us"] = timed_cold(
-                triton_ssd.conv_step_read, operands)
-        triton_ssd.READ_TILE = default
-        results[f"warm_conv_step_read_{name}_default_us"] = timed(triton_ssd.conv_step_read, *operands[0])
-        state_bytes = operands[0][0].numel() * operands[0][0].element_size()
-        best = min(v for key, v in results.items() if key.startswith(f"cold_conv_step_read_{name}_p"))
-        results[f"cold_conv_step_read_{name}_best_state_gb_s"] = state_bytes / best / 1e3
+            with triton_ssd.step_tiles(**{kernel.removeprefix("conv_step_"): tile}):
+                results[f"cold_{kernel}_{name}_p{tile[0]}_warps{tile[1]}_us"] = timed_cold(fn, args)
+        results[f"warm_{kernel}_{name}_default_us"] = timed(fn, *args[0])
+        best = min(v for key, v in results.items() if key.startswith(f"cold_{kernel}_{name}_p"))
+        results[f"cold_{kernel}_{name}_best_state_gb_s"] = passes * state_bytes / best / 1e3
 
 
 SECTIONS = {f.__name__: f for f in (one_chunk, damped_update, step_read, steps, norms, conv, skinny_gemm, cold)}
 
 
-def ranked_read_tiles(results: dict, per_dtype: int = 2) -> list[str]:
-    """The cold survey's fastest conv_step_read tiles, `per_dtype` of each state dtype, as gpu_bench.py's
-    --read-tiles takes them ('P:WARPS')."""
+def ranked_tiles(results: dict, kernel: str, per_dtype: int = 1) -> list[str]:
+    """The cold survey's fastest tiles of conv_step_{kernel} (read or commit), `per_dtype` of each state dtype, as
+    gpu_bench.py's --read-tiles and --commit-tiles take them ('P:WARPS')."""
     picked: list[str] = []
     for dtype in ("float32", "bfloat16"):
-        pattern = re.compile(rf"cold_conv_step_read_{dtype}_p(\d+)_warps(\d+)_us")
+        pattern = re.compile(rf"cold_conv_step_{kernel}_{dtype}_p(\d+)_warps(\d+)_us")
         ranked = sorted((v, f"{m[1]}:{m[2]}") for key, v in results.items() if (m := pattern.fullmatch(key)))
         picked += [tile for _, tile in ranked[:per_dtype] if tile not in picked]
     return picked
@@ -297,11 +310,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path)
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
-    p.add_argument("--rank-read-tiles", type=Path, metavar="JSON", help="print the fastest conv_step_read tiles of "
-                   "a cold section's results (two a state dtype, as P:WARPS,...) and exit")
+    p.add_argument("--rank-tiles", nargs=2, metavar=("JSON", "KERNEL"), help="print the fastest tiles of "
+                   "conv_step_KERNEL (read or commit) in a cold section's results (one a state dtype, as "
+                   "P:WARPS,...) and exit")
     args = p.parse_args()
-    if args.rank_read_tiles:
-        print(",".join(ranked_read_tiles(json.loads(args.rank_read_tiles.read_text()))))
+    if args.rank_tiles:
+        path, kernel = args.rank_tiles
+        if kernel not in ("read", "commit"):
+            p.error(f"--rank-tiles: the kernel is read or commit, got {kernel!r}")
+        print(",".join(ranked_tiles(json.loads(Path(path).read_text()), kernel)))
         return
     if args.out is None:
         p.error("--out is required")

@@ -100,12 +100,17 @@ def check_step_read(device: str) -> list[str]:
     return failures
 
 
+def surveyed_tiles(device: str) -> list[tuple[int, int]]:
+    """The (headdim rows, warps) tiles of conv_step_read and conv_step_commit that bench/kernels.py's cold section
+    surveys, so whichever it picks is checked; the warps matter on CUDA only (the interpreter runs one of each)."""
+    return list(itertools.product((16, 32, 64), (1, 2, 4, 8) if device == "cuda" else (4,)))
+
+
 def check_conv_step_read(device: str) -> list[str]:
     """The step's conv and read in one kernel against the two kernels it replaces (triton_conv's conv, then
     ssd_step_read: the same float32 sums, so 1e-6) and against the torch twin (which convolves a bfloat16 token in
     bfloat16: 2e-2 there, measured 1.1e-2 at the 130M shape). xbc is a strided slice of a wider projection, as in
-    the model; conv bias and D vary. The 130M shape runs at every tile that bench/kernels.py's cold survey times
-    (triton_ssd.READ_TILE), so whichever it picks is checked (the warps matter on CUDA only)."""
+    the model; conv bias and D vary. The 130M shape runs at every tile of surveyed_tiles."""
     from types import SimpleNamespace
 
     from implicit_ssm_eval.model_adapters.backends import torch_ops, triton_conv, triton_ssd
@@ -117,9 +122,8 @@ def check_conv_step_read(device: str) -> list[str]:
     small = itertools.product(((3, 4, 8, 12),), (1, 2), ("none", "head", "channel"), (torch.float32, torch.bfloat16),
                               (True, False))
     the_130m = [((2, 24, 64, 128), 1, "head", torch.bfloat16, True, tile)  # 24 heads to a group
-                for tile in itertools.product((16, 32, 64), (1, 2, 4, 8) if device == "cuda" else (4,))]
+                for tile in surveyed_tiles(device)]
     k = 4
-    default = triton_ssd.READ_TILE
     for (batch, nheads, headdim, dstate), groups, d_kind, dtype, with_bias, *tile in [*small, *the_130m]:
         torch.manual_seed(groups * 5 + len(d_kind))
         channels = nheads * headdim + 2 * groups * dstate
@@ -133,16 +137,13 @@ def check_conv_step_read(device: str) -> list[str]:
         D = {"none": None, "head": torch.randn(nheads, device=device),
              "channel": torch.randn(nheads, headdim, device=device)}[d_kind]
         args = (state, conv, xbc, weight, bias, dt, dt_bias, A, D)
-        triton_ssd.READ_TILE = tuple(tile[0]) if tile else default
-        try:
+        with triton_ssd.step_tiles(read=tile[0] if tile else None):
             y = conv_step_read(*args)
-        finally:
-            triton_ssd.READ_TILE = default
         errors = (rel_err(y, torch_ops.conv_then_read(two_kernels, *args)), rel_err(y, torch_ops.conv_step_read(*args)))
         if not (y.dtype == torch.float32 and y.shape == (batch, nheads, headdim) and errors[0] <= 1e-6
                 and errors[1] <= (1e-5 if dtype == torch.float32 else 2e-2)):
             failures.append(f"conv step read H={nheads} P={headdim} N={dstate} G={groups} D={d_kind} {dtype} "
-                            f"bias={with_bias} tile={tile[0] if tile else default}: errors "
+                            f"bias={with_bias} tile={tile[0] if tile else triton_ssd.READ_TILE}: errors "
                             f"{[f'{e:.2e}' for e in errors]}")
     return failures
 
@@ -150,18 +151,20 @@ def check_conv_step_read(device: str) -> list[str]:
 def check_conv_step_commit(device: str) -> list[str]:
     """The committing step in place (two launches) against the torch twin's functional step run on triton's conv: the
     output, the new state (float32, or bfloat16 as state_dtype stores it) and the shifted window, for the rows in
-    valid; the rows outside keep their state and window bit for bit."""
+    valid; the rows outside keep their state and window bit for bit. The 130M shape runs at every tile of
+    surveyed_tiles, both state dtypes."""
     from types import SimpleNamespace
 
-    from implicit_ssm_eval.model_adapters.backends import torch_ops, triton_conv
+    from implicit_ssm_eval.model_adapters.backends import torch_ops, triton_conv, triton_ssd
     from implicit_ssm_eval.model_adapters.backends.triton_ssd import conv_step_commit
 
     twin = SimpleNamespace(causal_conv_silu=triton_conv.causal_conv_silu, state_step=torch_ops.state_step)
     failures = []
     small = itertools.product(((3, 4, 8, 12),), (1, 2), ("none", "head"), (torch.float32, torch.bfloat16),
                               (torch.float32, torch.bfloat16), (True, False), (2, 4))
-    the_130m = [((2, 24, 64, 128), 1, "head", torch.bfloat16, torch.bfloat16, True, 4)]
-    for (batch, nheads, headdim, dstate), groups, d_kind, dtype, state_dtype, masked, k in [*small, *the_130m]:
+    the_130m = [((2, 24, 64, 128), 1, "head", torch.bfloat16, state_dtype, True, 4, tile)
+                for state_dtype, tile in itertools.product((torch.float32, torch.bfloat16), surveyed_tiles(device))]
+    for (batch, nheads, headdim, dstate), groups, d_kind, dtype, state_dtype, masked, k, *tile in [*small, *the_130m]:
         torch.manual_seed(groups * 5 + len(d_kind) + k)
         channels = nheads * headdim + 2 * groups * dstate
         xbc = torch.randn(batch, channels + 9, device=device).to(dtype)[:, 4: 4 + channels]
@@ -176,14 +179,16 @@ def check_conv_step_commit(device: str) -> list[str]:
         y_ref, window_ref, state_ref = torch_ops.conv_then_step(twin, state, conv, xbc, weight, bias, dt, dt_bias, A,
                                                                 D, valid, False)
         old_state, old_conv = state.clone(), conv.clone()
-        y = conv_step_commit(state, conv, xbc, weight, bias, dt, dt_bias, A, D, valid)
+        with triton_ssd.step_tiles(commit=tile[0] if tile else None):
+            y = conv_step_commit(state, conv, xbc, weight, bias, dt, dt_bias, A, D, valid)
         errors = [rel_err(y, y_ref), rel_err(state.float(), state_ref.to(state_dtype).float()),
                   rel_err(conv.float(), window_ref.float())]
         kept = valid is None or (torch.equal(state[1], old_state[1]) and torch.equal(conv[1], old_conv[1]))
         rounding = 1e-5 if state_dtype == torch.float32 else 1e-2  # a value either side of a bfloat16 rounding
         if not (y.dtype == torch.float32 and kept and errors[0] <= 1e-5 and errors[1] <= rounding and errors[2] == 0):
             failures.append(f"conv step commit H={nheads} G={groups} D={d_kind} {dtype} state {state_dtype} "
-                            f"masked={masked} k={k}: kept={kept} errors {[f'{e:.2e}' for e in errors]}")
+                            f"masked={masked} k={k} tile={tile[0] if tile else triton_ssd.COMMIT_TILE}: "
+                            f"kept={kept} errors {[f'{e:.2e}' for e in errors]}")
     return failures
 
 

@@ -22,6 +22,7 @@ program, so none of them may shift it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # Not for this module's products (PRECISION below says theirs), but for every Triton kernel compiled after the first
@@ -40,7 +41,22 @@ from torch import Tensor  # noqa: E402
 PRECISION = "tf32x3"
 MAX_LENGTH = 64  # longer sequences go to the chunked kernels: one program's registers hold the whole chunk
 NUM_WARPS = None  # per program of the one-chunk kernel; None: by tile size (_warps). bench/kernels.py sets it.
-READ_TILE = (64, 4)  # conv_step_read's (most headdim rows a program, warps); bench/kernels.py surveys others
+# conv_step_read's and conv_step_commit's (most headdim rows a program, warps): bench/kernels.py's cold section
+# surveys others (step_tiles), and bench/gpu_bench.py's step_tiles times its best in the sequential reading.
+READ_TILE = (64, 4)
+COMMIT_TILE = (64, 4)
+
+
+@contextlib.contextmanager
+def step_tiles(read: tuple[int, int] | None = None, commit: tuple[int, int] | None = None):
+    """READ_TILE and COMMIT_TILE set for a while (None: as they are), for the benches' and checks' surveys."""
+    global READ_TILE, COMMIT_TILE
+    was = READ_TILE, COMMIT_TILE
+    READ_TILE, COMMIT_TILE = read or READ_TILE, commit or COMMIT_TILE
+    try:
+        yield
+    finally:
+        READ_TILE, COMMIT_TILE = was
 
 
 @triton.jit
@@ -333,14 +349,15 @@ def conv_step_commit(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, b
     weight = weight.contiguous()
     keep = valid.view(torch.uint8) if valid is not None else xbc  # a bool tensor read as bytes, without a copy
     y = torch.empty(batch, nheads, headdim, dtype=torch.float32, device=xbc.device)
-    block_p = min(_block(headdim), 64)
+    most_p, warps = COMMIT_TILE
+    block_p = min(_block(headdim), most_p)
     _conv_step_commit_kernel[(batch, nheads, triton.cdiv(headdim, block_p))](
         xbc, conv, weight, bias if bias is not None else weight, state, dt, dt_bias, A,
         D.contiguous() if D is not None else A, keep, y, headdim, dstate, nheads // groups, d_inner, groups,
         xbc.stride(0), conv.stride(0), conv.stride(1), conv.stride(2), state.stride(0), state.stride(1),
         state.stride(2), dt.stride(0), dt.stride(1), y.stride(0), y.stride(1),
         K=k, HAS_BIAS=bias is not None, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-        HAS_VALID=valid is not None, BLOCK_P=block_p, BLOCK_N=_block(dstate), num_warps=4)
+        HAS_VALID=valid is not None, BLOCK_P=block_p, BLOCK_N=_block(dstate), num_warps=warps)
     if k > 1:
         block_c = 256
         _shift_window_kernel[(batch, triton.cdiv(channels, block_c))](
