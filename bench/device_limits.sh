@@ -97,7 +97,7 @@ step)  # what matters first comes first: a call cut short by the device's limit 
     step bench_decode 150 python3 bench/gpu_bench.py --out "$OUT/bench_decode.json" --sections decode
     step kernels_skinny_gemm 100 python3 bench/kernels.py --out "$OUT/kernels_skinny_gemm.json" --sections skinny_gemm
     step gpu_tests_step_kernels 150 python3 -m pytest -m gpu -q -p no:cacheprovider \
-        tests/model_adapters/test_triton_kernels.py -k "ssd or norm or solve or gemm"
+        tests/model_adapters/test_triton_kernels.py -k "norm or solve or gemm"  # the ssd checks: the cold part
     step kernels_steps 45 python3 bench/kernels.py --out "$OUT/kernels_steps.json" --sections steps
     ;;
 cold)  # the survey, then the tiles it ranks first (one a state dtype, each kernel) in the sequential reading end to
