@@ -29,7 +29,8 @@ sequential  implicit scoring in the sequential reading, k = 4, tol 0, batch 16 x
 step_tiles  the sequential reading of the sequential section (k = 4, 16 x 128, graphs), float32 and bfloat16 states:
             conv_step_read at each tile of --read-tiles, conv_step_commit at each of --commit-tiles, the first of
             each together, against their defaults (triton_ssd.step_tiles; interleaved, each captured afresh);
-            device_limits.sh cold passes the tiles that bench/kernels.py's cold survey ranks first
+            greedy decoding (batch 1 and 16) at each of --commit-tiles against the default; device_limits.sh cold
+            passes the tiles that bench/kernels.py's cold survey ranks first
 step_profile  kernel by kernel, one f evaluation of the sequential reading (batch 16, eager): an iteration and the
             final, committing one (step_profile.txt)
 decode      greedy decoding tokens/s, batch 1 and 16: our explicit model (CUDA graph) vs mamba_ssm
@@ -474,6 +475,34 @@ def section_step_tiles(args, pair) -> None:
             RESULTS[f"step_tiles_{state}_{name}_tokens_per_s"] = ids.numel() / ms * 1e3
             RESULTS[f"step_tiles_{state}_{name}_speed_vs_default"] = best["default"] / ms
         args.out.write_text(json.dumps(RESULTS, indent=2))
+    commit_tiles(pair[1], args.commit_tiles)
+
+
+def commit_tiles(model, tiles: list[tuple[int, int]]) -> None:
+    """Greedy decoding (a step is conv_step_commit's) at batch 1 and 16 with conv_step_commit at each of tiles
+    against its default: the best of two interleaved rounds, each runtime captured afresh."""
+    from implicit_ssm_eval.model_adapters.backends import triton_ssd
+    from implicit_ssm_eval.model_adapters.runtime.generation import greedy_generate
+
+    def decode(runtime):
+        def run(prompts, n):
+            greedy_generate(runtime, prompts.tolist(), n, None, lambda r, t: False, VOCAB, check_every=64,
+                            cuda_graphs=True)
+        return run
+
+    variants = {"default": None, **{f"commit_p{t[0]}_warps{t[1]}": t for t in tiles}}
+    for batch in (1, 16):
+        prompts = torch.randint(0, VOCAB, (batch, 64), device="cuda")
+        rates = dict.fromkeys(variants, 0.0)
+        with torch.inference_mode():
+            for _ in range(2):
+                for name, tile in variants.items():
+                    with triton_ssd.step_tiles(commit=tile):
+                        rates[name] = max(rates[name], decode_rate(decode(Runtime(model, "triton", "capture")),
+                                                                   prompts))
+        for name, rate in rates.items():
+            RESULTS[f"step_tiles_decode_b{batch}_{name}_tok_s"] = rate
+            RESULTS[f"step_tiles_decode_b{batch}_{name}_speed_vs_default"] = rate / rates["default"]
 
 @contextlib.contextmanager
 def bfloat16_state(*models):

@@ -41,10 +41,13 @@ from torch import Tensor  # noqa: E402
 PRECISION = "tf32x3"
 MAX_LENGTH = 64  # longer sequences go to the chunked kernels: one program's registers hold the whole chunk
 NUM_WARPS = None  # per program of the one-chunk kernel; None: by tile size (_warps). bench/kernels.py sets it.
-# conv_step_read's and conv_step_commit's (most headdim rows a program, warps): bench/kernels.py's cold section
-# surveys others (step_tiles), and bench/gpu_bench.py's step_tiles times its best in the sequential reading.
-READ_TILE = (64, 4)
-COMMIT_TILE = (64, 4)
+# conv_step_read's and conv_step_commit's (most headdim rows a program, warps), picked by bench/kernels.py's cold
+# survey (24 layers' states, past the L2, as a reading streams them) and timed end to end by bench/gpu_bench.py's
+# step_tiles against (64, 4) for both (H100, bfloat16, 130M, batch 16; BENCHMARKS.md, item 2): the sequential reading
+# 1.05x, greedy decoding 1.15x at batch 1 and 1.06x at batch 16. More rows a program left too few programs (384 at
+# batch 16) to keep the state streaming. step_tiles sets others for a while.
+READ_TILE = (32, 4)
+COMMIT_TILE = (32, 1)
 
 
 @contextlib.contextmanager
