@@ -10,7 +10,9 @@ multiprocessors, and the add is read in the epilogue (no copy).
 Not the models' default, and measured not to be worth it (H100, `1638ac3`; BENCHMARKS.md, item 2): alone, at the
 130M shapes, it is 1.2-1.5x as fast as cuBLAS (`bench/kernels.py --sections skinny_gemm`), but with the model's
 projections sent through it (`routed(model)`, a measurement switch) the sequential reading gained 1% and decoding
-lost 1.5-4%. It stays for the next attempt to start from, with its check.
+lost 1.5-4%. With each call on the next of 24 layers' weights, past the L2 as the model streams them (`--sections
+cold`, H100, `e3c74a9`), its lead shrinks to 1.30x (in_proj) and 1.08x (out_proj): that explains part of the loss,
+not all. It stays for the next attempt to start from, with its check.
 torch's `addmm` in float32 is the definition (tests/triton_gemm_check.py): float32 inputs
 multiply in IEEE float32, bfloat16 ones on the tensor cores, both accumulate in float32 and round once, after the add.
 """
