@@ -396,12 +396,23 @@ def section_tolerance(args, pair) -> None:
         RESULTS["tolerance_evaluations_per_batch"] * best["tolerance_explicit_graphs_warm_s"])
 
 
+def readings_interleaved(implicit, ids, budget, patches: dict, rounds: int = 2) -> dict[str, float]:
+    """The reading of ids at budget in CUDA graphs under each patch (a context manager factory): the best ms of
+    interleaved rounds, each runtime captured afresh inside its patch (a graph keeps the kernels it saw)."""
+    best = dict.fromkeys(patches, float("inf"))
+    for _ in range(rounds):
+        for name, patch in patches.items():
+            with patch():
+                runtime = Runtime(implicit, "triton", "capture")
+                best[name] = min(best[name], timed(lambda runtime=runtime: runtime(ids, budget, want_state=False),
+                                                   warmup=1, reps=3))
+    return best
+
+
 def section_sequential(args, pair) -> None:
     """The sequential reading as scoring runs it (no state out); beside it, the same positions decoded by the
     explicit model (ours and mamba_ssm's, batch 16): a step of either is one token through the stack, as one f
     evaluation is, so k x the reading's rate over their rate is what an evaluation costs against their step."""
-    from implicit_ssm_eval.model_adapters.runtime.generation import greedy_generate
-
     theirs, model = pair
     implicit = implicit_twin(model)
     ids = torch.randint(0, VOCAB, (16, 128), device="cuda")
@@ -411,14 +422,8 @@ def section_sequential(args, pair) -> None:
                 "capture_norm_cast": _norm_cast, "capture_as_e722f6e": _as_e722f6e,
                 "capture_steps_fused": _steps_fused, "capture_skinny_gemm": lambda: _skinny_gemm(implicit),
                 "capture_skinny_gemm_bf16_state": lambda: _skinny_gemm(implicit, bf16_state=True)}
-    best = {name: float("inf") for name in variants}
     with torch.inference_mode():
-        for _ in range(2):  # interleaved rounds, each variant captured afresh (a graph keeps the kernels it saw)
-            for name, patch in variants.items():
-                with patch():
-                    runtime = Runtime(implicit, "triton", "capture")
-                    best[name] = min(best[name], timed(lambda runtime=runtime: runtime(ids, budget, want_state=False),
-                                                       warmup=1, reps=3))
+        best = readings_interleaved(implicit, ids, budget, variants)
         for name, ms in best.items():
             RESULTS[f"sequential_k4_{name}_tokens_per_s"] = ids.numel() / ms * 1e3
         RESULTS["sequential_k4_speed_vs_e722f6e"] = best["capture_as_e722f6e"] / best["capture"]
@@ -427,8 +432,7 @@ def section_sequential(args, pair) -> None:
         args.out.write_text(json.dumps(RESULTS, indent=2))
         prompts, explicit = ids[:, :64], Runtime(model, "triton", "capture")
         steps = {"mamba_ssm": lambda p, n: theirs.generate(p, max_length=p.shape[1] + n, cg=True, top_k=1),
-                 "ours": lambda p, n: greedy_generate(explicit, p.tolist(), n, None, lambda r, t: False, VOCAB,
-                                                      check_every=64, cuda_graphs=True)}
+                 "ours": greedy(explicit)}
         rate = RESULTS["sequential_k4_capture_tokens_per_s"]
         for who, fn in steps.items():
             RESULTS[f"sequential_explicit_decode_b16_{who}_tok_s"] = decode_rate(fn, prompts)
@@ -462,15 +466,10 @@ def section_step_tiles(args, pair) -> None:
         variants["both_first"] = {"read": args.read_tiles[0], "commit": args.commit_tiles[0]}
     RESULTS["step_tiles_defaults"] = [list(t) for t in defaults]
     RESULTS["step_tiles_variants"] = {name: {k: list(t) for k, t in v.items()} for name, v in variants.items()}
+    patches = {name: (lambda tiles=tiles: triton_ssd.step_tiles(**tiles)) for name, tiles in variants.items()}
     for state, patch in (("f32", contextlib.nullcontext), ("bf16", lambda: bfloat16_state(implicit))):
-        best = {name: float("inf") for name in variants}
         with torch.inference_mode(), patch():
-            for _ in range(2):  # interleaved rounds, each variant captured afresh (a graph keeps the kernels it saw)
-                for name, tiles in variants.items():
-                    with triton_ssd.step_tiles(**tiles):
-                        runtime = Runtime(implicit, "triton", "capture")
-                        best[name] = min(best[name], timed(
-                            lambda runtime=runtime: runtime(ids, budget, want_state=False), warmup=1, reps=3))
+            best = readings_interleaved(implicit, ids, budget, patches)
         for name, ms in best.items():
             RESULTS[f"step_tiles_{state}_{name}_tokens_per_s"] = ids.numel() / ms * 1e3
             RESULTS[f"step_tiles_{state}_{name}_speed_vs_default"] = best["default"] / ms
@@ -482,13 +481,6 @@ def commit_tiles(model, tiles: list[tuple[int, int]]) -> None:
     """Greedy decoding (a step is conv_step_commit's) at batch 1 and 16 with conv_step_commit at each of tiles
     against its default: the best of two interleaved rounds, each runtime captured afresh."""
     from implicit_ssm_eval.model_adapters.backends import triton_ssd
-    from implicit_ssm_eval.model_adapters.runtime.generation import greedy_generate
-
-    def decode(runtime):
-        def run(prompts, n):
-            greedy_generate(runtime, prompts.tolist(), n, None, lambda r, t: False, VOCAB, check_every=64,
-                            cuda_graphs=True)
-        return run
 
     variants = {"default": None, **{f"commit_p{t[0]}_warps{t[1]}": t for t in tiles}}
     for batch in (1, 16):
@@ -498,11 +490,12 @@ def commit_tiles(model, tiles: list[tuple[int, int]]) -> None:
             for _ in range(2):
                 for name, tile in variants.items():
                     with triton_ssd.step_tiles(commit=tile):
-                        rates[name] = max(rates[name], decode_rate(decode(Runtime(model, "triton", "capture")),
+                        rates[name] = max(rates[name], decode_rate(greedy(Runtime(model, "triton", "capture")),
                                                                    prompts))
         for name, rate in rates.items():
             RESULTS[f"step_tiles_decode_b{batch}_{name}_tok_s"] = rate
             RESULTS[f"step_tiles_decode_b{batch}_{name}_speed_vs_default"] = rate / rates["default"]
+
 
 @contextlib.contextmanager
 def bfloat16_state(*models):
@@ -658,9 +651,17 @@ def decode_agreement(theirs, runtime, prompts: torch.Tensor, n: int) -> float:
     return sum(shared) / len(shared)
 
 
-def section_decode(args, pair) -> None:
+def greedy(runtime, budget=None):
+    """decode_rate's generate for our runtime: greedy decoding in CUDA graphs, no stop token."""
     from implicit_ssm_eval.model_adapters.runtime.generation import greedy_generate
 
+    def run(prompts, n):
+        greedy_generate(runtime, prompts.tolist(), n, budget, lambda r, t: False, VOCAB, check_every=64,
+                        cuda_graphs=True)
+    return run
+
+
+def section_decode(args, pair) -> None:
     theirs, model = pair
     ours = Runtime(model, "triton", "capture")
     implicit = Runtime(implicit_twin(model), "triton", "capture")  # the prefill's sequential reading in graphs
@@ -668,35 +669,29 @@ def section_decode(args, pair) -> None:
     def mamba(prompts, n):
         theirs.generate(prompts, max_length=prompts.shape[1] + n, cg=True, top_k=1)
 
-    def ours_fn(runtime, budget):
-        def run(prompts, n):
-            greedy_generate(runtime, prompts.tolist(), n, budget, lambda r, t: False, VOCAB, check_every=64,
-                            cuda_graphs=True)
-        return run
-
     for batch in (1, 16):
         prompts = torch.randint(0, VOCAB, (batch, 64), device="cuda")
         with torch.inference_mode():
             RESULTS[f"decode_b{batch}_mamba_ssm_tok_s"] = decode_rate(mamba, prompts)
-            RESULTS[f"decode_b{batch}_ours_tok_s"] = decode_rate(ours_fn(ours, None), prompts)
+            RESULTS[f"decode_b{batch}_ours_tok_s"] = decode_rate(greedy(ours, None), prompts)
             if batch == 16:
                 budget = Budget(max_iter=4, tol=0.0, mode="sequential")
-                RESULTS["decode_b16_implicit_k4_tok_s"] = decode_rate(ours_fn(implicit, budget), prompts, 32, 96)
+                RESULTS["decode_b16_implicit_k4_tok_s"] = decode_rate(greedy(implicit, budget), prompts, 32, 96)
             RESULTS[f"decode_b{batch}_common_prefix_vs_mamba_ssm"] = decode_agreement(theirs, ours, prompts, 64)
             with _as_e722f6e():  # the step's kernels as before conv_step and the narrowing gated norm
                 RESULTS[f"decode_b{batch}_ours_as_e722f6e_tok_s"] = decode_rate(
-                    ours_fn(Runtime(model, "triton", "capture"), None), prompts)
+                    greedy(Runtime(model, "triton", "capture"), None), prompts)
             with _steps_fused():
                 RESULTS[f"decode_b{batch}_ours_steps_fused_tok_s"] = decode_rate(
-                    ours_fn(Runtime(model, "triton", "capture"), None), prompts)
+                    greedy(Runtime(model, "triton", "capture"), None), prompts)
             with _skinny_gemm(model):
                 RESULTS[f"decode_b{batch}_ours_skinny_gemm_tok_s"] = decode_rate(
-                    ours_fn(Runtime(model, "triton", "capture"), None), prompts)
+                    greedy(Runtime(model, "triton", "capture"), None), prompts)
             RESULTS[f"decode_b{batch}_speed_vs_e722f6e"] = (RESULTS[f"decode_b{batch}_ours_tok_s"]
                                                             / RESULTS[f"decode_b{batch}_ours_as_e722f6e_tok_s"])
             with bfloat16_state(model):  # mamba_ssm's decoding cache holds the model dtype, bfloat16 here
                 low = Runtime(model, "triton", "capture")
-                RESULTS[f"decode_b{batch}_ours_bf16_state_tok_s"] = decode_rate(ours_fn(low, None), prompts)
+                RESULTS[f"decode_b{batch}_ours_bf16_state_tok_s"] = decode_rate(greedy(low, None), prompts)
                 RESULTS[f"decode_b{batch}_bf16_state_common_prefix_vs_mamba_ssm"] = decode_agreement(
                     theirs, low, prompts, 64)
         RESULTS[f"decode_b{batch}_speed_vs_mamba_ssm"] = (RESULTS[f"decode_b{batch}_ours_tok_s"]

@@ -259,7 +259,7 @@ def cold(results: dict) -> None:
             results[f"cold_{name}_m{rows}_ours_{label}_us"] = timed_cold(ours, operands)
             results[f"warm_{name}_m{rows}_ours_{label}_us"] = timed(ours, *operands[0])
     for state_dtype in (torch.float32, torch.bfloat16):
-        step_tiles(results, str(state_dtype).removeprefix("torch."), step_operands(layers, rows, state_dtype))
+        survey_step_tiles(results, str(state_dtype).removeprefix("torch."), step_operands(layers, rows, state_dtype))
 
 
 def step_operands(layers: int, rows: int, state_dtype: torch.dtype) -> list[tuple]:
@@ -276,7 +276,7 @@ def step_operands(layers: int, rows: int, state_dtype: torch.dtype) -> list[tupl
              -torch.rand(heads, device="cuda"), torch.randn(heads, device="cuda"), None) for _ in range(layers)]
 
 
-def step_tiles(results: dict, name: str, operands: list[tuple]) -> None:
+def survey_step_tiles(results: dict, name: str, operands: list[tuple]) -> None:
     """conv_step_read and conv_step_commit (in place, its window shift included) over the survey of their tile,
     each call on the next layer's operands; the default tile warm beside; the best tile's state GB/s (read once,
     or read and written)."""
