@@ -18,6 +18,10 @@
 #                                                                                # the model reads them, beside warm;
 #                                                                                # the fused steps' best tiles end to
 #                                                                                # end; the fused-step checks
+#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" chain       # the sequential reading with its
+#                                                                                # iterations chained (three launches
+#                                                                                # a layer) against the default; its
+#                                                                                # checks on CUDA
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" backoff     # blockwise vs sequential at the
 #                                                                                # checkpoint's damping, solver backoff
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" tests DIR   # the GPU tests under tests/DIR
@@ -26,7 +30,7 @@
 # huggingface_hub==2.4.0`), installed in a folder of its own that only the anchors' process sees.
 set -uo pipefail
 OUT=${1:?output folder}
-PART=${2:?anchors, memory, sequential, shared, backoff, step, cold or tests}
+PART=${2:?anchors, memory, sequential, shared, backoff, step, cold, chain or tests}
 export TOKENIZERS_PARALLELISM=false
 echo "import implicit_ssm_eval.model_adapters.adapter.hook" > /tmp/site/sitecustomize.py
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
@@ -111,13 +115,18 @@ cold)  # the survey, then the tiles it ranks first (one a state dtype, each kern
     step gpu_tests_ssd 300 python3 -m pytest -m gpu -q -p no:cacheprovider \
         tests/model_adapters/test_triton_kernels.py -k ssd  # 170 s of compiling on a fresh H100 were too few
     ;;
+chain)  # the bench compiles every kernel the checks need, so it comes first on a fresh device
+    step bench_chain 330 python3 bench/gpu_bench.py --out "$OUT/bench_chain.json" --sections chain
+    step gpu_tests_chain 200 python3 -m pytest -m gpu -q -p no:cacheprovider \
+        tests/model_adapters/test_triton_kernels.py -k "chain or gemm"
+    ;;
 tests)
     site=$(fla_site) || site=""
     PYTHONPATH=$site${site:+:}$PYTHONPATH step "gpu_tests_${3:?a folder under tests/}" 560 python3 -m pytest -m gpu \
         -q -p no:cacheprovider --durations=10 "tests/$3"
     ;;
 *)
-    echo "part must be anchors, memory, sequential, shared, backoff, step, cold or tests, got $PART" >&2
+    echo "part must be anchors, memory, sequential, shared, backoff, step, cold, chain or tests, got $PART" >&2
     exit 2
     ;;
 esac

@@ -31,6 +31,11 @@ step_tiles  the sequential reading of the sequential section (k = 4, 16 x 128, g
             each together, against their defaults (triton_ssd.step_tiles; interleaved, each captured afresh);
             greedy decoding (batch 1 and 16) at each of --commit-tiles against the default; device_limits.sh cold
             passes the tiles that bench/kernels.py's cold survey ranks first
+chain       the sequential reading of the sequential section, float32 and bfloat16 states, with its iterations
+            chained (triton_chain: the norms' sums of squares carried from kernel to kernel, three launches a layer)
+            against the default (interleaved, each captured afresh); the chained reading's hidden states against
+            the default's; one iteration kernel by kernel both ways (chain_profile.txt); an f evaluation of either
+            against our explicit decoding step and mamba_ssm's (batch 16)
 step_profile  kernel by kernel, one f evaluation of the sequential reading (batch 16, eager): an iteration and the
             final, committing one (step_profile.txt)
 decode      greedy decoding tokens/s, batch 1 and 16: our explicit model (CUDA graph) vs mamba_ssm
@@ -475,6 +480,72 @@ def section_step_tiles(args, pair) -> None:
             RESULTS[f"step_tiles_{state}_{name}_speed_vs_default"] = best["default"] / ms
         args.out.write_text(json.dumps(RESULTS, indent=2))
     commit_tiles(pair[1], args.commit_tiles)
+
+
+def section_chain(args, pair) -> None:
+    """The sequential reading (k = 4, 16 x 128, graphs) with its iterations chained (triton_chain: three launches a
+    layer) against the default, float32 and bfloat16 states, interleaved; how far the chained reading's hidden
+    states lie from the default's; one iteration kernel by kernel both ways (eager: launches and kernel time); and
+    an f evaluation of either against our explicit decoding step and mamba_ssm's (batch 16, the same call)."""
+    from implicit_ssm_eval.model_adapters.backends import get_ops, triton_chain
+
+    theirs, model = pair
+    implicit = implicit_twin(model)
+    ids = torch.randint(0, VOCAB, (16, 128), device="cuda")
+    budget = Budget(max_iter=4, tol=0.0, mode="sequential")
+    patches = {"default": contextlib.nullcontext, "chained": lambda: triton_chain.chained(implicit)}
+    for state, patch in (("f32", contextlib.nullcontext), ("bf16", lambda: bfloat16_state(implicit))):
+        with torch.inference_mode(), patch():
+            best = readings_interleaved(implicit, ids, budget, patches)
+            hidden = {}
+            for name, make in patches.items():
+                with make():
+                    hidden[name] = Runtime(implicit, "triton", "capture")(ids, budget, want_state=False).hidden
+        for name, ms in best.items():
+            RESULTS[f"chain_{state}_{name}_tokens_per_s"] = ids.numel() / ms * 1e3
+        RESULTS[f"chain_{state}_speed"] = best["default"] / best["chained"]
+        RESULTS[f"chain_{state}_hidden_rel_err"] = float((hidden["chained"] - hidden["default"]).norm()
+                                                         / hidden["default"].norm())
+        args.out.write_text(json.dumps(RESULTS, indent=2))
+    chain_profile(args, implicit, get_ops("triton"))
+    prompts = ids[:, :64]
+    steps = {"mamba_ssm": lambda p, n: theirs.generate(p, max_length=p.shape[1] + n, cg=True, top_k=1),
+             "ours": greedy(Runtime(model, "triton", "capture"))}
+    with torch.inference_mode():
+        for who, fn in steps.items():
+            rate = RESULTS[f"chain_explicit_decode_b16_{who}_tok_s"] = decode_rate(fn, prompts)
+            for name in patches:
+                RESULTS[f"chain_f32_{name}_evaluation_vs_{who}_decode_step"] = (
+                    4 * RESULTS[f"chain_f32_{name}_tokens_per_s"] / rate)
+
+
+def chain_profile(args, implicit, ops, reps: int = 20) -> None:
+    """One iteration of the sequential reading (batch 16, float32 state, eager) kernel by kernel, chained and not:
+    kernels and kernel time an evaluation (chain_profile.txt)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from implicit_ssm_eval.model_adapters.backends import triton_chain
+
+    tables = []
+    with torch.inference_mode():
+        u, z = implicit.inject(torch.randint(0, VOCAB, (16,), device="cuda")), torch.randn(16, 768, device="cuda")
+        state = implicit.empty_state(16)
+        for name, patch in (("default", contextlib.nullcontext), ("chained", lambda: triton_chain.chained(implicit))):
+            with patch():
+                for _ in range(3):
+                    implicit.f_step(z, u, state, False, ops)
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(reps):
+                        implicit.f_step(z, u, state, False, ops)
+                    torch.cuda.synchronize()
+            events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0.0) > 0]
+            RESULTS[f"chain_profile_{name}_kernels_per_evaluation"] = sum(e.count for e in events) / reps
+            RESULTS[f"chain_profile_{name}_kernel_us_per_evaluation"] = sum(e.device_time_total for e in events) / reps
+            tables.append(f"## {name}: per iteration (of {reps})\n" + "\n".join(
+                f"{e.device_time_total / reps:8.1f} us  {e.count / reps:5.1f} x  {e.key[:110]}"
+                for e in sorted(events, key=lambda e: -e.device_time_total)))
+    (args.out.parent / "chain_profile.txt").write_text("\n\n".join(tables) + "\n")
 
 
 def commit_tiles(model, tiles: list[tuple[int, int]]) -> None:
@@ -937,7 +1008,8 @@ def print_anchors() -> None:
 
 SECTIONS = {"ceilings": section_ceilings, "forward": section_forward, "host": section_host, "profile": section_profile,
             "overhead": section_overhead, "lengths": section_lengths, "tolerance": section_tolerance,
-            "sequential": section_sequential, "step_tiles": section_step_tiles, "step_profile": section_step_profile,
+            "sequential": section_sequential, "step_tiles": section_step_tiles, "chain": section_chain,
+            "step_profile": section_step_profile,
             "decode": section_decode, "fla_forward": section_fla_forward, "fla_decode": section_fla_decode,
             "memory": section_memory, "auto_batch": section_auto_batch, "lm_tolerance": section_lm_tolerance}
 

@@ -226,10 +226,10 @@ def _silu_conv_tap(XBC, CONV, W, BIAS, b, ch, inside, sxb, scb, scc, sck, K: tl.
 
 
 @triton.jit
-def _conv_step_read_kernel(XBC, CONV, W, BIAS, S, DT, DT_BIAS, A, D, Y, P, N, heads_per_group, d_inner, groups,
-                           sxb, scb, scc, sck, ssb, ssh, ssp, sdb, sdh, syb, syh,
+def _conv_step_read_kernel(XBC, CONV, W, BIAS, S, DT, DT_BIAS, A, D, Z, Y, PART, P, N, heads_per_group, d_inner,
+                           groups, sxb, scb, scc, sck, ssb, ssh, ssp, sdb, sdh, szb, syb, syh, spb,
                            K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
-                           BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+                           GATED: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     b, h, pb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
@@ -242,6 +242,10 @@ def _conv_step_read_kernel(XBC, CONV, W, BIAS, S, DT, DT_BIAS, A, D, Y, P, N, he
     y = tl.exp(dt * tl.load(A + h).to(tl.float32)) * read + dt * x * tl.sum(Bv * Cv, axis=0)
     if HAS_D:
         y += _skip(D, x, h, p, in_p, P, D_PER_P)
+    if GATED:  # y * SiLU(z), as the gated norm computes it, and this program's share of its sum of squares
+        z = tl.load(Z + b * szb + h * P + p, mask=in_p, other=0.0).to(tl.float32)
+        y = y * z * tl.sigmoid(z)
+        tl.store(PART + b * spb + h * tl.num_programs(2) + pb, tl.sum(tl.where(in_p, y * y, 0.0), axis=0))
     tl.store(Y + b * syb + h * syh + p, y, mask=in_p)
 
 
@@ -272,22 +276,38 @@ def conv_step_read(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, bia
     """ssd_step_read of the token whose conv input is xbc: x, B and C are SiLU(causal conv) of xbc (b, d_inner + 2 G N)
     against the conv state (b, d_inner + 2 G N, k-1), weight (d_inner + 2 G N, k) -> y (b, H, P) float32. What
     causal_conv_silu then ssd_step_read compute, in one launch; no state is written."""
+    return _read(state, conv, xbc, None, weight, bias, dt, dt_bias, A, D)[0]
+
+
+def conv_step_read_gated(state: Tensor, conv: Tensor, xbc: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None,
+                         dt: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor | None) -> tuple[Tensor, Tensor]:
+    """conv_step_read's y gated as the mixer's norm gates it: g = y * SiLU(z), z (b, H P) -> (g (b, H, P) float32,
+    sums of g^2 (b, H x tiles) float32, one a program, head-major). The gated norm's mean square is their sum over a
+    group's heads, so the norm needs no pass of its own (triton_chain)."""
+    return _read(state, conv, xbc, z, weight, bias, dt, dt_bias, A, D)
+
+
+def _read(state, conv, xbc, z, weight, bias, dt, dt_bias, A, D) -> tuple[Tensor, Tensor]:
     batch, nheads, headdim, dstate = state.shape
     d_inner = nheads * headdim
     groups = (xbc.shape[-1] - d_inner) // (2 * dstate)
     state, xbc = (t if t.stride(-1) == 1 else t.contiguous() for t in (state, xbc))
+    z = z if z is None or z.stride(-1) == 1 else z.contiguous()
     weight = weight.contiguous()
     y = torch.empty(batch, nheads, headdim, dtype=torch.float32, device=xbc.device)
     most_p, warps = READ_TILE
     block_p = min(_block(headdim), most_p)
-    _conv_step_read_kernel[(batch, nheads, triton.cdiv(headdim, block_p))](
+    tiles = triton.cdiv(headdim, block_p)
+    part = torch.empty(batch, nheads * tiles, dtype=torch.float32, device=xbc.device) if z is not None else y
+    _conv_step_read_kernel[(batch, nheads, tiles)](
         xbc, conv, weight, bias if bias is not None else weight, state, dt, dt_bias, A,
-        D.contiguous() if D is not None else A, y, headdim, dstate, nheads // groups, d_inner, groups,
-        xbc.stride(0), conv.stride(0), conv.stride(1), conv.stride(2), state.stride(0), state.stride(1),
-        state.stride(2), dt.stride(0), dt.stride(1), y.stride(0), y.stride(1),
+        D.contiguous() if D is not None else A, z if z is not None else y, y, part, headdim, dstate, nheads // groups,
+        d_inner, groups, xbc.stride(0), conv.stride(0), conv.stride(1), conv.stride(2), state.stride(0),
+        state.stride(1), state.stride(2), dt.stride(0), dt.stride(1), z.stride(0) if z is not None else 0,
+        y.stride(0), y.stride(1), part.stride(0),
         K=weight.shape[-1], HAS_BIAS=bias is not None, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-        BLOCK_P=block_p, BLOCK_N=_block(dstate), num_warps=warps)
-    return y
+        GATED=z is not None, BLOCK_P=block_p, BLOCK_N=_block(dstate), num_warps=warps)
+    return y, part
 
 
 @triton.jit

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
-CHECKS = ["triton_conv_check", "triton_ssd_check", "triton_solve_check", "triton_norm_check", "triton_gemm_check"]
+CHECKS = ["triton_conv_check", "triton_ssd_check", "triton_solve_check", "triton_norm_check", "triton_gemm_check",
+          "triton_chain_check"]
 
 
 @pytest.mark.gpu
