@@ -34,8 +34,8 @@ step_tiles  the sequential reading of the sequential section (k = 4, 16 x 128, g
 chain       the sequential reading of the sequential section, float32 and bfloat16 states, with its iterations
             chained (triton_chain: the norms' sums of squares carried from kernel to kernel, three launches a layer)
             against the default (interleaved, each captured afresh); the chained reading's hidden states against
-            the default's; one iteration kernel by kernel both ways (chain_profile.txt); an f evaluation of either
-            against our explicit decoding step and mamba_ssm's (batch 16)
+            the default's; one iteration kernel by kernel both ways (chain_profile.txt); greedy decoding (batch 1
+            and 16) chained and not; an f evaluation of either against our explicit decoding step and mamba_ssm's
 step_profile  kernel by kernel, one f evaluation of the sequential reading (batch 16, eager): an iteration and the
             final, committing one (step_profile.txt)
 decode      greedy decoding tokens/s, batch 1 and 16: our explicit model (CUDA graph) vs mamba_ssm
@@ -485,8 +485,9 @@ def section_step_tiles(args, pair) -> None:
 def section_chain(args, pair) -> None:
     """The sequential reading (k = 4, 16 x 128, graphs) with its iterations chained (triton_chain: three launches a
     layer) against the default, float32 and bfloat16 states, interleaved; how far the chained reading's hidden
-    states lie from the default's; one iteration kernel by kernel both ways (eager: launches and kernel time); and
-    an f evaluation of either against our explicit decoding step and mamba_ssm's (batch 16, the same call)."""
+    states lie from the default's; one iteration kernel by kernel both ways (eager: launches and kernel time);
+    greedy decoding chained and not; and an f evaluation of either against our explicit decoding step (the
+    default's) and mamba_ssm's (batch 16, the same call)."""
     from implicit_ssm_eval.model_adapters.backends import get_ops, triton_chain
 
     theirs, model = pair
@@ -508,6 +509,13 @@ def section_chain(args, pair) -> None:
                                                          / hidden["default"].norm())
         args.out.write_text(json.dumps(RESULTS, indent=2))
     chain_profile(args, implicit, get_ops("triton"))
+    for batch in (1, 16):
+        rates = decodes_interleaved(model, {"default": contextlib.nullcontext,
+                                            "chained": lambda: triton_chain.chained(model)}, batch)
+        for name, rate in rates.items():
+            RESULTS[f"chain_decode_b{batch}_{name}_tok_s"] = rate
+        RESULTS[f"chain_decode_b{batch}_speed"] = rates["chained"] / rates["default"]
+        args.out.write_text(json.dumps(RESULTS, indent=2))
     prompts = ids[:, :64]
     steps = {"mamba_ssm": lambda p, n: theirs.generate(p, max_length=p.shape[1] + n, cg=True, top_k=1),
              "ours": greedy(Runtime(model, "triton", "capture"))}
@@ -550,22 +558,29 @@ def chain_profile(args, implicit, ops, reps: int = 20) -> None:
 
 def commit_tiles(model, tiles: list[tuple[int, int]]) -> None:
     """Greedy decoding (a step is conv_step_commit's) at batch 1 and 16 with conv_step_commit at each of tiles
-    against its default: the best of two interleaved rounds, each runtime captured afresh."""
+    against its default."""
     from implicit_ssm_eval.model_adapters.backends import triton_ssd
 
     variants = {"default": None, **{f"commit_p{t[0]}_warps{t[1]}": t for t in tiles}}
+    patches = {name: (lambda tile=tile: triton_ssd.step_tiles(commit=tile)) for name, tile in variants.items()}
     for batch in (1, 16):
-        prompts = torch.randint(0, VOCAB, (batch, 64), device="cuda")
-        rates = dict.fromkeys(variants, 0.0)
-        with torch.inference_mode():
-            for _ in range(2):
-                for name, tile in variants.items():
-                    with triton_ssd.step_tiles(commit=tile):
-                        rates[name] = max(rates[name], decode_rate(greedy(Runtime(model, "triton", "capture")),
-                                                                   prompts))
+        rates = decodes_interleaved(model, patches, batch)
         for name, rate in rates.items():
             RESULTS[f"step_tiles_decode_b{batch}_{name}_tok_s"] = rate
             RESULTS[f"step_tiles_decode_b{batch}_{name}_speed_vs_default"] = rate / rates["default"]
+
+
+def decodes_interleaved(model, patches: dict, batch: int, rounds: int = 2) -> dict[str, float]:
+    """Greedy decoding tokens/s of `batch` rows under each patch (a context manager factory): the best of
+    interleaved rounds, each runtime captured afresh inside its patch."""
+    prompts = torch.randint(0, VOCAB, (batch, 64), device="cuda")
+    rates = dict.fromkeys(patches, 0.0)
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, patch in patches.items():
+                with patch():
+                    rates[name] = max(rates[name], decode_rate(greedy(Runtime(model, "triton", "capture")), prompts))
+    return rates
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""An iteration of the sequential reading in three launches a layer, where the kernels apart take six.
+"""A one-token evaluation of the stack in three launches a layer, where the kernels apart take six: the sequential
+reading's iterations, and with a fourth (the conv windows' shift) its commits and decoding's steps.
 
 One f evaluation of the 130M model at batch 16 is 24 layers of small kernels, each near its latency floor: the
 residual add with the next norm, the injection's copy and in_proj (`addmm`), the conv and state read
@@ -6,8 +7,9 @@ residual add with the next norm, the injection's copy and in_proj (`addmm`), the
 a projection sees, so here each kernel leaves the sums of squares of what it wrote, one a program, and the next
 kernel adds them up (in a fixed order: the same bits every run) before it normalises what it reads:
 
-    in_proj:   zxbcdt = bf16(residual * rstd * w_norm) @ W_in^T + inject          rstd from the residual's sums
-    read:      g = (conv_step_read's y) * SiLU(z), and sum(g^2) a program        (triton_ssd.conv_step_read_gated)
+    in_proj:   zxbcdt = bf16(residual * rstd * w_norm) @ W_in^T (+ inject)        rstd from the residual's sums
+    read:      g = (conv_step_read's y) * SiLU(z), and sum(g^2) a program        (triton_ssd.conv_step_read_gated;
+                                                                                  conv_step_commit_gated commits)
     out_proj:  residual += bf16(bf16(g * rstd_g * w_gate) @ W_out^T)              and sum(residual^2) a program
 
 Every rounding is the one the kernels apart make (the normalised rows and the projections' outputs in the model
@@ -16,7 +18,7 @@ in its last bits, and the products are ours (triton_gemm's tiling), not cuBLAS's
 it to the torch twin.
 
 A measurement switch, not the default (`chained(model)`, as triton_gemm.routed): bench/gpu_bench.py's `chain`
-section times the sequential reading with and without it.
+section times the sequential reading and decoding with and without it.
 """
 
 from __future__ import annotations
@@ -112,24 +114,27 @@ def normed_linear(x: Tensor, part: Tensor, norm_weight: Tensor, eps: float, weig
     return out, new_part
 
 
-def takes(model: Any, h: Tensor, inject: Tensor | None) -> bool:
-    """Whether the chain takes this evaluation: one token of an implicit model (inject given) for at most MOST_ROWS
-    rows, float32 compute, projections without bias in one dtype with unit inner strides, a gated norm whose groups
-    split into chunks."""
+def takes(model: Any, h: Tensor, inject: Tensor | None, state: list, commit: bool) -> bool:
+    """Whether the chain takes this evaluation: one token for at most MOST_ROWS rows, float32 compute, projections
+    without bias in one dtype (the injection's too) with unit inner strides, a gated norm whose groups split into
+    chunks; a commit only of states it can advance in place (triton_ssd.commits_in_place)."""
     cfg = model.cfg
     mixer = model.blocks[0].mixer
     w_in, w_out = mixer.in_proj.weight, mixer.out_proj.weight
     d_inner = cfg.d_inner
-    return (inject is not None and h.dim() == 2 and h.shape[0] <= MOST_ROWS and cfg.rmsnorm
+    return (h.dim() == 2 and h.shape[0] <= MOST_ROWS and cfg.rmsnorm
             and mixer.in_proj.bias is None and mixer.out_proj.bias is None and mixer.cd == torch.float32
-            and w_in.dtype == w_out.dtype == inject.dtype and inject.stride(-1) == 1
-            and w_in.dtype in (torch.float32, torch.bfloat16, torch.float16)
-            and _block_k(d_inner // cfg.ngroups, d_inner) > 0)
+            and w_in.dtype == w_out.dtype and w_in.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and (inject is None or (inject.dtype == w_in.dtype and inject.stride(-1) == 1))
+            and _block_k(d_inner // cfg.ngroups, d_inner) > 0
+            and (not commit or all(triton_ssd.commits_in_place(s.ssm, s.conv) for s in state)))
 
 
-def iterate(model: Any, h: Tensor, inject: Tensor, state: list) -> Tensor:
-    """RMSNorm_f of the stack's output for one token against frozen states: model.stack(h, inject, state,
-    step=True, commit=False), three launches a layer."""
+def evaluate(model: Any, h: Tensor, inject: Tensor | None, state: list, commit: bool = False,
+             valid: Tensor | None = None) -> tuple[Tensor, list | None]:
+    """model.stack(h, inject, state, valid, step=True, in_place=True, commit=commit), three launches a layer (four
+    when it commits: the conv windows shift in a launch of their own). A commit advances the states in place for
+    the rows in valid and returns them; an iteration returns None."""
     cfg = model.cfg
     residual = h.float().contiguous()
     part = (residual * residual).sum(-1, keepdim=True)
@@ -139,22 +144,25 @@ def iterate(model: Any, h: Tensor, inject: Tensor, state: list) -> Tensor:
                                   add=inject)
         z, xbc, dt = m._split(zxbcdt)
         d = m._derived()
-        g, gpart = triton_ssd.conv_step_read_gated(s.ssm, s.conv, xbc, z, m.conv1d.weight[:, 0], m.conv1d.bias, dt,
-                                                   d.dt_bias, d.A, d.D)
+        args = (m.conv1d.weight[:, 0], m.conv1d.bias, dt, d.dt_bias, d.A, d.D)
+        g, gpart = (triton_ssd.conv_step_commit_gated(s.ssm, s.conv, xbc, z, *args, valid) if commit
+                    else triton_ssd.conv_step_read_gated(s.ssm, s.conv, xbc, z, *args))
         residual, part = normed_linear(g.flatten(-2), gpart, m.norm.weight, cfg.mixer_norm_eps, m.out_proj.weight,
                                        cfg.d_inner // cfg.ngroups, residual=residual)
-    return triton_norm.add_rmsnorm(None, residual, model.norm_f.weight, model.norm_f.eps, model.cd)[0]
+    final = triton_norm.add_rmsnorm(None, residual, model.norm_f.weight, model.norm_f.eps, model.cd)[0]
+    return final, (list(state) if commit else None)
 
 
 @contextlib.contextmanager
 def chained(model: Any) -> Iterator[None]:
-    """Within the block, every evaluation of `model` that iterate() takes (one token, no state committed) runs
-    through it; everything else as before. A measurement switch (an instance attribute, removed on exit)."""
+    """Within the block, every one-token evaluation of `model` that evaluate() takes (an iteration, or a commit in
+    place: the sequential reading's and decoding's) runs through it; everything else as before. A measurement
+    switch (an instance attribute, removed on exit)."""
     default = model.stack
 
     def stack(h, inject=None, state=None, valid=None, step=False, in_place=False, commit=True, ops=None):
-        if step and not commit and state is not None and takes(model, h, inject):
-            return iterate(model, h, inject, state), None
+        if step and state is not None and (in_place or not commit) and takes(model, h, inject, state, commit):
+            return evaluate(model, h, inject, state, commit, valid)
         return default(h, inject, state, valid, step, in_place, commit, **({} if ops is None else {"ops": ops}))
 
     model.stack = stack

@@ -242,11 +242,18 @@ def _conv_step_read_kernel(XBC, CONV, W, BIAS, S, DT, DT_BIAS, A, D, Z, Y, PART,
     y = tl.exp(dt * tl.load(A + h).to(tl.float32)) * read + dt * x * tl.sum(Bv * Cv, axis=0)
     if HAS_D:
         y += _skip(D, x, h, p, in_p, P, D_PER_P)
-    if GATED:  # y * SiLU(z), as the gated norm computes it, and this program's share of its sum of squares
-        z = tl.load(Z + b * szb + h * P + p, mask=in_p, other=0.0).to(tl.float32)
-        y = y * z * tl.sigmoid(z)
-        tl.store(PART + b * spb + h * tl.num_programs(2) + pb, tl.sum(tl.where(in_p, y * y, 0.0), axis=0))
+    if GATED:
+        y = _gate(Z, PART, y, b, h, p, pb, in_p, P, szb, spb)
     tl.store(Y + b * syb + h * syh + p, y, mask=in_p)
+
+
+@triton.jit
+def _gate(Z, PART, y, b, h, p, pb, in_p, P, szb, spb):
+    """y * SiLU(z), as the gated norm computes it, and this program's share of its sum of squares stored."""
+    z = tl.load(Z + b * szb + h * P + p, mask=in_p, other=0.0).to(tl.float32)
+    y = y * z * tl.sigmoid(z)
+    tl.store(PART + b * spb + h * tl.num_programs(2) + pb, tl.sum(tl.where(in_p, y * y, 0.0), axis=0))
+    return y
 
 
 @triton.jit
@@ -311,10 +318,11 @@ def _read(state, conv, xbc, z, weight, bias, dt, dt_bias, A, D) -> tuple[Tensor,
 
 
 @triton.jit
-def _conv_step_commit_kernel(XBC, CONV, W, BIAS, S, DT, DT_BIAS, A, D, VALID, Y, P, N, heads_per_group, d_inner,
-                             groups, sxb, scb, scc, sck, ssb, ssh, ssp, sdb, sdh, syb, syh,
+def _conv_step_commit_kernel(XBC, CONV, W, BIAS, S, DT, DT_BIAS, A, D, VALID, Z, Y, PART, P, N, heads_per_group,
+                             d_inner, groups, sxb, scb, scc, sck, ssb, ssh, ssp, sdb, sdh, szb, syb, syh, spb,
                              K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
-                             HAS_VALID: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+                             HAS_VALID: tl.constexpr, GATED: tl.constexpr, BLOCK_P: tl.constexpr,
+                             BLOCK_N: tl.constexpr):
     b, h, pb = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
@@ -331,6 +339,8 @@ def _conv_step_commit_kernel(XBC, CONV, W, BIAS, S, DT, DT_BIAS, A, D, VALID, Y,
     y = tl.sum(s * Cv[None, :], axis=1)  # from the new state before it is rounded to its storage dtype
     if HAS_D:
         y += _skip(D, x, h, p, in_p, P, D_PER_P)
+    if GATED:
+        y = _gate(Z, PART, y, b, h, p, pb, in_p, P, szb, spb)
     tl.store(Y + b * syb + h * syh + p, y, mask=in_p)
 
 
@@ -363,6 +373,17 @@ def conv_step_commit(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, b
     """One committing step, advancing `state` (b, H, P, N) and the conv window `conv` (b, C, k-1) in place for the
     rows in valid (b,) bool (None: all): the rows outside keep both bit for bit. -> y (b, H, P) float32, from the new
     state before it is rounded to its storage dtype (as mamba_ssm's state update and the torch twin compute it)."""
+    return _commit(state, conv, xbc, None, weight, bias, dt, dt_bias, A, D, valid)[0]
+
+
+def conv_step_commit_gated(state: Tensor, conv: Tensor, xbc: Tensor, z: Tensor, weight: Tensor, bias: Tensor | None,
+                           dt: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor | None, valid: Tensor | None
+                           ) -> tuple[Tensor, Tensor]:
+    """conv_step_commit's y gated as conv_step_read_gated's is: (g, sums of g^2 a program)."""
+    return _commit(state, conv, xbc, z, weight, bias, dt, dt_bias, A, D, valid)
+
+
+def _commit(state, conv, xbc, z, weight, bias, dt, dt_bias, A, D, valid) -> tuple[Tensor, Tensor]:
     batch, nheads, headdim, dstate = state.shape
     d_inner, channels, k = nheads * headdim, xbc.shape[-1], weight.shape[-1]
     groups = (channels - d_inner) // (2 * dstate)
@@ -372,18 +393,22 @@ def conv_step_commit(state: Tensor, conv: Tensor, xbc: Tensor, weight: Tensor, b
     weight = weight.contiguous()
     keep = valid.view(torch.uint8) if valid is not None else xbc  # a bool tensor read as bytes, without a copy
     y = torch.empty(batch, nheads, headdim, dtype=torch.float32, device=xbc.device)
+    z = z if z is None or z.stride(-1) == 1 else z.contiguous()
     most_p, warps = COMMIT_TILE
     block_p = min(_block(headdim), most_p)
-    _conv_step_commit_kernel[(batch, nheads, triton.cdiv(headdim, block_p))](
+    tiles = triton.cdiv(headdim, block_p)
+    part = torch.empty(batch, nheads * tiles, dtype=torch.float32, device=xbc.device) if z is not None else y
+    _conv_step_commit_kernel[(batch, nheads, tiles)](
         xbc, conv, weight, bias if bias is not None else weight, state, dt, dt_bias, A,
-        D.contiguous() if D is not None else A, keep, y, headdim, dstate, nheads // groups, d_inner, groups,
-        xbc.stride(0), conv.stride(0), conv.stride(1), conv.stride(2), state.stride(0), state.stride(1),
-        state.stride(2), dt.stride(0), dt.stride(1), y.stride(0), y.stride(1),
+        D.contiguous() if D is not None else A, keep, z if z is not None else y, y, part, headdim, dstate,
+        nheads // groups, d_inner, groups, xbc.stride(0), conv.stride(0), conv.stride(1), conv.stride(2),
+        state.stride(0), state.stride(1), state.stride(2), dt.stride(0), dt.stride(1),
+        z.stride(0) if z is not None else 0, y.stride(0), y.stride(1), part.stride(0),
         K=k, HAS_BIAS=bias is not None, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-        HAS_VALID=valid is not None, BLOCK_P=block_p, BLOCK_N=_block(dstate), num_warps=warps)
+        HAS_VALID=valid is not None, GATED=z is not None, BLOCK_P=block_p, BLOCK_N=_block(dstate), num_warps=warps)
     if k > 1:
         block_c = 256
         _shift_window_kernel[(batch, triton.cdiv(channels, block_c))](
             conv, xbc, keep, channels, xbc.stride(0), conv.stride(0), conv.stride(1), conv.stride(2), K=k,
             HAS_VALID=valid is not None, BLOCK_C=block_c, BLOCK_K=max(2, triton.next_power_of_2(k - 1)), num_warps=4)
-    return y
+    return y, part
