@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 import triton
@@ -140,15 +140,16 @@ def evaluate(model: Any, h: Tensor, inject: Tensor | None, state: list, commit: 
     part = (residual * residual).sum(-1, keepdim=True)
     for layer, s in zip(model.blocks, state, strict=True):
         m = layer.mixer
-        zxbcdt, _ = normed_linear(residual, part, layer.norm.weight, layer.norm.eps, m.in_proj.weight, cfg.d_model,
-                                  add=inject)
+        zxbcdt = normed_linear(residual, part, layer.norm.weight, layer.norm.eps, m.in_proj.weight, cfg.d_model,
+                               add=inject)[0]
         z, xbc, dt = m._split(zxbcdt)
         d = m._derived()
         args = (m.conv1d.weight[:, 0], m.conv1d.bias, dt, d.dt_bias, d.A, d.D)
         g, gpart = (triton_ssd.conv_step_commit_gated(s.ssm, s.conv, xbc, z, *args, valid) if commit
                     else triton_ssd.conv_step_read_gated(s.ssm, s.conv, xbc, z, *args))
-        residual, part = normed_linear(g.flatten(-2), gpart, m.norm.weight, cfg.mixer_norm_eps, m.out_proj.weight,
-                                       cfg.d_inner // cfg.ngroups, residual=residual)
+        residual, new_part = normed_linear(g.flatten(-2), gpart, m.norm.weight, cfg.mixer_norm_eps,
+                                           m.out_proj.weight, cfg.d_inner // cfg.ngroups, residual=residual)
+        part = cast(Tensor, new_part)  # set when a residual is given
     final = triton_norm.add_rmsnorm(None, residual, model.norm_f.weight, model.norm_f.eps, model.cd)[0]
     return final, (list(state) if commit else None)
 
