@@ -117,8 +117,8 @@ cold)  # the survey, then the tiles it ranks first (one a state dtype, each kern
     ;;
 chain)  # the bench compiles every kernel the checks need, so it comes first on a fresh device
     step bench_chain 330 python3 bench/gpu_bench.py --out "$OUT/bench_chain.json" --sections chain
-    step gpu_tests_chain 200 python3 -m pytest -m gpu -q -p no:cacheprovider \
-        tests/model_adapters/test_triton_kernels.py -k "chain or gemm"
+    step gpu_tests_chain 150 python3 -m pytest -m gpu -q -p no:cacheprovider \
+        tests/model_adapters/test_triton_kernels.py -k chain
     ;;
 tests)
     site=$(fla_site) || site=""
