@@ -23,6 +23,8 @@ cold           the same products, an iteration's conv_step_read and the final ev
                next of 24 layers' weights or states, as one evaluation of the 130M model reads them: 180 MB of
                weights and 302 MB of float32 state, past the 50 MB L2 that the sections above, which call one
                operand again and again, are served from
+chain          one f evaluation of the 130M implicit model (16 rows, all 24 layers): an iteration and a commit, the
+               kernels apart against triton_chain's (three launches a layer), float32 and bfloat16 states
 
 Times are device microseconds per call: 100 calls captured in a CUDA graph, median of 5 replays (launch gaps inside
 a graph included, host launch work not: what a captured reading pays).
@@ -292,7 +294,43 @@ def survey_step_tiles(results: dict, name: str, operands: list[tuple]) -> None:
         results[f"cold_{kernel}_{name}_best_state_gb_s"] = passes * state_bytes / best / 1e3
 
 
-SECTIONS = {f.__name__: f for f in (one_chunk, damped_update, step_read, steps, norms, conv, skinny_gemm, cold)}
+def chain(results: dict) -> None:
+    """One f evaluation of the 130M implicit model (24 layers, bfloat16, 16 rows, random weights) in a CUDA graph, an
+    iteration and a commit in place, float32 and bfloat16 states: the kernels apart (triton_ops, the default)
+    against triton_chain's, in interleaved rounds (the best of 3)."""
+    import contextlib
+
+    from implicit_ssm_eval.model_adapters.backends import triton_chain
+    from implicit_ssm_eval.model_adapters.config import ModelConfig
+    from implicit_ssm_eval.model_adapters.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="implicit", vocab_size=50277, pad_vocab_size_multiple=16, d_model=768, n_layer=24,
+                      d_state=128, expand=2, headdim=64, ngroups=1, budget={"max_iter": 4})
+    model = build_model(cfg).to("cuda", torch.bfloat16).eval()
+    z = torch.randn(16, 768, device="cuda")
+    u = model.inject(torch.randint(0, cfg.vocab_size, (16,), device="cuda"))
+    alive = torch.ones(16, dtype=torch.bool, device="cuda")
+    variants = {"apart": contextlib.nullcontext, "chained": lambda: triton_chain.chained(model)}
+    for state_dtype in (torch.float32, torch.bfloat16):
+        model.set_state_dtype(state_dtype)
+        state, name = model.empty_state(16), str(state_dtype).removeprefix("torch.")
+        for _ in range(3):
+            for variant, patch in variants.items():
+                with patch():
+                    for what, fn in (("iteration", lambda s=state: model.f_step(z, u, s, False, triton_ops)),
+                                     ("commit", lambda s=state: model.f_step(z, u, s, True, triton_ops,
+                                                                                 in_place=True, valid=alive))):
+                        key = f"chain_{name}_{what}_{variant}_us"
+                        results[key] = min(results.get(key, float("inf")), timed(fn, calls=20))
+        for what in ("iteration", "commit"):
+            results[f"chain_{name}_{what}_speed"] = (results[f"chain_{name}_{what}_apart_us"]
+                                                     / results[f"chain_{name}_{what}_chained_us"])
+    model.set_state_dtype(None)
+
+
+SECTIONS = {f.__name__: f for f in (one_chunk, damped_update, step_read, steps, norms, conv, skinny_gemm, cold,
+                                    chain)}
 
 
 def ranked_tiles(results: dict, kernel: str, per_dtype: int = 1) -> list[str]:
