@@ -323,6 +323,7 @@ def chain(results: dict) -> None:
                                                                                  in_place=True, valid=alive))):
                         key = f"chain_{name}_{what}_{variant}_us"
                         results[key] = min(results.get(key, float("inf")), timed(fn, calls=20))
+                        print(f"{key} {results[key]:.1f}", flush=True)  # a call cut short keeps what it measured
         for what in ("iteration", "commit"):
             results[f"chain_{name}_{what}_speed"] = (results[f"chain_{name}_{what}_apart_us"]
                                                      / results[f"chain_{name}_{what}_chained_us"])
