@@ -17,8 +17,12 @@ dtype, the residual in float32); the sums of squares are added in another order,
 in its last bits, and the products are ours (triton_gemm's tiling), not cuBLAS's. tests/triton_chain_check.py holds
 it to the torch twin.
 
-A measurement switch, not the default (`chained(model)`, as triton_gemm.routed): bench/gpu_bench.py's `chain`
-section times the sequential reading and decoding with and without it.
+A measurement switch, not the default (`chained(model)`, as triton_gemm.routed), and **measured not to be worth it**
+(H100, `5feceec`; BENCHMARKS.md, item 2, "Three launches a layer"): an evaluation of the 130M model in a CUDA graph
+ran at 0.85-0.89x the speed of the kernels apart. The launches fell 145 -> 75, but every
+program of a projection reads and normalises all of its rows from the L2 (out_proj: 96 KB each, 48 programs), and
+the 48 projections took 461 us against 366 us for cuBLAS's GEMMs, the norms and the copy they replace.
+`bench/kernels.py --sections chain` and `bench/gpu_bench.py --sections chain` time it against the default.
 """
 
 from __future__ import annotations
