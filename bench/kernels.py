@@ -25,6 +25,8 @@ cold           the same products, an iteration's conv_step_read and the final ev
                operand again and again, are served from
 chain          one f evaluation of the 130M implicit model (16 rows, all 24 layers): an iteration and a commit, the
                kernels apart against triton_chain's (three launches a layer), float32 and bfloat16 states
+streams        the same evaluation with its 16 rows in 2 or 4 parts on as many streams, forked and joined inside the
+               graph, so that one part's kernels run in the gaps and tails of another's (rows are independent)
 
 Times are device microseconds per call: 100 calls captured in a CUDA graph, median of 5 replays (launch gaps inside
 a graph included, host launch work not: what a captured reading pays).
@@ -301,15 +303,10 @@ def chain(results: dict) -> None:
     import contextlib
 
     from implicit_ssm_eval.model_adapters.backends import triton_chain
-    from implicit_ssm_eval.model_adapters.config import ModelConfig
-    from implicit_ssm_eval.model_adapters.models import build_model
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(kind="implicit", vocab_size=50277, pad_vocab_size_multiple=16, d_model=768, n_layer=24,
-                      d_state=128, expand=2, headdim=64, ngroups=1, budget={"max_iter": 4})
-    model = build_model(cfg).to("cuda", torch.bfloat16).eval()
+    model = model_130m()
     z = torch.randn(16, 768, device="cuda")
-    u = model.inject(torch.randint(0, cfg.vocab_size, (16,), device="cuda"))
+    u = model.inject(torch.randint(0, model.cfg.vocab_size, (16,), device="cuda"))
     alive = torch.ones(16, dtype=torch.bool, device="cuda")
     variants = {"apart": contextlib.nullcontext, "chained": lambda: triton_chain.chained(model)}
     for state_dtype in (torch.float32, torch.bfloat16):
@@ -330,8 +327,64 @@ def chain(results: dict) -> None:
     model.set_state_dtype(None)
 
 
+def model_130m(max_iter: int = 4):
+    """The 130M implicit configuration, random weights, bfloat16, on the GPU."""
+    from implicit_ssm_eval.model_adapters.config import ModelConfig
+    from implicit_ssm_eval.model_adapters.models import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="implicit", vocab_size=50277, pad_vocab_size_multiple=16, d_model=768, n_layer=24,
+                      d_state=128, expand=2, headdim=64, ngroups=1, budget={"max_iter": max_iter})
+    return build_model(cfg).to("cuda", torch.bfloat16).eval()
+
+
+def in_parts(fn, parts: list[tuple], streams: list) -> None:
+    """fn(*part) for each part on its own stream, forked from and joined to the current one (capturable)."""
+    main = torch.cuda.current_stream()
+    for stream in streams:
+        stream.wait_stream(main)
+    for part, stream in zip(parts, streams):
+        with torch.cuda.stream(stream):
+            fn(*part)
+    for stream in streams:
+        main.wait_stream(stream)
+
+
+def streams(results: dict) -> None:
+    """One f evaluation of the 130M implicit model (16 rows, 24 layers) in a CUDA graph, an iteration and a commit in
+    place, its rows whole or in 2 or 4 parts on their own streams; float32 and bfloat16 states; the best of 3
+    interleaved rounds."""
+    model = model_130m()
+    rows = 16
+    z = torch.randn(rows, 768, device="cuda")
+    u = model.inject(torch.randint(0, model.cfg.vocab_size, (rows,), device="cuda"))
+    for state_dtype in (torch.float32, torch.bfloat16):
+        model.set_state_dtype(state_dtype)
+        name = str(state_dtype).removeprefix("torch.")
+        runs = {}
+        for n in (1, 2, 4):
+            size = rows // n
+            parts = [(z[i:i + size], u[i:i + size], model.empty_state(size),
+                      torch.ones(size, dtype=torch.bool, device="cuda")) for i in range(0, rows, size)]
+            side = [torch.cuda.Stream() for _ in parts]
+            runs[f"iteration_parts{n}"] = lambda p=parts, s=side: in_parts(
+                lambda zp, up, sp, vp: model.f_step(zp, up, sp, False, triton_ops), p, s)
+            runs[f"commit_parts{n}"] = lambda p=parts, s=side: in_parts(
+                lambda zp, up, sp, vp: model.f_step(zp, up, sp, True, triton_ops, in_place=True, valid=vp), p, s)
+        for _ in range(3):
+            for what, fn in runs.items():
+                key = f"streams_{name}_{what}_us"
+                results[key] = min(results.get(key, float("inf")), timed(fn, calls=20))
+                print(f"{key} {results[key]:.1f}", flush=True)  # a call cut short keeps what it measured
+        for what in ("iteration", "commit"):
+            for n in (2, 4):
+                results[f"streams_{name}_{what}_parts{n}_speed"] = (results[f"streams_{name}_{what}_parts1_us"]
+                                                                  / results[f"streams_{name}_{what}_parts{n}_us"])
+    model.set_state_dtype(None)
+
+
 SECTIONS = {f.__name__: f for f in (one_chunk, damped_update, step_read, steps, norms, conv, skinny_gemm, cold,
-                                    chain)}
+                                    chain, streams)}
 
 
 def ranked_tiles(results: dict, kernel: str, per_dtype: int = 1) -> list[str]:
