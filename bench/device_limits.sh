@@ -22,6 +22,10 @@
 #                                                                                # iterations chained (three launches
 #                                                                                # a layer) against the default; its
 #                                                                                # checks on CUDA
+#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" lanes       # the sequential reading in 1, 2
+#                                                                                # or 4 lanes (row groups on their
+#                                                                                # own streams); their GPU test; one
+#                                                                                # evaluation's rows on streams
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" backoff     # blockwise vs sequential at the
 #                                                                                # checkpoint's damping, solver backoff
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" tests DIR   # the GPU tests under tests/DIR
@@ -30,7 +34,7 @@
 # huggingface_hub==2.4.0`), installed in a folder of its own that only the anchors' process sees.
 set -uo pipefail
 OUT=${1:?output folder}
-PART=${2:?anchors, memory, sequential, shared, backoff, step, cold, chain or tests}
+PART=${2:?anchors, memory, sequential, shared, backoff, step, cold, chain, lanes or tests}
 export TOKENIZERS_PARALLELISM=false
 echo "import implicit_ssm_eval.model_adapters.adapter.hook" > /tmp/site/sitecustomize.py
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
@@ -120,13 +124,19 @@ chain)  # the bench compiles every kernel the checks need, so it comes first on 
     step gpu_tests_chain 150 python3 -m pytest -m gpu -q -p no:cacheprovider \
         tests/model_adapters/test_triton_kernels.py -k chain
     ;;
+lanes)
+    step bench_lanes 330 python3 bench/gpu_bench.py --out "$OUT/bench_lanes.json" --sections lanes
+    step gpu_tests_lanes 100 python3 -m pytest -m gpu -q -p no:cacheprovider \
+        tests/model_adapters/test_triton_backend.py -k lanes
+    step kernels_streams 120 python3 bench/kernels.py --out "$OUT/kernels_streams.json" --sections streams
+    ;;
 tests)
     site=$(fla_site) || site=""
     PYTHONPATH=$site${site:+:}$PYTHONPATH step "gpu_tests_${3:?a folder under tests/}" 560 python3 -m pytest -m gpu \
         -q -p no:cacheprovider --durations=10 "tests/$3"
     ;;
 *)
-    echo "part must be anchors, memory, sequential, shared, backoff, step, cold, chain or tests, got $PART" >&2
+    echo "part must be anchors, memory, sequential, shared, backoff, step, cold, chain, lanes or tests, got $PART" >&2
     exit 2
     ;;
 esac

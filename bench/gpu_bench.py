@@ -36,6 +36,10 @@ chain       the sequential reading of the sequential section, float32 and bfloat
             against the default (interleaved, each captured afresh); the chained reading's hidden states against
             the default's; one iteration kernel by kernel both ways (chain_profile.txt); greedy decoding (batch 1
             and 16) chained and not; an f evaluation of either against our explicit decoding step and mamba_ssm's
+lanes       the sequential reading of the sequential section (and blocks of 16 at k = 4), float32 and bfloat16 states,
+            with its 16 rows in 1, 2 or 4 lanes (row groups on their own CUDA streams: Runtime(lanes=...),
+            interleaved, each captured afresh); the hidden states of each against one lane; the simultaneous
+            reading of the same work in CUDA graphs, and the best sequential rate's gap to it
 step_profile  kernel by kernel, one f evaluation of the sequential reading (batch 16, eager): an iteration and the
             final, committing one (step_profile.txt)
 decode      greedy decoding tokens/s, batch 1 and 16: our explicit model (CUDA graph) vs mamba_ssm
@@ -453,6 +457,52 @@ def section_sequential(args, pair) -> None:
             lambda: graphs(ids, simultaneous, want_state=False), 2, 5) * 1e3
         for name in ("simultaneous_k4", "simultaneous_k4_graphs"):
             RESULTS[f"{name}_over_sequential"] = RESULTS[f"{name}_tokens_per_s"] / rate
+
+
+@contextlib.contextmanager
+def lanes(n: int):
+    """Runtimes made inside read in pieces at tol = 0 in `n` lanes (runtime.LANES)."""
+    from implicit_ssm_eval.model_adapters.runtime import runtime as runtime_module
+
+    before, runtime_module.LANES = runtime_module.LANES, n
+    try:
+        yield
+    finally:
+        runtime_module.LANES = before
+
+
+def section_lanes(args, pair) -> None:
+    """The sequential reading (k = 4, 16 x 128, tol 0, graphs) and blocks of 16 in 1, 2 or 4 lanes, float32 and
+    bfloat16 states (interleaved, each captured afresh); each one's hidden states against one lane's; the
+    simultaneous reading of the same work (graphs) and the sequential reading's best rate against it."""
+    implicit = implicit_twin(pair[1])
+    ids = torch.randint(0, VOCAB, (16, 128), device="cuda")
+    counts = (1, 2, 4)
+    for mode in ("sequential", "blockwise"):
+        budget = Budget(max_iter=4, tol=0.0, mode=mode, block_size=16 if mode == "blockwise" else None)
+        for state, patch in (("f32", contextlib.nullcontext), ("bf16", lambda: bfloat16_state(implicit))):
+            with torch.inference_mode(), patch():
+                best = readings_interleaved(implicit, ids, budget, {f"lanes{n}": (lambda n=n: lanes(n))
+                                                                   for n in counts})
+                hidden = {n: Runtime(implicit, "triton", "capture", lanes=n)(ids, budget, want_state=False).hidden
+                          for n in counts}
+            for n in counts:
+                key = f"lanes_{mode}_k4_{state}_lanes{n}"
+                RESULTS[f"{key}_tokens_per_s"] = ids.numel() / best[f"lanes{n}"] * 1e3
+                RESULTS[f"{key}_speed"] = best["lanes1"] / best[f"lanes{n}"]
+                RESULTS[f"{key}_hidden_rel_err"] = float((hidden[n] - hidden[1]).float().norm()
+                                                         / hidden[1].float().norm())
+                print(f"{key}: {RESULTS[f'{key}_tokens_per_s']:.0f} tokens/s, {RESULTS[f'{key}_speed']:.3f}x",
+                      flush=True)
+            args.out.write_text(json.dumps(RESULTS, indent=2))
+    with torch.inference_mode():
+        graphs = Runtime(implicit, "triton", "capture")
+        simultaneous = Budget(max_iter=4, tol=0.0, mode="simultaneous")
+        rate = ids.numel() / timed(lambda: graphs(ids, simultaneous, want_state=False), 2, 5) * 1e3
+    RESULTS["lanes_simultaneous_k4_graphs_tokens_per_s"] = rate
+    for state in ("f32", "bf16"):
+        fastest = max(RESULTS[f"lanes_sequential_k4_{state}_lanes{n}_tokens_per_s"] for n in counts)
+        RESULTS[f"lanes_simultaneous_over_best_sequential_{state}"] = rate / fastest
 
 
 def section_step_tiles(args, pair) -> None:
@@ -1023,7 +1073,8 @@ def print_anchors() -> None:
 
 SECTIONS = {"ceilings": section_ceilings, "forward": section_forward, "host": section_host, "profile": section_profile,
             "overhead": section_overhead, "lengths": section_lengths, "tolerance": section_tolerance,
-            "sequential": section_sequential, "step_tiles": section_step_tiles, "chain": section_chain,
+            "sequential": section_sequential, "lanes": section_lanes, "step_tiles": section_step_tiles,
+            "chain": section_chain,
             "step_profile": section_step_profile,
             "decode": section_decode, "fla_forward": section_fla_forward, "fla_decode": section_fla_decode,
             "memory": section_memory, "auto_batch": section_auto_batch, "lm_tolerance": section_lm_tolerance}

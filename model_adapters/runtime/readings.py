@@ -13,6 +13,7 @@ Their numbers are the eager reading's (reading.read, fixed_point.solve): the CPU
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 import torch
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..fixed_point import solve
-from ..mamba2 import Ops, State
+from ..mamba2 import MixerState, Ops, State
 from ..reading import PieceContext, Reading, Readout, empty_stats, parallel_map, pieces, put_stats, single_piece
 from ..tensors import valid_mask
 from .graphs import PieceSolve, can_capture
@@ -86,37 +87,93 @@ class MaskedReadingGraph:
 
 
 def read_in_pieces(solver_for, model: ImplicitLM, u: Tensor, budget: Budget, lengths: Tensor | None,
-                   state: State | None, want_state: bool = True) -> Reading:
-    """Every piece solved for every row by the PieceSolve of its shape (solver_for(u_piece)), the rows whose sequence
-    has ended masked. A shorter last block is read at the blocks' size, its missing tokens padding (as a sequence
-    that ends inside a block is): every piece of a batch then has one shape, so a run whose batches differ in length
-    (lm-eval sorts them by it) captures one solve per batch size instead of one per remainder of the block size.
-    The solver holds the one state of the reading: `state` (None: zeros) is loaded into it, and a copy of where it
-    ends is returned only when want_state."""
+                   state: State | None, want_state: bool = True, lanes: int = 1) -> Reading:
+    """Every piece solved for every row by the PieceSolve of its shape (solver_for(u_piece, lane)), the rows whose
+    sequence has ended masked. A shorter last block is read at the blocks' size, its missing tokens padding (as a
+    sequence that ends inside a block is): every piece of a batch then has one shape, so a run whose batches differ
+    in length (lm-eval sorts them by it) captures one solve per batch size instead of one per remainder of the block
+    size. The solvers hold the one state of the reading: `state` (None: zeros) is loaded into them, and a copy of
+    where it ends is returned only when want_state.
+
+    lanes: the rows in that many groups (row_groups), each read by solves of its own on its own CUDA stream, so
+    that one group's small kernels run in the launch gaps and tails of the other's (rows are independent; on the
+    CPU the groups run one after another, the same arithmetic). Only where nothing is looked at on the host between
+    pieces (tol = 0): a synchronisation would hold every lane."""
     batch, length = u.shape[:2]
     lengths = lengths if lengths is not None else torch.full((batch,), length, dtype=torch.long, device=u.device)
     valid = valid_mask(lengths, length)
     assert valid is not None  # lengths is set above
     hidden = torch.zeros(batch, length, model.cfg.d_model, dtype=model.cd, device=u.device)
-    size = budget.piece_size(length)
-    stats = empty_stats(length, size, lengths, model.cd)
-    solver: PieceSolve | None = None
+    stats = empty_stats(length, budget.piece_size(length), lengths, model.cd)
+    groups = row_groups(batch, lanes)
+    lanes_ = [_Lane(rows, lane, u.device, len(groups) > 1) for lane, rows in enumerate(groups)]
     for p, (start, end) in enumerate(pieces(length, budget)):
-        u_piece, valid_piece = (u[:, start], None) if size == 1 else _whole_block(u, valid, start, end, size)
-        if solver is None or tuple(solver.u.shape) != tuple(u_piece.shape):
-            previous, solver = solver, solver_for(u_piece)
-            if previous is not None:
-                solver.load_state(previous.held_state)
-            elif state is not None:
-                solver.load_state(state)
-            else:
-                solver.clear_state()
-        out, solved = solver(u_piece, lengths > start, valid_piece)
-        hidden[:, start:end] = out[:, None] if size == 1 else out[:, :end - start]
-        put_stats(stats, None, p, solved)
+        for lane in lanes_:
+            with lane.stream_context():
+                lane.solve_piece(solver_for, u, valid, lengths, state, budget, p, (start, end), hidden, stats)
+    for lane in lanes_:  # joined: what follows reads their outputs on the current stream
+        if lane.stream is not None:
+            torch.cuda.current_stream(u.device).wait_stream(lane.stream)
     hidden = hidden * valid[..., None]  # padding: zeros, as the eager reading leaves it
-    assert solver is not None  # a sequence has at least one piece
-    return Reading(hidden, solver.current_state() if want_state else None, stats)
+    out_state = _joined([lane.held().current_state() for lane in lanes_]) if want_state else None
+    return Reading(hidden, out_state, stats)
+
+
+def row_groups(batch: int, lanes: int) -> list[slice]:
+    """`batch` rows in at most `lanes` contiguous groups of near-equal size (the first ones one row larger)."""
+    lanes = max(1, min(lanes, batch))
+    size, extra = divmod(batch, lanes)
+    bounds = [0]
+    for g in range(lanes):
+        bounds.append(bounds[-1] + size + (g < extra))
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+class _Lane:
+    """A group of rows and its solves, on its own CUDA stream (forked from the current one) when there are several
+    lanes on a GPU."""
+
+    def __init__(self, rows: slice, index: int, device: torch.device, own_stream: bool):
+        self.rows, self.index = rows, index
+        self.solver: PieceSolve | None = None
+        self.stream = torch.cuda.Stream(device) if own_stream and device.type == "cuda" else None
+        if self.stream is not None:  # the inputs were made on the current stream
+            self.stream.wait_stream(torch.cuda.current_stream(device))
+
+    def stream_context(self):
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def held(self) -> PieceSolve:
+        assert self.solver is not None  # a sequence has at least one piece
+        return self.solver
+
+    def solve_piece(self, solver_for, u: Tensor, valid: Tensor, lengths: Tensor, state: State | None,
+                    budget: Budget, p: int, span: tuple[int, int], hidden: Tensor, stats) -> None:
+        """Piece p, [start, end), for this lane's rows: the solve of its shape (made, loaded with the state, on first
+        use), its final evaluation into `hidden` and its statistics into `stats`."""
+        rows, (start, end) = self.rows, span
+        size = budget.piece_size(u.shape[1])
+        u_piece, valid_piece = (u[rows, start], None) if size == 1 else \
+            _whole_block(u[rows], valid[rows], start, end, size)
+        if self.solver is None or tuple(self.solver.u.shape) != tuple(u_piece.shape):
+            previous, self.solver = self.solver, solver_for(u_piece, self.index)
+            if previous is not None:
+                self.solver.load_state(previous.held_state)
+            elif state is not None:
+                self.solver.load_state([MixerState(s.conv[rows], s.ssm[rows]) for s in state])
+            else:
+                self.solver.clear_state()
+        out, solved = self.solver(u_piece, lengths[rows] > start, valid_piece)
+        hidden[rows, start:end] = out[:, None] if size == 1 else out[:, :end - start]
+        put_stats(stats, rows, p, solved)
+
+
+def _joined(states: list[State]) -> State:
+    """The lanes' states (each a copy, made on the current stream after the lanes joined) as one batch."""
+    if len(states) == 1:
+        return states[0]
+    return [MixerState(torch.cat([s[i].conv for s in states]), torch.cat([s[i].ssm for s in states]))
+            for i in range(len(states[0]))]
 
 
 def _whole_block(u: Tensor, valid: Tensor, start: int, end: int, size: int) -> tuple[Tensor, Tensor]:

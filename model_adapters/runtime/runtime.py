@@ -48,15 +48,20 @@ from .readings import (
 logger = logging.getLogger(__name__)
 GRAPH_MODES = ("off", "capture", "masked")
 PIECE_SOLVES_KEPT = 8  # a few shapes per run: the batch size, a shorter last batch (last blocks are padded)
+LANES = 1  # row groups of a reading in pieces at tol = 0, each on its own CUDA stream (readings.read_in_pieces)
 
 
 class Runtime:
     """runtime(ids, budget, ...) and runtime.step(...) as the model's forward and step, run as this runtime says."""
 
-    def __init__(self, model: ExplicitLM | ImplicitLM, backend: str = "torch", graphs: str = "off"):
+    def __init__(self, model: ExplicitLM | ImplicitLM, backend: str = "torch", graphs: str = "off",
+                 lanes: int | None = None):
         if graphs not in GRAPH_MODES:
             raise ConfigError(f"graphs must be one of {GRAPH_MODES}, got {graphs!r}")
-        self.model, self.backend, self.graphs = model, backend, graphs
+        lanes = LANES if lanes is None else lanes
+        if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes < 1:
+            raise ConfigError(f"lanes must be a whole number >= 1, got {lanes!r}")
+        self.model, self.backend, self.graphs, self.lanes = model, backend, graphs, lanes
         self.ops = get_ops(backend)
         self._caches: dict[str, object] = {}
         self._weights_version: tuple | None = None
@@ -108,7 +113,8 @@ class Runtime:
                 return LMOutput(r.hidden, None, r.stats, r.anytime)
         u = model.inject(ids)
         if self._in_piece_solves(budget, keep, u):
-            r = read_in_pieces(self.piece_solve_for(budget), model, u, budget, lengths, state, want_state)
+            lanes = 1 if budget.tol else self.lanes  # tol > 0: the host looks at each lane's residuals
+            r = read_in_pieces(self.piece_solve_for(budget), model, u, budget, lengths, state, want_state, lanes)
             return LMOutput(r.hidden, r.state, r.stats, r.anytime)
         return model(ids, budget, lengths, state, anytime, want_state, ops=self.ops)
 
@@ -190,19 +196,20 @@ class Runtime:
         return self.graphs != "off"
 
     def piece_solve_for(self, budget: Budget):
-        """solver_for(u_like): the PieceSolve of that shape and budget, made (and captured, on CUDA) on first use and
-        kept."""
-        def solver_for(u_like: Tensor) -> PieceSolve:
-            return self.piece_solve(budget, u_like)
+        """solver_for(u_like, lane): the PieceSolve of that shape, budget and lane (each lane of a reading holds a state
+        of its own), made (and captured, on CUDA) on first use and kept."""
+        def solver_for(u_like: Tensor, lane: int = 0) -> PieceSolve:
+            return self.piece_solve(budget, u_like, lane)
 
         return solver_for
 
-    def piece_solve(self, budget: Budget, u_like: Tensor) -> PieceSolve:
-        """The stateful PieceSolve of u_like's shape and this budget (its state is the caller's to load)."""
+    def piece_solve(self, budget: Budget, u_like: Tensor, lane: int = 0) -> PieceSolve:
+        """The stateful PieceSolve of u_like's shape and this budget for `lane` (its state is the caller's to
+        load)."""
         cache = self.cache("piece_solves", dict)
-        key = (tuple(u_like.shape), u_like.dtype, str(u_like.device), budget)
+        key = (tuple(u_like.shape), u_like.dtype, str(u_like.device), budget, lane)
         if key not in cache:
-            if len(cache) >= PIECE_SOLVES_KEPT:
+            if len(cache) >= PIECE_SOLVES_KEPT * self.lanes:
                 cache.pop(next(iter(cache)))
             capture = self.graphs == "capture" and u_like.is_cuda
             cache[key] = PieceSolve(self.implicit, budget, u_like, True, capture, self.ops)

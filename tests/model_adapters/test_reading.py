@@ -109,6 +109,52 @@ def test_masked_piece_solves_give_the_eager_readings(budget):
         assert_close(masked.stats.residual, eager.stats.residual, 1e-5, "residuals (near 1e-12 at tol 0)")
 
 
+@pytest.mark.parametrize("budget", [Budget(max_iter=7, tol=0.0, mode="sequential"),
+                                    Budget(max_iter=9, tol=0.0, mode="blockwise", block_size=4)])
+@pytest.mark.parametrize("lanes", [2, 3])
+def test_lanes_read_their_rows_as_one_group_does(budget, lanes):
+    """A reading at tol = 0 in lanes (row groups, each on its own CUDA stream on a GPU) gives the reading in one
+    group: the same hidden states, statistics and final state, from a state passed in, with rows that end early in
+    either lane. Each lane holds solves of its own; on the CPU the lanes run one after another."""
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids, lengths = padded_batch(4)
+    start = model(torch.randint(0, 37, (4, 3)), budget).state  # earlier tokens
+    one = Runtime(model, graphs="masked")(ids, budget, lengths=lengths, state=start)
+    runtime = Runtime(model, graphs="masked", lanes=lanes)
+    for _ in range(2):  # the second reading reuses each lane's solves, loaded with the new state
+        split = runtime(ids, budget, lengths=lengths, state=start)
+        for i, n in enumerate(lengths.tolist()):
+            assert_close(split.hidden[i, :n], one.hidden[i, :n], 1e-12, f"hidden {i}")
+        assert torch.equal(split.hidden[1, 5:], one.hidden[1, 5:])  # padding: zeros
+        for a, b in zip(split.state, one.state):
+            assert_close(a.ssm, b.ssm, 1e-12, "ssm state")
+            assert_close(a.conv, b.conv, 1e-12, "conv state")
+        for name in ("iterations", "converged", "tokens"):
+            assert torch.equal(getattr(split.stats, name), getattr(one.stats, name)), name
+    solves = runtime.cache("piece_solves", dict)
+    assert sorted(key[-1] for key in solves) == list(range(lanes))
+    assert sorted(key[0][0] for key in solves) == sorted([4 // lanes + (g < 4 % lanes) for g in range(lanes)])
+
+
+def test_lanes_split_rows_evenly_and_a_tolerance_reads_in_one():
+    """Row groups are contiguous and near-equal; at tol > 0 the host looks at residuals between segments, which
+    would hold every lane, so the reading runs in one group."""
+    from implicit_ssm_eval.model_adapters.errors import ConfigError
+    from implicit_ssm_eval.model_adapters.runtime.readings import row_groups
+
+    assert row_groups(16, 2) == [slice(0, 8), slice(8, 16)]
+    assert row_groups(5, 3) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    assert row_groups(2, 4) == [slice(0, 1), slice(1, 2)]
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids, lengths = padded_batch(3)
+    runtime = Runtime(model, graphs="masked", lanes=2)
+    runtime(ids, Budget(max_iter=20, tol=1e-4, mode="sequential"), lengths=lengths)
+    assert [key[-1] for key in runtime.cache("piece_solves", dict)] == [0]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match="lanes must be a whole number >= 1"):
+            Runtime(model, graphs="masked", lanes=bad)
+
+
 def test_batches_of_other_lengths_share_one_blockwise_piece_solve():
     """lm-eval's batches differ in length, so their last blocks differ in size; each would be a solve of its own shape
     (on a GPU, a capture of its own, evicted and captured again once more shapes than the runtime keeps come by). A

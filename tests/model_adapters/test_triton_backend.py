@@ -180,6 +180,31 @@ def test_captured_backoff_readings_replay_the_masked_ones(mode, block, backend):
     assert not torch.equal(plain.hidden, captured.hidden), "no row backed off: the test would not see the solver"
 
 
+@pytest.mark.parametrize("mode,block", [("sequential", None), ("blockwise", 4)])
+def test_captured_lanes_on_their_own_streams_read_as_one_group(mode, block):
+    """Lanes (row groups on their own CUDA streams, forked and joined around the reading) replay the same kernels as
+    the uncaptured masked lanes, bit for bit, and read as one group does (other GEMM shapes: float tolerance); a
+    state passed in and the state out, rows ending early."""
+    model = tiny_model("implicit", contractive=True, d_state=64).cuda()
+    torch.manual_seed(5)
+    ids = torch.randint(0, 37, (6, 13), device="cuda")
+    lengths = torch.tensor([13, 4, 9, 13, 1, 7], device="cuda")
+    budget = Budget(max_iter=5, tol=0.0, mode=mode, block_size=block)
+    with torch.inference_mode():
+        start = model(torch.randint(0, 37, (6, 3), device="cuda"), budget).state
+        one = Runtime(model, "triton", "capture")(ids, budget, lengths=lengths, state=start)
+        masked = Runtime(model, "triton", "masked", lanes=2)(ids, budget, lengths=lengths, state=start)
+        runtime = Runtime(model, "triton", "capture", lanes=2)
+        captured, replayed = (runtime(ids, budget, lengths=lengths, state=start) for _ in range(2))
+    assert torch.equal(captured.hidden, masked.hidden) and torch.equal(replayed.hidden, captured.hidden)
+    for a, b in zip(replayed.state, masked.state):
+        assert torch.equal(a.ssm, b.ssm) and torch.equal(a.conv, b.conv)
+    close(captured.hidden, one.hidden, torch.float32, "hidden")
+    for a, b in zip(captured.state, one.state):
+        close(a.ssm, b.ssm, torch.float32, "ssm state")
+    assert torch.equal(captured.stats.iterations, one.stats.iterations)
+
+
 @pytest.mark.parametrize("budget", [Budget(max_iter=4, tol=0.0, mode="sequential"),
                                     Budget(max_iter=30, tol=1e-3, mode="sequential")])
 def test_a_warm_sequential_reading_for_scoring_holds_no_second_state(budget):
