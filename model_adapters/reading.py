@@ -185,7 +185,7 @@ def empty_stats(length: int, size: int, lengths: Tensor, dtype) -> ReadStats:
     return ReadStats(zeros, zeros.to(dtype), zeros.bool(), tokens)
 
 
-def put_stats(stats: ReadStats, rows: Tensor | None, p: int, solved: SolveStats) -> None:
+def put_stats(stats: ReadStats, rows: Tensor | slice | None, p: int, solved: SolveStats) -> None:
     index = slice(None) if rows is None else rows
     stats.iterations[index, p] = solved.iterations
     stats.residual[index, p] = solved.residual.to(stats.residual.dtype)
