@@ -67,6 +67,7 @@ class SweepSpec:
     device: str = "cpu"
     dtype: str = "float32"
     state_dtype: str = "float32"  # how the SSM states are stored (the adapters' state_dtype)
+    lanes: int = 1  # row groups of the implicit models' readings in pieces on CUDA streams: speed, not numbers
     backend: str = "auto"
     anytime: bool = True
     workers: int = 1  # processes sharing the jobs (one per GPU on CUDA); the numbers do not depend on it
@@ -603,6 +604,8 @@ def model_args(job: Job, spec: SweepSpec, greedy_path: Path, anytime: list[int],
                             "dtype": spec.dtype, "backend": spec.backend, "record_greedy": str(greedy_path)}
     if spec.state_dtype != "float32":
         args["state_dtype"] = spec.state_dtype
+    if job.budget is not None and spec.lanes != 1:
+        args["lanes"] = spec.lanes
     if job.budget is not None:
         args.update({k: v for k, v in job.budget.to_dict().items() if k != "anderson_m"})
         if anytime:

@@ -190,6 +190,9 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=list(DTYPES), help="the models' compute dtype")
     p.add_argument("--state-dtype", default="float32", choices=list(STATE_DTYPES), help="how the SSM models store "
                    "their recurrent state between tokens (bfloat16 halves it; see the adapters' state_dtype)")
+    p.add_argument("--lanes", type=positive_int, default=1, help="the implicit models' sequential and blockwise "
+                   "readings with their rows in this many groups, each on its own CUDA stream (the adapters' lanes: "
+                   "speed only, the numbers do not depend on it; see BENCHMARKS.md)")
     p.add_argument("--backend", default="auto", choices=list(BACKENDS), help="kernels: auto = triton on CUDA where "
                    "mamba-ssm is installed, else torch")
     p.add_argument("--no-anytime", action="store_true", help="run every budget separately (for timing comparisons)")
@@ -273,7 +276,8 @@ def spec_from(args, checkpoints: list[Path] | None = None) -> SweepSpec:
                      exits=exit_points_from(args.exit, args.exit_threshold),
                      metadata={**num_docs, **args.metadata}, limit=args.limit,
                      batch_size=int(batch) if batch.isdigit() else batch, device=args.device, dtype=args.dtype,
-                     state_dtype=args.state_dtype, backend=args.backend, anytime=not args.no_anytime,
+                     state_dtype=args.state_dtype, lanes=args.lanes, backend=args.backend,
+                     anytime=not args.no_anytime,
                      workers=resolve_workers(args.workers, args.device))
 
 
@@ -312,7 +316,7 @@ def bundled_job(args, executor: Executor, argv: list[str]) -> int:
         models = [p for p in sorted(text) if which == "all" or implicit_checkpoint(p)]
         extra = ["--num-docs", str(LANGUAGE_DOCS), "--out", str(args.out), "--device", args.device,
                  "--batch-size", args.batch_size, "--dtype", args.dtype, "--state-dtype", args.state_dtype,
-                 "--backend", args.backend]
+                 "--lanes", str(args.lanes), "--backend", args.backend]
         specs.append((spec_from(sweep_parser().parse_args([*map(str, models), *grid, *extra])), args.out))
     failed, outcome = 0, None
     assert specs  # the state-tracking part is always there

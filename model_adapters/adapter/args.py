@@ -23,6 +23,7 @@ STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # how the
 BUDGET_ARGS = ("max_iter", "tol", "tau", "solver", "mode", "block_size", "anderson_m", "exit", "anytime",
                "anytime_exits")
 ANYTIME_ARGS = ("anytime", "anytime_exits")  # budgets read off the run's trajectory, not fields of its Budget
+IMPLICIT_ARGS = ("lanes",)  # how an implicit model's readings in pieces run (runtime/readings.py)
 COMMON_ARGS = ("pretrained", "tokenizer", "eos_token", "prefix_token", "backend", "dtype", "max_length", "batch_size",
                "max_batch_size", "device", "record_greedy", "cuda_graphs", "unknown_tokens", "progress",
                "share_context", "state_dtype")
@@ -52,6 +53,7 @@ class EvalArgs:
     progress: bool = True  # the adapter's own progress bars (a sweep shows its own instead)
     share_context: bool | None = None  # multiple choice reads a shared context once; None: wherever that is exact
     state_dtype: torch.dtype = torch.float32  # storage of the SSM state (models.set_state_dtype); scans run in float32
+    lanes: int = 1  # row groups of the sequential and blockwise readings, each on its own CUDA stream
 
     @property
     def dtype_name(self) -> str:
@@ -65,7 +67,7 @@ class EvalArgs:
 
 
 def valid_args(kind: str) -> tuple[str, ...]:
-    return COMMON_ARGS + (BUDGET_ARGS if kind == "implicit" else ())
+    return COMMON_ARGS + (BUDGET_ARGS + IMPLICIT_ARGS if kind == "implicit" else ())
 
 
 def parse_model_args(kind: str, args: dict) -> EvalArgs:
@@ -96,7 +98,8 @@ def parse_model_args(kind: str, args: dict) -> EvalArgs:
         progress=_opt_bool(args.get("progress"), "progress", model) is not False,
         share_context=_opt_bool(args.get("share_context"), "share_context", model),
         state_dtype=STATE_DTYPES[_choice(args.get("state_dtype", "float32"), "state_dtype", tuple(STATE_DTYPES),
-                                         model)])
+                                         model)],
+        lanes=_positive_int(args.get("lanes"), "lanes", model) or 1)
 
 
 def budget_overrides(args: dict) -> dict:

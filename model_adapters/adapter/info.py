@@ -50,7 +50,8 @@ def model_info(lm, view: RunView, k: Point | None = None) -> dict:
     info = {
         "checkpoint": str(lm.ckpt.path), "content_hash": lm.ckpt.content_hash, "kind": lm.KIND,
         "format": lm.ckpt.format, "backend": lm.kernels, "dtype": lm.args.dtype_name,
-        "state_dtype": str(lm.args.state_dtype).removeprefix("torch."), "device": str(lm.ranks.device),
+        "state_dtype": str(lm.args.state_dtype).removeprefix("torch."), "lanes": lm.args.lanes,
+        "device": str(lm.ranks.device),
         "world_size": lm.ranks.world_size, "max_length": lm.max_length, "truncated_requests": view.truncated,
         "fingerprint": lm.fingerprint(k), "request_seconds": round(view.request_seconds, 3),
         "tasks": task_info(view, k, lm.budget.at(k).max_iter if lm.budget is not None else None),

@@ -69,7 +69,8 @@ class SSMLM(TemplateLM):
         if implicit and (notice := cost_notice(self.budget, self.ckpt.default_budget.max_iter)):
             logger.warning(notice)
         self.kernels = resolve_backend(args.backend, self.ranks.device)  # not `backend`: TemplateLM's means "causal"
-        self.runtime = Runtime(self.model, self.kernels, _graph_mode(args.cuda_graphs, self.ranks.device))
+        self.runtime = Runtime(self.model, self.kernels, _graph_mode(args.cuda_graphs, self.ranks.device),
+                               lanes=args.lanes)
         self.max_length = args.max_length or DEFAULT_MAX_LENGTH
         # Budgets scored per request: the run's own first, then anytime budgets read off the same trajectory.
         extra = args.anytime + args.anytime_exits

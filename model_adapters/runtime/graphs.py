@@ -96,6 +96,15 @@ def capture(parts: dict, pool=None, warm: dict | None = None) -> tuple[dict, dic
     return graphs, outputs
 
 
+def drain(steps):
+    """Run a generator to its end and return what it returns."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
 class PieceSolve:
     """The solve of pieces of one shape: u (R, d_in_proj) for one token, (R, T, d_in_proj) for a block. stateful
     False: no state in or out (a one-piece reading for scoring: the kernels read zeros, nothing is committed); True:
@@ -186,6 +195,12 @@ class PieceSolve:
     def __call__(self, u: Tensor, alive: Tensor, valid: Tensor | None) -> tuple[Tensor, SolveStats]:
         """Solve one piece: u like u_like, alive (R,) the rows that have this piece, valid (R, T) for a block.
         The state buffers advance for the alive rows. Returns the final evaluation (R, [T,] D) and statistics."""
+        return drain(self.solving(u, alive, valid))
+
+    def solving(self, u: Tensor, alive: Tensor, valid: Tensor | None):
+        """__call__ as a generator: it yields once the work before each host synchronisation is launched (a segment,
+        at tol > 0), so that a caller with other work on other streams (runtime/readings.py's lanes) can launch
+        that before this one waits; it returns what __call__ returns."""
         self.u.copy_(u)
         self.alive.copy_(alive)
         if self.valid is not None:
@@ -198,6 +213,7 @@ class PieceSolve:
             for _ in range(self.segments):
                 self._run("segment", self._segment)
                 self.evaluations += self.segment
+                yield
                 if not bool(self.active.any()):  # the one host synchronisation per segment
                     break
             self._run("finish", self._finish)

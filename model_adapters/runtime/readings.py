@@ -96,9 +96,10 @@ def read_in_pieces(solver_for, model: ImplicitLM, u: Tensor, budget: Budget, len
     where it ends is returned only when want_state.
 
     lanes: the rows in that many groups (row_groups), each read by solves of its own on its own CUDA stream, so
-    that one group's small kernels run in the launch gaps and tails of the other's (rows are independent; on the
-    CPU the groups run one after another, the same arithmetic). Only where nothing is looked at on the host between
-    pieces (tol = 0): a synchronisation would hold every lane."""
+    that one group's small kernels run in the launch gaps and tails of the other's (rows are independent). The host
+    advances the lanes in turn, each to its next synchronisation (a look at its residuals at tol > 0, the end of a
+    piece): while it waits for one lane, the work launched for the others runs. On the CPU the lanes run one after
+    another, the same arithmetic."""
     batch, length = u.shape[:2]
     lengths = lengths if lengths is not None else torch.full((batch,), length, dtype=torch.long, device=u.device)
     valid = valid_mask(lengths, length)
@@ -107,16 +108,26 @@ def read_in_pieces(solver_for, model: ImplicitLM, u: Tensor, budget: Budget, len
     stats = empty_stats(length, budget.piece_size(length), lengths, model.cd)
     groups = row_groups(batch, lanes)
     lanes_ = [_Lane(rows, lane, u.device, len(groups) > 1) for lane, rows in enumerate(groups)]
-    for p, (start, end) in enumerate(pieces(length, budget)):
-        for lane in lanes_:
-            with lane.stream_context():
-                lane.solve_piece(solver_for, u, valid, lengths, state, budget, p, (start, end), hidden, stats)
+    _in_turn([(lane, lane.read(solver_for, u, valid, lengths, state, budget, hidden, stats)) for lane in lanes_])
     for lane in lanes_:  # joined: what follows reads their outputs on the current stream
         if lane.stream is not None:
             torch.cuda.current_stream(u.device).wait_stream(lane.stream)
     hidden = hidden * valid[..., None]  # padding: zeros, as the eager reading leaves it
     out_state = _joined([lane.held().current_state() for lane in lanes_]) if want_state else None
     return Reading(hidden, out_state, stats)
+
+
+def _in_turn(readers: list) -> None:
+    """Each (lane, reading generator) advanced in turn on the lane's stream, one synchronisation at a time, until
+    every reading has ended."""
+    while readers:
+        for item in list(readers):
+            lane, reader = item
+            with lane.stream_context():
+                try:
+                    next(reader)
+                except StopIteration:
+                    readers.remove(item)
 
 
 def row_groups(batch: int, lanes: int) -> list[slice]:
@@ -147,25 +158,28 @@ class _Lane:
         assert self.solver is not None  # a sequence has at least one piece
         return self.solver
 
-    def solve_piece(self, solver_for, u: Tensor, valid: Tensor, lengths: Tensor, state: State | None,
-                    budget: Budget, p: int, span: tuple[int, int], hidden: Tensor, stats) -> None:
-        """Piece p, [start, end), for this lane's rows: the solve of its shape (made, loaded with the state, on first
-        use), its final evaluation into `hidden` and its statistics into `stats`."""
-        rows, (start, end) = self.rows, span
-        size = budget.piece_size(u.shape[1])
-        u_piece, valid_piece = (u[rows, start], None) if size == 1 else \
-            _whole_block(u[rows], valid[rows], start, end, size)
-        if self.solver is None or tuple(self.solver.u.shape) != tuple(u_piece.shape):
-            previous, self.solver = self.solver, solver_for(u_piece, self.index)
-            if previous is not None:
-                self.solver.load_state(previous.held_state)
-            elif state is not None:
-                self.solver.load_state([MixerState(s.conv[rows], s.ssm[rows]) for s in state])
-            else:
-                self.solver.clear_state()
-        out, solved = self.solver(u_piece, lengths[rows] > start, valid_piece)
-        hidden[rows, start:end] = out[:, None] if size == 1 else out[:, :end - start]
-        put_stats(stats, rows, p, solved)
+    def read(self, solver_for, u: Tensor, valid: Tensor, lengths: Tensor, state: State | None, budget: Budget,
+             hidden: Tensor, stats):
+        """This lane's rows read piece by piece (a generator: it yields at each host synchronisation and after each
+        piece): each piece by the solve of its shape (made, loaded with the state, on first use), its final
+        evaluation put into `hidden` and its statistics into `stats`."""
+        rows, length = self.rows, u.shape[1]
+        size = budget.piece_size(length)
+        for p, (start, end) in enumerate(pieces(length, budget)):
+            u_piece, valid_piece = (u[rows, start], None) if size == 1 else \
+                _whole_block(u[rows], valid[rows], start, end, size)
+            if self.solver is None or tuple(self.solver.u.shape) != tuple(u_piece.shape):
+                previous, self.solver = self.solver, solver_for(u_piece, self.index)
+                if previous is not None:
+                    self.solver.load_state(previous.held_state)
+                elif state is not None:
+                    self.solver.load_state([MixerState(s.conv[rows], s.ssm[rows]) for s in state])
+                else:
+                    self.solver.clear_state()
+            out, solved = yield from self.solver.solving(u_piece, lengths[rows] > start, valid_piece)
+            hidden[rows, start:end] = out[:, None] if size == 1 else out[:, :end - start]
+            put_stats(stats, rows, p, solved)
+            yield
 
 
 def _joined(states: list[State]) -> State:

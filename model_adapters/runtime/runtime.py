@@ -13,6 +13,8 @@ decides how each computation runs, in one place:
                 the eager reading)
     caches      forward graphs and piece solves, emptied whenever a parameter changes (in place or replaced): a
                 CUDA graph reads the weights, and what was derived from them, as they were at its capture
+    lanes       the sequential and blockwise readings' rows in this many groups, each solved by piece solves of its
+                own on its own CUDA stream, advanced in turn by the host (readings.read_in_pieces); default LANES
 
 Numbers do not depend on the choice beyond float tolerance (the tests hold every path to the eager one, and that to
 the one-file oracle, implicit_lm.py).
@@ -48,7 +50,7 @@ from .readings import (
 logger = logging.getLogger(__name__)
 GRAPH_MODES = ("off", "capture", "masked")
 PIECE_SOLVES_KEPT = 8  # a few shapes per run: the batch size, a shorter last batch (last blocks are padded)
-LANES = 1  # row groups of a reading in pieces at tol = 0, each on its own CUDA stream (readings.read_in_pieces)
+LANES = 1  # row groups of a reading in pieces, each on its own CUDA stream (readings.read_in_pieces)
 
 
 class Runtime:
@@ -113,8 +115,8 @@ class Runtime:
                 return LMOutput(r.hidden, None, r.stats, r.anytime)
         u = model.inject(ids)
         if self._in_piece_solves(budget, keep, u):
-            lanes = 1 if budget.tol else self.lanes  # tol > 0: the host looks at each lane's residuals
-            r = read_in_pieces(self.piece_solve_for(budget), model, u, budget, lengths, state, want_state, lanes)
+            r = read_in_pieces(self.piece_solve_for(budget), model, u, budget, lengths, state, want_state,
+                               self.lanes)
             return LMOutput(r.hidden, r.state, r.stats, r.anytime)
         return model(ids, budget, lengths, state, anytime, want_state, ops=self.ops)
 

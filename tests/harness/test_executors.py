@@ -372,6 +372,25 @@ def test_a_sweep_on_a_real_slurm_equals_the_local_run_and_survives_requeue_cance
     print(f"real SLURM sweep, requeue, cancel and resubmission: {time.monotonic() - started:.0f} s")
 
 
+def test_lanes_reach_the_implicit_jobs_model_args_and_leave_their_keys(parity_checkpoints, tmp_path):
+    """--lanes is speed, not numbers: jobs keep their keys (a sweep resumed with other lanes keeps what is done),
+    implicit jobs' model_args carry it (workers rebuild the spec from its dict), explicit ones never see it."""
+    from implicit_ssm_eval.harness.sweep import model_args, plan
+
+    ckpts = [str(parity_checkpoints[kind]) for kind in ("implicit", "explicit")]
+    plain = spec_from(sweep_parser().parse_args([*ckpts, "--max-iter", "2"]))
+    wide = SweepSpec.from_dict(spec_from(sweep_parser().parse_args([*ckpts, "--max-iter", "2", "--lanes",
+                                                                    "2"])).to_dict())
+    jobs = plan(plain)
+    assert wide.lanes == 2 and all(j.job_key(plain) == j.job_key(wide) for j in jobs)
+    assert {j.kind for j in jobs} == {"implicit", "explicit"}
+    for job in jobs:
+        args, before = (model_args(job, spec, tmp_path / "g.jsonl", []) for spec in (wide, plain))
+        assert "lanes" not in before and args.get("lanes") == (2 if job.kind == "implicit" else None)
+    with pytest.raises(SystemExit):
+        sweep_parser().parse_args([ckpts[0], "--lanes", "0"])
+
+
 def test_a_bfloat16_state_sweep_keys_its_jobs_apart_and_hands_the_adapters_the_option(parity_checkpoints, tmp_path):
     """--state-dtype bfloat16 changes scores: its jobs must not be taken for the float32 ones already done, and each
     job's model_args must carry it (workers and cluster tasks rebuild the spec from its dict)."""

@@ -205,6 +205,9 @@ def test_defaults_come_from_the_checkpoint(checkpoints):
     (ImplicitSSMLM, {"cuda_graphs": "yes"}, "cuda_graphs must be true, false or auto, got 'yes'"),
     (ImplicitSSMLM, {"cuda_graphs": "TRUE"}, "cuda_graphs=true needs a CUDA device"),
     (ImplicitSSMLM, {"state_dtype": "float16"}, r"state_dtype must be one of \['float32', 'bfloat16'\], got 'float16'"),
+    (ImplicitSSMLM, {"lanes": 0}, "lanes must be a positive integer, got 0"),
+    (ImplicitSSMLM, {"lanes": "two"}, "lanes must be a positive integer, got 'two'"),
+    (ExplicitSSMLM, {"lanes": 2}, r"unknown model_args \['lanes'\]"),
 ])
 def test_bad_model_args(checkpoints, cls, args, match):
     if (args.get("backend") == "triton" or args.get("cuda_graphs") == "TRUE") and torch.cuda.is_available():

@@ -199,6 +199,17 @@ def test_a_bfloat16_state_is_set_on_the_model_and_changes_the_fingerprint(checkp
     assert bf16.model_info()["state_dtype"] == "bfloat16" and plain.model_info()["state_dtype"] == "float32"
 
 
+def test_lanes_reach_the_runtime_and_the_record_but_not_the_fingerprint(checkpoints):
+    """lanes=N splits the rows of the sequential and blockwise readings over CUDA streams: how fast, not what is
+    scored (row groups change GEMM shapes only, as the batch size does), so the fingerprint stays; the results
+    record it."""
+    plain = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]))
+    two = ImplicitSSMLM(pretrained=str(checkpoints["implicit"]), lanes=2)
+    assert two.runtime.lanes == 2 and plain.runtime.lanes == 1
+    assert two.fingerprint() == plain.fingerprint()
+    assert two.model_info()["lanes"] == 2 and plain.model_info()["lanes"] == 1
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -110,12 +110,15 @@ def test_masked_piece_solves_give_the_eager_readings(budget):
 
 
 @pytest.mark.parametrize("budget", [Budget(max_iter=7, tol=0.0, mode="sequential"),
-                                    Budget(max_iter=9, tol=0.0, mode="blockwise", block_size=4)])
+                                    Budget(max_iter=9, tol=0.0, mode="blockwise", block_size=4),
+                                    Budget(max_iter=40, tol=1e-4, mode="sequential"),
+                                    Budget(max_iter=40, tol=1e-5, mode="blockwise", block_size=4)])
 @pytest.mark.parametrize("lanes", [2, 3])
 def test_lanes_read_their_rows_as_one_group_does(budget, lanes):
-    """A reading at tol = 0 in lanes (row groups, each on its own CUDA stream on a GPU) gives the reading in one
-    group: the same hidden states, statistics and final state, from a state passed in, with rows that end early in
-    either lane. Each lane holds solves of its own; on the CPU the lanes run one after another."""
+    """A reading in lanes (row groups, each on its own CUDA stream on a GPU, advanced in turn by the host) gives the
+    reading in one group: the same hidden states, statistics and final state, from a state passed in, with rows
+    that end early in either lane, and at a tolerance each lane's pieces stopping with their own slowest row. Each
+    lane holds solves of its own; on the CPU the lanes run one after another."""
     model = tiny_model("implicit", contractive=True, dtype=torch.float64)
     ids, lengths = padded_batch(4)
     start = model(torch.randint(0, 37, (4, 3)), budget).state  # earlier tokens
@@ -136,9 +139,7 @@ def test_lanes_read_their_rows_as_one_group_does(budget, lanes):
     assert sorted(key[0][0] for key in solves) == sorted([4 // lanes + (g < 4 % lanes) for g in range(lanes)])
 
 
-def test_lanes_split_rows_evenly_and_a_tolerance_reads_in_one():
-    """Row groups are contiguous and near-equal; at tol > 0 the host looks at residuals between segments, which
-    would hold every lane, so the reading runs in one group."""
+def test_lanes_split_rows_evenly_and_take_whole_numbers():
     from implicit_ssm_eval.model_adapters.errors import ConfigError
     from implicit_ssm_eval.model_adapters.runtime.readings import row_groups
 
@@ -146,13 +147,32 @@ def test_lanes_split_rows_evenly_and_a_tolerance_reads_in_one():
     assert row_groups(5, 3) == [slice(0, 2), slice(2, 4), slice(4, 5)]
     assert row_groups(2, 4) == [slice(0, 1), slice(1, 2)]
     model = tiny_model("implicit", contractive=True, dtype=torch.float64)
-    ids, lengths = padded_batch(3)
-    runtime = Runtime(model, graphs="masked", lanes=2)
-    runtime(ids, Budget(max_iter=20, tol=1e-4, mode="sequential"), lengths=lengths)
-    assert [key[-1] for key in runtime.cache("piece_solves", dict)] == [0]
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ConfigError, match="lanes must be a whole number >= 1"):
             Runtime(model, graphs="masked", lanes=bad)
+
+
+def test_lanes_are_advanced_in_turn_one_synchronisation_at_a_time():
+    """At a tolerance the host waits for one lane's residuals while the others' launched work runs: each lane's
+    segments are launched before the next lane's look, not a whole piece of one lane before the other starts."""
+    from implicit_ssm_eval.model_adapters.runtime import graphs
+
+    model = tiny_model("implicit", contractive=True, dtype=torch.float64)
+    ids, lengths = padded_batch(3)
+    runtime = Runtime(model, graphs="masked", lanes=2)
+    order = []
+    segment = graphs.PieceSolve._segment
+
+    def logged(self):  # which lane's solve launches a segment (the lane is the last part of its cache key)
+        order.append(next(key[-1] for key, solve in runtime.cache("piece_solves", dict).items() if solve is self))
+        segment(self)
+
+    graphs.PieceSolve._segment = logged
+    try:
+        runtime(ids[:, :2], Budget(max_iter=40, tol=1e-9, mode="sequential"), lengths=lengths.clamp(max=2))
+    finally:
+        graphs.PieceSolve._segment = segment
+    assert len(order) >= 4 and order[:4] == [0, 1, 0, 1], order
 
 
 def test_batches_of_other_lengths_share_one_blockwise_piece_solve():
