@@ -337,13 +337,30 @@ def terminate_as_interrupt():
         raise Terminated(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, stop)
+    _HANDLED["by"] = os.getpid()
     try:
         yield
     finally:
+        _HANDLED["by"] = None
         signal.signal(signal.SIGTERM, previous)
 
 
 _DEFERRED: dict = {"on": False, "signal": None}
+_HANDLED: dict = {"by": None}  # the process whose SIGTERM terminate_as_interrupt handles, while it does
+
+
+def _forked_child_dies_on_sigterm() -> None:
+    """A process forked while terminate_as_interrupt's handler is set (lm-eval's bootstrap pool forks its workers
+    from the sweep) gets SIGTERM's default back. With the sweep's handler, a pool worker that Pool.terminate()
+    signals may be left alive, blocked on its queue's lock, and terminate() then waits for it forever: the README's
+    main job hung so once, and a loop of pools under the handler hung within a few hundred pools (see
+    tests/harness/test_outputs.py)."""
+    if _HANDLED["by"] is not None and _HANDLED["by"] != os.getpid():
+        with contextlib.suppress(ValueError):  # not the main thread: Python set no handler there to undo
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_forked_child_dies_on_sigterm)
 
 
 @contextlib.contextmanager

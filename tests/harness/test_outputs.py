@@ -294,6 +294,33 @@ def test_a_signal_while_workers_start_stops_those_started(parity_checkpoints, tm
     assert not (tmp_path / "s" / ".claims").exists()
 
 
+def _sleep_until_killed(ready) -> None:
+    ready.set()
+    time.sleep(60)
+
+
+def test_a_process_forked_under_the_sweeps_handler_dies_on_sigterm():
+    """lm-eval computes bootstrap standard errors in a multiprocessing pool forked from the sweep. Its workers used to
+    inherit the sweep's SIGTERM handler, so Pool.terminate() could leave one alive, blocked on the queue's lock, and
+    wait for it forever (the README's main job hung so, 20 minutes at cad1dac; a loop of pools under the handler
+    hung within 200-320 pools, twice of two). A child forked under the handler gets SIGTERM's default back: killed
+    by the signal, not ending through the handler's exception (exit status 1)."""
+    import multiprocessing
+
+    from implicit_ssm_eval.harness import sweep
+
+    fork = multiprocessing.get_context("fork")
+    with sweep.terminate_as_interrupt():
+        ready = fork.Event()
+        child = fork.Process(target=_sleep_until_killed, args=(ready,))
+        child.start()
+        assert ready.wait(30)
+        child.terminate()
+        child.join(30)
+    assert child.exitcode == -signal.SIGTERM
+    assert sweep._HANDLED["by"] is None  # outside a sweep, forked children keep whatever the parent set
+
+
 def test_a_signal_inside_the_start_of_a_worker_still_stops_that_worker(parity_checkpoints, tmp_path, monkeypatch):
     """SIGTERM delivered while Popen is starting worker 1, after its process exists and before Popen returns (as
     under a loaded machine): that worker too is stopped and waited for. Before the fix, Terminated was raised inside
