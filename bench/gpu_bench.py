@@ -478,7 +478,7 @@ def section_lanes(args, pair) -> None:
     implicit = implicit_twin(pair[1])
     ids = torch.randint(0, VOCAB, (16, 128), device="cuda")
     counts = (1, 2, 4)
-    for mode in ("sequential", "blockwise"):
+    for mode in args.lanes_modes.split(","):
         budget = Budget(max_iter=4, tol=0.0, mode=mode, block_size=16 if mode == "blockwise" else None)
         for state, patch in (("f32", contextlib.nullcontext), ("bf16", lambda: bfloat16_state(implicit))):
             with torch.inference_mode(), patch():
@@ -1111,6 +1111,8 @@ def main() -> None:
                    "against its default, as P:WARPS,P:WARPS (P the most headdim rows a program: 16, 32 or 64)")
     p.add_argument("--commit-tiles", type=tile_list, default=[], help="step_tiles: tiles of conv_step_commit, as "
                    "--read-tiles")
+    p.add_argument("--lanes-modes", default="sequential,blockwise", help="lanes: the readings to time "
+                   "(sequential, blockwise: blocks of 16)")
     p.add_argument("--eager", action="store_true", help="sequential: also the reading without graphs (minutes)")
     args = p.parse_args()
     RESULTS.update(device=torch.cuda.get_device_name(), torch=torch.__version__, dtype="bfloat16",
