@@ -26,6 +26,11 @@
 #                                                                                # or 4 lanes (row groups on their
 #                                                                                # own streams); their GPU test; one
 #                                                                                # evaluation's rows on streams
+#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" fused       # blockwise vs sequential on A5
+#                                                                                # with a block's conv inside its
+#                                                                                # scan, beside the conv apart; the
+#                                                                                # kernels alone; their check; the
+#                                                                                # language model's readings
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" backoff     # blockwise vs sequential at the
 #                                                                                # checkpoint's damping, solver backoff
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" tests DIR   # the GPU tests under tests/DIR
@@ -34,7 +39,7 @@
 # huggingface_hub==2.4.0`), installed in a folder of its own that only the anchors' process sees.
 set -uo pipefail
 OUT=${1:?output folder}
-PART=${2:?anchors, memory, sequential, shared, backoff, step, cold, chain, lanes or tests}
+PART=${2:?anchors, memory, sequential, shared, fused, backoff, step, cold, chain, lanes or tests}
 export TOKENIZERS_PARALLELISM=false
 echo "import implicit_ssm_eval.model_adapters.adapter.hook" > /tmp/site/sitecustomize.py
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
@@ -100,6 +105,22 @@ backoff)  # blockwise against sequential at the checkpoint's damping with the ba
     step gpu_tests_backoff 120 python3 -m pytest -m gpu -q -p no:cacheprovider \
         tests/model_adapters/test_triton_backend.py tests/model_adapters/test_triton_kernels.py -k "backoff or solve"
     ;;
+fused)  # a block's conv inside its one-chunk scan (triton_ops.FUSED_CONV_SCAN): A5 at 8x at the checkpoint's damping
+    # with backoff, on the two buckets its constants were not chosen on, each blockwise reading beside the same with the
+    # conv apart (a runtime of its own, interleaved); the kernels alone; the fused kernel's check; the language model
+    fused_readings() {  # seed, time limit
+        step "readings_fused_seed$1" "$2" python3 bench/readings.py --device cuda --backend triton --graphs capture \
+            --dtype bfloat16 --docs 100 --seed "$1" --tau 0.8 --solver backoff --block-sizes 16 32 --repeats 3 \
+            --conv-apart --out "$OUT/readings_gpu_bf16_bucket100_tau0.8_backoff_fused_seed$1.json"
+    }
+    fused_readings 1 240
+    step kernels_conv_scan 90 python3 bench/kernels.py --out "$OUT/kernels_conv_scan.json" --sections conv_scan
+    step check_conv_scan 90 python3 -c "import sys; sys.path.insert(0, 'tests'); import triton_ssd_check as c
+failures = c.check_conv_scan('cuda'); print('\n'.join(failures) or 'ok'); sys.exit(bool(failures))"
+    fused_readings 2 100
+    step lm_readings 120 python3 bench/lm_readings.py --device cuda --backend triton --graphs capture \
+        --dtype bfloat16 --docs 64 --out "$OUT/lm_readings_gpu_bf16.json"
+    ;;
 step)  # what matters first comes first: a call cut short by the device's limit keeps the logs written before
     step bench_step 240 python3 bench/gpu_bench.py --out "$OUT/bench_step.json" --sections sequential,step_profile
     step bench_decode 150 python3 bench/gpu_bench.py --out "$OUT/bench_decode.json" --sections decode
@@ -136,7 +157,7 @@ tests)
         -q -p no:cacheprovider --durations=10 "tests/$3"
     ;;
 *)
-    echo "part must be anchors, memory, sequential, shared, backoff, step, cold, chain, lanes or tests, got $PART" >&2
+    echo "part must be anchors, memory, sequential, shared, fused, backoff, step, cold, chain, lanes or tests, got $PART" >&2
     exit 2
     ;;
 esac

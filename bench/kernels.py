@@ -4,6 +4,9 @@
 
 one_chunk      the one-chunk SSD scan of a block (40 or 100 rows of the bundled a5 model: 8 heads of 32, d_state 32)
                per product precision (triton_ssd.PRECISION) and num_warps, against the torch twin (ssd.ssd_chunked)
+conv_scan      a block's conv + one-chunk scan (bfloat16; the a5 model's blocks of 100 rows, the text model's of 64;
+               16, 32 and 64 tokens; an iteration and a commit): the conv inside the scan's kernel against the
+               conv's kernel ahead of it (triton_ops.FUSED_CONV_SCAN), and the fused kernel at 1, 2 and 4 warps
 damped_update  a piece solve's masked update (40 rows x T x 128, and the 130M step: 16 x 768) against its torch twin
 step_read      an iteration's step without its state (130M: 16 rows, 24 heads of 64, d_state 128) against mamba_ssm's
                state update on a copy of the state
@@ -107,6 +110,37 @@ def one_chunk(results: dict) -> None:
         triton_ssd.PRECISION = "tf32x3"
         results[f"{name}_torch_us"] = timed(ssd_chunked, x, dt, A, B, C, 64, D, s0, False)
     triton_ssd.NUM_WARPS = None
+
+
+def conv_scan(results: dict) -> None:
+    """A block's conv and one-chunk scan (triton_ops.conv_scan): the conv inside the scan's kernel against the conv's
+    own kernel ahead of it, an iteration (no final state) and a commit, for the bundled a5 model's blocks of 100 rows
+    and the text model's of 64; the fused kernel at 1, 2 and 4 warps too."""
+    from implicit_ssm_eval.model_adapters.backends import triton_ops
+
+    shapes = {"a5": (8, 32, 32, 100), "text": (8, 64, 64, 64)}  # heads, headdim, dstate, rows
+    for (model, (heads, headdim, dstate, rows)), length in itertools.product(shapes.items(), (16, 32, 64)):
+        channels = heads * headdim + 2 * dstate
+        wide = torch.randn(rows, length, 2 * channels, device="cuda", dtype=torch.bfloat16)
+        xbc = wide[..., heads * headdim: heads * headdim + channels]  # a slice of the projection, as in the model
+        window = torch.randn(rows, channels, 3, device="cuda", dtype=torch.bfloat16)
+        weight = torch.randn(channels, 4, device="cuda", dtype=torch.bfloat16)
+        bias = torch.randn(channels, device="cuda", dtype=torch.bfloat16)
+        dt, dt_bias = torch.randn(rows, length, heads, device="cuda") - 2, torch.randn(heads, device="cuda")
+        A, D = -torch.rand(heads, device="cuda"), torch.randn(heads, device="cuda")
+        state = torch.randn(rows, heads, headdim, dstate, device="cuda")
+        for final in (False, True):
+            name = f"conv_scan_{model}_{rows}x{length}_{'commit' if final else 'iteration'}"
+            args = (xbc, window, weight, bias, dt, dt_bias, A, D, headdim, dstate, 64, state, final)
+            for fused in (False, True):
+                triton_ops.FUSED_CONV_SCAN = fused
+                results[f"{name}_{'fused' if fused else 'apart'}_us"] = timed(triton_ops.conv_scan, *args)
+            for warps in (1, 2, 4):
+                triton_ssd.NUM_WARPS = warps
+                results[f"{name}_fused_warps{warps}_us"] = timed(triton_ops.conv_scan, *args)
+            triton_ssd.NUM_WARPS = None
+            results[f"{name}_speed"] = results[f"{name}_apart_us"] / results[f"{name}_fused_us"]
+    triton_ops.FUSED_CONV_SCAN = True
 
 
 def damped_update(results: dict) -> None:
@@ -383,8 +417,8 @@ def streams(results: dict) -> None:
     model.set_state_dtype(None)
 
 
-SECTIONS = {f.__name__: f for f in (one_chunk, damped_update, step_read, steps, norms, conv, skinny_gemm, cold,
-                                    chain, streams)}
+SECTIONS = {f.__name__: f for f in (one_chunk, conv_scan, damped_update, step_read, steps, norms, conv, skinny_gemm,
+                                    cold, chain, streams)}
 
 
 def ranked_tiles(results: dict, kernel: str, per_dtype: int = 1) -> list[str]:

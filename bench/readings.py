@@ -14,8 +14,10 @@ Prints a table; --plot writes the trade-off (block size vs accuracy, iterations 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -32,9 +34,29 @@ def documents(task: str, bucket: str, num_docs: int, seed: int):
     return make_docs(task, bucket, num_docs=num_docs, seed=seed)
 
 
-def read(model, ids, budget: Budget, device, batch_size: int | None = None) -> tuple[torch.Tensor, dict, float]:
+def read(model, fused_conv: bool, ids, budget: Budget, device, batch_size: int | None = None
+         ) -> tuple[torch.Tensor, dict, float]:
     """Final-position greedy answers, statistics, and the wall time of one reading, in batches of `batch_size`
-    documents (default: all at once)."""
+    documents (default: all at once); fused_conv False: the Triton backend's conv as a kernel of its own."""
+    with conv_fused(fused_conv):
+        return _read(model, ids, budget, device, batch_size)
+
+
+@contextlib.contextmanager
+def conv_fused(on: bool):
+    """triton_ops.FUSED_CONV_SCAN set for a while (nothing to set without the Triton backend)."""
+    ops = sys.modules.get("implicit_ssm_eval.model_adapters.backends.triton_ops")
+    was = getattr(ops, "FUSED_CONV_SCAN", None)
+    if ops is not None:
+        ops.FUSED_CONV_SCAN = on
+    try:
+        yield
+    finally:
+        if ops is not None:
+            ops.FUSED_CONV_SCAN = was
+
+
+def _read(model, ids, budget: Budget, device, batch_size: int | None) -> tuple[torch.Tensor, dict, float]:
     kept = piece_solves(model)
     for solve in kept:
         solve.evaluations = 0
@@ -118,6 +140,9 @@ def main() -> None:
     p.add_argument("--scan-precision", default=None, choices=["ieee", "tf32x3", "tf32"],
                    help="the one-chunk Triton scan's products (default: triton_ssd.PRECISION)")
     p.add_argument("--graphs", default="off", choices=["off", "capture", "masked"], help="piece solves (graphs.py)")
+    p.add_argument("--conv-apart", action="store_true",
+                   help="also each blockwise reading with the conv as a kernel of its own ahead of the one-chunk scan "
+                        "(triton_ops.FUSED_CONV_SCAN off, a runtime of its own), interleaved with the others")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--profile", type=Path, default=None, help="write each reading's kernel table (torch profiler)")
@@ -137,10 +162,16 @@ def main() -> None:
                 **{f"blockwise {c}": base.replace(mode="blockwise", block_size=c) for c in args.block_sizes}}
     if args.simultaneous:
         readings["simultaneous"] = base
+    runtimes = dict.fromkeys(readings, (runtime, True))
+    if args.conv_apart:  # its own runtime: the graphs captured with the conv fused are the default runtime's
+        apart = Runtime(ckpt.model, args.backend, args.graphs)
+        for c in args.block_sizes:
+            readings[f"blockwise {c} apart"] = base.replace(mode="blockwise", block_size=c)
+            runtimes[f"blockwise {c} apart"] = (apart, False)
     rows, reference, times = [], None, {name: [] for name in readings}
     with torch.inference_mode():
         for name, budget in readings.items():
-            answers, stats, _ = read(runtime, ids, budget, device, args.batch_size)  # warm-up (Triton compiles)
+            answers, stats, _ = read(*runtimes[name], ids, budget, device, args.batch_size)  # warm-up: compiles
             reference = answers if reference is None else reference
             rows.append({"reading": name, "block_size": budget.block_size, "accuracy": float(
                 (answers == targets).double().mean()), "agrees_with_sequential": float(
@@ -148,11 +179,11 @@ def main() -> None:
         made = dict.fromkeys(readings, 0)
         for _ in range(args.repeats):  # interleaved rounds: a shared machine's slow spells hit every reading alike
             for name, budget in readings.items():
-                _, stats, seconds = read(runtime, ids, budget, device, args.batch_size)
+                _, stats, seconds = read(*runtimes[name], ids, budget, device, args.batch_size)
                 times[name].append(seconds)
                 made[name] += stats["solves_made"]
     if args.profile:
-        args.profile.write_text("\n\n".join(profile(runtime, ids, name, budget, device)
+        args.profile.write_text("\n\n".join(profile(*runtimes[name], ids, name, budget, device)
                                             for name, budget in readings.items()))
     for row in rows:
         row["seconds"], row["seconds_all"] = statistics.median(times[row["reading"]]), times[row["reading"]]
@@ -160,10 +191,10 @@ def main() -> None:
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                     "threads": torch.get_num_threads(), "rows": rows}, indent=2))
     seq = rows[0]["seconds"]
-    print(f"{'reading':14s} {'acc':>6s} {'agree':>6s} {'it/piece':>9s} {'it/token':>9s} {'seq f':>7s} "
+    print(f"{'reading':20s} {'acc':>6s} {'agree':>6s} {'it/piece':>9s} {'it/token':>9s} {'seq f':>7s} "
           f"{'made':>6s} {'capped':>6s} {'seconds':>8s} {'speed-up':>8s}")
     for r in rows:
-        print(f"{r['reading']:14s} {r['accuracy']:6.3f} {r['agrees_with_sequential']:6.3f} "
+        print(f"{r['reading']:20s} {r['accuracy']:6.3f} {r['agrees_with_sequential']:6.3f} "
               f"{r['iterations_per_piece']:9.1f} {r['iterations_per_token']:9.1f} {r['sequential_f_evaluations']:7d} "
               f"{r['evaluations_made']:6d} {r['capped']:6d} {r['seconds']:8.3f} {seq / r['seconds']:7.2f}x")
     warn_of_solves_made(made)
@@ -171,14 +202,14 @@ def main() -> None:
         plot(rows, args.plot, f"{args.checkpoint.name}, st_{args.task}_{args.bucket}, tol {args.tol:g}, {args.device}")
 
 
-def profile(model, ids, name: str, budget: Budget, device) -> str:
+def profile(model, fused_conv: bool, ids, name: str, budget: Budget, device) -> str:
     """One reading under the torch profiler: its operators and kernels by total device time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.inference_mode(), torch_profile(activities=activities) as prof:
-        read(model, ids, budget, device)  # all documents at once
+        read(model, fused_conv, ids, budget, device)  # all documents at once
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return f"## {name}\n" + prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)
 

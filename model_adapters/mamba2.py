@@ -66,12 +66,6 @@ class Mamba2(nn.Module):
         c = self.cfg
         return cast("tuple[Tensor, Tensor, Tensor]", torch.split(zxbcdt, [c.d_inner, c.conv_dim, c.nheads], dim=-1))
 
-    def _split_xbc(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        c = self.cfg
-        x, B, C = torch.split(xbc, [c.d_inner, c.ngroups * c.d_state, c.ngroups * c.d_state], dim=-1)
-        return (x.unflatten(-1, (c.nheads, c.headdim)), B.unflatten(-1, (c.ngroups, c.d_state)),
-                C.unflatten(-1, (c.ngroups, c.d_state)))
-
     @property
     def cd(self) -> torch.dtype:
         """Compute dtype of scans, convs and norms: float32, or float64 for a float64 model."""
@@ -136,10 +130,10 @@ class Mamba2(nn.Module):
         z, xbc, dt = self._split(self._project(u, inject))
         conv, ssm = (None, None) if state is None else state  # None: zeros, which the kernels take without a tensor
         conv_state = _last_inputs(xbc, conv, valid, self.cfg.d_conv - 1) if commit else None
-        xbc = ops.causal_conv_silu(xbc, conv, self.conv1d.weight[:, 0], self.conv1d.bias)
-        x, B, C = self._split_xbc(xbc)
-        y, ssm_state = ops.chunk_scan(x, dt, derived.dt_bias, derived.A, B, C, self.cfg.chunk_size, derived.D,
-                                           ssm, final_state=commit, valid=valid)
+        c = self.cfg
+        y, ssm_state = ops.conv_scan(xbc, conv, self.conv1d.weight[:, 0], self.conv1d.bias, dt, derived.dt_bias,
+                                     derived.A, derived.D, c.headdim, c.d_state, c.chunk_size, ssm,
+                                     final_state=commit, valid=valid)
         out = self._gate_and_project(y.flatten(-2), z, ops)
         return out, MixerState(cast(Tensor, conv_state), ssm_state.to(self.sd)) if commit else None  # set if commit
 

@@ -1,10 +1,10 @@
 """Backend resolution, in one place: `auto` | `torch` | `triton`.
 
-A backend is a module with the functions of `torch_ops` (chunk_scan, state_step, conv_step_read: a step's output
-alone, conv_step: a committing step, causal_conv_silu, gated_rmsnorm, add_rmsnorm, and damped_update: the masked
-update of a captured fixed-point solve) and a NAME. The torch backend is the CPU path and the reference; the triton
-backend (mamba_ssm's kernels) is imported lazily, only when chosen. Nothing else in the project switches path on
-device or length.
+A backend is a module with the functions of `torch_ops` (conv_scan: a sequence's conv and scan, chunk_scan,
+state_step, conv_step_read: a step's output alone, conv_step: a committing step, causal_conv_silu, gated_rmsnorm,
+add_rmsnorm, and damped_update: the masked update of a captured fixed-point solve) and a NAME. The torch backend is
+the CPU path and the reference; the triton backend (mamba_ssm's kernels) is imported lazily, only when chosen.
+Nothing else in the project switches path on device or length.
 """
 
 from __future__ import annotations

@@ -30,6 +30,29 @@ def chunk_scan(x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: 
                        final_state=final_state)
 
 
+def conv_scan(xbc: Tensor, conv: Tensor | None, weight: Tensor, bias: Tensor | None, dt: Tensor, dt_bias: Tensor,
+              A: Tensor, D: Tensor | None, headdim: int, dstate: int, chunk_size: int, initial_state: Tensor | None,
+              final_state: bool = True, valid: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """A sequence's conv and scan: x, B and C are SiLU(causal conv) of xbc (B, L, H P + 2 G N) continuing from the
+    conv window (B, H P + 2 G N, k-1) (None: zeros), then chunk_scan of them -> (y (B, L, H, P) float32, final state
+    or None). dt (B, L, H) raw, as chunk_scan takes it."""
+    return conv_then_scan(sys.modules[__name__], xbc, conv, weight, bias, dt, dt_bias, A, D, headdim, dstate,
+                          chunk_size, initial_state, final_state, valid)
+
+
+def conv_then_scan(ops: ModuleType, xbc: Tensor, conv: Tensor | None, weight: Tensor, bias: Tensor | None,
+                   dt: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor | None, headdim: int, dstate: int,
+                   chunk_size: int, initial_state: Tensor | None, final_state: bool, valid: Tensor | None
+                   ) -> tuple[Tensor, Tensor | None]:
+    """conv_scan as two of a backend's ops: its causal_conv_silu, then its chunk_scan."""
+    heads = dt.shape[-1]
+    groups = (xbc.shape[-1] - heads * headdim) // (2 * dstate)
+    out = ops.causal_conv_silu(xbc, conv, weight, bias)
+    x, B, C = torch.split(out, [heads * headdim, groups * dstate, groups * dstate], dim=-1)
+    return ops.chunk_scan(x.unflatten(-1, (heads, headdim)), dt, dt_bias, A, B.unflatten(-1, (groups, dstate)),
+                          C.unflatten(-1, (groups, dstate)), chunk_size, D, initial_state, final_state, valid)
+
+
 def state_step(state: Tensor, x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor,
                D: Tensor | None, in_place: bool = False, want_state: bool = True) -> tuple[Tensor, Tensor | None]:
     """x (B, H, P), dt (B, H) raw (discretised here: softplus(dt + dt_bias)), B/C (B, G, N), state (B, H, P, N)

@@ -58,6 +58,24 @@ def chunk_scan(x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: 
     return out if final_state else (out, None)
 
 
+# Whether a short sequence's conv runs inside the one-chunk scan's kernel (conv_scan below: one launch, the conv's
+# output never written) or as triton_conv's kernel ahead of the scan. False restores the two kernels.
+FUSED_CONV_SCAN = True
+
+
+def conv_scan(xbc: Tensor, conv: Tensor | None, weight: Tensor, bias: Tensor | None, dt: Tensor, dt_bias: Tensor,
+              A: Tensor, D: Tensor | None, headdim: int, dstate: int, chunk_size: int, initial_state: Tensor | None,
+              final_state: bool = True, valid: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """torch_ops.conv_scan is the definition. A sequence of at most triton_ssd.MAX_LENGTH tokens (a block of the
+    blockwise reading, a short input) is one launch: the conv inside the one-chunk kernel; longer ones, the conv
+    kernel then chunk_scan."""
+    if not (FUSED_CONV_SCAN and xbc.shape[1] <= triton_ssd.MAX_LENGTH):
+        return torch_ops.conv_then_scan(sys.modules[__name__], xbc, conv, weight, bias, dt, dt_bias, A, D, headdim,
+                                        dstate, chunk_size, initial_state, final_state, valid)
+    return triton_ssd.conv_ssd_one_chunk(xbc, conv, weight, bias, dt, A, D, headdim, dstate, initial_state,
+                                         final_state, dt_bias=dt_bias, valid=valid)
+
+
 def _wide(state: Tensor) -> Tensor:
     return state.float() if state.dtype == torch.bfloat16 else state
 

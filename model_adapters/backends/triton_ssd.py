@@ -63,13 +63,14 @@ def step_tiles(read: tuple[int, int] | None = None, commit: tuple[int, int] | No
 
 
 @triton.jit
-def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, L, P, N, heads_per_group,
+def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, WIN, W, BIAS, L, P, N, heads_per_group,
                           sxb, sxl, sxh, sdb, sdl, sdh, svb, svl, sbb, sbl, sbg, scb, scl, scg,
-                          ssb, ssh, ssp, syb, syl, syh, sfb, sfh, sfp,
+                          ssb, ssh, ssp, syb, syl, syh, sfb, sfh, sfp, swb, swc, swk,
                           RAW_DT: tl.constexpr, HAS_VALID: tl.constexpr,
                           HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_INIT: tl.constexpr, FINAL: tl.constexpr,
                           BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-                          PRECISION: tl.constexpr):
+                          PRECISION: tl.constexpr, CONV: tl.constexpr = False, K: tl.constexpr = 1,
+                          HAS_BIAS: tl.constexpr = False, HAS_WIN: tl.constexpr = False):
     b, h = tl.program_id(0), tl.program_id(1)
     g = h // heads_per_group
     t = tl.arange(0, BLOCK_T)
@@ -84,12 +85,22 @@ def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, L, P, 
         dt = tl.where(tl.load(VALID + b * svb + t * svl, mask=in_t, other=0) != 0, dt, 0.0)
     a = dt * tl.load(A + h).to(tl.float32)
     a_cs = tl.cumsum(a, axis=0)
-    x = tl.load(X + b * sxb + t[:, None] * sxl + h * sxh + p[None, :], mask=in_t[:, None] & in_p[None, :],
-                other=0.0).to(tl.float32)
-    Bt = tl.load(Bm + b * sbb + t[:, None] * sbl + g * sbg + n[None, :], mask=in_t[:, None] & in_n[None, :],
-                 other=0.0).to(tl.float32)
-    Ct = tl.load(Cm + b * scb + t[:, None] * scl + g * scg + n[None, :], mask=in_t[:, None] & in_n[None, :],
-                 other=0.0).to(tl.float32)
+    if CONV:  # X is the conv's input xbc (b, L, H P + 2 G N): x, B and C are SiLU(conv) of its channels, here
+        d_inner = tl.num_programs(1) * P
+        groups = tl.num_programs(1) // heads_per_group
+        x = _conv_silu_tile(X, WIN, W, BIAS, b, t, h * P + p, in_t, in_p, L, sxb, sxl, swb, swc, swk,
+                            K, HAS_BIAS, HAS_WIN, BLOCK_T, BLOCK_P)
+        Bt = _conv_silu_tile(X, WIN, W, BIAS, b, t, d_inner + g * N + n, in_t, in_n, L, sxb, sxl, swb, swc, swk,
+                             K, HAS_BIAS, HAS_WIN, BLOCK_T, BLOCK_N)
+        Ct = _conv_silu_tile(X, WIN, W, BIAS, b, t, d_inner + (groups + g) * N + n, in_t, in_n, L, sxb, sxl, swb, swc,
+                             swk, K, HAS_BIAS, HAS_WIN, BLOCK_T, BLOCK_N)
+    else:
+        x = tl.load(X + b * sxb + t[:, None] * sxl + h * sxh + p[None, :], mask=in_t[:, None] & in_p[None, :],
+                    other=0.0).to(tl.float32)
+        Bt = tl.load(Bm + b * sbb + t[:, None] * sbl + g * sbg + n[None, :], mask=in_t[:, None] & in_n[None, :],
+                     other=0.0).to(tl.float32)
+        Ct = tl.load(Cm + b * scb + t[:, None] * scl + g * scg + n[None, :], mask=in_t[:, None] & in_n[None, :],
+                     other=0.0).to(tl.float32)
 
     # Within the chunk: the quadratic form (C B^T * decay * dt) x, causal.
     causal = t[:, None] >= t[None, :]
@@ -115,6 +126,29 @@ def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, L, P, 
         tl.store(SF + b * sfb + h * sfh + p[:, None] * sfp + n[None, :], state, mask=in_p[:, None] & in_n[None, :])
 
 
+@triton.jit
+def _conv_silu_tile(XBC, WIN, W, BIAS, b, t, ch, in_t, in_ch, L, sxb, sxl, swb, swc, swk, K: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, HAS_WIN: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """SiLU(causal conv) at tokens t of channels ch, (BLOCK_T, BLOCK_C) float32, zero outside (in_t, in_ch): the sums
+    tap by tap in float32 as triton_conv's kernel takes them, the positions before the chunk read from the window WIN
+    (b, C, K-1), rounded to the input's dtype as that kernel's output is."""
+    acc = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
+    for j in tl.static_range(K):
+        w = tl.load(W + ch * K + j, mask=in_ch, other=0.0).to(tl.float32)
+        src = t + j - (K - 1)  # the input position tap j reads
+        v = tl.load(XBC + b * sxb + src[:, None] * sxl + ch[None, :],
+                    mask=((src >= 0) & (src < L))[:, None] & in_ch[None, :], other=0.0).to(tl.float32)
+        if HAS_WIN:
+            v += tl.load(WIN + b * swb + ch[None, :] * swc + (src[:, None] + K - 1) * swk,
+                         mask=((src < 0) & (src >= 1 - K))[:, None] & in_ch[None, :], other=0.0).to(tl.float32)
+        acc += v * w[None, :]
+    if HAS_BIAS:
+        acc += tl.load(BIAS + ch, mask=in_ch, other=0.0).to(tl.float32)[None, :]
+    acc = acc * tl.sigmoid(acc)
+    acc = acc.to(XBC.dtype.element_ty).to(tl.float32)
+    return tl.where(in_t[:, None] & in_ch[None, :], acc, 0.0)  # as the plain kernel loads past L: zeros
+
+
 def _block(size: int) -> int:
     return max(16, triton.next_power_of_2(size))  # tl.dot needs every side >= 16
 
@@ -138,28 +172,58 @@ def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
     with L <= MAX_LENGTH and every last dimension contiguous -> (y (b, L, H, P) float32, final state (b, H, P, N)
     float32 or None). With dt_bias (H,), dt is raw and the kernel takes softplus(dt + dt_bias); valid (b, L) bool
     zeroes dt where it is False (otherwise dt is used as given)."""
+    x, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, B, C))
     batch, length, nheads, headdim = x.shape
-    groups, dstate = B.shape[2:]
+    shape = (batch, length, nheads, headdim, B.shape[2], B.shape[3])
+    placeholder = dict(win=None, weight=A, bias=None)  # no conv: the kernel reads x, B and C as given
+    return _one_chunk(shape, x, x.stride()[:3], B, B.stride()[:3], C, C.stride()[:3], dt, A, D, initial_state,
+                      final_state, dt_bias, valid, **placeholder, conv=False)
+
+
+def conv_ssd_one_chunk(xbc: Tensor, win: Tensor | None, weight: Tensor, bias: Tensor | None, dt: Tensor, A: Tensor,
+                       D: Tensor | None, headdim: int, dstate: int, initial_state: Tensor | None, final_state: bool,
+                       dt_bias: Tensor | None = None, valid: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """ssd_one_chunk of x, B and C = SiLU(causal conv) of xbc (b, L, H P + 2 G N) continuing from the conv window win
+    (b, H P + 2 G N, k-1) (None: zeros), weight (H P + 2 G N, k): what triton_conv.causal_conv_silu then ssd_one_chunk
+    compute, in one launch, the conv's output never written. Every head's program convolves its own x channels and
+    its group's B and C (the B and C of a group again for each of its heads: a few taps, read from L2)."""
+    xbc = xbc if xbc.stride(-1) == 1 else xbc.contiguous()
+    batch, length, channels = xbc.shape
+    nheads = dt.shape[-1]
+    groups = (channels - nheads * headdim) // (2 * dstate)
+    if length > MAX_LENGTH or channels != nheads * headdim + 2 * groups * dstate:
+        raise ValueError(f"conv_ssd_one_chunk takes at most {MAX_LENGTH} tokens of H P + 2 G N channels, got "
+                         f"{length} tokens of {channels} (H={nheads}, P={headdim}, N={dstate})")
+    strides = xbc.stride(0), xbc.stride(1), headdim  # x's heads lie headdim channels apart
+    return _one_chunk((batch, length, nheads, headdim, groups, dstate), xbc, strides, xbc, strides, xbc, strides, dt,
+                      A, D, initial_state, final_state, dt_bias, valid, win=win, weight=weight.contiguous(),
+                      bias=bias, conv=True)
+
+
+def _one_chunk(shape, x, x_strides, B, b_strides, C, c_strides, dt, A, D, initial_state, final_state, dt_bias, valid,
+               win, weight, bias, conv) -> tuple[Tensor, Tensor | None]:
+    """The one-chunk kernel's launch: x, B and C with their (batch, token, head or group) strides (with conv, all
+    three are xbc, convolved in the kernel)."""
+    batch, length, nheads, headdim, groups, dstate = shape
     if length > MAX_LENGTH:
         raise ValueError(f"ssd_one_chunk takes at most {MAX_LENGTH} tokens, got {length}")
-    x, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, B, C))
     y = torch.empty(batch, length, nheads, headdim, dtype=torch.float32, device=x.device)
     final = torch.empty(batch, nheads, headdim, dstate, dtype=torch.float32, device=x.device) if final_state else None
     init = initial_state.contiguous() if initial_state is not None else None
     s0, sf = (init if init is not None else y), (final if final is not None else y)  # placeholders when absent
     keep = valid.view(torch.uint8) if valid is not None else y  # a bool tensor read as bytes, without a copy
+    window = win if win is not None else y
     block_t, block_p, block_n = _block(length), _block(headdim), _block(dstate)
     _ssd_one_chunk_kernel[(batch, nheads)](
         x, dt, dt_bias if dt_bias is not None else A, keep, A, B, C, D.contiguous() if D is not None else A, s0, y, sf,
-        length, headdim, dstate, nheads // groups,
-        x.stride(0), x.stride(1), x.stride(2), dt.stride(0), dt.stride(1), dt.stride(2), keep.stride(0),
-        keep.stride(1),
-        B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
+        window, weight, bias if bias is not None else weight, length, headdim, dstate, nheads // groups,
+        *x_strides, dt.stride(0), dt.stride(1), dt.stride(2), keep.stride(0), keep.stride(1), *b_strides, *c_strides,
         s0.stride(0), s0.stride(1), s0.stride(2), y.stride(0), y.stride(1), y.stride(2),
-        sf.stride(0), sf.stride(1), sf.stride(2),
+        sf.stride(0), sf.stride(1), sf.stride(2), window.stride(0), window.stride(1), window.stride(2),
         RAW_DT=dt_bias is not None, HAS_VALID=valid is not None,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_INIT=init is not None, FINAL=final_state,
-        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, PRECISION=PRECISION,
+        BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, PRECISION=PRECISION, CONV=conv,
+        K=weight.shape[-1] if conv else 1, HAS_BIAS=bias is not None, HAS_WIN=win is not None,
         num_warps=NUM_WARPS or _warps(block_t, block_p, block_n))
     return y, final
 
