@@ -249,3 +249,36 @@ def test_an_iteration_reads_its_step_in_one_op_and_a_commit_steps_in_another():
         out, new = mixer.step(u, state, inject, commit=True, ops=ops)
     assert calls == ["conv_step"] and new is not None
     assert_close(read, out, 1e-12, "iteration against commit")
+
+
+def test_a_sequence_convolves_and_scans_in_one_op():
+    """The parallel form hands its conv and scan to the backend as one op (conv_scan: on a GPU one launch for a block
+    of the blockwise reading), with the conv window and state it continues from; conv_scan on the torch backend is
+    the conv then the scan."""
+    from types import SimpleNamespace
+
+    from implicit_ssm_eval.model_adapters.backends import torch_ops
+
+    model = tiny_model("implicit", dtype=torch.float64, contractive=True)
+    mixer, rows, length = model.blocks[0].mixer, 2, 5
+    calls: list[tuple] = []
+
+    def conv_scan(xbc, conv, *args, **kwargs):
+        calls.append((xbc.shape, None if conv is None else conv.shape))
+        return torch_ops.conv_scan(xbc, conv, *args, **kwargs)
+
+    ops = SimpleNamespace(**{name: getattr(torch_ops, name) for name in ("add_rmsnorm", "gated_rmsnorm")},
+                          conv_scan=conv_scan)
+    state = mixer.empty_state(rows)
+    state = type(state)(torch.randn_like(state.conv), torch.randn_like(state.ssm))
+    u = torch.randn(rows, length, model.cfg.d_model, dtype=torch.float64)
+    with torch.no_grad():
+        out, new = mixer(u, None, state, ops=ops)
+        steps = []
+        for t in range(length):  # the recurrent form from the same state: the definition the op must meet
+            y, state = mixer.step(u[:, t], state)
+            steps.append(y)
+    c = model.cfg
+    assert calls == [((rows, length, c.conv_dim), (rows, c.conv_dim, c.d_conv - 1))]
+    assert_close(out, torch.stack(steps, 1), 1e-10, "one op against the steps")
+    assert_close(new.ssm, state.ssm, 1e-10, "final state")
