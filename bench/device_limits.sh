@@ -28,7 +28,9 @@
 #                                                                                # evaluation's rows on streams
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" fused       # blockwise vs sequential on A5
 #                                                                                # with a block's conv inside its
-#                                                                                # scan, beside the conv apart; the
+#                                                                                # scan and the injection added in
+#                                                                                # the kernels, beside the kernels
+#                                                                                # as before; the
 #                                                                                # kernels alone; their check; the
 #                                                                                # language model's readings
 #   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" backoff     # blockwise vs sequential at the
@@ -105,18 +107,20 @@ backoff)  # blockwise against sequential at the checkpoint's damping with the ba
     step gpu_tests_backoff 120 python3 -m pytest -m gpu -q -p no:cacheprovider \
         tests/model_adapters/test_triton_backend.py tests/model_adapters/test_triton_kernels.py -k "backoff or solve"
     ;;
-fused)  # a block's conv inside its one-chunk scan (triton_ops.FUSED_CONV_SCAN): A5 at 8x at the checkpoint's damping
-    # with backoff, on the two buckets its constants were not chosen on, each blockwise reading beside the same with the
-    # conv apart (a runtime of its own, interleaved); the kernels alone; the fused kernel's check; the language model
+fused)  # a block's conv inside its one-chunk scan and its injection added in the kernels (triton_ops.FUSED_CONV_SCAN,
+    # INJECT_IN_KERNELS): A5 at 8x at the checkpoint's damping with backoff, on the two buckets its constants were not
+    # chosen on, each blockwise reading beside the same with the kernels apart and with the conv alone fused (a runtime
+    # each, interleaved); the kernels alone; the fused kernels' checks; the language model
     fused_readings() {  # seed, time limit
         step "readings_fused_seed$1" "$2" python3 bench/readings.py --device cuda --backend triton --graphs capture \
             --dtype bfloat16 --docs 100 --seed "$1" --tau 0.8 --solver backoff --block-sizes 16 32 --repeats 3 \
-            --conv-apart --out "$OUT/readings_gpu_bf16_bucket100_tau0.8_backoff_fused_seed$1.json"
+            --block-kernels apart conv --out "$OUT/readings_gpu_bf16_bucket100_tau0.8_backoff_fused_seed$1.json"
     }
     fused_readings 1 240
     step kernels_conv_scan 90 python3 bench/kernels.py --out "$OUT/kernels_conv_scan.json" --sections conv_scan
-    step check_conv_scan 90 python3 -c "import sys; sys.path.insert(0, 'tests'); import triton_ssd_check as c
-failures = c.check_conv_scan('cuda'); print('\n'.join(failures) or 'ok'); sys.exit(bool(failures))"
+    step check_conv_scan 120 python3 -c "import sys; sys.path.insert(0, 'tests'); import triton_ssd_check as c
+import triton_norm_check as n
+failures = c.check_conv_scan('cuda') + n.check('cuda'); print('\n'.join(failures) or 'ok'); sys.exit(bool(failures))"
     fused_readings 2 100
     step lm_readings 120 python3 bench/lm_readings.py --device cuda --backend triton --graphs capture \
         --dtype bfloat16 --docs 64 --out "$OUT/lm_readings_gpu_bf16.json"

@@ -6,7 +6,8 @@ one_chunk      the one-chunk SSD scan of a block (40 or 100 rows of the bundled 
                per product precision (triton_ssd.PRECISION) and num_warps, against the torch twin (ssd.ssd_chunked)
 conv_scan      a block's conv + one-chunk scan (bfloat16; the a5 model's blocks of 100 rows, the text model's of 64;
                16, 32 and 64 tokens; an iteration and a commit): the conv inside the scan's kernel against the
-               conv's kernel ahead of it (triton_ops.FUSED_CONV_SCAN), and the fused kernel at 1, 2 and 4 warps
+               conv's kernel ahead of it (triton_ops.FUSED_CONV_SCAN), the fused kernel with an injection to add
+               and at 1, 2 and 4 warps
 damped_update  a piece solve's masked update (40 rows x T x 128, and the 130M step: 16 x 768) against its torch twin
 step_read      an iteration's step without its state (130M: 16 rows, 24 heads of 64, d_state 128) against mamba_ssm's
                state update on a copy of the state
@@ -135,6 +136,9 @@ def conv_scan(results: dict) -> None:
             for fused in (False, True):
                 triton_ops.FUSED_CONV_SCAN = fused
                 results[f"{name}_{'fused' if fused else 'apart'}_us"] = timed(triton_ops.conv_scan, *args)
+            inject = torch.randn(rows, length, channels + heads, device="cuda", dtype=torch.bfloat16)
+            added = (inject[..., :channels], inject[..., channels:])  # the injection's parts, summed in the kernel
+            results[f"{name}_fused_injected_us"] = timed(triton_ops.conv_scan, *args, None, added)
             for warps in (1, 2, 4):
                 triton_ssd.NUM_WARPS = warps
                 results[f"{name}_fused_warps{warps}_us"] = timed(triton_ops.conv_scan, *args)

@@ -34,26 +34,31 @@ def documents(task: str, bucket: str, num_docs: int, seed: int):
     return make_docs(task, bucket, num_docs=num_docs, seed=seed)
 
 
-def read(model, fused_conv: bool, ids, budget: Budget, device, batch_size: int | None = None
+def read(model, kernels: str, ids, budget: Budget, device, batch_size: int | None = None
          ) -> tuple[torch.Tensor, dict, float]:
     """Final-position greedy answers, statistics, and the wall time of one reading, in batches of `batch_size`
-    documents (default: all at once); fused_conv False: the Triton backend's conv as a kernel of its own."""
-    with conv_fused(fused_conv):
+    documents (default: all at once), with a block's kernels as BLOCK_KERNELS[kernels] sets them."""
+    with block_kernels(kernels):
         return _read(model, ids, budget, device, batch_size)
 
 
+# A block's kernels on the Triton backend: (triton_ops.FUSED_CONV_SCAN, triton_ops.INJECT_IN_KERNELS)
+BLOCK_KERNELS = {"fused": (True, True), "apart": (False, False), "conv": (True, False)}
+
+
 @contextlib.contextmanager
-def conv_fused(on: bool):
-    """triton_ops.FUSED_CONV_SCAN set for a while (nothing to set without the Triton backend)."""
+def block_kernels(kernels: str):
+    """The Triton backend's switches set for a while (nothing to set without it)."""
     ops = sys.modules.get("implicit_ssm_eval.model_adapters.backends.triton_ops")
-    was = getattr(ops, "FUSED_CONV_SCAN", None)
-    if ops is not None:
-        ops.FUSED_CONV_SCAN = on
+    if ops is None:
+        yield
+        return
+    was = ops.FUSED_CONV_SCAN, ops.INJECT_IN_KERNELS
+    ops.FUSED_CONV_SCAN, ops.INJECT_IN_KERNELS = BLOCK_KERNELS[kernels]
     try:
         yield
     finally:
-        if ops is not None:
-            ops.FUSED_CONV_SCAN = was
+        ops.FUSED_CONV_SCAN, ops.INJECT_IN_KERNELS = was
 
 
 def _read(model, ids, budget: Budget, device, batch_size: int | None) -> tuple[torch.Tensor, dict, float]:
@@ -140,9 +145,10 @@ def main() -> None:
     p.add_argument("--scan-precision", default=None, choices=["ieee", "tf32x3", "tf32"],
                    help="the one-chunk Triton scan's products (default: triton_ssd.PRECISION)")
     p.add_argument("--graphs", default="off", choices=["off", "capture", "masked"], help="piece solves (graphs.py)")
-    p.add_argument("--conv-apart", action="store_true",
-                   help="also each blockwise reading with the conv as a kernel of its own ahead of the one-chunk scan "
-                        "(triton_ops.FUSED_CONV_SCAN off, a runtime of its own), interleaved with the others")
+    p.add_argument("--block-kernels", nargs="*", default=[], choices=list(BLOCK_KERNELS)[1:],
+                   help="also each blockwise reading with a block's kernels as before: 'apart' (the conv a kernel of "
+                        "its own, the injection added by the projection), 'conv' (the conv in the scan, the injection "
+                        "by the projection); a runtime each, interleaved with the others")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--profile", type=Path, default=None, help="write each reading's kernel table (torch profiler)")
@@ -162,12 +168,12 @@ def main() -> None:
                 **{f"blockwise {c}": base.replace(mode="blockwise", block_size=c) for c in args.block_sizes}}
     if args.simultaneous:
         readings["simultaneous"] = base
-    runtimes = dict.fromkeys(readings, (runtime, True))
-    if args.conv_apart:  # its own runtime: the graphs captured with the conv fused are the default runtime's
-        apart = Runtime(ckpt.model, args.backend, args.graphs)
+    runtimes = dict.fromkeys(readings, (runtime, "fused"))
+    for kernels in args.block_kernels:  # a runtime each: the graphs captured with the default kernels are its own
+        other = Runtime(ckpt.model, args.backend, args.graphs)
         for c in args.block_sizes:
-            readings[f"blockwise {c} apart"] = base.replace(mode="blockwise", block_size=c)
-            runtimes[f"blockwise {c} apart"] = (apart, False)
+            readings[f"blockwise {c} {kernels}"] = base.replace(mode="blockwise", block_size=c)
+            runtimes[f"blockwise {c} {kernels}"] = (other, kernels)
     rows, reference, times = [], None, {name: [] for name in readings}
     with torch.inference_mode():
         for name, budget in readings.items():
@@ -202,14 +208,14 @@ def main() -> None:
         plot(rows, args.plot, f"{args.checkpoint.name}, st_{args.task}_{args.bucket}, tol {args.tol:g}, {args.device}")
 
 
-def profile(model, fused_conv: bool, ids, name: str, budget: Budget, device) -> str:
+def profile(model, kernels: str, ids, name: str, budget: Budget, device) -> str:
     """One reading under the torch profiler: its operators and kernels by total device time."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.inference_mode(), torch_profile(activities=activities) as prof:
-        read(model, fused_conv, ids, budget, device)  # all documents at once
+        read(model, kernels, ids, budget, device)  # all documents at once
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return f"## {name}\n" + prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)
 

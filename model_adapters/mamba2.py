@@ -100,14 +100,15 @@ class Mamba2(nn.Module):
         out = torch.addmm(inject.reshape(-1, inject.shape[-1]), u.reshape(-1, u.shape[-1]), self.in_proj.weight.t())
         return out.view(*u.shape[:-1], out.shape[-1])
 
-    def _gate_and_project(self, y: Tensor, z: Tensor, ops: Ops) -> Tensor:
-        """y (..., d_inner) float32 -> out (..., d_model) in the model dtype."""
+    def _gate_and_project(self, y: Tensor, z: Tensor, ops: Ops, z_added: Tensor | None = None) -> Tensor:
+        """y (..., d_inner) float32 -> out (..., d_model) in the model dtype; the gate is z + z_added."""
         c = self.cfg
         dtype = self.out_proj.weight.dtype
         if c.rmsnorm:  # written in the projection's dtype by the norm itself (no conversion pass after it)
-            y = ops.gated_rmsnorm(y, z, self.norm.weight, c.mixer_norm_eps, c.d_inner // c.ngroups, dtype)
+            norm_args = (self.norm.weight, c.mixer_norm_eps, c.d_inner // c.ngroups, dtype)
+            y = ops.gated_rmsnorm(y, z, *norm_args, **({} if z_added is None else {"z_added": z_added}))
         else:
-            y = y * F.silu(z.to(y.dtype))
+            y = y * F.silu((z if z_added is None else z + z_added).to(y.dtype))
         return self.out_proj(y.to(dtype))
 
     def empty_state(self, batch: int, device=None) -> MixerState:
@@ -126,15 +127,19 @@ class Mamba2(nn.Module):
         valid (B, L) bool marks real tokens of a right-padded batch: padded steps get dt = 0, so they
         leave the SSM state unchanged, and the conv window is read at each sequence's own end.
         """
-        derived = self._derived()
-        z, xbc, dt = self._split(self._project(u, inject))
+        derived, c = self._derived(), self.cfg
+        # The backend may add the injection in the kernels that read the projection (a block of the blockwise
+        # reading: no copy of it into the projection's output first); else the projection adds it.
+        in_kernels = inject is not None and ops.injects_in_kernels(u.shape[1])
+        z, xbc, dt = self._split(self.in_proj(u) if in_kernels else self._project(u, inject))
+        add_z, add_xbc, add_dt = self._split(inject) if in_kernels and inject is not None else (None, None, None)
         conv, ssm = (None, None) if state is None else state  # None: zeros, which the kernels take without a tensor
-        conv_state = _last_inputs(xbc, conv, valid, self.cfg.d_conv - 1) if commit else None
-        c = self.cfg
+        conv_state = _last_inputs(xbc, conv, valid, c.d_conv - 1, add_xbc) if commit else None
+        added = {} if add_xbc is None else {"added": (add_xbc, add_dt)}
         y, ssm_state = ops.conv_scan(xbc, conv, self.conv1d.weight[:, 0], self.conv1d.bias, dt, derived.dt_bias,
                                      derived.A, derived.D, c.headdim, c.d_state, c.chunk_size, ssm,
-                                     final_state=commit, valid=valid)
-        out = self._gate_and_project(y.flatten(-2), z, ops)
+                                     final_state=commit, valid=valid, **added)
+        out = self._gate_and_project(y.flatten(-2), z, ops, add_z)
         return out, MixerState(cast(Tensor, conv_state), ssm_state.to(self.sd)) if commit else None  # set if commit
 
     # -- recurrent form ------------------------------------------------------------------------------
@@ -155,15 +160,19 @@ class Mamba2(nn.Module):
         return self._gate_and_project(y.flatten(-2), z, ops), MixerState(window, ssm.to(self.sd))
 
 
-def _last_inputs(xbc: Tensor, conv_state: Tensor | None, valid: Tensor | None, n: int) -> Tensor:
+def _last_inputs(xbc: Tensor, conv_state: Tensor | None, valid: Tensor | None, n: int,
+                 added: Tensor | None = None) -> Tensor:
     """The conv state after each sequence's last valid token: its last n = k-1 inputs, (B, C, n), reaching back into
-    the previous state (None: zeros) when the sequence is shorter than that."""
+    the previous state (None: zeros) when the sequence is shorter than that; the inputs are xbc + added (the
+    injection, where the projection did not add it)."""
     batch, length, channels = xbc.shape
     if conv_state is None:
         conv_state = xbc.new_zeros(batch, channels, n)
     ends = valid.sum(1) if valid is not None else torch.full((batch,), length, device=xbc.device)
     idx = ends[:, None] - n + torch.arange(n, device=xbc.device)  # (B, n) positions in xbc; < 0: in the state
-    from_x = xbc.gather(1, idx.clamp(min=0)[:, :, None].expand(-1, -1, channels)).transpose(1, 2)
+    where = idx.clamp(min=0)[:, :, None].expand(-1, -1, channels)
+    from_x = xbc.gather(1, where) if added is None else xbc.gather(1, where) + added.gather(1, where)
+    from_x = from_x.transpose(1, 2)
     from_state = conv_state.gather(2, (idx + n).clamp(0, n - 1)[:, None, :].expand(-1, channels, -1))
     return torch.where((idx < 0)[:, None, :], from_state, from_x.to(conv_state.dtype))
 

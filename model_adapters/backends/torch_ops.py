@@ -32,19 +32,29 @@ def chunk_scan(x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: 
 
 def conv_scan(xbc: Tensor, conv: Tensor | None, weight: Tensor, bias: Tensor | None, dt: Tensor, dt_bias: Tensor,
               A: Tensor, D: Tensor | None, headdim: int, dstate: int, chunk_size: int, initial_state: Tensor | None,
-              final_state: bool = True, valid: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+              final_state: bool = True, valid: Tensor | None = None, added: tuple[Tensor, Tensor] | None = None
+              ) -> tuple[Tensor, Tensor | None]:
     """A sequence's conv and scan: x, B and C are SiLU(causal conv) of xbc (B, L, H P + 2 G N) continuing from the
     conv window (B, H P + 2 G N, k-1) (None: zeros), then chunk_scan of them -> (y (B, L, H, P) float32, final state
-    or None). dt (B, L, H) raw, as chunk_scan takes it."""
+    or None). dt (B, L, H) raw, as chunk_scan takes it. added: (to xbc, to dt), summed with them first (the implicit
+    model's injection, when the projection has not added it: injects_in_kernels)."""
     return conv_then_scan(sys.modules[__name__], xbc, conv, weight, bias, dt, dt_bias, A, D, headdim, dstate,
-                          chunk_size, initial_state, final_state, valid)
+                          chunk_size, initial_state, final_state, valid, added)
+
+
+def injects_in_kernels(length: int) -> bool:
+    """Whether a mixer's parallel form hands its injection to conv_scan and gated_rmsnorm (`added`, `z_added`) rather
+    than adding it in its projection. Never here: addmm adds it in the product."""
+    return False
 
 
 def conv_then_scan(ops: ModuleType, xbc: Tensor, conv: Tensor | None, weight: Tensor, bias: Tensor | None,
                    dt: Tensor, dt_bias: Tensor, A: Tensor, D: Tensor | None, headdim: int, dstate: int,
-                   chunk_size: int, initial_state: Tensor | None, final_state: bool, valid: Tensor | None
-                   ) -> tuple[Tensor, Tensor | None]:
+                   chunk_size: int, initial_state: Tensor | None, final_state: bool, valid: Tensor | None,
+                   added: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
     """conv_scan as two of a backend's ops: its causal_conv_silu, then its chunk_scan."""
+    if added is not None:
+        xbc, dt = xbc + added[0], dt + added[1]
     heads = dt.shape[-1]
     groups = (xbc.shape[-1] - heads * headdim) // (2 * dstate)
     out = ops.causal_conv_silu(xbc, conv, weight, bias)
@@ -128,9 +138,10 @@ def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tens
 
 
 def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int,
-                  out_dtype: torch.dtype | None = None) -> Tensor:
-    """RMSNorm(x * SiLU(z)) per group, in out_dtype (None: the compute dtype; see norms.gated_rmsnorm_ref)."""
-    y = gated_rmsnorm_ref(x, z, weight, eps, group_size)
+                  out_dtype: torch.dtype | None = None, z_added: Tensor | None = None) -> Tensor:
+    """RMSNorm(x * SiLU(z)) per group, in out_dtype (None: the compute dtype; see norms.gated_rmsnorm_ref); z_added:
+    z + z_added in z's place."""
+    y = gated_rmsnorm_ref(x, z if z_added is None else z + z_added, weight, eps, group_size)
     return y if out_dtype is None else y.to(out_dtype)
 
 

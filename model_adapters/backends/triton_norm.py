@@ -24,11 +24,12 @@ WIDEST_NARROWING = 4096  # ...unless the norm narrows its dtype (a row of up to 
 
 
 @triton.jit
-def _rmsnorm_kernel(X, R, Z, W, Y, RES, M, N, sxm, srm, szm, sym, sresm, eps,
-                    HAS_X: tl.constexpr, HAS_Z: tl.constexpr, STORE_RES: tl.constexpr,
+def _rmsnorm_kernel(X, R, Z, ZADD, W, Y, RES, M, N, sxm, srm, szm, szam, sym, sresm, eps,
+                    HAS_X: tl.constexpr, HAS_Z: tl.constexpr, HAS_ZADD: tl.constexpr, STORE_RES: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Y = RMSNorm(h) * W per group of N columns (program axis 1), h = R + X (add: X, R given; the sum stored to RES)
-    or R * SiLU(Z) (gated: R and Z given)."""
+    or R * SiLU(Z) (gated: R and Z given; with ZADD, Z + ZADD rounded to Z's dtype: the injection a projection would
+    have added to its output)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * N + tl.arange(0, BLOCK_N)
     inside = (rows < M)[:, None] & (tl.arange(0, BLOCK_N) < N)[None, :]
@@ -37,6 +38,9 @@ def _rmsnorm_kernel(X, R, Z, W, Y, RES, M, N, sxm, srm, szm, sym, sresm, eps,
         h += tl.load(X + rows[:, None] * sxm + cols[None, :], mask=inside, other=0.0).to(tl.float32)
     if HAS_Z:
         z = tl.load(Z + rows[:, None] * szm + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+        if HAS_ZADD:
+            z += tl.load(ZADD + rows[:, None] * szam + cols[None, :], mask=inside, other=0.0).to(tl.float32)
+            z = z.to(Z.dtype.element_ty).to(tl.float32)
         h = h * z * tl.sigmoid(z)
     if STORE_RES:
         tl.store(RES + rows[:, None] * sresm + cols[None, :], h, mask=inside)
@@ -72,19 +76,19 @@ def _tiles(rows: int, group: int) -> tuple[int, int, int]:
     return block_m, block_n, min(8, max(1, block_m * block_n // 512))
 
 
-def _launch(x, r, z, weight, y, res, group: int, eps: float) -> None:
+def _launch(x, r, z, weight, y, res, group: int, eps: float, z_added=None) -> None:
     rows = r.shape[0]
     if rows == 0:
         return
     block_m, block_n, warps = _tiles(rows, group)
     placeholder = r
     _rmsnorm_kernel[(triton.cdiv(rows, block_m), r.shape[1] // group)](
-        x if x is not None else placeholder, r, z if z is not None else placeholder, weight, y,
-        res if res is not None else placeholder, rows, group,
-        x.stride(0) if x is not None else 0, r.stride(0), z.stride(0) if z is not None else 0, y.stride(0),
-        res.stride(0) if res is not None else 0, eps,
-        HAS_X=x is not None, HAS_Z=z is not None, STORE_RES=res is not None, BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=warps)
+        x if x is not None else placeholder, r, z if z is not None else placeholder,
+        z_added if z_added is not None else placeholder, weight, y, res if res is not None else placeholder, rows,
+        group, x.stride(0) if x is not None else 0, r.stride(0), z.stride(0) if z is not None else 0,
+        z_added.stride(0) if z_added is not None else 0, y.stride(0), res.stride(0) if res is not None else 0, eps,
+        HAS_X=x is not None, HAS_Z=z is not None, HAS_ZADD=z_added is not None, STORE_RES=res is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
 
 
 def add_rmsnorm(x: Tensor | None, residual: Tensor, weight: Tensor, eps: float,
@@ -100,9 +104,10 @@ def add_rmsnorm(x: Tensor | None, residual: Tensor, weight: Tensor, eps: float,
 
 
 def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int,
-                  out_dtype: torch.dtype | None = None) -> Tensor:
-    """RMSNorm(x * SiLU(z)) per group of group_size channels, in out_dtype (default: float32)."""
+                  out_dtype: torch.dtype | None = None, z_added: Tensor | None = None) -> Tensor:
+    """RMSNorm(x * SiLU(z)) per group of group_size channels, in out_dtype (default: float32); z_added: z + z_added
+    (rounded to z's dtype) in its place."""
     xs, zs = _rows(x), _rows(z)
     y = torch.empty(xs.shape, dtype=out_dtype or torch.float32, device=xs.device)
-    _launch(None, xs, zs, weight, y, None, group_size, eps)
+    _launch(None, xs, zs, weight, y, None, group_size, eps, _rows(z_added) if z_added is not None else None)
     return y.view(x.shape)

@@ -61,19 +61,29 @@ def chunk_scan(x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: 
 # Whether a short sequence's conv runs inside the one-chunk scan's kernel (conv_scan below: one launch, the conv's
 # output never written) or as triton_conv's kernel ahead of the scan. False restores the two kernels.
 FUSED_CONV_SCAN = True
+# Whether such a sequence's injection is added by the kernels that read the projection's output (the conv + scan and
+# the gated norm) instead of by the projection (addmm, which copies the injection into its output first). False
+# restores addmm.
+INJECT_IN_KERNELS = True
+
+
+def injects_in_kernels(length: int) -> bool:
+    """Whether a mixer's parallel form of `length` tokens hands its injection to conv_scan and gated_rmsnorm."""
+    return INJECT_IN_KERNELS and FUSED_CONV_SCAN and length <= triton_ssd.MAX_LENGTH
 
 
 def conv_scan(xbc: Tensor, conv: Tensor | None, weight: Tensor, bias: Tensor | None, dt: Tensor, dt_bias: Tensor,
               A: Tensor, D: Tensor | None, headdim: int, dstate: int, chunk_size: int, initial_state: Tensor | None,
-              final_state: bool = True, valid: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+              final_state: bool = True, valid: Tensor | None = None, added: tuple[Tensor, Tensor] | None = None
+              ) -> tuple[Tensor, Tensor | None]:
     """torch_ops.conv_scan is the definition. A sequence of at most triton_ssd.MAX_LENGTH tokens (a block of the
-    blockwise reading, a short input) is one launch: the conv inside the one-chunk kernel; longer ones, the conv
-    kernel then chunk_scan."""
+    blockwise reading, a short input) is one launch: the conv inside the one-chunk kernel, `added` summed there too;
+    longer ones, the conv kernel then chunk_scan."""
     if not (FUSED_CONV_SCAN and xbc.shape[1] <= triton_ssd.MAX_LENGTH):
         return torch_ops.conv_then_scan(sys.modules[__name__], xbc, conv, weight, bias, dt, dt_bias, A, D, headdim,
-                                        dstate, chunk_size, initial_state, final_state, valid)
+                                        dstate, chunk_size, initial_state, final_state, valid, added)
     return triton_ssd.conv_ssd_one_chunk(xbc, conv, weight, bias, dt, A, D, headdim, dstate, initial_state,
-                                         final_state, dt_bias=dt_bias, valid=valid)
+                                         final_state, dt_bias=dt_bias, valid=valid, added=added)
 
 
 def _wide(state: Tensor) -> Tensor:
@@ -133,14 +143,15 @@ def causal_conv_silu(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tens
 
 
 def gated_rmsnorm(x: Tensor, z: Tensor, weight: Tensor, eps: float, group_size: int,
-                  out_dtype: torch.dtype | None = None) -> Tensor:
+                  out_dtype: torch.dtype | None = None, z_added: Tensor | None = None) -> Tensor:
     """Our row-blocked kernel for narrow groups (the bundled models'), and for any group written narrower than its
     float32 input (the 130M model's bfloat16 norm ahead of out_proj): mamba_ssm's kernel writes float32 and the cast
     would be a second kernel, a fifth of a layer's launches in a decoding step. Wide groups in float32 keep mamba_ssm's
     kernel (one program per row suits them; ours measured 0.93-1.00x there)."""
     narrowing = out_dtype not in (None, x.dtype) and triton_norm.takes_narrowing(group_size)
     if x.dtype == torch.float32 and (triton_norm.takes(group_size) or narrowing):
-        return triton_norm.gated_rmsnorm(x, z, weight, eps, group_size, out_dtype)
+        return triton_norm.gated_rmsnorm(x, z, weight, eps, group_size, out_dtype, z_added)
+    z = z if z_added is None else z + z_added
     y = rmsnorm_fn(x, weight, None, z=z, eps=eps, group_size=group_size, norm_before_gate=False)
     return y if out_dtype is None else y.to(out_dtype)
 

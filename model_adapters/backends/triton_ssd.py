@@ -63,14 +63,15 @@ def step_tiles(read: tuple[int, int] | None = None, commit: tuple[int, int] | No
 
 
 @triton.jit
-def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, WIN, W, BIAS, L, P, N, heads_per_group,
-                          sxb, sxl, sxh, sdb, sdl, sdh, svb, svl, sbb, sbl, sbg, scb, scl, scg,
-                          ssb, ssh, ssp, syb, syl, syh, sfb, sfh, sfp, swb, swc, swk,
+def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, WIN, W, BIAS, ADD, ADD_DT, L, P, N,
+                          heads_per_group, sxb, sxl, sxh, sdb, sdl, sdh, svb, svl, sbb, sbl, sbg, scb, scl, scg,
+                          ssb, ssh, ssp, syb, syl, syh, sfb, sfh, sfp, swb, swc, swk, sab, sal, sadb, sadl,
                           RAW_DT: tl.constexpr, HAS_VALID: tl.constexpr,
                           HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_INIT: tl.constexpr, FINAL: tl.constexpr,
                           BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
                           PRECISION: tl.constexpr, CONV: tl.constexpr = False, K: tl.constexpr = 1,
-                          HAS_BIAS: tl.constexpr = False, HAS_WIN: tl.constexpr = False):
+                          HAS_BIAS: tl.constexpr = False, HAS_WIN: tl.constexpr = False,
+                          HAS_ADD: tl.constexpr = False):
     b, h = tl.program_id(0), tl.program_id(1)
     g = h // heads_per_group
     t = tl.arange(0, BLOCK_T)
@@ -78,6 +79,8 @@ def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, WIN, W
     n = tl.arange(0, BLOCK_N)
     in_t, in_p, in_n = t < L, p < P, n < N
     dt = tl.load(DT + b * sdb + t * sdl + h * sdh, mask=in_t, other=0.0).to(tl.float32)
+    if HAS_ADD:  # the injection's dt, summed and rounded as the projection's output would be
+        dt = _added(dt, ADD_DT + b * sadb + t * sadl + h, in_t, DT)
     if RAW_DT:  # softplus(dt + dt_bias) with torch's threshold; zero past L (softplus(bias) is not)
         raw = dt + tl.load(DT_BIAS + h).to(tl.float32)
         dt = tl.where(in_t, tl.where(raw > 20.0, raw, tl.log(1.0 + tl.exp(tl.minimum(raw, 20.0)))), 0.0)
@@ -88,12 +91,12 @@ def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, WIN, W
     if CONV:  # X is the conv's input xbc (b, L, H P + 2 G N): x, B and C are SiLU(conv) of its channels, here
         d_inner = tl.num_programs(1) * P
         groups = tl.num_programs(1) // heads_per_group
-        x = _conv_silu_tile(X, WIN, W, BIAS, b, t, h * P + p, in_t, in_p, L, sxb, sxl, swb, swc, swk,
-                            K, HAS_BIAS, HAS_WIN, BLOCK_T, BLOCK_P)
-        Bt = _conv_silu_tile(X, WIN, W, BIAS, b, t, d_inner + g * N + n, in_t, in_n, L, sxb, sxl, swb, swc, swk,
-                             K, HAS_BIAS, HAS_WIN, BLOCK_T, BLOCK_N)
-        Ct = _conv_silu_tile(X, WIN, W, BIAS, b, t, d_inner + (groups + g) * N + n, in_t, in_n, L, sxb, sxl, swb, swc,
-                             swk, K, HAS_BIAS, HAS_WIN, BLOCK_T, BLOCK_N)
+        x = _conv_silu_tile(X, WIN, W, BIAS, ADD, b, t, h * P + p, in_t, in_p, L, sxb, sxl, swb, swc, swk, sab, sal,
+                            K, HAS_BIAS, HAS_WIN, HAS_ADD, BLOCK_T, BLOCK_P)
+        Bt = _conv_silu_tile(X, WIN, W, BIAS, ADD, b, t, d_inner + g * N + n, in_t, in_n, L, sxb, sxl, swb, swc, swk,
+                             sab, sal, K, HAS_BIAS, HAS_WIN, HAS_ADD, BLOCK_T, BLOCK_N)
+        Ct = _conv_silu_tile(X, WIN, W, BIAS, ADD, b, t, d_inner + (groups + g) * N + n, in_t, in_n, L, sxb, sxl, swb,
+                             swc, swk, sab, sal, K, HAS_BIAS, HAS_WIN, HAS_ADD, BLOCK_T, BLOCK_N)
     else:
         x = tl.load(X + b * sxb + t[:, None] * sxl + h * sxh + p[None, :], mask=in_t[:, None] & in_p[None, :],
                     other=0.0).to(tl.float32)
@@ -127,17 +130,21 @@ def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, WIN, W
 
 
 @triton.jit
-def _conv_silu_tile(XBC, WIN, W, BIAS, b, t, ch, in_t, in_ch, L, sxb, sxl, swb, swc, swk, K: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, HAS_WIN: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+def _conv_silu_tile(XBC, WIN, W, BIAS, ADD, b, t, ch, in_t, in_ch, L, sxb, sxl, swb, swc, swk, sab, sal,
+                    K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_WIN: tl.constexpr, HAS_ADD: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
     """SiLU(causal conv) at tokens t of channels ch, (BLOCK_T, BLOCK_C) float32, zero outside (in_t, in_ch): the sums
     tap by tap in float32 as triton_conv's kernel takes them, the positions before the chunk read from the window WIN
-    (b, C, K-1), rounded to the input's dtype as that kernel's output is."""
+    (b, C, K-1), rounded to the input's dtype as that kernel's output is. With HAS_ADD the input is XBC + ADD (the
+    injection), rounded to XBC's dtype as the projection that adds it would round it."""
     acc = tl.zeros((BLOCK_T, BLOCK_C), dtype=tl.float32)
     for j in tl.static_range(K):
         w = tl.load(W + ch * K + j, mask=in_ch, other=0.0).to(tl.float32)
         src = t + j - (K - 1)  # the input position tap j reads
-        v = tl.load(XBC + b * sxb + src[:, None] * sxl + ch[None, :],
-                    mask=((src >= 0) & (src < L))[:, None] & in_ch[None, :], other=0.0).to(tl.float32)
+        inside = ((src >= 0) & (src < L))[:, None] & in_ch[None, :]
+        v = tl.load(XBC + b * sxb + src[:, None] * sxl + ch[None, :], mask=inside, other=0.0).to(tl.float32)
+        if HAS_ADD:
+            v = _added(v, ADD + b * sab + src[:, None] * sal + ch[None, :], inside, XBC)
         if HAS_WIN:
             v += tl.load(WIN + b * swb + ch[None, :] * swc + (src[:, None] + K - 1) * swk,
                          mask=((src < 0) & (src >= 1 - K))[:, None] & in_ch[None, :], other=0.0).to(tl.float32)
@@ -147,6 +154,14 @@ def _conv_silu_tile(XBC, WIN, W, BIAS, b, t, ch, in_t, in_ch, L, sxb, sxl, swb, 
     acc = acc * tl.sigmoid(acc)
     acc = acc.to(XBC.dtype.element_ty).to(tl.float32)
     return tl.where(in_t[:, None] & in_ch[None, :], acc, 0.0)  # as the plain kernel loads past L: zeros
+
+
+@triton.jit
+def _added(v, where, mask, LIKE):
+    """v + the value at `where` (zero outside mask), rounded to LIKE's dtype: a projection's output with the injection
+    added in its epilogue, as the kernels would have read it."""
+    v += tl.load(where, mask=mask, other=0.0).to(tl.float32)
+    return v.to(LIKE.dtype.element_ty).to(tl.float32)
 
 
 def _block(size: int) -> int:
@@ -177,17 +192,22 @@ def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
     shape = (batch, length, nheads, headdim, B.shape[2], B.shape[3])
     placeholder = dict(win=None, weight=A, bias=None)  # no conv: the kernel reads x, B and C as given
     return _one_chunk(shape, x, x.stride()[:3], B, B.stride()[:3], C, C.stride()[:3], dt, A, D, initial_state,
-                      final_state, dt_bias, valid, **placeholder, conv=False)
+                      final_state, dt_bias, valid, **placeholder, added=None, conv=False)
 
 
 def conv_ssd_one_chunk(xbc: Tensor, win: Tensor | None, weight: Tensor, bias: Tensor | None, dt: Tensor, A: Tensor,
                        D: Tensor | None, headdim: int, dstate: int, initial_state: Tensor | None, final_state: bool,
-                       dt_bias: Tensor | None = None, valid: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                       dt_bias: Tensor | None = None, valid: Tensor | None = None,
+                       added: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
     """ssd_one_chunk of x, B and C = SiLU(causal conv) of xbc (b, L, H P + 2 G N) continuing from the conv window win
     (b, H P + 2 G N, k-1) (None: zeros), weight (H P + 2 G N, k): what triton_conv.causal_conv_silu then ssd_one_chunk
     compute, in one launch, the conv's output never written. Every head's program convolves its own x channels and
-    its group's B and C (the B and C of a group again for each of its heads: a few taps, read from L2)."""
+    its group's B and C (the B and C of a group again for each of its heads: a few taps, read from L2). added: (to xbc,
+    to dt), shaped as they are, summed in the kernel (the implicit model's injection, which a projection would
+    otherwise add after copying it into its output)."""
     xbc = xbc if xbc.stride(-1) == 1 else xbc.contiguous()
+    if added is not None:
+        added = (_unit_last(added[0]), _unit_last(added[1]))
     batch, length, channels = xbc.shape
     nheads = dt.shape[-1]
     groups = (channels - nheads * headdim) // (2 * dstate)
@@ -197,11 +217,15 @@ def conv_ssd_one_chunk(xbc: Tensor, win: Tensor | None, weight: Tensor, bias: Te
     strides = xbc.stride(0), xbc.stride(1), headdim  # x's heads lie headdim channels apart
     return _one_chunk((batch, length, nheads, headdim, groups, dstate), xbc, strides, xbc, strides, xbc, strides, dt,
                       A, D, initial_state, final_state, dt_bias, valid, win=win, weight=weight.contiguous(),
-                      bias=bias, conv=True)
+                      bias=bias, added=added, conv=True)
 
+
+
+def _unit_last(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 def _one_chunk(shape, x, x_strides, B, b_strides, C, c_strides, dt, A, D, initial_state, final_state, dt_bias, valid,
-               win, weight, bias, conv) -> tuple[Tensor, Tensor | None]:
+               win, weight, bias, added, conv) -> tuple[Tensor, Tensor | None]:
     """The one-chunk kernel's launch: x, B and C with their (batch, token, head or group) strides (with conv, all
     three are xbc, convolved in the kernel)."""
     batch, length, nheads, headdim, groups, dstate = shape
@@ -213,17 +237,20 @@ def _one_chunk(shape, x, x_strides, B, b_strides, C, c_strides, dt, A, D, initia
     s0, sf = (init if init is not None else y), (final if final is not None else y)  # placeholders when absent
     keep = valid.view(torch.uint8) if valid is not None else y  # a bool tensor read as bytes, without a copy
     window = win if win is not None else y
+    add, add_dt = added if added is not None else (y, y)
     block_t, block_p, block_n = _block(length), _block(headdim), _block(dstate)
     _ssd_one_chunk_kernel[(batch, nheads)](
         x, dt, dt_bias if dt_bias is not None else A, keep, A, B, C, D.contiguous() if D is not None else A, s0, y, sf,
-        window, weight, bias if bias is not None else weight, length, headdim, dstate, nheads // groups,
+        window, weight, bias if bias is not None else weight, add, add_dt, length, headdim, dstate, nheads // groups,
         *x_strides, dt.stride(0), dt.stride(1), dt.stride(2), keep.stride(0), keep.stride(1), *b_strides, *c_strides,
         s0.stride(0), s0.stride(1), s0.stride(2), y.stride(0), y.stride(1), y.stride(2),
         sf.stride(0), sf.stride(1), sf.stride(2), window.stride(0), window.stride(1), window.stride(2),
+        add.stride(0), add.stride(1), add_dt.stride(0), add_dt.stride(1),
         RAW_DT=dt_bias is not None, HAS_VALID=valid is not None,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_INIT=init is not None, FINAL=final_state,
         BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, PRECISION=PRECISION, CONV=conv,
         K=weight.shape[-1] if conv else 1, HAS_BIAS=bias is not None, HAS_WIN=win is not None,
+        HAS_ADD=added is not None,
         num_warps=NUM_WARPS or _warps(block_t, block_p, block_n))
     return y, final
 

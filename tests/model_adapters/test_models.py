@@ -282,3 +282,33 @@ def test_a_sequence_convolves_and_scans_in_one_op():
     assert calls == [((rows, length, c.conv_dim), (rows, c.conv_dim, c.d_conv - 1))]
     assert_close(out, torch.stack(steps, 1), 1e-10, "one op against the steps")
     assert_close(new.ssm, state.ssm, 1e-10, "final state")
+
+
+@pytest.mark.parametrize("commit", [True, False])
+def test_an_injection_added_in_the_kernels_reads_as_one_added_by_the_projection(commit):
+    """Where the backend adds the injection in the kernels that read the projection (triton's blocks), the mixer hands
+    its z, xbc and dt parts to the gated norm and conv_scan: the output, the state and the conv window (inputs with
+    the injection in them) are those of the projection adding it, rows that end early included."""
+    from types import SimpleNamespace
+
+    from implicit_ssm_eval.model_adapters.backends import torch_ops
+
+    model = tiny_model("implicit", dtype=torch.float64, contractive=True)
+    mixer, rows, length, c = model.blocks[0].mixer, 3, 6, model.cfg
+    state = mixer.empty_state(rows)
+    state = type(state)(torch.randn_like(state.conv), torch.randn_like(state.ssm))
+    u = torch.randn(rows, length, c.d_model, dtype=torch.float64)
+    inject = torch.randn(rows, length, c.d_in_proj, dtype=torch.float64)
+    valid = torch.arange(length)[None, :] < torch.tensor([[length], [2], [length - 1]])
+    in_kernels = SimpleNamespace(**{name: getattr(torch_ops, name) for name in dir(torch_ops)
+                                    if not name.startswith("_")})
+    in_kernels.injects_in_kernels = lambda length: True
+    with torch.no_grad():
+        out, new = mixer(u, inject, state, valid, commit)
+        got, got_new = mixer(u, inject, state, valid, commit, ops=in_kernels)
+    assert_close(got, out, 1e-12, "output")
+    if commit:
+        assert_close(got_new.ssm, new.ssm, 1e-12, "state")
+        assert_close(got_new.conv, new.conv, 1e-12, "conv window")
+    else:
+        assert got_new is None and new is None
