@@ -5,9 +5,8 @@
 one_chunk      the one-chunk SSD scan of a block (40 or 100 rows of the bundled a5 model: 8 heads of 32, d_state 32)
                per product precision (triton_ssd.PRECISION) and num_warps, against the torch twin (ssd.ssd_chunked)
 conv_scan      a block's conv + one-chunk scan (bfloat16; the a5 model's blocks of 100 rows, the text model's of 64;
-               16, 32 and 64 tokens; an iteration and a commit): the conv inside the scan's kernel against the
-               conv's kernel ahead of it (triton_ops.FUSED_CONV_SCAN), the fused kernel with an injection to add
-               and at 1, 2 and 4 warps
+               16, 32 and 64 tokens; an iteration): the conv inside the scan's kernel, with and without an injection
+               to add, against the conv's kernel ahead of it (triton_ops.FUSED_CONV_SCAN)
 damped_update  a piece solve's masked update (40 rows x T x 128, and the 130M step: 16 x 768) against its torch twin
 step_read      an iteration's step without its state (130M: 16 rows, 24 heads of 64, d_state 128) against mamba_ssm's
                state update on a copy of the state
@@ -114,9 +113,9 @@ def one_chunk(results: dict) -> None:
 
 
 def conv_scan(results: dict) -> None:
-    """A block's conv and one-chunk scan (triton_ops.conv_scan): the conv inside the scan's kernel against the conv's
-    own kernel ahead of it, an iteration (no final state) and a commit, for the bundled a5 model's blocks of 100 rows
-    and the text model's of 64; the fused kernel at 1, 2 and 4 warps too."""
+    """A block's conv and one-chunk scan, an iteration's (no final state): the conv's kernel ahead of the scan's
+    (apart), the conv inside the scan's kernel (fused, whatever triton_ssd.fuses_conv says) and the same with an
+    injection to add, for the bundled a5 model's blocks of 100 rows and the text model's of 64."""
     from implicit_ssm_eval.model_adapters.backends import triton_ops
 
     shapes = {"a5": (8, 32, 32, 100), "text": (8, 64, 64, 64)}  # heads, headdim, dstate, rows
@@ -127,24 +126,23 @@ def conv_scan(results: dict) -> None:
         window = torch.randn(rows, channels, 3, device="cuda", dtype=torch.bfloat16)
         weight = torch.randn(channels, 4, device="cuda", dtype=torch.bfloat16)
         bias = torch.randn(channels, device="cuda", dtype=torch.bfloat16)
-        dt, dt_bias = torch.randn(rows, length, heads, device="cuda") - 2, torch.randn(heads, device="cuda")
-        A, D = -torch.rand(heads, device="cuda"), torch.randn(heads, device="cuda")
+        dt = (torch.randn(rows, length, heads, device="cuda") - 2).to(torch.bfloat16)
+        dt_bias, A, D = torch.randn(heads, device="cuda"), -torch.rand(heads, device="cuda"), torch.randn(heads,
+                                                                                                         device="cuda")
         state = torch.randn(rows, heads, headdim, dstate, device="cuda")
-        for final in (False, True):
-            name = f"conv_scan_{model}_{rows}x{length}_{'commit' if final else 'iteration'}"
-            args = (xbc, window, weight, bias, dt, dt_bias, A, D, headdim, dstate, 64, state, final)
-            for fused in (False, True):
-                triton_ops.FUSED_CONV_SCAN = fused
-                results[f"{name}_{'fused' if fused else 'apart'}_us"] = timed(triton_ops.conv_scan, *args)
-            inject = torch.randn(rows, length, channels + heads, device="cuda", dtype=torch.bfloat16)
-            added = (inject[..., :channels], inject[..., channels:])  # the injection's parts, summed in the kernel
-            results[f"{name}_fused_injected_us"] = timed(triton_ops.conv_scan, *args, None, added)
-            for warps in (1, 2, 4):
-                triton_ssd.NUM_WARPS = warps
-                results[f"{name}_fused_warps{warps}_us"] = timed(triton_ops.conv_scan, *args)
-            triton_ssd.NUM_WARPS = None
-            results[f"{name}_speed"] = results[f"{name}_apart_us"] / results[f"{name}_fused_us"]
-    triton_ops.FUSED_CONV_SCAN = True
+        inject = torch.randn(rows, length, channels + heads, device="cuda", dtype=torch.bfloat16)
+        added = (inject[..., :channels], inject[..., channels:])
+        name = f"conv_scan_{model}_{rows}x{length}"
+        triton_ops.FUSED_CONV_SCAN = False
+        results[f"{name}_apart_us"] = timed(triton_ops.conv_scan, xbc, window, weight, bias, dt, dt_bias, A, D,
+                                            headdim, dstate, 64, state, False)
+        triton_ops.FUSED_CONV_SCAN = True
+        fused = (xbc, window, weight, bias, dt, A, D, headdim, dstate, state, False, dt_bias)
+        results[f"{name}_fused_us"] = timed(triton_ssd.conv_ssd_one_chunk, *fused)
+        results[f"{name}_fused_injected_us"] = timed(triton_ssd.conv_ssd_one_chunk, *fused, None, added)
+        results[f"{name}_speed"] = results[f"{name}_apart_us"] / results[f"{name}_fused_us"]
+        results[f"{name}_fuses_conv"] = triton_ssd.fuses_conv(length, headdim, dstate)
+        print(name, {k[len(name) + 1:]: round(v, 2) for k, v in results.items() if k.startswith(name)}, flush=True)
 
 
 def damped_update(results: dict) -> None:

@@ -67,19 +67,24 @@ FUSED_CONV_SCAN = True
 INJECT_IN_KERNELS = True
 
 
-def injects_in_kernels(length: int) -> bool:
-    """Whether a mixer's parallel form of `length` tokens hands its injection to conv_scan and gated_rmsnorm."""
-    return INJECT_IN_KERNELS and FUSED_CONV_SCAN and length <= triton_ssd.MAX_LENGTH
+def injects_in_kernels(length: int, headdim: int, dstate: int) -> bool:
+    """Whether a mixer's parallel form of `length` tokens hands its injection to conv_scan and gated_rmsnorm: where
+    conv_scan is one kernel."""
+    return INJECT_IN_KERNELS and _conv_in_scan(length, headdim, dstate)
+
+
+def _conv_in_scan(length: int, headdim: int, dstate: int) -> bool:
+    return FUSED_CONV_SCAN and triton_ssd.fuses_conv(length, headdim, dstate)
 
 
 def conv_scan(xbc: Tensor, conv: Tensor | None, weight: Tensor, bias: Tensor | None, dt: Tensor, dt_bias: Tensor,
               A: Tensor, D: Tensor | None, headdim: int, dstate: int, chunk_size: int, initial_state: Tensor | None,
               final_state: bool = True, valid: Tensor | None = None, added: tuple[Tensor, Tensor] | None = None
               ) -> tuple[Tensor, Tensor | None]:
-    """torch_ops.conv_scan is the definition. A sequence of at most triton_ssd.MAX_LENGTH tokens (a block of the
-    blockwise reading, a short input) is one launch: the conv inside the one-chunk kernel, `added` summed there too;
-    longer ones, the conv kernel then chunk_scan."""
-    if not (FUSED_CONV_SCAN and xbc.shape[1] <= triton_ssd.MAX_LENGTH):
+    """torch_ops.conv_scan is the definition. A short sequence with small heads (a block of the blockwise reading of
+    the a5 model: triton_ssd.fuses_conv) is one launch: the conv inside the one-chunk kernel, `added` summed there too;
+    others, the conv kernel then chunk_scan (the one-chunk kernel up to MAX_LENGTH tokens)."""
+    if not _conv_in_scan(xbc.shape[1], headdim, dstate):
         return torch_ops.conv_then_scan(sys.modules[__name__], xbc, conv, weight, bias, dt, dt_bias, A, D, headdim,
                                         dstate, chunk_size, initial_state, final_state, valid, added)
     return triton_ssd.conv_ssd_one_chunk(xbc, conv, weight, bias, dt, A, D, headdim, dstate, initial_state,

@@ -41,6 +41,11 @@ from torch import Tensor  # noqa: E402
 PRECISION = "tf32x3"
 MAX_LENGTH = 64  # longer sequences go to the chunked kernels: one program's registers hold the whole chunk
 NUM_WARPS = None  # per program of the one-chunk kernel; None: by tile size (_warps). bench/kernels.py sets it.
+# The largest tile (tokens x the wider of headdim and d_state, padded to powers of two) whose conv the one-chunk kernel
+# computes itself (conv_scan). Every head's program convolves its x and its group's B and C, four taps each: cheap on
+# the bundled a5 model's blocks (32 x 32), but on the text model's blocks of 32 and 64 tokens (64 x 64 channels) the
+# blockwise reading ran 2.2x and 4.6x slower an evaluation (H100, bench/lm_readings.py; BENCHMARKS.md).
+CONV_TILE_MOST = 1024
 # conv_step_read's and conv_step_commit's (most headdim rows a program, warps), picked by bench/kernels.py's cold
 # survey (24 layers' states, past the L2, as a reading streams them) and timed end to end by bench/gpu_bench.py's
 # step_tiles against (64, 4) for both (H100, bfloat16, 130M, batch 16; BENCHMARKS.md, item 2): the sequential reading
@@ -194,6 +199,11 @@ def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
     return _one_chunk(shape, x, x.stride()[:3], B, B.stride()[:3], C, C.stride()[:3], dt, A, D, initial_state,
                       final_state, dt_bias, valid, **placeholder, added=None, conv=False)
 
+
+
+def fuses_conv(length: int, headdim: int, dstate: int) -> bool:
+    """Whether conv_ssd_one_chunk is taken for a sequence of this shape (CONV_TILE_MOST)."""
+    return length <= MAX_LENGTH and _block(length) * max(_block(headdim), _block(dstate)) <= CONV_TILE_MOST
 
 def conv_ssd_one_chunk(xbc: Tensor, win: Tensor | None, weight: Tensor, bias: Tensor | None, dt: Tensor, A: Tensor,
                        D: Tensor | None, headdim: int, dstate: int, initial_state: Tensor | None, final_state: bool,
