@@ -119,7 +119,8 @@ fused)  # a block's conv inside its one-chunk scan and its injection added in th
     }
     fused_readings 1 220
     step lm_readings 100 python3 bench/lm_readings.py --device cuda --backend triton --graphs capture \
-        --dtype bfloat16 --docs 64 --solvers fixed_point --out "$OUT/lm_readings_gpu_bf16.json"
+        --dtype bfloat16 --docs 64 --solvers fixed_point --block-kernels apart --repeats 2 \
+        --out "$OUT/lm_readings_gpu_bf16.json"
     step check_conv_scan 90 python3 -c "import sys; sys.path.insert(0, 'tests'); import triton_ssd_check as c
 import triton_norm_check as n
 failures = c.check_conv_scan('cuda') + n.check('cuda'); print('\n'.join(failures) or 'ok'); sys.exit(bool(failures))"
