@@ -108,23 +108,23 @@ backoff)  # blockwise against sequential at the checkpoint's damping with the ba
         tests/model_adapters/test_triton_backend.py tests/model_adapters/test_triton_kernels.py -k "backoff or solve"
     ;;
 fused)  # a block's conv inside its one-chunk scan and its injection added in the kernels (triton_ops.FUSED_CONV_SCAN,
-    # INJECT_IN_KERNELS; where triton_ssd.fuses_conv): A5 at 8x at the checkpoint's damping with backoff on a bucket
-    # its constants were not chosen on, each blockwise reading beside the same with the kernels apart and with the conv
-    # alone fused (a runtime each, interleaved); the language model; the fused kernels' checks; the kernels alone; a
-    # second bucket
+    # INJECT_IN_KERNELS; where triton_ssd.fuses_conv): the kernels alone at every block shape, then A5 at 8x at the
+    # checkpoint's damping with backoff on a bucket its constants were not chosen on, each blockwise reading beside the
+    # same with the kernels apart and with the conv alone fused (a runtime each, interleaved); the language model; the
+    # fused kernels' checks; a second bucket
     fused_readings() {  # seed, time limit
         step "readings_fused_seed$1" "$2" python3 bench/readings.py --device cuda --backend triton --graphs capture \
             --dtype bfloat16 --docs 100 --seed "$1" --tau 0.8 --solver backoff --block-sizes 16 32 --repeats 3 \
             --block-kernels apart conv --out "$OUT/readings_gpu_bf16_bucket100_tau0.8_backoff_fused_seed$1.json"
     }
-    fused_readings 1 220
+    step kernels_conv_scan 100 python3 bench/kernels.py --out "$OUT/kernels_conv_scan.json" --sections conv_scan
+    fused_readings 1 200
     step lm_readings 100 python3 bench/lm_readings.py --device cuda --backend triton --graphs capture \
         --dtype bfloat16 --docs 64 --solvers fixed_point --block-kernels apart --repeats 2 \
         --out "$OUT/lm_readings_gpu_bf16.json"
     step check_conv_scan 90 python3 -c "import sys; sys.path.insert(0, 'tests'); import triton_ssd_check as c
 import triton_norm_check as n
 failures = c.check_conv_scan('cuda') + n.check('cuda'); print('\n'.join(failures) or 'ok'); sys.exit(bool(failures))"
-    step kernels_conv_scan 120 python3 bench/kernels.py --out "$OUT/kernels_conv_scan.json" --sections conv_scan
     fused_readings 2 100
     ;;
 step)  # what matters first comes first: a call cut short by the device's limit keeps the logs written before
