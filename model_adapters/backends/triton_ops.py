@@ -59,9 +59,10 @@ def chunk_scan(x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: 
 
 
 # Whether a short sequence's conv runs inside the one-chunk scan's kernel (conv_scan below: one launch, the conv's
-# output never written) or as triton_conv's kernel ahead of the scan. Off by default: with it on, the text model's
-# blocks of 32 and 64 tokens read 2.2x and 4.6x slower an evaluation (H100; BENCHMARKS.md), and where it gains is not
-# measured yet. bench/readings.py and lm_readings.py --block-kernels and kernels.py conv_scan set it for a while.
+# output never written) or as triton_conv's kernel ahead of the scan. Off by default: the one run with it on (every
+# block fused, H100) read the text model's large blocks several times slower an evaluation (triton_ssd.CONV_TILE_MOST
+# now keeps those apart), and where it gains is not measured yet (BENCHMARKS.md). bench/readings.py and
+# lm_readings.py --block-kernels, kernels.py conv_scan and device_limits.sh fused set it for a while.
 FUSED_CONV_SCAN = False
 # Whether such a sequence's injection is added by the kernels that read the projection's output (the conv + scan and
 # the gated norm) instead of by the projection (addmm, which copies the injection into its output first). Off with

@@ -42,9 +42,11 @@ PRECISION = "tf32x3"
 MAX_LENGTH = 64  # longer sequences go to the chunked kernels: one program's registers hold the whole chunk
 NUM_WARPS = None  # per program of the one-chunk kernel; None: by tile size (_warps). bench/kernels.py sets it.
 # The largest tile (tokens x the wider of headdim and d_state, padded to powers of two) whose conv the one-chunk kernel
-# computes itself (conv_scan). Every head's program convolves its x and its group's B and C, four taps each: cheap on
-# the bundled a5 model's blocks (32 x 32), but on the text model's blocks of 32 and 64 tokens (64 x 64 channels) the
-# blockwise reading ran 2.2x and 4.6x slower an evaluation (H100, bench/lm_readings.py; BENCHMARKS.md).
+# computes itself when triton_ops.FUSED_CONV_SCAN is on. Every head's program convolves its x and its group's B and C,
+# four taps each. In the one run with the conv in the scan for every block (H100, BENCHMARKS.md), the text model's
+# blocks of 64 tokens (64 x 64 tiles) read slower than its blocks of 16, the reverse of every run before: an
+# evaluation of a block of 16 / 32 / 64 took 183 / 466 / 1,429 us, where an H200 without it took 147 / 203 / 314. So
+# larger tiles keep the conv's own kernel. The bound is that run's reading, not a measured optimum.
 CONV_TILE_MOST = 1024
 # conv_step_read's and conv_step_commit's (most headdim rows a program, warps), picked by bench/kernels.py's cold
 # survey (24 layers' states, past the L2, as a reading streams them) and timed end to end by bench/gpu_bench.py's
@@ -198,7 +200,6 @@ def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
     placeholder = dict(win=None, weight=A, bias=None)  # no conv: the kernel reads x, B and C as given
     return _one_chunk(shape, x, x.stride()[:3], B, B.stride()[:3], C, C.stride()[:3], dt, A, D, initial_state,
                       final_state, dt_bias, valid, **placeholder, added=None, conv=False)
-
 
 
 def fuses_conv(length: int, headdim: int, dstate: int) -> bool:
