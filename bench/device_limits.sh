@@ -26,7 +26,9 @@
 #                                                                                # or 4 lanes (row groups on their
 #                                                                                # own streams); their GPU test; one
 #                                                                                # evaluation's rows on streams
-#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" fused       # blockwise vs sequential on A5
+#   source .device/on-device.sh; D=/tmp/o; mkdir -p $D; timeout 540 bash bench/device_limits.sh $D fused; \
+#       tar czf $OUT/fused.tgz -C /tmp o      # (13 files: more than the 8 a call brings back, so one archive)
+#                                                                                # blockwise vs sequential on A5
 #                                                                                # with a block's conv inside its
 #                                                                                # scan and the injection added in
 #                                                                                # the kernels, beside the kernels
