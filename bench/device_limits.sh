@@ -26,9 +26,7 @@
 #                                                                                # or 4 lanes (row groups on their
 #                                                                                # own streams); their GPU test; one
 #                                                                                # evaluation's rows on streams
-#   source .device/on-device.sh; D=/tmp/o; mkdir -p $D; timeout 540 bash bench/device_limits.sh $D fused; \
-#       tar czf $OUT/fused.tgz -C /tmp o      # (13 files: more than the 8 a call brings back, so one archive)
-#                                                                                # blockwise vs sequential on A5
+#   source .device/on-device.sh; bash bench/device_limits.sh "$OUT" fused       # blockwise vs sequential on A5
 #                                                                                # with a block's conv inside its
 #                                                                                # scan and the injection added in
 #                                                                                # the kernels, beside the kernels
@@ -41,18 +39,27 @@
 # fla (flash-linear-attention 0.6.0 and fla-core, which need transformers >= 5.6.2) comes from wheels in .device/fla
 # (`pip download --no-deps -d .device/fla flash-linear-attention==0.6.0 fla-core==0.6.0 transformers==5.25.0
 # huggingface_hub==2.4.0`), installed in a folder of its own that only the anchors' process sees.
+# The steps write under /tmp/device_limits/PART, packed after each step into DEST/PART.tgz (a device call brings back
+# at most 8 files; the fused part writes 13): a call stopped at its limit keeps every step finished before.
 set -uo pipefail
-OUT=${1:?output folder}
+DEST=${1:?output folder}
 PART=${2:?anchors, memory, sequential, shared, fused, backoff, step, cold, chain, lanes or tests}
+OUT=/tmp/device_limits/$PART
+mkdir -p "$OUT"
 export TOKENIZERS_PARALLELISM=false
 echo "import implicit_ssm_eval.model_adapters.adapter.hook" > /tmp/site/sitecustomize.py
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+
+pack() {  # everything written so far, as one archive in DEST (replaced whole, so a stop mid-pack keeps the last)
+    tar czf "$DEST/$PART.tgz.part" -C /tmp/device_limits "$PART" && mv "$DEST/$PART.tgz.part" "$DEST/$PART.tgz"
+}
 
 step() {  # name, time limit in seconds, command...: the log under $OUT as it goes, the exit status on stdout
     local name=$1 limit=$2
     shift 2
     timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-    echo "$name exit $?"
+    echo "$name exit $?" | tee -a "$OUT/steps.txt"
+    pack
 }
 
 fla_site() {
@@ -169,3 +176,4 @@ tests)
     exit 2
     ;;
 esac
+pack
