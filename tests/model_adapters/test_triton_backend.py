@@ -133,6 +133,33 @@ def test_implicit_fixed_point_at_fixed_k(dtype, mode, block):
         close(fast(ids, budget).hidden, ref(ids, budget).hidden, dtype, f"{mode} hidden")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block", [8, 16])
+def test_blocks_with_the_conv_in_the_scan_read_as_with_the_kernels_apart(dtype, block, triton_ops, monkeypatch):
+    """triton_ops.FUSED_CONV_SCAN and INJECT_IN_KERNELS (off by default) on: blockwise readings at a fixed budget take
+    the fused kernel (counted) and read as with them off, to the dtype's tolerance: hidden states, SSM states and conv
+    windows (which hold the injected inputs)."""
+    from implicit_ssm_eval.model_adapters.backends import triton_ssd
+
+    model = tiny_model("implicit", contractive=True, dtype=dtype).cuda()
+    ids = torch.randint(0, 37, (3, 40), device="cuda")
+    budget = Budget(max_iter=10, tol=0.0, mode="blockwise", block_size=block)
+    fused_calls = []
+    plain = triton_ssd.conv_ssd_one_chunk
+    monkeypatch.setattr(triton_ssd, "conv_ssd_one_chunk", lambda *a, **k: fused_calls.append(1) or plain(*a, **k))
+    readings = {}
+    for on in (False, True):
+        monkeypatch.setattr(triton_ops, "FUSED_CONV_SCAN", on)
+        monkeypatch.setattr(triton_ops, "INJECT_IN_KERNELS", on)
+        with torch.no_grad():
+            readings[on] = Runtime(model, "triton")(ids, budget)
+        assert bool(fused_calls) == on
+    fused, apart = readings[True], readings[False]
+    close(fused.hidden, apart.hidden, dtype, "hidden")
+    for a, b in zip(fused.state, apart.state):
+        close(a.ssm, b.ssm, dtype, "ssm state")
+        close(a.conv, b.conv, dtype, "conv window")
+
 @pytest.mark.parametrize("budget", [
     Budget(max_iter=6, tol=0.0, mode="sequential"),
     Budget(max_iter=40, tol=1e-3, mode="sequential"),
