@@ -134,6 +134,8 @@ fused)  # a block's conv inside its one-chunk scan and its injection added in th
     step check_conv_scan 90 python3 -c "import sys; sys.path.insert(0, 'tests'); import triton_ssd_check as c
 import triton_norm_check as n
 failures = c.check_conv_scan('cuda') + n.check('cuda'); print('\n'.join(failures) or 'ok'); sys.exit(bool(failures))"
+    step gpu_tests_fused 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests/model_adapters/test_triton_backend.py \
+        -k conv_in_the_scan
     fused_readings 2 100
     ;;
 step)  # what matters first comes first: a call cut short by the device's limit keeps the logs written before
