@@ -117,7 +117,7 @@ backoff)  # blockwise against sequential at the checkpoint's damping with the ba
         tests/model_adapters/test_triton_backend.py tests/model_adapters/test_triton_kernels.py -k "backoff or solve"
     ;;
 fused)  # a block's conv inside its one-chunk scan and its injection added in the kernels (triton_ops.FUSED_CONV_SCAN,
-    # INJECT_IN_KERNELS; where triton_ssd.fuses_conv): the kernels alone at every block shape, then A5 at 8x at the
+    # INJECT_IN_KERNELS): the kernels alone at every block shape, then A5 at 8x at the
     # checkpoint's damping with backoff on a bucket its constants were not chosen on, each blockwise reading beside the
     # same with the kernels apart and with the conv alone fused (a runtime each, interleaved); the language model; the
     # fused kernels' checks; a second bucket

@@ -114,8 +114,8 @@ def one_chunk(results: dict) -> None:
 
 def conv_scan(results: dict) -> None:
     """A block's conv and one-chunk scan, an iteration's (no final state): the conv's kernel ahead of the scan's
-    (apart), the conv inside the scan's kernel (fused, whatever triton_ssd.fuses_conv says) and the same with an
-    injection to add, for the bundled a5 model's blocks of 100 rows and the text model's of 64."""
+    (apart), the conv inside the scan's kernel (fused) and the same with an injection to add, for the bundled a5
+    model's blocks of 100 rows and the text model's of 64."""
     from implicit_ssm_eval.model_adapters.backends import triton_ops
 
     shapes = {"a5": (8, 32, 32, 100), "text": (8, 64, 64, 64)}  # heads, headdim, dstate, rows
@@ -141,7 +141,6 @@ def conv_scan(results: dict) -> None:
         results[f"{name}_fused_us"] = timed(triton_ssd.conv_ssd_one_chunk, *fused)
         results[f"{name}_fused_injected_us"] = timed(triton_ssd.conv_ssd_one_chunk, *fused, None, added)
         results[f"{name}_speed"] = results[f"{name}_apart_us"] / results[f"{name}_fused_us"]
-        results[f"{name}_fuses_conv"] = triton_ssd.fuses_conv(length, headdim, dstate)
         print(name, {k[len(name) + 1:]: round(v, 2) for k, v in results.items() if k.startswith(name)}, flush=True)
 
 

@@ -130,7 +130,7 @@ class Mamba2(nn.Module):
         derived, c = self._derived(), self.cfg
         # The backend may add the injection in the kernels that read the projection (a block of the blockwise
         # reading: no copy of it into the projection's output first); else the projection adds it.
-        in_kernels = inject is not None and ops.injects_in_kernels(u.shape[1], c.headdim, c.d_state)
+        in_kernels = inject is not None and ops.injects_in_kernels(u.shape[1])
         z, xbc, dt = self._split(self.in_proj(u) if in_kernels else self._project(u, inject))
         add_z, add_xbc, add_dt = self._split(inject) if in_kernels and inject is not None else (None, None, None)
         conv, ssm = (None, None) if state is None else state  # None: zeros, which the kernels take without a tensor

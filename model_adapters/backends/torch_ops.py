@@ -42,7 +42,7 @@ def conv_scan(xbc: Tensor, conv: Tensor | None, weight: Tensor, bias: Tensor | N
                           chunk_size, initial_state, final_state, valid, added)
 
 
-def injects_in_kernels(length: int, headdim: int, dstate: int) -> bool:
+def injects_in_kernels(length: int) -> bool:
     """Whether a mixer's parallel form hands its injection to conv_scan and gated_rmsnorm (`added`, `z_added`) rather
     than adding it in its projection. Never here: addmm adds it in the product."""
     return False

@@ -59,10 +59,10 @@ def chunk_scan(x: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: 
 
 
 # Whether a short sequence's conv runs inside the one-chunk scan's kernel (conv_scan below: one launch, the conv's
-# output never written) or as triton_conv's kernel ahead of the scan. Off by default: the one run with it on (every
-# block fused, H100) read the text model's large blocks several times slower an evaluation (triton_ssd.CONV_TILE_MOST
-# now keeps those apart), and where it gains is not measured yet (BENCHMARKS.md). bench/readings.py and
-# lm_readings.py --block-kernels, kernels.py conv_scan and device_limits.sh fused set it for a while.
+# output never written) or as triton_conv's kernel ahead of the scan. Off by default until a GPU run says where it
+# gains (BENCHMARKS.md): its one run, with an earlier form of the kernel that spilled kilobytes of registers a thread,
+# read the text model's large blocks several times slower. bench/readings.py and lm_readings.py --block-kernels,
+# kernels.py conv_scan and device_limits.sh fused set it for a while.
 FUSED_CONV_SCAN = False
 # Whether such a sequence's injection is added by the kernels that read the projection's output (the conv + scan and
 # the gated norm) instead of by the projection (addmm, which copies the injection into its output first). Off with
@@ -70,24 +70,24 @@ FUSED_CONV_SCAN = False
 INJECT_IN_KERNELS = False
 
 
-def injects_in_kernels(length: int, headdim: int, dstate: int) -> bool:
+def injects_in_kernels(length: int) -> bool:
     """Whether a mixer's parallel form of `length` tokens hands its injection to conv_scan and gated_rmsnorm: where
     conv_scan is one kernel."""
-    return INJECT_IN_KERNELS and _conv_in_scan(length, headdim, dstate)
+    return INJECT_IN_KERNELS and _conv_in_scan(length)
 
 
-def _conv_in_scan(length: int, headdim: int, dstate: int) -> bool:
-    return FUSED_CONV_SCAN and triton_ssd.fuses_conv(length, headdim, dstate)
+def _conv_in_scan(length: int) -> bool:
+    return FUSED_CONV_SCAN and length <= triton_ssd.MAX_LENGTH
 
 
 def conv_scan(xbc: Tensor, conv: Tensor | None, weight: Tensor, bias: Tensor | None, dt: Tensor, dt_bias: Tensor,
               A: Tensor, D: Tensor | None, headdim: int, dstate: int, chunk_size: int, initial_state: Tensor | None,
               final_state: bool = True, valid: Tensor | None = None, added: tuple[Tensor, Tensor] | None = None
               ) -> tuple[Tensor, Tensor | None]:
-    """torch_ops.conv_scan is the definition. A short sequence with small heads (a block of the blockwise reading of
-    the a5 model: triton_ssd.fuses_conv) is one launch: the conv inside the one-chunk kernel, `added` summed there too;
-    others, the conv kernel then chunk_scan (the one-chunk kernel up to MAX_LENGTH tokens)."""
-    if not _conv_in_scan(xbc.shape[1], headdim, dstate):
+    """torch_ops.conv_scan is the definition. With FUSED_CONV_SCAN a sequence of at most triton_ssd.MAX_LENGTH tokens
+    (a block of the blockwise reading, a short input) is one launch: the conv inside the one-chunk kernel, `added`
+    summed there too; otherwise the conv kernel, then chunk_scan."""
+    if not _conv_in_scan(xbc.shape[1]):
         return torch_ops.conv_then_scan(sys.modules[__name__], xbc, conv, weight, bias, dt, dt_bias, A, D, headdim,
                                         dstate, chunk_size, initial_state, final_state, valid, added)
     return triton_ssd.conv_ssd_one_chunk(xbc, conv, weight, bias, dt, A, D, headdim, dstate, initial_state,

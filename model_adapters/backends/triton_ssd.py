@@ -41,13 +41,6 @@ from torch import Tensor  # noqa: E402
 PRECISION = "tf32x3"
 MAX_LENGTH = 64  # longer sequences go to the chunked kernels: one program's registers hold the whole chunk
 NUM_WARPS = None  # per program of the one-chunk kernel; None: by tile size (_warps). bench/kernels.py sets it.
-# The largest tile (tokens x the wider of headdim and d_state, padded to powers of two) whose conv the one-chunk kernel
-# computes itself when triton_ops.FUSED_CONV_SCAN is on. Every head's program convolves its x and its group's B and C,
-# four taps each. In the one run with the conv in the scan for every block (H100, BENCHMARKS.md), the text model's
-# blocks of 64 tokens (64 x 64 tiles) read slower than its blocks of 16, the reverse of every run before: an
-# evaluation of a block of 16 / 32 / 64 took 183 / 466 / 1,429 us, where an H200 without it took 147 / 203 / 314. So
-# larger tiles keep the conv's own kernel. The bound is that run's reading, not a measured optimum.
-CONV_TILE_MOST = 1024
 # conv_step_read's and conv_step_commit's (most headdim rows a program, warps), picked by bench/kernels.py's cold
 # survey (24 layers' states, past the L2, as a reading streams them) and timed end to end by bench/gpu_bench.py's
 # step_tiles against (64, 4) for both (H100, bfloat16, 130M, batch 16; BENCHMARKS.md, item 2): the sequential reading
@@ -70,7 +63,7 @@ def step_tiles(read: tuple[int, int] | None = None, commit: tuple[int, int] | No
 
 
 @triton.jit
-def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, WIN, W, BIAS, ADD, ADD_DT, L, P, N,
+def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, WIN, W, BIAS, ADD, ADD_DT, SCR, L, P, N,
                           heads_per_group, sxb, sxl, sxh, sdb, sdl, sdh, svb, svl, sbb, sbl, sbg, scb, scl, scg,
                           ssb, ssh, ssp, syb, syl, syh, sfb, sfh, sfp, swb, swc, swk, sab, sal, sadb, sadl,
                           RAW_DT: tl.constexpr, HAS_VALID: tl.constexpr,
@@ -78,7 +71,7 @@ def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, WIN, W
                           BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
                           PRECISION: tl.constexpr, CONV: tl.constexpr = False, K: tl.constexpr = 1,
                           HAS_BIAS: tl.constexpr = False, HAS_WIN: tl.constexpr = False,
-                          HAS_ADD: tl.constexpr = False):
+                          HAS_ADD: tl.constexpr = False, CONV_ROWS: tl.constexpr = 1):
     b, h = tl.program_id(0), tl.program_id(1)
     g = h // heads_per_group
     t = tl.arange(0, BLOCK_T)
@@ -95,15 +88,28 @@ def _ssd_one_chunk_kernel(X, DT, DT_BIAS, VALID, A, Bm, Cm, D, S0, Y, SF, WIN, W
         dt = tl.where(tl.load(VALID + b * svb + t * svl, mask=in_t, other=0) != 0, dt, 0.0)
     a = dt * tl.load(A + h).to(tl.float32)
     a_cs = tl.cumsum(a, axis=0)
-    if CONV:  # X is the conv's input xbc (b, L, H P + 2 G N): x, B and C are SiLU(conv) of its channels, here
+    if CONV:  # X is the conv's input xbc (b, L, H P + 2 G N): x, B and C are SiLU(conv) of its channels, computed
+        # here CONV_ROWS tokens at a time into this program's scratch SCR (in L2), then read back as the scan reads its
+        # inputs: the conv's registers are free before the scan's are taken. Computed whole in registers, the three
+        # tiles made the kernel spill up to 4.7 KB a thread where the plain one spills 0.1 (bench/kernel_spills.py).
         d_inner = tl.num_programs(1) * P
         groups = tl.num_programs(1) // heads_per_group
-        x = _conv_silu_tile(X, WIN, W, BIAS, ADD, b, t, h * P + p, in_t, in_p, L, sxb, sxl, swb, swc, swk, sab, sal,
-                            K, HAS_BIAS, HAS_WIN, HAS_ADD, BLOCK_T, BLOCK_P)
-        Bt = _conv_silu_tile(X, WIN, W, BIAS, ADD, b, t, d_inner + g * N + n, in_t, in_n, L, sxb, sxl, swb, swc, swk,
-                             sab, sal, K, HAS_BIAS, HAS_WIN, HAS_ADD, BLOCK_T, BLOCK_N)
-        Ct = _conv_silu_tile(X, WIN, W, BIAS, ADD, b, t, d_inner + (groups + g) * N + n, in_t, in_n, L, sxb, sxl, swb,
-                             swc, swk, sab, sal, K, HAS_BIAS, HAS_WIN, HAS_ADD, BLOCK_T, BLOCK_N)
+        mine = SCR + (b * tl.num_programs(1) + h).to(tl.int64) * (BLOCK_T * (BLOCK_P + 2 * BLOCK_N))
+        for first in range(0, BLOCK_T, CONV_ROWS):
+            rows = first + tl.arange(0, CONV_ROWS)
+            inside = rows < L
+            tl.store(mine + rows[:, None] * BLOCK_P + p[None, :], _conv_silu_tile(
+                X, WIN, W, BIAS, ADD, b, rows, h * P + p, inside, in_p, L, sxb, sxl, swb, swc, swk, sab, sal, K,
+                HAS_BIAS, HAS_WIN, HAS_ADD, CONV_ROWS, BLOCK_P).to(SCR.dtype.element_ty))
+            for c in tl.static_range(2):  # B, then C
+                tl.store(mine + (BLOCK_P + c * BLOCK_N) * BLOCK_T + rows[:, None] * BLOCK_N + n[None, :],
+                         _conv_silu_tile(X, WIN, W, BIAS, ADD, b, rows, d_inner + (c * groups + g) * N + n, inside,
+                                         in_n, L, sxb, sxl, swb, swc, swk, sab, sal, K, HAS_BIAS, HAS_WIN, HAS_ADD,
+                                         CONV_ROWS, BLOCK_N).to(SCR.dtype.element_ty))
+        tl.debug_barrier()  # every thread of the program reads what the others wrote
+        x = tl.load(mine + t[:, None] * BLOCK_P + p[None, :]).to(tl.float32)
+        Bt = tl.load(mine + BLOCK_P * BLOCK_T + t[:, None] * BLOCK_N + n[None, :]).to(tl.float32)
+        Ct = tl.load(mine + (BLOCK_P + BLOCK_N) * BLOCK_T + t[:, None] * BLOCK_N + n[None, :]).to(tl.float32)
     else:
         x = tl.load(X + b * sxb + t[:, None] * sxl + h * sxh + p[None, :], mask=in_t[:, None] & in_p[None, :],
                     other=0.0).to(tl.float32)
@@ -202,9 +208,11 @@ def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
                       final_state, dt_bias, valid, **placeholder, added=None, conv=False)
 
 
-def fuses_conv(length: int, headdim: int, dstate: int) -> bool:
-    """Whether conv_ssd_one_chunk is taken for a sequence of this shape (CONV_TILE_MOST)."""
-    return length <= MAX_LENGTH and _block(length) * max(_block(headdim), _block(dstate)) <= CONV_TILE_MOST
+def conv_rows(block_t: int, block_p: int, block_n: int) -> int:
+    """Tokens the conv of conv_ssd_one_chunk computes at a time: about 256 values of the widest tile, so that its
+    registers stay few (bench/kernel_spills.py)."""
+    return max(1, min(block_t, 256 // max(block_p, block_n)))
+
 
 def conv_ssd_one_chunk(xbc: Tensor, win: Tensor | None, weight: Tensor, bias: Tensor | None, dt: Tensor, A: Tensor,
                        D: Tensor | None, headdim: int, dstate: int, initial_state: Tensor | None, final_state: bool,
@@ -250,9 +258,13 @@ def _one_chunk(shape, x, x_strides, B, b_strides, C, c_strides, dt, A, D, initia
     window = win if win is not None else y
     add, add_dt = added if added is not None else (y, y)
     block_t, block_p, block_n = _block(length), _block(headdim), _block(dstate)
+    # with conv: each program's x, B and C after the conv, in the input's dtype (the conv's output is rounded to it)
+    scratch = torch.empty(batch * nheads * block_t * (block_p + 2 * block_n), dtype=x.dtype, device=x.device) \
+        if conv else y
     _ssd_one_chunk_kernel[(batch, nheads)](
         x, dt, dt_bias if dt_bias is not None else A, keep, A, B, C, D.contiguous() if D is not None else A, s0, y, sf,
-        window, weight, bias if bias is not None else weight, add, add_dt, length, headdim, dstate, nheads // groups,
+        window, weight, bias if bias is not None else weight, add, add_dt, scratch, length, headdim, dstate,
+        nheads // groups,
         *x_strides, dt.stride(0), dt.stride(1), dt.stride(2), keep.stride(0), keep.stride(1), *b_strides, *c_strides,
         s0.stride(0), s0.stride(1), s0.stride(2), y.stride(0), y.stride(1), y.stride(2),
         sf.stride(0), sf.stride(1), sf.stride(2), window.stride(0), window.stride(1), window.stride(2),
@@ -261,7 +273,7 @@ def _one_chunk(shape, x, x_strides, B, b_strides, C, c_strides, dt, A, D, initia
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_INIT=init is not None, FINAL=final_state,
         BLOCK_T=block_t, BLOCK_P=block_p, BLOCK_N=block_n, PRECISION=PRECISION, CONV=conv,
         K=weight.shape[-1] if conv else 1, HAS_BIAS=bias is not None, HAS_WIN=win is not None,
-        HAS_ADD=added is not None,
+        HAS_ADD=added is not None, CONV_ROWS=conv_rows(block_t, block_p, block_n) if conv else 1,
         num_warps=NUM_WARPS or _warps(block_t, block_p, block_n))
     return y, final
 

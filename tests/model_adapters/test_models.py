@@ -302,7 +302,7 @@ def test_an_injection_added_in_the_kernels_reads_as_one_added_by_the_projection(
     valid = torch.arange(length)[None, :] < torch.tensor([[length], [2], [length - 1]])
     in_kernels = SimpleNamespace(**{name: getattr(torch_ops, name) for name in dir(torch_ops)
                                     if not name.startswith("_")})
-    in_kernels.injects_in_kernels = lambda length, headdim, dstate: True
+    in_kernels.injects_in_kernels = lambda length: True
     with torch.no_grad():
         out, new = mixer(u, inject, state, valid, commit)
         got, got_new = mixer(u, inject, state, valid, commit, ops=in_kernels)
