@@ -200,7 +200,7 @@ def ssd_one_chunk(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Ten
     with L <= MAX_LENGTH and every last dimension contiguous -> (y (b, L, H, P) float32, final state (b, H, P, N)
     float32 or None). With dt_bias (H,), dt is raw and the kernel takes softplus(dt + dt_bias); valid (b, L) bool
     zeroes dt where it is False (otherwise dt is used as given)."""
-    x, B, C = (t if t.stride(-1) == 1 else t.contiguous() for t in (x, B, C))
+    x, B, C = (_unit_last(t) for t in (x, B, C))
     batch, length, nheads, headdim = x.shape
     shape = (batch, length, nheads, headdim, B.shape[2], B.shape[3])
     placeholder = dict(win=None, weight=A, bias=None)  # no conv: the kernel reads x, B and C as given
@@ -224,7 +224,7 @@ def conv_ssd_one_chunk(xbc: Tensor, win: Tensor | None, weight: Tensor, bias: Te
     its group's B and C (the B and C of a group again for each of its heads: a few taps, read from L2). added: (to xbc,
     to dt), shaped as they are, summed in the kernel (the implicit model's injection, which a projection would
     otherwise add after copying it into its output)."""
-    xbc = xbc if xbc.stride(-1) == 1 else xbc.contiguous()
+    xbc = _unit_last(xbc)
     if added is not None:
         added = (_unit_last(added[0]), _unit_last(added[1]))
     batch, length, channels = xbc.shape
@@ -239,9 +239,10 @@ def conv_ssd_one_chunk(xbc: Tensor, win: Tensor | None, weight: Tensor, bias: Te
                       bias=bias, added=added, conv=True)
 
 
-
 def _unit_last(t: Tensor) -> Tensor:
+    """t with a unit stride in its last dimension (the kernels' loads assume it): itself, or a copy."""
     return t if t.stride(-1) == 1 else t.contiguous()
+
 
 def _one_chunk(shape, x, x_strides, B, b_strides, C, c_strides, dt, A, D, initial_state, final_state, dt_bias, valid,
                win, weight, bias, added, conv) -> tuple[Tensor, Tensor | None]:
