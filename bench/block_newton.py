@@ -15,7 +15,8 @@ until every row has converged, then commits it with one more f. Here the same bl
 - token_anderson: Anderson mixing with weights per (row, token), where the solver "anderson" mixes a row's whole
   block with one set of weights;
 - token_secant: a damping per (row, token) from the secant of its last two updates (a scalar Jacobian per token,
-  the cheapest quasi-Newton: the Barzilai-Borwein step), clamped to --secant-range.
+  the cheapest quasi-Newton: the Barzilai-Borwein step), clamped to --secant-range;
+- momentum: the damped update plus beta times the last step (heavy ball), from the first update on.
 
 The quasi-Newton updates start after --warm damped updates: at z = 0 the first pre-norm's Jacobian is about
 1 / sqrt(eps), and Newton from there diverges.
@@ -132,6 +133,20 @@ class TokenSecant(Damped):
         return z + t * g, 0
 
 
+class Momentum(Damped):
+    def __init__(self, tau: float, beta: float):
+        super().__init__(tau)
+        self.beta = beta
+        self.last: Tensor | None = None
+
+    def update(self, f: BlockMap, z: Tensor, fz: Tensor, k: int) -> tuple[Tensor, int]:
+        moved = damp(z, fz, self.tau)
+        if self.last is not None:
+            moved = moved + self.beta * (z - self.last)
+        self.last = z
+        return moved, 0
+
+
 def token_mix(xs: Tensor, fs: Tensor, tau: float) -> Tensor:
     """Anderson (type II) with weights per (row, token): histories xs, fs (R, n, T, D) -> (R, T, D). Each token's
     weights minimise ||sum_i a_i g_i|| with sum a_i = 1 over its own residuals g_i, as fixed_point._anderson_mix
@@ -229,6 +244,9 @@ def updates(tau: float, args) -> dict[str, Callable[[], Damped]]:
                 out[f"token_anderson warm {warm} m {m}"] = lambda w=warm, m=m: TokenAnderson(tau, w, m)
         if "token_secant" in args.methods:
             out[f"token_secant warm {warm} [{low}, {high}]"] = lambda w=warm: TokenSecant(tau, w, low, high)
+    if "momentum" in args.methods:
+        for beta in args.momentum:
+            out[f"momentum {beta}"] = lambda b=beta: Momentum(tau, b)
     return out
 
 
@@ -256,8 +274,9 @@ def main() -> None:
     p.add_argument("--anderson-m", type=int, nargs="+", default=[2, 5])
     p.add_argument("--secant-range", type=float, nargs=2, default=[0.3, 1.0], metavar=("LOW", "HIGH"),
                    help="the token secant's damping is clamped to [LOW, HIGH]")
+    p.add_argument("--momentum", type=float, nargs="+", default=[0.1, 0.2, 0.3], help="betas of the heavy ball")
     p.add_argument("--methods", nargs="+", default=["newton", "token_anderson", "token_secant"],
-                   choices=["newton", "token_anderson", "token_secant"])
+                   choices=["newton", "token_anderson", "token_secant", "momentum"])
     p.add_argument("--lag", action="store_true", help="also each block's evaluations beside its hardest token's")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()

@@ -14,7 +14,7 @@ from implicit_ssm_eval.model_adapters.formats import load_checkpoint
 # bench/ on the path only for these imports (its kernels.py would shadow the `kernels` package transformers reads)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 try:
-    from block_newton import Damped, Newton, TokenSecant, gmres, library_read, read_blocks, token_mix
+    from block_newton import Damped, Momentum, Newton, TokenSecant, gmres, library_read, read_blocks, token_mix
     from readings import documents
 finally:
     sys.path.pop(0)
@@ -83,3 +83,13 @@ def test_the_token_secant_lands_on_each_tokens_fixed_point_of_a_linear_map():
         z, made = secant.update(f, z, f(z), k)
     assert made == 0
     torch.testing.assert_close(z, c / (1 - lam), rtol=1e-5, atol=1e-5)
+
+
+def test_momentum_adds_beta_times_the_last_step_to_the_damped_update():
+    g = torch.Generator().manual_seed(3)
+    z0, z1, f0, f1 = (torch.randn(2, 3, 4, generator=g) for _ in range(4))
+    heavy = Momentum(0.8, beta=0.3)
+    first, _ = heavy.update(None, z0, f0, 1)
+    second, _ = heavy.update(None, z1, f1, 2)
+    torch.testing.assert_close(first, 0.2 * z0 + 0.8 * f0)
+    torch.testing.assert_close(second, 0.2 * z1 + 0.8 * f1 + 0.3 * (z1 - z0))
