@@ -23,7 +23,11 @@ The quasi-Newton updates start after --warm damped updates: at z = 0 the first p
 
 --lag: where a block's evaluations go. For each block, its count (slowest row) beside the count of its hardest
 token read alone (the sequential reading's most evaluations of a token of that block, any row): what a block would
-cost if each token converged as fast as it does once the tokens before it have settled.
+cost if each token converged as fast as it does once the tokens before it have settled. With --text N, that alone
+on N held-out pydoc windows of a language model (--checkpoint checkpoints/text-implicit) at the checkpoint's own
+budget, where a block is every layer deep:
+
+    OMP_NUM_THREADS=2 python bench/block_newton.py --checkpoint checkpoints/text-implicit --text 16 --out lag.json
 
 Prints, per reading: accuracy, agreement with the sequential reading, sequential evaluations (f and JVP calls made
 one after another, each block counting its slowest row, the commit included), and seconds on this machine. Also the
@@ -262,6 +266,29 @@ def readings(model, ids: Tensor, budget: Budget, args) -> dict[str, Callable]:
     return out
 
 
+def print_lag(row: dict) -> None:
+    print(f"blocks of {row['block']} (backoff): a block's evaluations / its hardest token's, per row, mean "
+          f"{row['block_over_hardest_token_per_row']:.2f}; summed over blocks (slowest rows) "
+          f"{sum(row['block_evaluations'])} / {sum(row['hardest_token_evaluations'])}", flush=True)
+
+
+def text_lag(args) -> None:
+    """--text: the lag on a language model's held-out windows, cut to a whole number of the largest block."""
+    from lm_convergence import windows  # bench/lm_convergence.py
+
+    ckpt = load_checkpoint(args.checkpoint, dtype=torch.float32, device=torch.device("cpu"))
+    ids, _ = windows(ckpt.tokenizer, args.text, 256)
+    ids = ids[:, :ids.shape[1] // max(args.block_sizes) * max(args.block_sizes)]
+    budget = ckpt.default_budget.replace(solver="backoff", **({"tau": args.tau} if args.tau else {}))
+    print(f"{ckpt.model.cfg.n_layer} layers, {tuple(ids.shape)} tokens, {budget}", flush=True)
+    with torch.no_grad():
+        lags = [lag(ckpt.model, ids, budget, c) for c in args.block_sizes]
+    for row in lags:
+        print_lag(row)
+    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "budget": budget.to_dict(),
+                                    "threads": torch.get_num_threads(), "lag": lags}, indent=2))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_reading_args(p)
@@ -278,10 +305,15 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["newton", "token_anderson", "token_secant"],
                    choices=["newton", "token_anderson", "token_secant", "momentum"])
     p.add_argument("--lag", action="store_true", help="also each block's evaluations beside its hardest token's")
+    p.add_argument("--text", type=int, default=0, metavar="N",
+                   help="only the lag, on N windows of a language model at its own budget")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     if len(args.gmres_iters) != len(args.gmres_rtol):
         p.error("--gmres-iters and --gmres-rtol pair up: give as many of each")
+    if args.text:
+        text_lag(args)
+        return
     ckpt = load_checkpoint(args.checkpoint, dtype=torch.float32, device=torch.device("cpu"))
     model = ckpt.model
     docs = documents(args.task, args.bucket, args.docs, args.seed)
@@ -295,9 +327,7 @@ def main() -> None:
               f"({costs['jvp_ms'] / costs['f_ms']:.1f}x), threads {torch.get_num_threads()}", flush=True)
         lags = [lag(model, ids, budget.replace(solver="backoff"), c) for c in args.block_sizes] if args.lag else []
         for row in lags:
-            print(f"blocks of {row['block']} (backoff): a block's evaluations / its hardest token's, per row, mean "
-                  f"{row['block_over_hardest_token_per_row']:.2f}; summed over blocks (slowest rows) "
-                  f"{sum(row['block_evaluations'])} / {sum(row['hardest_token_evaluations'])}", flush=True)
+            print_lag(row)
         for name, fn in readings(model, ids, budget, args).items():
             start = time.perf_counter()
             hidden, stats = fn()

@@ -14,7 +14,7 @@ from implicit_ssm_eval.model_adapters.formats import load_checkpoint
 # bench/ on the path only for these imports (its kernels.py would shadow the `kernels` package transformers reads)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 try:
-    from block_newton import Damped, Momentum, Newton, TokenSecant, gmres, library_read, read_blocks, token_mix
+    from block_newton import Damped, Momentum, Newton, TokenSecant, gmres, lag, library_read, read_blocks, token_mix
     from readings import documents
 finally:
     sys.path.pop(0)
@@ -93,3 +93,19 @@ def test_momentum_adds_beta_times_the_last_step_to_the_damped_update():
     second, _ = heavy.update(None, z1, f1, 2)
     torch.testing.assert_close(first, 0.2 * z0 + 0.8 * f0)
     torch.testing.assert_close(second, 0.2 * z1 + 0.8 * f1 + 0.3 * (z1 - z0))
+
+
+def test_lag_sets_each_blocks_count_beside_its_own_hardest_token():
+    """Two rows of 4 tokens in blocks of 2: the hardest token is taken within each block and row, in token order."""
+    from types import SimpleNamespace
+
+    tokens = torch.tensor([[1, 5, 2, 3], [4, 1, 1, 6]])
+    blocks = torch.tensor([[10, 9], [8, 12]])
+
+    def model(ids, budget):
+        its = tokens if budget.mode == "sequential" else blocks
+        return SimpleNamespace(stats=SimpleNamespace(iterations=its))
+
+    row = lag(model, torch.zeros(2, 4, dtype=torch.long), Budget(max_iter=8, tol=0.1), 2)
+    assert row["block_evaluations"] == [10, 12] and row["hardest_token_evaluations"] == [5, 6]
+    assert row["block_over_hardest_token_per_row"] == pytest.approx((10 / 5 + 9 / 3 + 8 / 4 + 12 / 6) / 4)
