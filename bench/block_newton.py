@@ -4,7 +4,7 @@ implicit-readings issue (#30), which names "a quasi-Newton parallel reading in t
     OMP_NUM_THREADS=2 python bench/block_newton.py --docs 100 --seed 1 --out block_newton.json
 
 The blockwise reading iterates a block z <- (1 - tau) z + tau f(z) from z = 0, from the frozen state at its start,
-until every row has converged, then commits it with one more f. Here the same block loop takes one of three updates:
+until every row has converged, then commits it with one more f. Here the same block loop takes one of these updates:
 
 - damped: that iteration (it reads as the library's blockwise reading with solver "fixed_point"; tested);
 - newton: inexact Newton on g(z) = f(z) - z over the whole block, each step solving (I - J) dz = g(z) by GMRES with
