@@ -49,7 +49,7 @@ from torch.func import jvp
 
 from implicit_ssm_eval.model_adapters.config import Budget
 from implicit_ssm_eval.model_adapters.exits import relative_residual
-from implicit_ssm_eval.model_adapters.fixed_point import damp
+from implicit_ssm_eval.model_adapters.fixed_point import _anderson_mix, damp
 from implicit_ssm_eval.model_adapters.formats import load_checkpoint
 
 BlockMap = Callable[[Tensor], Tensor]
@@ -152,17 +152,14 @@ class Momentum(Damped):
 
 
 def token_mix(xs: Tensor, fs: Tensor, tau: float) -> Tensor:
-    """Anderson (type II) with weights per (row, token): histories xs, fs (R, n, T, D) -> (R, T, D). Each token's
-    weights minimise ||sum_i a_i g_i|| with sum a_i = 1 over its own residuals g_i, as fixed_point._anderson_mix
-    does for a whole row (normal equations in float64, regularised relative to the smallest residual)."""
-    g = (fs - xs).double().transpose(1, 2)  # (R, T, n, D)
-    gram = g @ g.transpose(-1, -2)
-    n = gram.shape[-1]
-    scale = gram.diagonal(dim1=-2, dim2=-1).amin(-1).clamp_min(1e-300)[..., None, None]
-    gram = gram + 1e-8 * scale * torch.eye(n, dtype=gram.dtype)
-    a = torch.linalg.solve(gram, torch.ones(gram.shape[:-1], dtype=gram.dtype))
-    a = (a / a.sum(-1, keepdim=True)).to(xs.dtype).transpose(1, 2)[..., None]  # (R, n, T, 1)
-    return tau * (a * fs).sum(1) + (1 - tau) * (a * xs).sum(1)
+    """Anderson (type II) with weights per (row, token): histories xs, fs (R, n, T, D) -> (R, T, D). Each token is
+    mixed as fixed_point._anderson_mix mixes a row, over its own residuals only."""
+    rows, n, tokens, width = xs.shape
+
+    def per_token(h: Tensor) -> Tensor:  # (R * T, n, D): every token a row of its own
+        return h.transpose(1, 2).reshape(rows * tokens, n, width)
+
+    return _anderson_mix(per_token(xs), per_token(fs), None, tau).view(rows, tokens, width)
 
 
 def read_blocks(model, ids: Tensor, block: int, budget: Budget, make: Callable[[], Damped]

@@ -160,6 +160,7 @@ def test_blocks_with_the_conv_in_the_scan_read_as_with_the_kernels_apart(dtype, 
         close(a.ssm, b.ssm, dtype, "ssm state")
         close(a.conv, b.conv, dtype, "conv window")
 
+
 @pytest.mark.parametrize("budget", [
     Budget(max_iter=6, tol=0.0, mode="sequential"),
     Budget(max_iter=40, tol=1e-3, mode="sequential"),
